@@ -1,0 +1,140 @@
+/**
+ * Loads the configuration: `config/default.json` (the documented defaults), then one overlay
+ * file (`--config FILE` or `SPOOLHOUSE_CONFIG`), JSON or YAML, deep-merged over it (objects
+ * merge key by key; arrays and scalars replace). The result is validated once against
+ * `configSchema`; an error names the file, the key and the problem.
+ *
+ * Relative paths in the config (spool.dir, auth.users, smtp.tls) resolve against the current
+ * working directory, as `npm start` runs from the project root.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type Config } from './schema.js';
+
+export class ConfigError extends Error {
+  constructor(message: string, readonly problems: { file: string; key: string; problem: string }[] = []) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** The project root (where package.json is), from src/ or from dist/src/. */
+export function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'package.json'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('package.json not found above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+}
+
+export function defaultConfigFile(): string {
+  return join(projectRoot(), 'config', 'default.json');
+}
+
+type Plain = Record<string, unknown>;
+const isPlain = (v: unknown): v is Plain => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export function deepMerge(base: unknown, over: unknown): unknown {
+  if (!isPlain(base) || !isPlain(over)) return over === undefined ? base : over;
+  const out: Plain = { ...base };
+  for (const [k, v] of Object.entries(over)) out[k] = deepMerge(base[k], v);
+  return out;
+}
+
+/** Reads one JSON or YAML file into a plain object. */
+export function readConfigFile(file: string): Plain {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`${file}: cannot read: ${(err as Error).message}`, [{ file, key: '', problem: 'cannot read' }]);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { prettyErrors: true });
+  } catch (err) {
+    throw new ConfigError(`${file}: not valid JSON or YAML: ${(err as Error).message}`, [{ file, key: '', problem: 'syntax' }]);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (!isPlain(doc)) throw new ConfigError(`${file}: the top level must be a mapping of keys`, [{ file, key: '', problem: 'not a mapping' }]);
+  return doc;
+}
+
+function hasPath(obj: unknown, path: PropertyKey[]): boolean {
+  let cur: unknown = obj;
+  for (const key of path) {
+    if (!isPlain(cur) && !Array.isArray(cur)) return false;
+    if (!(String(key) in (cur as Plain))) return false;
+    cur = (cur as Plain)[String(key)];
+  }
+  return true;
+}
+
+/** Which file a key came from: the overlay when it sets that key (or a parent of it), else the defaults. */
+function blame(path: PropertyKey[], layers: { file: string; doc: Plain }[]): string {
+  for (let i = layers.length - 1; i >= 0; i--) {
+    for (let n = path.length; n > 0; n--) {
+      if (hasPath(layers[i]!.doc, path.slice(0, n))) return layers[i]!.file;
+    }
+  }
+  return layers[layers.length - 1]!.file;
+}
+
+function describeIssues(issues: z.core.$ZodIssue[], layers: { file: string; doc: Plain }[]) {
+  return issues.flatMap((issue) => {
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((k) => {
+        const path = [...issue.path, k];
+        return { file: blame(path, layers), key: path.join('.'), problem: 'unknown key' };
+      });
+    }
+    return [{ file: blame(issue.path, layers), key: issue.path.join('.') || '(top level)', problem: issue.message }];
+  });
+}
+
+/** Validates an already merged document; `layers` say which file each key came from. */
+export function validateConfig(merged: unknown, layers: { file: string; doc: Plain }[]): Config {
+  const result = configSchema.safeParse(merged);
+  if (!result.success) {
+    const problems = describeIssues(result.error.issues, layers);
+    throw new ConfigError(
+      'Invalid configuration:\n' + problems.map((p) => `  ${p.file}: ${p.key}: ${p.problem}`).join('\n'),
+      problems,
+    );
+  }
+  return result.data;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** The files read, defaults first. */
+  files: string[];
+  /** The overlay document as read (what an admin PUT rewrites). */
+  overlay: Plain;
+}
+
+/** Loads defaults plus an optional overlay file. Throws ConfigError. */
+export function loadConfig(overlayFile?: string, defaultsFile = defaultConfigFile()): LoadedConfig {
+  const layers = [{ file: defaultsFile, doc: readConfigFile(defaultsFile) }];
+  if (overlayFile) layers.push({ file: resolve(overlayFile), doc: readConfigFile(overlayFile) });
+  const merged = layers.reduce<unknown>((acc, l) => deepMerge(acc, l.doc), {});
+  return { config: validateConfig(merged, layers), files: layers.map((l) => l.file), overlay: layers[1]?.doc ?? {} };
+}
+
+/** `--config FILE` from argv, else SPOOLHOUSE_CONFIG. */
+export function overlayFileFromArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const i = argv.findIndex((a) => a === '--config' || a === '-c');
+  if (i >= 0) {
+    const file = argv[i + 1];
+    if (!file) throw new ConfigError('--config needs a file name');
+    return file;
+  }
+  const eq = argv.find((a) => a.startsWith('--config='));
+  if (eq) return eq.slice('--config='.length);
+  return env.SPOOLHOUSE_CONFIG || undefined;
+}

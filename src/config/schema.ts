@@ -1,0 +1,269 @@
+/**
+ * The one schema of Spoolhouse's configuration (a public contract: tools and tests write these
+ * files). It validates, fills defaults and gives the TypeScript type `Config`; nothing else reads
+ * raw configuration. Durations are strings such as "500ms", "30s", "5m", "4h", "5d" (or a number
+ * of milliseconds); sizes are bytes or strings such as "512KB", "25MB".
+ *
+ * Every key is documented in README.md ("Configuration reference"); keep the two in step.
+ */
+import { BlockList, isIP } from 'node:net';
+import { hostname as osHostname } from 'node:os';
+import { z } from 'zod';
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1024, k: 1024, mb: 1024 ** 2, m: 1024 ** 2, gb: 1024 ** 3, g: 1024 ** 3 };
+
+/** Parses "500ms", "30s", "5m", "4h", "5d", "1w" (or a plain number of ms). Returns NaN when invalid. */
+export function parseDuration(value: string | number): number {
+  if (typeof value === 'number') return Number.isFinite(value) && value >= 0 ? value : NaN;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$/i.exec(value);
+  return m ? Math.round(Number(m[1]) * DURATION_UNITS[m[2]!.toLowerCase()]!) : NaN;
+}
+
+export function parseSize(value: string | number): number {
+  if (typeof value === 'number') return Number.isInteger(value) && value >= 0 ? value : NaN;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*$/i.exec(value);
+  return m ? Math.round(Number(m[1]) * SIZE_UNITS[m[2]!.toLowerCase()]!) : NaN;
+}
+
+export const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = parseDuration(v);
+  if (Number.isNaN(ms)) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a duration (use e.g. "500ms", "30s", "5m", "4h", "5d")` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+export const size = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const bytes = parseSize(v);
+  if (Number.isNaN(bytes)) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not a size (use bytes or e.g. "512KB", "25MB")` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+/** "host:port" or "[v6]:port". */
+export function parseHostPort(value: string, defaultPort?: number): { host: string; port: number } | undefined {
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+))(?::(\d{1,5}))?$/.exec(value.trim());
+  if (!m) return undefined;
+  const port = m[3] !== undefined ? Number(m[3]) : defaultPort;
+  if (port === undefined || port > 65535) return undefined;
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+const hostPort = z.string().refine((v) => parseHostPort(v) !== undefined, { message: 'must be "host:port" (IPv6 as "[::1]:port")' });
+const hostOptionalPort = z.string().refine((v) => parseHostPort(v, 25) !== undefined, { message: 'must be "host" or "host:port"' });
+
+/** "10.0.0.0/8", "::1", "192.0.2.7". */
+export function parseCidr(value: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {
+  const [address, prefixText] = value.trim().split('/');
+  const version = isIP(address ?? '');
+  if (!address || version === 0) return undefined;
+  const max = version === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > max || (prefixText !== undefined && !/^\d+$/.test(prefixText))) return undefined;
+  return { address, prefix, family: version === 4 ? 'ipv4' : 'ipv6' };
+}
+
+/** A BlockList of CIDRs (IPv4-mapped IPv6 clients match IPv4 entries too). */
+export function networkList(cidrs: string[]): BlockList {
+  const list = new BlockList();
+  for (const c of cidrs) {
+    const p = parseCidr(c)!;
+    list.addSubnet(p.address, p.prefix, p.family);
+  }
+  return list;
+}
+
+const cidr = z.string().refine((v) => parseCidr(v) !== undefined, { message: 'must be an IP address or CIDR, e.g. "10.0.0.0/8" or "::1"' });
+const domainName = z.string().regex(/^(?=.{1,253}$)(?!-)[a-z0-9-]+(\.[a-z0-9-]+)*\.?$/i, 'must be a domain name').transform((d) => d.toLowerCase().replace(/\.$/, ''));
+const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address');
+
+const listener = z.union([
+  hostPort.transform((address) => ({ address })),
+  z.strictObject({
+    address: hostPort,
+    /** A submission port: AUTH required before MAIL FROM (RFC 6409). */
+    submission: z.boolean().optional(),
+    /** TLS from the first byte (SMTPS, port 465) instead of STARTTLS. Needs smtp.tls. */
+    implicitTls: z.boolean().optional(),
+  }),
+]).transform((l) => ({ submission: false, implicitTls: false, ...l }));
+
+const priorityName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as "bulk"');
+
+const limits = z.strictObject({
+  connections: z.number().int().min(1).max(1000).optional(),
+  messagesPerConnection: z.number().int().min(1).max(100_000).optional(),
+  /** "10/s", "600/m", "3600/h"; null for no rate limit. */
+  rate: z.union([z.null(), z.string().regex(/^\d+(\.\d+)?\/(s|m|h)$/, 'must be a rate such as "10/s", "600/m" or "3600/h"')]).optional(),
+});
+
+export function parseRate(rate: string | null | undefined): number | undefined {
+  if (!rate) return undefined;
+  const [n, unit] = rate.split('/');
+  return Number(n) / ({ s: 1, m: 60, h: 3600 }[unit as 's' | 'm' | 'h']);
+}
+
+const ruleMatch = z.strictObject({
+  /** Exact sender address or a glob with *, case-insensitive ("" matches the null sender). */
+  sender: z.string().optional(),
+  senderDomain: z.string().optional(),
+  /** Matches when any recipient's domain matches (glob, e.g. "*.example.org"). */
+  recipientDomain: z.string().optional(),
+  authUser: z.string().optional(),
+  /** Header name and a glob of its value, e.g. { "name": "Precedence", "value": "bulk" }; or a regex as "/…/i". */
+  header: z.strictObject({ name: z.string().min(1), value: z.string() }).optional(),
+  /** Bytes or size string: the message is at least this big. */
+  minSize: size.optional(),
+  maxSize: size.optional(),
+}).refine((m) => Object.keys(m).length > 0, { message: 'a rule must match on something' });
+
+export const ruleSchema = z.strictObject({
+  name: z.string().min(1).max(64),
+  match: ruleMatch,
+  /** Priority class name from `priorities.classes`. */
+  priority: priorityName.optional(),
+  delay: duration.optional(),
+  hold: z.boolean().optional(),
+}).refine((r) => r.priority !== undefined || r.delay !== undefined || r.hold !== undefined, {
+  message: 'a rule must set priority, delay or hold',
+});
+
+export const prioritiesSchema = z.strictObject({
+  /** Class name → numeric level; a higher level is served first. */
+  classes: z.record(priorityName, z.number().int().min(0).max(99)).refine((c) => Object.keys(c).length > 0, { message: 'at least one class' }),
+  default: priorityName,
+  /** Share (0..1) of reservations that go to lower classes while higher ones have work: no starvation. */
+  lowPriorityShare: z.number().min(0).max(0.5),
+}).superRefine((p, ctx) => {
+  if (!(p.default in p.classes)) ctx.addIssue({ code: 'custom', path: ['default'], message: `"${p.default}" is not one of the classes (${Object.keys(p.classes).join(', ')})` });
+  const levels = Object.values(p.classes);
+  if (new Set(levels).size !== levels.length) ctx.addIssue({ code: 'custom', path: ['classes'], message: 'two classes share one level' });
+});
+
+export const limitsSchema = z.strictObject({
+  default: limits,
+  /** Per destination domain overrides. */
+  domains: z.record(domainName, limits),
+});
+
+const tlsFiles = z.strictObject({ cert: z.string().min(1), key: z.string().min(1) });
+
+export const configSchema = z.strictObject({
+  smtp: z.strictObject({
+    listen: z.array(listener).min(1),
+    /** Our name in the greeting, Received: and DSNs; null means the machine's host name. */
+    hostname: z.union([z.null(), z.string().min(1)]).transform((h) => h ?? osHostname()),
+    banner: z.string(),
+    maxMessageSize: size,
+    maxRecipients: z.number().int().min(1).max(100_000),
+    maxConnections: z.number().int().min(1),
+    maxConnectionsPerClient: z.number().int().min(1),
+    idleTimeout: duration,
+    /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */
+    earlyTalkerDelay: duration,
+    tls: z.union([z.null(), tlsFiles]),
+    /** RFC 4865 FUTURERELEASE: the longest HOLDFOR/HOLDUNTIL accepted. */
+    maxFutureRelease: duration,
+    /** RFC 6710 MT-PRIORITY: the lowest MT-PRIORITY value (-9..9) that maps to each class. */
+    mtPriority: z.record(priorityName, z.number().int().min(-9).max(9)),
+  }),
+  relay: z.strictObject({
+    networks: z.array(cidr),
+    domains: z.array(domainName),
+  }),
+  auth: z.strictObject({
+    /** File of "user:bcrypt-hash" lines; null disables AUTH. */
+    users: z.union([z.null(), z.string().min(1)]),
+    /** Allow AUTH without TLS (only sensible on loopback/test setups). */
+    allowInsecure: z.boolean(),
+  }),
+  queue: z.strictObject({
+    backend: z.enum(['spool', 'kafka']),
+  }),
+  spool: z.strictObject({
+    dir: z.string().min(1),
+    /** Keep the metadata of finished mail (delivered, bounced, …) this long for operators, then purge it. */
+    retainFinished: duration,
+    /** LMDB map size upper bound. */
+    maxSize: size,
+  }),
+  kafka: z.strictObject({
+    brokers: z.array(hostPort),
+    clientId: z.string().min(1),
+    /** Topics are named "<topicPrefix>.content", "<topicPrefix>.state", … */
+    topicPrefix: z.string().regex(/^[a-zA-Z0-9._-]+$/),
+    partitions: z.number().int().min(1).max(1000),
+    replicationFactor: z.number().int().min(1).max(10),
+    /** Unique per node; defaults to the host name. */
+    nodeId: z.union([z.null(), z.string().min(1)]),
+    ssl: z.union([z.boolean(), z.strictObject({ ca: z.string().optional(), cert: z.string().optional(), key: z.string().optional(), rejectUnauthorized: z.boolean().optional() })]),
+    sasl: z.union([z.null(), z.strictObject({ mechanism: z.enum(['plain', 'scram-sha-256', 'scram-sha-512']), username: z.string(), password: z.string() })]),
+  }),
+  priorities: prioritiesSchema,
+  rules: z.array(ruleSchema),
+  delivery: z.strictObject({
+    /** Global number of concurrent delivery workers. */
+    concurrency: z.number().int().min(1).max(10_000),
+    heloName: z.union([z.null(), z.string().min(1)]),
+    /** TCP port for MX delivery (25; tests point it elsewhere). */
+    port: z.number().int().min(1).max(65535),
+    smarthost: z.union([z.null(), z.strictObject({
+      host: hostOptionalPort,
+      auth: z.strictObject({ user: z.string(), pass: z.string() }).optional(),
+      tls: z.enum(['none', 'starttls', 'required', 'implicit']).optional(),
+    })]),
+    /** Transport map: domain → "host:port". */
+    routes: z.record(domainName, hostOptionalPort),
+    dns: z.strictObject({ servers: z.array(z.string()), timeout: duration }),
+    retry: z.strictObject({ min: duration, max: duration, lifetime: duration }),
+    /** Send a "delayed" DSN after this long; null for never. */
+    delayWarning: z.union([z.null(), duration]),
+    limits: limitsSchema,
+    tls: z.strictObject({
+      /** Try STARTTLS when offered. */
+      opportunistic: z.boolean(),
+      /** Verify certificates when TLS is used ("none" is Postfix's "may"). */
+      verify: z.boolean(),
+    }),
+    timeouts: z.strictObject({ connect: duration, greeting: duration, command: duration, data: duration }),
+    /** How long a worker holds a mail before another may take it (crash recovery). */
+    leaseTime: duration,
+    /** Where double bounces go; null drops them with a log line. */
+    postmaster: z.union([z.null(), email]),
+  }),
+  admin: z.strictObject({
+    listen: hostPort,
+    /** One operator token; null with no tokens means a random one is written to <spool.dir>/admin.token. */
+    token: z.union([z.null(), z.string().min(16, 'must be at least 16 characters')]),
+    tokens: z.array(z.strictObject({ name: z.string().min(1), token: z.string().min(16, 'must be at least 16 characters'), role: z.enum(['viewer', 'operator']) })),
+  }),
+  log: z.strictObject({
+    level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    /** Pretty logs; default: when stdout is a terminal. */
+    pretty: z.union([z.null(), z.boolean()]),
+  }),
+}).superRefine((c, ctx) => {
+  for (const [i, rule] of c.rules.entries()) {
+    if (rule.priority !== undefined && !(rule.priority in c.priorities.classes)) {
+      ctx.addIssue({ code: 'custom', path: ['rules', i, 'priority'], message: `"${rule.priority}" is not a priority class (${Object.keys(c.priorities.classes).join(', ')})` });
+    }
+  }
+  for (const name of Object.keys(c.smtp.mtPriority)) {
+    if (!(name in c.priorities.classes)) ctx.addIssue({ code: 'custom', path: ['smtp', 'mtPriority', name], message: `"${name}" is not a priority class` });
+  }
+  c.smtp.listen.forEach((l, i) => {
+    if (l.implicitTls && !c.smtp.tls) ctx.addIssue({ code: 'custom', path: ['smtp', 'listen', i, 'implicitTls'], message: 'needs smtp.tls (cert and key)' });
+  });
+  if (c.queue.backend === 'kafka' && c.kafka.brokers.length === 0) {
+    ctx.addIssue({ code: 'custom', path: ['kafka', 'brokers'], message: 'queue.backend is "kafka" but no brokers are given' });
+  }
+});
+
+export type Config = z.output<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+export type Rule = Config['rules'][number];
+export type Limits = z.output<typeof limits>;

@@ -1,0 +1,91 @@
+/**
+ * The running configuration, with changes at run time: `update()` validates a patch over the
+ * overlay file, saves it (atomically) and emits 'change'; `reload()` re-reads the files
+ * (SIGHUP). Stages listen for 'change' and apply what they can without a restart (rules,
+ * priorities, per-destination limits). With no --config file, changes go to config/local.json,
+ * which is then loaded as the overlay at the next start.
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname, extname, join } from 'node:path';
+import { stringify as stringifyYaml } from 'yaml';
+import { deepMerge, defaultConfigFile, loadConfig, projectRoot, readConfigFile, validateConfig } from './load.js';
+import type { Config } from './schema.js';
+
+export function localOverlayFile(): string {
+  return join(projectRoot(), 'config', 'local.json');
+}
+
+/** The overlay to use: the one asked for, else config/local.json when it exists. */
+export function chooseOverlay(asked: string | undefined): string | undefined {
+  if (asked) return asked;
+  return existsSync(localOverlayFile()) ? localOverlayFile() : undefined;
+}
+
+export declare interface ConfigStore {
+  on(event: 'change', listener: (config: Config, previous: Config) => void): this;
+}
+
+export class ConfigStore extends EventEmitter {
+  #config: Config;
+  #overlay: Record<string, unknown>;
+  readonly overlayFile: string;
+  readonly defaultsFile: string;
+
+  constructor(overlayFile: string | undefined, defaultsFile = defaultConfigFile()) {
+    super();
+    this.defaultsFile = defaultsFile;
+    this.overlayFile = overlayFile ?? localOverlayFile();
+    const loaded = loadConfig(overlayFile, defaultsFile);
+    this.#config = loaded.config;
+    this.#overlay = loaded.overlay;
+  }
+
+  get current(): Config {
+    return this.#config;
+  }
+
+  /** Checks a patch (deep-merged over the overlay) without saving it. Throws ConfigError. */
+  validate(patch: Record<string, unknown>): Config {
+    const overlay = deepMerge(this.#overlay, patch) as Record<string, unknown>;
+    const defaults = readConfigFile(this.defaultsFile);
+    return validateConfig(deepMerge(defaults, overlay), [
+      { file: this.defaultsFile, doc: defaults },
+      { file: this.overlayFile, doc: overlay },
+    ]);
+  }
+
+  /** Validates, saves to the overlay file, applies. Arrays in the patch replace (e.g. the rule list). */
+  update(patch: Record<string, unknown>): Config {
+    const next = this.validate(patch);
+    const overlay = deepMerge(this.#overlay, patch) as Record<string, unknown>;
+    writeAtomically(this.overlayFile, /\.ya?ml$/i.test(extname(this.overlayFile)) ? stringifyYaml(overlay) : JSON.stringify(overlay, null, 2) + '\n');
+    this.#overlay = overlay;
+    return this.#apply(next);
+  }
+
+  /** Re-reads the files (SIGHUP). A broken file throws and leaves the running config as it was. */
+  reload(): Config {
+    const loaded = loadConfig(existsSync(this.overlayFile) ? this.overlayFile : undefined, this.defaultsFile);
+    this.#overlay = loaded.overlay;
+    return this.#apply(loaded.config);
+  }
+
+  #apply(next: Config): Config {
+    const previous = this.#config;
+    this.#config = next;
+    this.emit('change', next, previous);
+    return next;
+  }
+}
+
+function writeAtomically(file: string, text: string): void {
+  mkdirSync(dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, text, { mode: 0o600 });
+  const fd = openSync(tmp, 'r');
+  try { fsyncSync(fd); } finally { closeSync(fd); }
+  renameSync(tmp, file);
+  const dirFd = openSync(dirname(file), 'r');
+  try { fsyncSync(dirFd); } finally { closeSync(dirFd); }
+}

@@ -1,0 +1,68 @@
+/**
+ * What the delivery stage takes and gives back. Delivery knows nothing of the queue: the
+ * scheduler hands it messages for one destination and gets per-recipient outcomes.
+ */
+
+/** An SMTP reply (structurally the same as the queue's SmtpReply). */
+export interface Reply {
+  code: number;
+  /** RFC 3463 enhanced status code, e.g. "4.4.1". */
+  enhanced?: string;
+  message: string;
+}
+
+/** Where mail for a domain goes. `key` groups domains that share their MX hosts (one connection pool). */
+export type Destination =
+  | {
+      kind: 'hosts';
+      /** The domain asked for (first one, when several share the destination). */
+      domain: string;
+      /** "mx1.example.org,mx2.example.org" or "smarthost:587": what limits and pools are keyed by. */
+      key: string;
+      /** Hosts in the order to try them (RFC 5321 §5.1: by preference, random among equals). */
+      hosts: { host: string; port: number; preference?: number }[];
+      via: 'mx' | 'implicit-mx' | 'route' | 'smarthost';
+    }
+  /** Nothing can be delivered now; e.g. DNS SERVFAIL (4.4.3) or a null MX (5.1.10). */
+  | { kind: 'failure'; domain: string; key: string; permanent: boolean; reply: Reply };
+
+export interface OutboundMessage {
+  /** Queue id, for logs and Received/DSN correlation. */
+  id: string;
+  /** Reverse path; '' is the null sender. */
+  sender: string;
+  recipients: { address: string; notify?: string[]; orcpt?: string }[];
+  size: number;
+  smtputf8: boolean;
+  bodyType: '7BIT' | '8BITMIME';
+  dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  /** The stored bytes, as they are to be sent. */
+  openBody(): Promise<NodeJS.ReadableStream | Buffer>;
+  /** Asked just before the final "." of DATA: false aborts the transaction (RSET); the message is then `aborted`. */
+  stillWanted(): Promise<boolean>;
+}
+
+export interface RecipientResult {
+  address: string;
+  outcome: 'delivered' | 'deferred' | 'failed';
+  reply: Reply;
+  /** The host that gave the reply, "mx.example.org[192.0.2.1]:25". */
+  remoteHost?: string;
+}
+
+export interface HostAttempt {
+  at: number;
+  host: string;
+  durationMs: number;
+  /** The reply (or made-up reply for a network error) that ended the try on this host. */
+  reply?: Reply;
+}
+
+export interface MessageResult {
+  id: string;
+  /** stillWanted() said no: nothing was delivered by this attempt, recipients untouched. */
+  aborted: boolean;
+  recipients: RecipientResult[];
+  /** Each host tried for this message, in order. */
+  hosts: HostAttempt[];
+}

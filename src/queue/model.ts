@@ -1,0 +1,249 @@
+/**
+ * Every state transition of a queued mail, written once as pure functions on plain data.
+ * Backends load a mail, call one of these, and persist the result atomically; so the spool and
+ * Kafka backends cannot disagree on what "hold", "remove" or "an attempt" means.
+ *
+ * Rules:
+ * - A terminal mail (delivered, bounced, expired, removed) never changes again, except that
+ *   outcomes of an attempt that was in flight when it was removed are still added to its history.
+ * - hold/remove of an active mail keep its lease, so the worker can still record what it did;
+ *   `checkLease` answers false from then on, so it will not start or finish a DATA.
+ * - Every change bumps `generation` and `updatedAt`.
+ */
+import { monotonicFactory } from 'ulid';
+import { InvalidTransitionError, LeaseLostError } from './errors.js';
+import type {
+  AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient,
+} from './types.js';
+import { RECIPIENT_DONE, TERMINAL_STATES } from './types.js';
+
+const ulid = monotonicFactory();
+
+/** A new sortable mail id (ULID). */
+export function newMailId(now: Millis = Date.now()): string {
+  return ulid(now);
+}
+
+/** A new unguessable lease token. */
+export function newLeaseToken(): string {
+  return ulid() + Math.random().toString(36).slice(2, 10);
+}
+
+/** History is capped so a mail deferred for days does not grow without bound. */
+export const MAX_HISTORY = 100;
+
+export function isTerminal(state: MailState): boolean {
+  return TERMINAL_STATES.includes(state);
+}
+
+/** Lower-cased domain of an address ('' for the null sender). */
+export function domainOf(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? '' : address.slice(at + 1).toLowerCase();
+}
+
+export function recipientDomains(mail: Pick<QueuedMail, 'recipients'>): string[] {
+  return [...new Set(mail.recipients.map((r) => domainOf(r.address)))];
+}
+
+/** Recipients still to be tried. */
+export function pendingRecipients(mail: Pick<QueuedMail, 'recipients'>): Recipient[] {
+  return mail.recipients.filter((r) => !RECIPIENT_DONE.includes(r.status));
+}
+
+export function createMail(req: EnqueueRequest, now: Millis = Date.now()): QueuedMail {
+  return {
+    id: req.id,
+    state: req.hold ? 'held' : 'queued',
+    sender: req.sender,
+    recipients: req.recipients.map((r) => ({
+      address: r.address,
+      status: 'pending',
+      ...(r.notify ? { notify: r.notify } : {}),
+      ...(r.orcpt ? { orcpt: r.orcpt } : {}),
+    })),
+    size: req.body.length,
+    receivedAt: req.receivedAt ?? now,
+    priority: req.priority,
+    notBefore: req.notBefore,
+    attempts: 0,
+    history: [],
+    dsn: req.dsn ?? {},
+    smtputf8: req.smtputf8 ?? false,
+    bodyType: req.bodyType ?? '7BIT',
+    client: req.client,
+    ...(req.subject !== undefined ? { subject: req.subject } : {}),
+    ...(req.messageId !== undefined ? { messageId: req.messageId } : {}),
+    classification: req.classification,
+    ...(req.hold ? { holdReason: req.hold.reason } : {}),
+    ...(req.mtPriority !== undefined ? { mtPriority: req.mtPriority } : {}),
+    generation: 1,
+    updatedAt: now,
+  };
+}
+
+function changed(mail: QueuedMail, patch: Partial<QueuedMail>, now: Millis): QueuedMail {
+  return { ...mail, ...patch, generation: mail.generation + 1, updatedAt: now };
+}
+
+/** Is the mail due for a worker at `now`: queued and not-before passed, or active with a lapsed lease. */
+export function isDue(mail: QueuedMail, now: Millis): boolean {
+  if (mail.state === 'queued') return mail.notBefore <= now;
+  if (mail.state === 'active') return (mail.lease?.until ?? 0) <= now;
+  return false;
+}
+
+export function applyReserve(mail: QueuedMail, owner: string, token: string, leaseMs: number, now: Millis): QueuedMail {
+  if (!isDue(mail, now)) throw new InvalidTransitionError(mail.id, mail.state, 'reserve');
+  return changed(mail, { state: 'active', lease: { owner, token, until: now + leaseMs } }, now);
+}
+
+/** True while `token` holds a live lease and nobody held or removed the mail. */
+export function leaseValid(mail: QueuedMail | undefined, token: string, now: Millis): boolean {
+  return !!mail && mail.state === 'active' && mail.lease?.token === token && mail.lease.until > now;
+}
+
+export function applyRenewLease(mail: QueuedMail, token: string, leaseMs: number, now: Millis): QueuedMail {
+  if (!leaseValid(mail, token, now)) throw new LeaseLostError(mail.id);
+  return changed(mail, { lease: { ...mail.lease!, until: now + leaseMs } }, now);
+}
+
+export function applyReleaseLease(mail: QueuedMail, token: string, now: Millis): QueuedMail {
+  if (mail.lease?.token !== token) throw new LeaseLostError(mail.id);
+  const { lease: _lease, ...rest } = mail;
+  return changed(rest, mail.state === 'active' ? { state: 'queued', notBefore: Math.min(mail.notBefore, now) } : {}, now);
+}
+
+/** What the mail's state becomes once no recipient is left to try. */
+function finalState(recipients: Recipient[]): MailState {
+  if (recipients.some((r) => r.status === 'failed')) return 'bounced';
+  if (recipients.some((r) => r.status === 'expired')) return 'expired';
+  return 'delivered';
+}
+
+export function applyAttempt(mail: QueuedMail, token: string, result: AttemptResult, now: Millis): QueuedMail {
+  if (mail.lease?.token !== token) throw new LeaseLostError(mail.id);
+  const byAddress = new Map(result.outcomes.map((o) => [o.address.toLowerCase(), o]));
+  const recipients = mail.recipients.map((r): Recipient => {
+    const o = byAddress.get(r.address.toLowerCase());
+    if (!o || RECIPIENT_DONE.includes(r.status)) return r;
+    return {
+      ...r,
+      status: o.outcome === 'deferred' ? 'deferred' : o.outcome,
+      ...(o.reply ? { lastReply: o.reply } : {}),
+      ...(o.remoteHost ? { remoteHost: o.remoteHost } : {}),
+      lastAttemptAt: now,
+    };
+  });
+  const history = [...mail.history, ...(result.history ?? [])].slice(-MAX_HISTORY);
+  const left = recipients.some((r) => !RECIPIENT_DONE.includes(r.status));
+  const { lease: _lease, ...rest } = mail;
+  const patch: Partial<QueuedMail> = {
+    recipients,
+    history,
+    attempts: mail.attempts + 1,
+    ...(result.delayWarnedAt !== undefined ? { delayWarnedAt: result.delayWarnedAt } : {}),
+  };
+  if (mail.state === 'removed') return changed(rest, patch, now);
+  if (!left) return changed(rest, { ...patch, state: finalState(recipients) }, now);
+  const notBefore = result.retryAt ?? now;
+  // A mail held while its attempt ran stays held; otherwise it waits for its next try.
+  return changed(rest, { ...patch, state: mail.state === 'held' ? 'held' : 'queued', notBefore }, now);
+}
+
+export function applyHold(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
+  if (mail.state === 'held') return mail;
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'hold');
+  return changed(mail, { state: 'held', holdReason: reason ?? 'held by operator' }, now);
+}
+
+export function applyRelease(mail: QueuedMail, now: Millis): QueuedMail {
+  if (mail.state !== 'held') throw new InvalidTransitionError(mail.id, mail.state, 'release');
+  const { holdReason: _r, ...rest } = mail;
+  // An attempt still in flight when it was held keeps its lease; the mail is active again.
+  const state: MailState = mail.lease && mail.lease.until > now ? 'active' : 'queued';
+  return changed(rest, { state }, now);
+}
+
+export function applyRemove(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
+  if (mail.state === 'removed') return mail;
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'remove');
+  return changed(mail, { state: 'removed', holdReason: reason ?? mail.holdReason }, now);
+}
+
+export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {
+  if (mail.state === 'active') return mail;
+  if (mail.state !== 'queued') {
+    throw new InvalidTransitionError(mail.id, mail.state, mail.state === 'held' ? 'retry (release it first)' : 'retry');
+  }
+  return changed(mail, {
+    notBefore: Math.min(mail.notBefore, now),
+    classification: { ...mail.classification, delay: { source: 'operator', detail: 'retry now' } },
+  }, now);
+}
+
+export function applySetPriority(mail: QueuedMail, priority: number, now: Millis): QueuedMail {
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'reprioritise');
+  return changed(mail, { priority, classification: { ...mail.classification, priority: { source: 'operator' } } }, now);
+}
+
+export function applySetNotBefore(mail: QueuedMail, notBefore: Millis, now: Millis): QueuedMail {
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'reschedule');
+  return changed(mail, { notBefore, classification: { ...mail.classification, delay: { source: 'operator' } } }, now);
+}
+
+/** The change-feed event type that describes going from `before` to `after`. */
+export function eventTypeFor(before: QueuedMail | undefined, after: QueuedMail): QueueEventType {
+  if (!before) return 'enqueued';
+  if (before.state !== after.state) {
+    switch (after.state) {
+      case 'active': return 'reserved';
+      case 'held': return 'held';
+      case 'removed': return 'removed';
+      case 'delivered': return 'delivered';
+      case 'bounced': return 'bounced';
+      case 'expired': return 'expired';
+      case 'queued': return before.state === 'held' ? 'released' : 'deferred';
+    }
+  }
+  if (after.state === 'active' && before.state === 'held') return 'released';
+  return after.attempts > before.attempts ? 'deferred' : 'updated';
+}
+
+function listOf<T>(v: T | T[] | undefined): T[] | undefined {
+  return v === undefined ? undefined : Array.isArray(v) ? v : [v];
+}
+
+/** Does the mail match every given filter? Used by backends after narrowing with an index. */
+export function matchesFilter(mail: QueuedMail, f: BrowseFilter): boolean {
+  const states = listOf(f.state);
+  if (states && !states.includes(mail.state)) return false;
+  const prios = listOf(f.priority);
+  if (prios && !prios.includes(mail.priority)) return false;
+  if (f.sender !== undefined && mail.sender.toLowerCase() !== f.sender.toLowerCase()) return false;
+  if (f.recipient !== undefined) {
+    const want = f.recipient.toLowerCase();
+    if (!mail.recipients.some((r) => r.address.toLowerCase() === want)) return false;
+  }
+  if (f.domain !== undefined) {
+    const want = f.domain.toLowerCase();
+    if (!mail.recipients.some((r) => domainOf(r.address) === want)) return false;
+  }
+  if (f.since !== undefined && mail.receivedAt < f.since) return false;
+  if (f.until !== undefined && mail.receivedAt > f.until) return false;
+  if (f.minSize !== undefined && mail.size < f.minSize) return false;
+  if (f.maxSize !== undefined && mail.size > f.maxSize) return false;
+  if (f.q) {
+    const q = f.q.toLowerCase();
+    if (!(mail.subject ?? '').toLowerCase().includes(q) && !(mail.messageId ?? '').toLowerCase().includes(q)) return false;
+  }
+  return true;
+}
+
+/** qshape's age buckets, in minutes: 0-5, 5-10, 10-20, 20-40, 40-80, 80-160, 160-320, 320-1440, over a day. */
+export const AGE_BUCKETS_MINUTES = [5, 10, 20, 40, 80, 160, 320, 1440, Infinity];
+
+export function ageBucket(receivedAt: Millis, now: Millis): number {
+  const minutes = (now - receivedAt) / 60_000;
+  return AGE_BUCKETS_MINUTES.findIndex((limit) => minutes < limit);
+}
