@@ -66,3 +66,20 @@ export interface MessageResult {
   /** Each host tried for this message, in order. */
   hosts: HostAttempt[];
 }
+
+/**
+ * The delivery stage as the scheduler sees it (implemented in src/delivery/deliverer.ts).
+ * Configuration is read through a getter on every call, so hot reloads apply.
+ */
+export interface DeliveryAgent {
+  /** Where mail for `domain` goes: smarthost, a route, MX hosts, or a failure (null MX, DNS error). */
+  resolve(domain: string): Promise<Destination>;
+  /**
+   * Delivers messages that all go to `destination`, over one connection where the remote allows
+   * (the caller keeps each call within messagesPerConnection). Tries the hosts in order: on a
+   * connection failure or a 4xx greeting/EHLO/MAIL the next host is tried (RFC 5321 §5.1).
+   * Never throws for remote or network trouble: every recipient gets an outcome.
+   */
+  deliver(destination: Extract<Destination, { kind: 'hosts' }>, messages: OutboundMessage[]): Promise<MessageResult[]>;
+  close(): Promise<void>;
+}
