@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+/**
+ * The Spoolhouse server: config → queue → ingress, scheduler, admin.
+ *
+ * Start-up order matters for durability: the queue recovers before anything can enqueue or
+ * reserve. Shutdown runs the other way: stop accepting SMTP (so no 250 is promised that the
+ * queue cannot keep), let delivery finish or hand back its leases, close admin, close the queue.
+ * SIGHUP re-reads the config files; a broken file is logged and the running config kept.
+ */
+import { hostname } from 'node:os';
+import { ConfigError, overlayFileFromArgs } from './config/load.js';
+import { ConfigStore, chooseOverlay } from './config/store.js';
+import { createLogger, type Logger } from './logger.js';
+import { createMetrics } from './metrics.js';
+import { openQueue } from './queue/index.js';
+import { SmtpIngress } from './ingress/index.js';
+import { Scheduler } from './scheduler/index.js';
+import { Deliverer } from './delivery/deliverer.js';
+import { createAdminServer } from './admin/index.js';
+
+const SHUTDOWN_TIMEOUT_MS = 30_000;
+
+async function main(argv: string[]): Promise<void> {
+  let store: ConfigStore;
+  try {
+    store = new ConfigStore(chooseOverlay(overlayFileFromArgs(argv)));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`spoolhouse: ${err.message}\n`);
+      process.exit(78); // EX_CONFIG
+    }
+    throw err;
+  }
+  const config = store.current;
+  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
+  logger.info({ files: [store.defaultsFile, store.overlayFile], backend: config.queue.backend }, 'starting spoolhouse');
+
+  const metrics = createMetrics();
+  const queue = await openQueue(config, logger);
+  await queue.start();
+
+  const nodeName = config.kafka.nodeId ?? hostname();
+  const delivery = new Deliverer({ config: () => store.current, logger });
+  const scheduler = new Scheduler({ config: store, queue, delivery, logger, metrics, nodeName });
+  const ingress = new SmtpIngress({ config: store, queue, logger, metrics });
+  const admin = await createAdminServer({ config: store, queue, logger, metrics, dataDir: config.spool.dir });
+
+  await ingress.listen();
+  scheduler.start();
+  await admin.listen();
+  logger.info('spoolhouse ready');
+
+  process.on('SIGHUP', () => reload(store, logger));
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => {
+      logger.error('shutdown took too long; exiting');
+      process.exit(1);
+    }, SHUTDOWN_TIMEOUT_MS + 10_000);
+    force.unref();
+    try {
+      await ingress.close();
+      await scheduler.stop(SHUTDOWN_TIMEOUT_MS);
+      await admin.close();
+      await delivery.close();
+      await queue.close();
+      logger.info('stopped');
+      logger.flush();
+      process.exit(0);
+    } catch (err) {
+      logger.error({ err }, 'error during shutdown');
+      process.exit(1);
+    }
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+function reload(store: ConfigStore, logger: Logger): void {
+  try {
+    store.reload();
+    logger.info({ file: store.overlayFile }, 'configuration reloaded');
+  } catch (err) {
+    logger.error({ err: (err as Error).message }, 'configuration reload failed; keeping the running configuration');
+  }
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  process.stderr.write(`spoolhouse: fatal: ${(err as Error).stack ?? String(err)}\n`);
+  process.exit(1);
+});

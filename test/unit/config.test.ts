@@ -1,0 +1,144 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ConfigError, defaultConfigFile, loadConfig, overlayFileFromArgs } from '../../src/config/load.js';
+import { networkList, parseDuration, parseHostPort, parseRate, parseSize } from '../../src/config/schema.js';
+import { ConfigStore } from '../../src/config/store.js';
+
+let dir: string;
+beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'spoolhouse-config-')); });
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+function overlay(name: string, text: string): string {
+  const file = join(dir, name);
+  writeFileSync(file, text);
+  return file;
+}
+
+function problemsOf(fn: () => unknown): ConfigError['problems'] {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as ConfigError).problems;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('config loading', () => {
+  it('loads the documented defaults', () => {
+    const { config } = loadConfig();
+    expect(config.smtp.listen).toEqual([{ address: '127.0.0.1:2525', submission: false, implicitTls: false }]);
+    expect(config.relay.networks).toEqual(['127.0.0.0/8', '::1/128']);
+    expect(config.delivery.retry).toEqual({ min: 300_000, max: 4_000_000, lifetime: 5 * 86_400_000 });
+    expect(config.smtp.maxMessageSize).toBe(50 * 1024 * 1024);
+    expect(config.priorities.classes.urgent).toBeGreaterThan(config.priorities.classes.bulk!);
+    expect(config.queue.backend).toBe('spool');
+    expect(typeof config.smtp.hostname).toBe('string');
+  });
+
+  it('overlays a JSON file key by key, arrays replaced', () => {
+    const file = overlay('o.json', JSON.stringify({ smtp: { listen: ['0.0.0.0:25', { address: '0.0.0.0:587', submission: true }], maxRecipients: 5 }, relay: { domains: ['Example.ORG'] } }));
+    const { config } = loadConfig(file);
+    expect(config.smtp.listen).toHaveLength(2);
+    expect(config.smtp.listen[1]).toEqual({ address: '0.0.0.0:587', submission: true, implicitTls: false });
+    expect(config.smtp.maxRecipients).toBe(5);
+    expect(config.smtp.maxConnections).toBe(500); // untouched default
+    expect(config.relay.domains).toEqual(['example.org']);
+  });
+
+  it('reads YAML overlays', () => {
+    const file = overlay('o.yaml', 'delivery:\n  retry:\n    min: 30s\n  delayWarning: 4h\nrules:\n  - name: newsletters\n    match: { header: { name: Precedence, value: bulk } }\n    priority: bulk\n');
+    const { config } = loadConfig(file);
+    expect(config.delivery.retry.min).toBe(30_000);
+    expect(config.delivery.delayWarning).toBe(4 * 3_600_000);
+    expect(config.rules[0]!.priority).toBe('bulk');
+  });
+
+  it('names the file and key of an unknown key', () => {
+    const file = overlay('bad.json', JSON.stringify({ smtp: { maxRecipents: 5 } }));
+    const problems = problemsOf(() => loadConfig(file));
+    expect(problems).toContainEqual({ file, key: 'smtp.maxRecipents', problem: 'unknown key' });
+  });
+
+  it('names the file, key and problem of a wrong type or bad value', () => {
+    const file = overlay('bad.json', JSON.stringify({ smtp: { maxRecipients: 'many' }, delivery: { retry: { min: 'soon' } }, relay: { networks: ['10.0.0.0/33'] } }));
+    const problems = problemsOf(() => loadConfig(file));
+    const keys = problems.map((p) => p.key);
+    expect(keys).toEqual(expect.arrayContaining(['smtp.maxRecipients', 'delivery.retry.min', 'relay.networks.0']));
+    expect(problems.every((p) => p.file === file)).toBe(true);
+    expect(problems.find((p) => p.key === 'delivery.retry.min')!.problem).toMatch(/not a duration/);
+  });
+
+  it('rejects a rule that names an unknown priority class', () => {
+    const file = overlay('bad.json', JSON.stringify({ rules: [{ name: 'x', match: { sender: '*@x.org' }, priority: 'vip' }] }));
+    const problems = problemsOf(() => loadConfig(file));
+    expect(problems[0]).toMatchObject({ key: 'rules.0.priority', problem: expect.stringMatching(/not a priority class/) });
+  });
+
+  it('reports a syntax error with the file name', () => {
+    const file = overlay('broken.json', '{ "smtp": ');
+    expect(() => loadConfig(file)).toThrow(new RegExp(file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  });
+
+  it('a bad value in the defaults file is blamed on the defaults file', () => {
+    const defaults = JSON.parse(readFileSync(defaultConfigFile(), 'utf8'));
+    defaults.admin.listen = 'nowhere';
+    const file = overlay('defaults.json', JSON.stringify(defaults));
+    const problems = problemsOf(() => loadConfig(undefined, file));
+    expect(problems).toContainEqual(expect.objectContaining({ file, key: 'admin.listen' }));
+  });
+
+  it('takes --config FILE, --config=FILE, then SPOOLHOUSE_CONFIG', () => {
+    expect(overlayFileFromArgs(['--config', 'a.json'], {})).toBe('a.json');
+    expect(overlayFileFromArgs(['--config=b.yaml'], {})).toBe('b.yaml');
+    expect(overlayFileFromArgs([], { SPOOLHOUSE_CONFIG: 'c.json' })).toBe('c.json');
+    expect(overlayFileFromArgs([], {})).toBeUndefined();
+    expect(() => overlayFileFromArgs(['--config'], {})).toThrow(ConfigError);
+  });
+});
+
+describe('config values', () => {
+  it('parses durations, sizes, rates, host:port and networks', () => {
+    expect(parseDuration('500ms')).toBe(500);
+    expect(parseDuration('5d')).toBe(432_000_000);
+    expect(parseDuration('4000s')).toBe(4_000_000);
+    expect(parseDuration('5 minutes')).toBeNaN();
+    expect(parseSize('25MB')).toBe(25 * 1024 * 1024);
+    expect(parseSize('10x')).toBeNaN();
+    expect(parseRate('600/m')).toBe(10);
+    expect(parseRate(null)).toBeUndefined();
+    expect(parseHostPort('[::1]:25')).toEqual({ host: '::1', port: 25 });
+    expect(parseHostPort('mx.example.org', 25)).toEqual({ host: 'mx.example.org', port: 25 });
+    expect(parseHostPort('a:99999')).toBeUndefined();
+    const nets = networkList(['127.0.0.0/8', '::1/128']);
+    expect(nets.check('127.1.2.3', 'ipv4')).toBe(true);
+    expect(nets.check('10.0.0.1', 'ipv4')).toBe(false);
+    expect(nets.check('::1', 'ipv6')).toBe(true);
+  });
+});
+
+describe('ConfigStore', () => {
+  it('validates, saves and applies a change, and reloads the file', () => {
+    const file = overlay('live.json', JSON.stringify({ smtp: { maxRecipients: 7 } }));
+    const store = new ConfigStore(file);
+    const seen: number[] = [];
+    store.on('change', (c) => seen.push(c.rules.length));
+    store.update({ rules: [{ name: 'vip', match: { senderDomain: 'vip.example' }, priority: 'urgent' }] });
+    expect(store.current.rules[0]!.name).toBe('vip');
+    expect(store.current.smtp.maxRecipients).toBe(7); // the rest of the overlay is kept
+    const saved = JSON.parse(readFileSync(file, 'utf8'));
+    expect(saved).toEqual({ smtp: { maxRecipients: 7 }, rules: [{ name: 'vip', match: { senderDomain: 'vip.example' }, priority: 'urgent' }] });
+
+    expect(() => store.update({ priorities: { default: 'nope' } })).toThrow(ConfigError);
+    expect(store.current.priorities.default).toBe('normal'); // a refused change changes nothing
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toEqual(saved);
+
+    writeFileSync(file, JSON.stringify({ smtp: { maxRecipients: 9 } }));
+    store.reload();
+    expect(store.current.smtp.maxRecipients).toBe(9);
+    expect(store.current.rules).toEqual([]);
+    expect(seen).toEqual([1, 0]);
+  });
+});
