@@ -1,0 +1,27 @@
+// `npm run bench`: the performance figures (never part of `npm test`). Builds, then runs each
+// benchmark that exists, in one run on this machine, so the ratios to Postfix are side by side:
+//   compare      Postfix vs Spoolhouse: durable ingest and end to end, 20 sessions of 5 KB (smtp-source → smtp-sink)
+//   ingest       Spoolhouse ingest: 1 and 20 sessions, 5 KB and 100 KB
+//   delivery     Spoolhouse end to end with latency p50/p99
+//   spool-scale  the embedded spool with a large queue (--count, default 1,000,000): recovery, browse, RSS
+//   kafka-ingest the Kafka backend's ingest (needs KAFKA_BROKERS or starts the test broker)
+// `npm run bench -- compare ingest` runs only those; for options run one directly, e.g.
+// `node dist/bench/spool-scale.js --count 100000`.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { build, ensureNodeModules, root } from './setup.mjs';
+
+const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'kafka-ingest'];
+const names = process.argv.slice(2).filter((a) => ALL.includes(a));
+ensureNodeModules();
+build();
+let failed = 0;
+for (const name of names.length ? names : ALL) {
+  const file = join(root, 'dist', 'bench', `${name}.js`);
+  if (!existsSync(file)) { console.error(`bench: ${name}: not built, skipped`); continue; }
+  console.error(`\n=== bench ${name} ===`);
+  const r = spawnSync(process.execPath, [file], { stdio: 'inherit', cwd: root });
+  if (r.status !== 0) { failed++; console.error(`bench ${name} failed (${r.status ?? r.signal})`); }
+}
+process.exit(failed ? 1 : 0);
