@@ -168,6 +168,12 @@ export const configSchema = z.strictObject({
     tls: z.union([z.null(), tlsFiles]),
     /** RFC 4865 FUTURERELEASE: the longest HOLDFOR/HOLDUNTIL accepted. */
     maxFutureRelease: duration,
+    /**
+     * Bare CR or LF in DATA (never an end of data either way; SMTP smuggling): "normalize" rewrites
+     * them to CRLF (Postfix's smtpd_forbid_bare_newline = normalize), "reject" answers
+     * 550 5.5.2 (clients in relay.networks are normalized, as Postfix exempts mynetworks).
+     */
+    bareLineEndings: z.enum(['normalize', 'reject']),
     /** RFC 6710 MT-PRIORITY: the lowest MT-PRIORITY value (-9..9) that maps to each class. */
     mtPriority: z.record(priorityName, z.number().int().min(-9).max(9)),
   }),

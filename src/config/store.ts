@@ -45,9 +45,13 @@ export class ConfigStore extends EventEmitter {
     return this.#config;
   }
 
-  /** Checks a patch (deep-merged over the overlay) without saving it. Throws ConfigError. */
-  validate(patch: Record<string, unknown>): Config {
-    const overlay = deepMerge(this.#overlay, patch) as Record<string, unknown>;
+  /**
+   * Checks a patch (deep-merged over the overlay) without saving it. Throws ConfigError.
+   * `replace` lists key paths whose value in the patch replaces the overlay's instead of merging
+   * into it (e.g. ['delivery', 'limits', 'domains'], so a domain left out is removed).
+   */
+  validate(patch: Record<string, unknown>, opts: UpdateOptions = {}): Config {
+    const overlay = mergeOverlay(this.#overlay, patch, opts);
     const defaults = readConfigFile(this.defaultsFile);
     return validateConfig(deepMerge(defaults, overlay), [
       { file: this.defaultsFile, doc: defaults },
@@ -56,9 +60,9 @@ export class ConfigStore extends EventEmitter {
   }
 
   /** Validates, saves to the overlay file, applies. Arrays in the patch replace (e.g. the rule list). */
-  update(patch: Record<string, unknown>): Config {
-    const next = this.validate(patch);
-    const overlay = deepMerge(this.#overlay, patch) as Record<string, unknown>;
+  update(patch: Record<string, unknown>, opts: UpdateOptions = {}): Config {
+    const next = this.validate(patch, opts);
+    const overlay = mergeOverlay(this.#overlay, patch, opts);
     writeAtomically(this.overlayFile, /\.ya?ml$/i.test(extname(this.overlayFile)) ? stringifyYaml(overlay) : JSON.stringify(overlay, null, 2) + '\n');
     this.#overlay = overlay;
     return this.#apply(next);
@@ -77,6 +81,23 @@ export class ConfigStore extends EventEmitter {
     this.emit('change', next, previous);
     return next;
   }
+}
+
+export interface UpdateOptions {
+  replace?: string[][];
+}
+
+function mergeOverlay(overlay: Record<string, unknown>, patch: Record<string, unknown>, opts: UpdateOptions): Record<string, unknown> {
+  const merged = deepMerge(overlay, patch) as Record<string, unknown>;
+  for (const path of opts.replace ?? []) {
+    let from: unknown = patch;
+    for (const key of path) from = (from as Record<string, unknown> | undefined)?.[key];
+    if (from === undefined) continue;
+    let to = merged;
+    for (const key of path.slice(0, -1)) to = to[key] as Record<string, unknown>;
+    to[path[path.length - 1]!] = from;
+  }
+  return merged;
 }
 
 function writeAtomically(file: string, text: string): void {

@@ -11,6 +11,14 @@ export interface Reply {
   message: string;
 }
 
+/** One address to try: `host` is the name (for TLS SNI, logs, `key`), `address` the IP to connect to (looked up at delivery when absent). */
+export interface DestinationHost {
+  host: string;
+  port: number;
+  preference?: number;
+  address?: string;
+}
+
 /** Where mail for a domain goes. `key` groups domains that share their MX hosts (one connection pool). */
 export type Destination =
   | {
@@ -20,7 +28,7 @@ export type Destination =
       /** "mx1.example.org,mx2.example.org" or "smarthost:587": what limits and pools are keyed by. */
       key: string;
       /** Hosts in the order to try them (RFC 5321 §5.1: by preference, random among equals). */
-      hosts: { host: string; port: number; preference?: number }[];
+      hosts: DestinationHost[];
       via: 'mx' | 'implicit-mx' | 'route' | 'smarthost';
     }
   /** Nothing can be delivered now; e.g. DNS SERVFAIL (4.4.3) or a null MX (5.1.10). */
@@ -31,14 +39,16 @@ export interface OutboundMessage {
   id: string;
   /** Reverse path; '' is the null sender. */
   sender: string;
+  /** NOTIFY and ORCPT as received (ORCPT "addr-type;xtext"); passed on when the remote offers DSN. */
   recipients: { address: string; notify?: string[]; orcpt?: string }[];
   size: number;
   smtputf8: boolean;
   bodyType: '7BIT' | '8BITMIME';
+  /** RET and ENVID (ENVID as received, xtext) for the MAIL FROM of a remote that offers DSN. */
   dsn?: { ret?: 'FULL' | 'HDRS'; envid?: string };
   /** The stored bytes, as they are to be sent. */
   openBody(): Promise<NodeJS.ReadableStream | Buffer>;
-  /** Asked just before the final "." of DATA: false aborts the transaction (RSET); the message is then `aborted`. */
+  /** Asked just before the final "." of DATA: false aborts the transaction (the connection is dropped before ".", so the remote cannot complete it); the message is then `aborted`. */
   stillWanted(): Promise<boolean>;
 }
 
@@ -48,6 +58,11 @@ export interface RecipientResult {
   reply: Reply;
   /** The host that gave the reply, "mx.example.org[192.0.2.1]:25". */
   remoteHost?: string;
+  /**
+   * Whether that host offered DSN (so NOTIFY/ORCPT went on with the mail). A delivered recipient
+   * with NOTIFY=SUCCESS and `remoteDsn: false` is owed a "relayed" DSN (RFC 3461 §6.2.3).
+   */
+  remoteDsn?: boolean;
 }
 
 export interface HostAttempt {

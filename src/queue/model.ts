@@ -10,6 +10,7 @@
  *   `checkLease` answers false from then on, so it will not start or finish a DATA.
  * - Every change bumps `generation` and `updatedAt`.
  */
+import { randomBytes } from 'node:crypto';
 import { monotonicFactory } from 'ulid';
 import { InvalidTransitionError, LeaseLostError } from './errors.js';
 import type {
@@ -17,7 +18,24 @@ import type {
 } from './types.js';
 import { RECIPIENT_DONE, TERMINAL_STATES } from './types.js';
 
-const ulid = monotonicFactory();
+/**
+ * ulid's default PRNG calls crypto.getRandomValues once per character (16 calls per id), which
+ * showed as ~5% of the SMTP ingest CPU; this draws the same CSPRNG bytes from a pooled buffer.
+ */
+const RANDOM_POOL_BYTES = 4096;
+let randomPool = randomBytes(RANDOM_POOL_BYTES);
+let randomPoolPos = 0;
+function pooledRandom(): number {
+  if (randomPoolPos + 4 > RANDOM_POOL_BYTES) {
+    randomPool = randomBytes(RANDOM_POOL_BYTES);
+    randomPoolPos = 0;
+  }
+  const v = randomPool.readUInt32BE(randomPoolPos);
+  randomPoolPos += 4;
+  return v / 0x1_0000_0000;
+}
+
+const ulid = monotonicFactory(pooledRandom);
 
 /** A new sortable mail id (ULID). */
 export function newMailId(now: Millis = Date.now()): string {

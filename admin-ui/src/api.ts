@@ -1,0 +1,207 @@
+/**
+ * The admin REST API as the console sees it: every call carries the operator's Bearer token
+ * (kept in sessionStorage, so it dies with the tab), errors become `ApiError` with the server's
+ * `{ statusCode, error, message }`, and a 401 anywhere signs the operator out with a message.
+ */
+
+const TOKEN_KEY = 'spoolhouse.token';
+
+export interface Problem { key: string; problem: string }
+
+export class ApiError extends Error {
+  constructor(readonly status: number, readonly error: string, message: string, readonly problems: Problem[] = []) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export function getToken(): string | null {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(token: string): void {
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+export function clearToken(): void {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+type UnauthorizedHandler = (message: string) => void;
+let onUnauthorized: UnauthorizedHandler = () => {};
+export function setUnauthorizedHandler(handler: UnauthorizedHandler): void {
+  onUnauthorized = handler;
+}
+
+export function apiUrl(path: string): string {
+  // Relative to the page, so the console works wherever the admin server mounts it.
+  return new URL(path.replace(/^\//, ''), document.baseURI).toString();
+}
+
+async function errorFrom(res: Response): Promise<ApiError> {
+  let body: { statusCode?: number; error?: string; message?: string; problems?: Problem[] } = {};
+  try {
+    body = await res.json();
+  } catch {
+    /* not JSON: fall back to the status line */
+  }
+  return new ApiError(res.status, body.error ?? res.statusText, body.message ?? `${res.status} ${res.statusText}`, Array.isArray(body.problems) ? body.problems : []);
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  token?: string;
+  /** Do not sign out on 401 (the login screen checks a candidate token). */
+  quiet401?: boolean;
+  signal?: AbortSignal;
+}
+
+export async function request(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
+  const token = opts.token ?? getToken();
+  const headers: Record<string, string> = { Accept: 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (opts.body !== undefined) headers['Content-Type'] = 'application/json';
+  let res: Response;
+  try {
+    res = await fetch(apiUrl(path), {
+      method,
+      headers,
+      ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      cache: 'no-store',
+    });
+  } catch (err) {
+    if ((err as Error).name === 'AbortError') throw err;
+    throw new ApiError(0, 'Network error', 'The admin server did not answer. Check that Spoolhouse is running and reachable, then try again.');
+  }
+  if (res.ok) return res;
+  const error = await errorFrom(res);
+  if (res.status === 401 && !opts.quiet401) {
+    clearToken();
+    onUnauthorized('The server refused your token (it may have been changed). Sign in again.');
+  }
+  throw error;
+}
+
+export async function api<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+  const res = await request(method, path, opts);
+  if (res.status === 204) return undefined as T;
+  const text = await res.text();
+  return (text ? JSON.parse(text) : undefined) as T;
+}
+
+/** Builds "?a=1&b=2" from the defined, non-empty values. */
+export function query(params: Record<string, string | number | undefined | null>): string {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== '') q.set(k, String(v));
+  }
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+// ---- the shapes the console reads (see src/queue/types.ts and issue 4) ----
+
+export type MailState = 'queued' | 'active' | 'held' | 'delivered' | 'bounced' | 'expired' | 'removed';
+export const MAIL_STATES: MailState[] = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];
+export const LIVE_STATES: MailState[] = ['queued', 'active', 'held'];
+
+export interface SmtpReply { code: number; enhanced?: string; message: string }
+export interface Recipient {
+  address: string;
+  status: 'pending' | 'deferred' | 'delivered' | 'failed' | 'expired';
+  lastReply?: SmtpReply;
+  remoteHost?: string;
+  lastAttemptAt?: number;
+  notify?: string[];
+  orcpt?: string;
+}
+export interface AttemptRecord {
+  at: number;
+  host?: string;
+  recipients: string[];
+  outcome: 'delivered' | 'deferred' | 'failed' | 'expired';
+  reply?: SmtpReply;
+  durationMs?: number;
+}
+export interface Classification { source: string; rule?: string; detail?: string }
+export interface MailSummary {
+  id: string;
+  state: MailState;
+  sender: string;
+  /** In lists the server sends at most 20 recipients; recipientCount has them all. */
+  recipients: Recipient[];
+  recipientCount?: number;
+  size: number;
+  receivedAt: number;
+  priority: number;
+  priorityName?: string;
+  notBefore: number;
+  attempts: number;
+  subject?: string;
+  messageId?: string;
+  holdReason?: string;
+  /** The most recent reply any recipient got. */
+  lastReply?: SmtpReply;
+}
+export interface MailDetail extends MailSummary {
+  history: AttemptRecord[];
+  dsn: { ret?: string; envid?: string };
+  smtputf8: boolean;
+  bodyType: string;
+  client: { address: string; helo?: string; hostname?: string; authUser?: string; tls?: boolean; listener?: string };
+  classification: { priority: Classification; delay?: Classification; hold?: Classification };
+  mtPriority?: number;
+  lease?: { owner: string; until: number };
+  updatedAt: number;
+  delayWarnedAt?: number;
+  parsed?: {
+    headers: { name: string; value: string }[];
+    subject?: string;
+    from?: string;
+    to?: string;
+    cc?: string;
+    date?: string;
+    text?: string;
+    textTruncated?: boolean;
+    hasHtml?: boolean;
+    attachments: { filename?: string; contentType: string; size: number }[];
+    /** Set when the body could not be read or parsed. */
+    error?: string;
+  };
+}
+export interface BrowsePage { items: MailSummary[]; nextCursor?: string | null; total: { count: number; exact: boolean } }
+export interface Stats {
+  at?: number;
+  byState: Record<string, number>;
+  byPriority: Record<string, number>;
+  oldestReceivedAt?: number | null;
+  topDestinations: { domain: string; count: number }[];
+  ageByDestination: { bucketsMinutes: number[]; rows: { domain: string; total: number; counts: number[] }[] };
+  rates?: Record<string, unknown>;
+}
+export interface Limits { connections?: number; messagesPerConnection?: number; rate?: string | null }
+export interface Rule {
+  name: string;
+  match: { sender?: string; senderDomain?: string; recipientDomain?: string; authUser?: string; header?: { name: string; value: string }; minSize?: number | string; maxSize?: number | string };
+  priority?: string;
+  delay?: number | string;
+  hold?: boolean;
+}
+export interface Priorities { classes: Record<string, number>; default: string; lowPriorityShare: number }
+export interface ConsoleConfig {
+  priorities: Priorities;
+  rules: Rule[];
+  delivery: { limits: { default: Limits; domains: Record<string, Limits> } };
+  /** The overlay file changes are saved to. */
+  file?: string;
+}
+export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
+export interface BulkResult {
+  matched: number;
+  changed: number;
+  /** Matched, but had moved on (delivered, released by someone else…) by the time of the action. */
+  skipped?: number;
+  failed?: number;
+  errors?: { id: string; message: string }[];
+}

@@ -1,0 +1,302 @@
+/**
+ * The running configuration an operator may change without a restart: priority classes, the
+ * classification rules (with a tester) and per-destination delivery limits. Each section saves
+ * on its own with PUT /api/config; the server validates, and its message (naming the key and
+ * the problem) is shown next to the section.
+ */
+import { api, ApiError, type ConsoleConfig, type Limits, type Rule } from '../api';
+import { field, h, mount, uid } from '../dom';
+import { durationText } from '../format';
+import { errorMessage, errorState, forgetConfig, loading, notify, priorityClasses, runningConfig } from '../ui';
+import type { Cleanup } from '../main';
+
+/** Sizes and durations go back as typed: a bare number stays a number (bytes / ms). */
+function numberOrText(text: string): number | string | undefined {
+  const t = text.trim();
+  if (!t) return undefined;
+  return /^\d+$/.test(t) ? Number(t) : t;
+}
+
+function sectionBox(title: string, intro: string, ...children: (Node | null)[]): HTMLElement {
+  const id = uid('sec');
+  return h('section', { class: 'card', 'aria-labelledby': id }, h('h2', { id }, title), h('p', { class: 'muted' }, intro), children);
+}
+
+/** The submit button of a section and the place its validation message appears. */
+function saveRow(label: string): { row: HTMLElement; status: HTMLElement } {
+  const status = h('div', { class: 'form-error', role: 'alert' });
+  const row = h('div', { class: 'save-row' }, h('button', { type: 'submit', class: 'primary' }, label), status);
+  return { row, status };
+}
+
+async function save(patch: Partial<ConsoleConfig> | Record<string, unknown>, status: HTMLElement, done: string, after: () => void): Promise<void> {
+  status.textContent = '';
+  try {
+    await api('PUT', '/api/config', { body: patch });
+    forgetConfig();
+    notify(done);
+    after();
+  } catch (err) {
+    const problems = err instanceof ApiError ? err.problems : [];
+    mount(status,
+      h('span', null, problems.length ? 'Not saved:' : `Not saved: ${errorMessage(err)}`),
+      problems.length ? h('ul', null, problems.map((p) => h('li', null, h('code', null, p.key), ': ', p.problem))) : null);
+  }
+}
+
+// ---- priorities ----
+
+function prioritiesEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const rows = h('tbody');
+  const defaultSelect = h('select', { name: 'default' });
+  const share = h('input', { type: 'number', min: '0', max: '0.5', step: '0.01', value: String(config.priorities.lowPriorityShare) });
+  const readClasses = () => [...rows.querySelectorAll('tr')].map((tr) => {
+    const [name, level] = [...tr.querySelectorAll('input')] as HTMLInputElement[];
+    return [name!.value.trim(), level!.value.trim()] as const;
+  });
+  const refreshDefault = () => {
+    const current = defaultSelect.value || config.priorities.default;
+    defaultSelect.replaceChildren(...readClasses().filter(([n]) => n).map(([n]) => h('option', { value: n, selected: n === current }, n)));
+  };
+  const addRow = (name = '', level = '') => {
+    const tr = h('tr', null,
+      h('td', null, h('input', { type: 'text', 'aria-label': 'Class name', value: name, oninput: refreshDefault })),
+      h('td', null, h('input', { type: 'number', 'aria-label': `Level of ${name || 'new class'}`, min: '0', max: '99', value: level })),
+      h('td', null, h('button', { type: 'button', class: 'link', onclick: () => { tr.remove(); refreshDefault(); } }, `Remove class ${name}`.trim())));
+    rows.append(tr);
+  };
+  for (const [name, level] of priorityClasses(config)) addRow(name, String(level));
+  refreshDefault();
+  const { row, status } = saveRow('Save priorities');
+  const form = h('form', { 'aria-label': 'Priorities' },
+    h('table', { class: 'edit' }, h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Class'), h('th', { scope: 'col' }, 'Level (higher is served first)'), h('th', null))), rows),
+    h('button', { type: 'button', onclick: () => addRow() }, 'Add class'),
+    h('p', { class: 'muted' }, 'The classes of the shipped defaults (config/default.json) always exist; you can change their levels, and add or remove your own.'),
+    h('div', { class: 'inline-fields' },
+      field('Default class', defaultSelect, 'for mail no rule classifies'),
+      field('Low-priority share', share, 'fraction of deliveries kept for lower classes (0–0.5), so they never starve')),
+    row);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const classes: Record<string, number> = {};
+    for (const [n, l] of readClasses()) if (n) classes[n] = Number(l);
+    void save({ priorities: { classes, default: defaultSelect.value, lowPriorityShare: Number(share.value) } }, status, 'Priorities saved and applied.', reload);
+  });
+  return sectionBox('Priorities', 'Priority classes and their levels. Mail of a higher level is delivered first.', form);
+}
+
+// ---- rules ----
+
+function ruleFieldset(rule: Rule, index: number, classes: [string, number][], list: HTMLElement): HTMLFieldSetElement {
+  const t = (name: string, value: string | number | undefined, placeholder = '') =>
+    h('input', { type: 'text', name, value: value === undefined ? '' : String(value), placeholder });
+  const inputs = {
+    name: t('name', rule.name),
+    sender: t('sender', rule.match.sender, 'glob, e.g. *@news.example.org'),
+    senderDomain: t('senderDomain', rule.match.senderDomain, 'e.g. example.org'),
+    recipientDomain: t('recipientDomain', rule.match.recipientDomain, 'e.g. *.example.com'),
+    authUser: t('authUser', rule.match.authUser),
+    headerName: t('headerName', rule.match.header?.name, 'e.g. Precedence'),
+    headerValue: t('headerValue', rule.match.header?.value, 'glob or /regex/i'),
+    minSize: t('minSize', rule.match.minSize, 'e.g. 5MB'),
+    maxSize: t('maxSize', rule.match.maxSize),
+    delay: t('delay', typeof rule.delay === 'number' ? durationText(rule.delay) : rule.delay, 'e.g. 10m'),
+  };
+  const priority = h('select', { name: 'priority' },
+    h('option', { value: '' }, '(default class)'),
+    classes.map(([n, l]) => h('option', { value: n, selected: rule.priority === n }, `${n} (${l})`)));
+  const hold = h('input', { type: 'checkbox', name: 'hold', checked: rule.hold === true });
+  const legendText = `Rule ${index + 1}: ${rule.name || 'new rule'}`;
+  const fs = h('fieldset', { class: 'rule' },
+    h('legend', null, legendText),
+    h('div', { class: 'rule-grid' },
+      field('Rule name', inputs.name),
+      h('p', { class: 'rule-sub' }, 'Matches when every field given matches:'),
+      field('Sender', inputs.sender),
+      field('Sender domain', inputs.senderDomain),
+      field('Recipient domain', inputs.recipientDomain),
+      field('Authenticated user', inputs.authUser),
+      field('Header name', inputs.headerName),
+      field('Header value', inputs.headerValue),
+      field('Minimum size', inputs.minSize),
+      field('Maximum size', inputs.maxSize),
+      h('p', { class: 'rule-sub' }, 'Then:'),
+      field('Priority', priority),
+      field('Delay', inputs.delay),
+      h('div', { class: 'field check' }, h('label', null, hold, ' Hold for an operator'))),
+    h('div', { class: 'rule-actions' },
+      h('button', { type: 'button', onclick: () => { const prev = fs.previousElementSibling; if (prev) list.insertBefore(fs, prev); renumber(list); } }, 'Move up'),
+      h('button', { type: 'button', onclick: () => { const next = fs.nextElementSibling; if (next) list.insertBefore(next, fs); renumber(list); } }, 'Move down'),
+      h('button', { type: 'button', class: 'danger', onclick: () => { fs.remove(); renumber(list); } }, 'Delete rule')));
+  (fs as HTMLFieldSetElement & { readRule: () => Rule }).readRule = () => {
+    const v = (k: keyof typeof inputs) => inputs[k].value.trim();
+    const match: Rule['match'] = {};
+    if (v('sender') || inputs.sender.value === '""') match.sender = v('sender') === '""' ? '' : v('sender');
+    if (v('senderDomain')) match.senderDomain = v('senderDomain');
+    if (v('recipientDomain')) match.recipientDomain = v('recipientDomain');
+    if (v('authUser')) match.authUser = v('authUser');
+    if (v('headerName') || v('headerValue')) match.header = { name: v('headerName'), value: v('headerValue') };
+    const minSize = numberOrText(v('minSize'));
+    const maxSize = numberOrText(v('maxSize'));
+    if (minSize !== undefined) match.minSize = minSize;
+    if (maxSize !== undefined) match.maxSize = maxSize;
+    const out: Rule = { name: v('name'), match };
+    if (priority.value) out.priority = priority.value;
+    const delay = numberOrText(v('delay'));
+    if (delay !== undefined) out.delay = delay;
+    if (hold.checked) out.hold = true;
+    return out;
+  };
+  inputs.name.addEventListener('input', () => renumber(list));
+  return fs;
+}
+
+function renumber(list: HTMLElement): void {
+  [...list.children].forEach((fs, i) => {
+    const legend = fs.querySelector('legend');
+    const name = (fs.querySelector('input[name=name]') as HTMLInputElement | null)?.value.trim();
+    if (legend) legend.textContent = `Rule ${i + 1}: ${name || 'new rule'}`;
+  });
+}
+
+function readRules(list: HTMLElement): Rule[] {
+  return [...list.children].map((fs) => (fs as HTMLElement & { readRule: () => Rule }).readRule());
+}
+
+function rulesEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const classes = priorityClasses(config);
+  const list = h('div', { class: 'rules' });
+  config.rules.forEach((r, i) => list.append(ruleFieldset(r, i, classes, list)));
+  const { row, status } = saveRow('Save rules');
+  const form = h('form', { 'aria-label': 'Rules' },
+    config.rules.length === 0 ? h('p', { class: 'muted', id: 'no-rules' }, 'No rules: every mail gets the default class, no delay and no hold. Add a rule to change that.') : null,
+    list,
+    h('button', {
+      type: 'button',
+      onclick: () => {
+        document.getElementById('no-rules')?.remove();
+        const fs = ruleFieldset({ name: '', match: {} }, list.children.length, classes, list);
+        list.append(fs);
+        (fs.querySelector('input[name=name]') as HTMLInputElement).focus();
+      },
+    }, 'Add rule'),
+    row);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    void save({ rules: readRules(list) }, status, 'Rules saved and applied to new mail.', reload);
+  });
+  return h('div', null,
+    sectionBox('Rules', 'Tried in order for each new mail; the first rule that matches sets its priority, delay or hold. Globs use * and ?.', form),
+    ruleTester(list));
+}
+
+function ruleTester(list: HTMLElement): HTMLElement {
+  const sender = h('input', { type: 'text', value: 'someone@example.org' });
+  const recipients = h('input', { type: 'text', value: 'user@example.com' });
+  const authUser = h('input', { type: 'text' });
+  const headers = h('textarea', { rows: 3, placeholder: 'Subject: Hello\nPrecedence: bulk' });
+  const size = h('input', { type: 'number', min: '0', value: '2048' });
+  const result = h('div', { class: 'test-result', role: 'status', 'aria-live': 'polite' });
+  const run = async (proposed: boolean) => {
+    result.textContent = 'Testing…';
+    const body: Record<string, unknown> = {
+      sender: sender.value.trim(),
+      recipients: recipients.value.split(/[\s,;]+/).filter(Boolean),
+      headers: headers.value.split('\n').map((l) => l.trim()).filter(Boolean).map((l) => {
+        const i = l.indexOf(':');
+        return i < 0 ? { name: l, value: '' } : { name: l.slice(0, i).trim(), value: l.slice(i + 1).trim() };
+      }),
+      size: Number(size.value) || 0,
+      ...(authUser.value.trim() ? { authUser: authUser.value.trim() } : {}),
+      ...(proposed ? { rules: readRules(list) } : {}),
+    };
+    try {
+      const r = await api<{ rule?: string | null; priority: number; priorityName: string; delayMs: number; hold: boolean }>('POST', '/api/rules/test', { body });
+      result.replaceChildren(
+        h('strong', null, r.rule ? `Matched rule "${r.rule}"` : 'No rule matched (default class)'),
+        h('ul', null,
+          h('li', null, `Priority: ${r.priorityName} (${r.priority})`),
+          h('li', null, `Delay: ${r.delayMs ? durationText(r.delayMs) : 'none'}`),
+          h('li', null, `Hold: ${r.hold ? 'yes' : 'no'}`)));
+    } catch (err) {
+      result.replaceChildren(h('span', { class: 'form-error' }, `Test failed: ${errorMessage(err)}`));
+    }
+  };
+  return sectionBox('Test the rules', 'Classify a sample envelope to see which rule matches and what follows.',
+    h('div', { class: 'inline-fields' },
+      field('Test sender', sender),
+      field('Test recipients', recipients, 'comma-separated'),
+      field('Test authenticated user', authUser),
+      field('Test size in bytes', size)),
+    field('Test headers', headers, 'one "Name: value" per line'),
+    h('div', { class: 'save-row' },
+      h('button', { type: 'button', class: 'primary', onclick: () => void run(false) }, 'Test against the running rules'),
+      h('button', { type: 'button', onclick: () => void run(true) }, 'Test against the rules above (unsaved)')),
+    result);
+}
+
+// ---- limits ----
+
+function limitsRow(domain: string | null, l: Limits): HTMLTableRowElement {
+  const who = domain === null ? 'all other domains' : domain || 'the new destination';
+  const num = (name: string, v: number | undefined, label: string) => h('input', { type: 'number', min: '1', name, value: v === undefined ? '' : String(v), 'aria-label': `${label} for ${who}` });
+  const tr = h('tr', { 'data-default': domain === null ? 'yes' : 'no' },
+    h('td', null, domain === null ? h('strong', null, 'All other domains') : h('input', { type: 'text', name: 'domain', value: domain, 'aria-label': 'Destination domain', placeholder: 'example.com' })),
+    h('td', null, num('connections', l.connections, 'Connections')),
+    h('td', null, num('messagesPerConnection', l.messagesPerConnection, 'Messages per connection')),
+    h('td', null, h('input', { type: 'text', name: 'rate', value: l.rate ?? '', placeholder: 'e.g. 10/s, 600/m', 'aria-label': `Rate for ${who}` })),
+    h('td', null, domain === null ? null : h('button', { type: 'button', class: 'link', onclick: () => tr.remove() }, `Remove ${domain || 'row'}`)));
+  return tr;
+}
+
+function readLimitsRow(tr: Element): Limits {
+  const get = (n: string) => (tr.querySelector(`input[name=${n}]`) as HTMLInputElement).value.trim();
+  const out: Limits = {};
+  if (get('connections')) out.connections = Number(get('connections'));
+  if (get('messagesPerConnection')) out.messagesPerConnection = Number(get('messagesPerConnection'));
+  out.rate = get('rate') || null;
+  return out;
+}
+
+function limitsEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const rows = h('tbody');
+  const limits = config.delivery.limits;
+  rows.append(limitsRow(null, limits.default));
+  for (const [d, l] of Object.entries(limits.domains ?? {})) rows.append(limitsRow(d, l));
+  const { row, status } = saveRow('Save limits');
+  const form = h('form', { 'aria-label': 'Delivery limits' },
+    h('table', { class: 'edit' },
+      h('thead', null, h('tr', null, ['Destination', 'Connections', 'Messages per connection', 'Rate', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      rows),
+    h('button', { type: 'button', onclick: () => rows.append(limitsRow('', {})) }, 'Add destination'),
+    row);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const trs = [...rows.querySelectorAll('tr')];
+    const domains: Record<string, Limits> = {};
+    for (const tr of trs.slice(1)) {
+      const d = (tr.querySelector('input[name=domain]') as HTMLInputElement).value.trim();
+      if (d) domains[d] = readLimitsRow(tr);
+    }
+    void save({ delivery: { limits: { default: readLimitsRow(trs[0]!), domains } } }, status, 'Delivery limits saved and applied.', reload);
+  });
+  return sectionBox('Per-destination limits', 'Concurrent connections, messages per connection and sending rate, per destination domain. Empty rate means no rate limit.', form);
+}
+
+export function renderConfig(main: HTMLElement): Cleanup {
+  mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), loading('Loading the running configuration…'));
+  const load = async () => {
+    try {
+      const config = await runningConfig(true);
+      mount(main,
+        h('div', { class: 'page-head' }, h('h1', null, 'Configuration'),
+          h('p', { class: 'summary muted' }, 'Changes are validated, saved to ', config.file ? h('code', null, config.file) : 'the configuration file', ' and applied at once, without a restart.')),
+        prioritiesEditor(config, () => void load()),
+        rulesEditor(config, () => void load()),
+        limitsEditor(config, () => void load()));
+    } catch (err) {
+      mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), errorState('Could not load the configuration', err, () => void load()));
+    }
+  };
+  void load();
+}

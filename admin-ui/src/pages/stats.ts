@@ -1,0 +1,124 @@
+/**
+ * Statistics: counts by state, queue depth over time (this page samples GET /api/stats every
+ * few seconds and keeps the samples for the life of the tab), the qshape age-by-destination
+ * heatmap, priorities, top destinations and the ingress/delivery rates the server reports.
+ */
+import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type Stats } from '../api';
+import { barChart, heatmap, lineChart, type Series } from '../charts';
+import { h, mount } from '../dom';
+import { ageText, absoluteTime } from '../format';
+import { errorState, loading, priorityLabel, runningConfig } from '../ui';
+import type { Cleanup } from '../main';
+
+const INTERVALS_S = [1, 5, 15, 60];
+const DEFAULT_INTERVAL_S = 5;
+const MAX_SAMPLES = 720; // an hour at one sample every 5 s
+
+interface Sample { at: number; byState: Record<string, number>; rates: Record<string, number> }
+const samples: Sample[] = [];
+
+/** The numeric rates, flattened: { ingress: { perMinute: 3 } } → { "ingress perMinute": 3 }. */
+export function flattenRates(rates: Record<string, unknown> | undefined, prefix = ''): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of Object.entries(rates ?? {})) {
+    const key = prefix ? `${prefix} ${k}` : k;
+    if (typeof v === 'number' && Number.isFinite(v)) out[key] = v;
+    else if (v && typeof v === 'object' && !Array.isArray(v)) Object.assign(out, flattenRates(v as Record<string, unknown>, key));
+  }
+  return out;
+}
+
+/** "acceptedPerMinute" → "accepted" (the chart's unit says per minute). */
+function rateLabel(key: string): string {
+  return key.replace(/PerMinute$/, '').replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase();
+}
+
+export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup {
+  let config: ConsoleConfig | null = null;
+  let last: Stats | null = null;
+  let failed: unknown = null;
+  const asked = Number(params.get('every'));
+  const intervalS = INTERVALS_S.includes(asked) ? asked : DEFAULT_INTERVAL_S;
+  // The head is built once, so the interval picker keeps focus while the body refreshes.
+  const every = h('select', {
+    id: 'sample-every',
+    onchange: () => { location.hash = `#/stats?every=${every.value}`; },
+  }, INTERVALS_S.map((n) => h('option', { value: String(n), selected: n === intervalS }, `${n} s`)));
+  const lastAt = h('span', { class: 'muted' });
+  const body = h('div', null, loading('Loading statistics…'));
+  mount(main,
+    h('div', { class: 'page-head' }, h('h1', null, 'Statistics'),
+      h('p', { class: 'summary' }, h('label', { for: 'sample-every' }, 'Sample every '), every, ' ', lastAt)),
+    body);
+
+  function render(): void {
+    lastAt.textContent = last?.at ? `while this page is open · last ${new Date(last.at).toLocaleTimeString()}` : '';
+    if (!last) {
+      mount(body, errorState('Could not load statistics', failed, () => void sample()));
+      return;
+    }
+    const st = last;
+    const live = LIVE_STATES.reduce((n, k) => n + (st.byState[k] ?? 0), 0);
+    const cards = h('ul', { class: 'cards', 'aria-label': 'Mail by state' },
+      MAIL_STATES.map((state) => h('li', { class: `stat state-${state}` }, h('span', { class: 'stat-value' }, (st.byState[state] ?? 0).toLocaleString()), h('span', { class: 'stat-label' }, state))),
+      h('li', { class: 'stat' }, h('span', { class: 'stat-value' }, st.oldestReceivedAt ? ageText(Date.now() - st.oldestReceivedAt) : '—'),
+        h('span', { class: 'stat-label', title: st.oldestReceivedAt ? absoluteTime(st.oldestReceivedAt) : 'No mail is waiting' }, 'oldest in queue')));
+    const depth = lineChart({
+      title: 'Queue depth over time by state',
+      unit: 'mails',
+      empty: 'Collecting samples…',
+      series: LIVE_STATES.map((state): Series => ({ name: state, colorClass: `c-${state}`, points: samples.map((x) => [x.at, x.byState[state] ?? 0]) })),
+    });
+    const rateKeys = [...new Set(samples.flatMap((x) => Object.keys(x.rates)))];
+    const rates = rateKeys.length
+      ? lineChart({
+        title: 'Ingress and delivery rates (mails per minute, over the last minute)',
+        unit: rateKeys.every((k) => k.endsWith('PerMinute')) ? 'per minute' : 'rate',
+        empty: 'Collecting samples…',
+        series: rateKeys.map((k, i): Series => ({ name: rateLabel(k), colorClass: `c-${i % 6}`, points: samples.filter((x) => k in x.rates).map((x) => [x.at, x.rates[k]!]) })),
+      })
+      : h('figure', { class: 'chart-box' }, h('figcaption', null, 'Ingress and delivery rates'), h('p', { class: 'muted' }, 'The server reports no rates yet. They appear once mail is accepted or delivered.'));
+    const byPriority = barChart({
+      title: 'Waiting mail by priority',
+      empty: 'No mail is waiting.',
+      rows: Object.entries(st.byPriority ?? {}).map(([lvl, n]) => ({ label: priorityLabel(Number(lvl), config), value: n, level: Number(lvl) }))
+        .sort((a, b) => b.level - a.level).map(({ label, value }) => ({ label, value })),
+    });
+    const top = barChart({
+      title: 'Top destinations (waiting mail)',
+      empty: 'No mail is waiting for any destination.',
+      rows: (st.topDestinations ?? []).map((d) => ({ label: d.domain, value: d.count, colorClass: 'c-queued' })),
+    });
+    const qshape = heatmap({
+      title: 'Age by destination (qshape)',
+      bucketsMinutes: st.ageByDestination?.bucketsMinutes ?? [],
+      rows: st.ageByDestination?.rows ?? [],
+      empty: 'No mail is waiting, so there is nothing to shape.',
+    });
+    mount(body,
+      failed ? errorState('The last sample failed; showing the one before', failed) : null,
+      cards,
+      h('p', { class: 'muted' }, `${live.toLocaleString()} mails waiting (queued, active or held).`),
+      h('div', { class: 'grid2' }, depth, rates),
+      qshape,
+      h('div', { class: 'grid2' }, byPriority, top));
+  }
+
+  async function sample(): Promise<void> {
+    try {
+      const st = await api<Stats>('GET', '/api/stats');
+      last = st;
+      failed = null;
+      samples.push({ at: st.at ?? Date.now(), byState: { ...st.byState }, rates: flattenRates(st.rates) });
+      if (samples.length > MAX_SAMPLES) samples.splice(0, samples.length - MAX_SAMPLES);
+    } catch (err) {
+      failed = err;
+    }
+    render();
+  }
+
+  runningConfig().then((c) => { config = c; if (last) render(); }).catch(() => {});
+  void sample();
+  const timer = setInterval(() => void sample(), intervalS * 1000);
+  return () => clearInterval(timer);
+}

@@ -1,0 +1,197 @@
+/**
+ * The admin server (fastify 5): the REST API under /api, Prometheus /metrics, /health, the
+ * OpenAPI description (/api/openapi.json) with interactive docs (/api/docs), and the built web
+ * console (admin-ui/dist/) at /.
+ *
+ * What it guarantees:
+ * - Every API route and /metrics need a valid token (auth.ts: one onRequest hook on the API's
+ *   encapsulated context); a viewer token may read but not change. Public without a token: GET
+ *   /health (status only), the console's static files (the console asks for the token itself)
+ *   and the API docs and OpenAPI description (they describe the API and hold no data; the docs
+ *   page could not load the description otherwise).
+ * - Every error is JSON `{ statusCode, error, message }`; bad input is a 4xx, never a 500.
+ * - Every operator change is in the audit log, on disk, before the answer (audit.ts).
+ * - A removal is answered only after the queue made it final (routes/messages.ts).
+ * - Every response carries a strict Content-Security-Policy (no inline or foreign script), so
+ *   nothing taken from a mail can run as script in the console.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import fastifyStatic from '@fastify/static';
+import fastifySwagger from '@fastify/swagger';
+import fastifySwaggerUi from '@fastify/swagger-ui';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { projectRoot } from '../config/load.js';
+import { parseHostPort } from '../config/schema.js';
+import type { ConfigStore } from '../config/store.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import type { Queue } from '../queue/types.js';
+import { AuditLog } from './audit.js';
+import { authHook, bearerToken, TokenAuthority } from './auth.js';
+import type { AdminContext } from './context.js';
+import { adminErrorHandler, errorBody, UnauthorizedError } from './errors.js';
+import { RateWindow } from './rates.js';
+import { auditRoutes } from './routes/audit.js';
+import { configRoutes } from './routes/config.js';
+import { eventRoutes } from './routes/events.js';
+import { healthRoutes } from './routes/health.js';
+import { messageRoutes } from './routes/messages.js';
+import { metricsRoutes } from './routes/metrics.js';
+import { statsRoutes } from './routes/stats.js';
+
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'self'",
+  "script-src 'self'",
+  // The console sets style attributes (chart geometry); styles cannot run script.
+  "style-src 'self' 'unsafe-inline'",
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "object-src 'none'",
+  "base-uri 'none'",
+  "form-action 'self'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+export interface AdminServerOptions {
+  config: ConfigStore;
+  queue: Queue;
+  logger: Logger;
+  metrics: Metrics;
+  /** Holds admin.token (generated when none is configured) and audit.log. */
+  dataDir: string;
+  /** The built console; default admin-ui/dist/ of the project. Served only when it exists. */
+  uiDir?: string;
+  /** SSE heartbeat interval; default 15 s. */
+  heartbeatMs?: number;
+}
+
+export interface AdminServer {
+  app: FastifyInstance;
+  listen(): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function createAdminServer(o: AdminServerOptions): Promise<AdminServer> {
+  const logger = o.logger.child({ component: 'admin' });
+  const app = Fastify({
+    loggerInstance: logger,
+    // One line per request at debug (below); operator actions are logged and audited by the routes.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Unknown query/body keys are an error (400), not silently dropped: a mistyped filter must
+    // not turn a bulk action into one on every mail.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    bodyLimit: 1024 * 1024,
+    // Keep-alive and SSE connections must not hold close() up.
+    forceCloseConnections: true,
+    trustProxy: false,
+  }) as unknown as FastifyInstance; // pino's Logger is a FastifyBaseLogger; the generics just differ
+  const ctx: AdminContext = {
+    config: o.config,
+    queue: o.queue,
+    logger,
+    metrics: o.metrics,
+    audit: new AuditLog(o.dataDir),
+    rates: new RateWindow({ metrics: o.metrics }),
+    heartbeatMs: o.heartbeatMs ?? 15_000,
+    streams: new Set(),
+  };
+  const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });
+
+  app.setErrorHandler(adminErrorHandler);
+  app.addHook('onSend', async (_request, reply, payload) => {
+    if (!reply.hasHeader('content-security-policy')) void reply.header('Content-Security-Policy', CONTENT_SECURITY_POLICY);
+    void reply.header('X-Content-Type-Options', 'nosniff');
+    void reply.header('Referrer-Policy', 'no-referrer');
+    return payload;
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.debug({ method: request.method, route: request.routeOptions.url, statusCode: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'admin request');
+  });
+  app.addHook('preClose', async () => {
+    for (const end of [...ctx.streams]) end();
+  });
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: {
+        title: 'Spoolhouse admin API',
+        version: '1',
+        description: 'Browse, inspect and steer the Spoolhouse mail queue. Send `Authorization: Bearer <token>` (admin.token, admin.tokens, or the generated <spool.dir>/admin.token). Errors are `{ statusCode, error, message }`.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+      tags: ['messages', 'stats', 'config', 'events', 'audit', 'metrics', 'health'].map((name) => ({ name })),
+    },
+  });
+  await app.register(fastifySwaggerUi, {
+    routePrefix: '/api/docs',
+    // Swagger UI's own CSP (hashes of its inline scripts), minus upgrade-insecure-requests: the
+    // admin server speaks plain HTTP on loopback, and an upgrade would break every asset.
+    staticCSP: true,
+    transformStaticCSP: (header) => header.replace(/\s*upgrade-insecure-requests;?/, ''),
+  });
+  app.get('/api/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  await app.register(async (pub) => healthRoutes(pub, ctx));
+  await app.register(async (api) => {
+    api.addHook('onRequest', authHook(authority));
+    await api.register(async (p) => messageRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => statsRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => configRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => eventRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => auditRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => metricsRoutes(p, ctx));
+  });
+
+  registerConsole(app, o.uiDir ?? join(projectRoot(), 'admin-ui', 'dist'), logger, authority);
+
+  await app.ready();
+  ctx.rates.start();
+
+  let closed = false;
+  return {
+    app,
+    async listen() {
+      const where = parseHostPort(o.config.current.admin.listen)!;
+      await app.listen({ host: where.host, port: where.port });
+      const addr = app.server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : where.port;
+      const host = where.host.includes(':') ? `[${where.host}]` : where.host;
+      const url = `http://${host}:${port}`;
+      logger.info({ url }, 'admin listening');
+      return url;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      ctx.rates.stop();
+      await app.close();
+      await ctx.audit.close();
+    },
+  };
+}
+
+/** The console at /, with the SPA's index.html for any other non-API GET. */
+function registerConsole(app: FastifyInstance, uiDir: string, logger: Logger, authority: TokenAuthority): void {
+  const hasUi = existsSync(join(uiDir, 'index.html'));
+  if (hasUi) {
+    void app.register(fastifyStatic, { root: uiDir, prefix: '/', index: ['index.html'], wildcard: true });
+  } else {
+    logger.info({ uiDir }, 'admin: no built console here (run `npx vite build` in admin-ui/); serving the API only');
+  }
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0]!;
+    const isApi = path === '/api' || path.startsWith('/api/') || path === '/metrics' || path === '/health';
+    if (hasUi && !isApi && (request.method === 'GET' || request.method === 'HEAD')) {
+      return reply.type('text/html; charset=utf-8').sendFile('index.html');
+    }
+    // An unknown API path says nothing, not even that it is unknown, without a valid token.
+    const token = bearerToken(request.headers.authorization);
+    if (isApi && path !== '/health' && !(token && authority.identify(token))) {
+      return reply.code(401).header('WWW-Authenticate', 'Bearer realm="spoolhouse"').send(errorBody(401, new UnauthorizedError().message));
+    }
+    return reply.code(404).send(errorBody(404, `No route ${request.method} ${path}`));
+  });
+}

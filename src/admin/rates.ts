@@ -1,0 +1,79 @@
+/**
+ * Ingress and delivery rates for GET /api/stats, computed from the Prometheus counters (the
+ * same numbers /metrics exports), over a sliding window: the counters are sampled every few
+ * seconds, and a rate is (now − the oldest sample in the window) / elapsed time. Nothing is
+ * counted twice and no stage has to report rates separately.
+ */
+import type { Counter } from 'prom-client';
+import type { Metrics } from '../metrics.js';
+
+export interface Rates {
+  /** Per minute, over the window. */
+  acceptedPerMinute: number;
+  deliveredPerMinute: number;
+  deferredPerMinute: number;
+  bouncedPerMinute: number;
+}
+
+interface Sample {
+  at: number;
+  accepted: number;
+  delivered: number;
+  deferred: number;
+  bounced: number;
+}
+
+async function total(counter: Counter<string>): Promise<number> {
+  const { values } = await counter.get();
+  return values.reduce((sum, v) => sum + v.value, 0);
+}
+
+export class RateWindow {
+  readonly windowMs: number;
+  #samples: Sample[] = [];
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: { metrics: Metrics; windowMs?: number; sampleEveryMs?: number; now?: () => number }) {
+    this.windowMs = o.windowMs ?? 60_000;
+  }
+
+  start(): void {
+    void this.sample();
+    this.#timer = setInterval(() => void this.sample(), this.o.sampleEveryMs ?? 5_000);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  async sample(): Promise<Sample> {
+    const m = this.o.metrics;
+    const s: Sample = {
+      at: (this.o.now ?? Date.now)(),
+      accepted: await total(m.acceptedTotal),
+      delivered: await total(m.deliveredTotal),
+      deferred: await total(m.deferredTotal),
+      bounced: await total(m.bouncedTotal),
+    };
+    this.#samples.push(s);
+    // Keep one sample older than the window so the window is always fully covered.
+    while (this.#samples.length > 2 && this.#samples[1]!.at <= s.at - this.windowMs) this.#samples.shift();
+    return s;
+  }
+
+  async rates(): Promise<Rates> {
+    const now = await this.sample();
+    // The newest sample at least a window old; until the server has run that long, the oldest.
+    const base = [...this.#samples].reverse().find((s) => s.at <= now.at - this.windowMs) ?? this.#samples[0]!;
+    // At least a second, so a burst right after start-up does not read as millions per minute.
+    const minutes = Math.max(now.at - base.at, 1_000) / 60_000;
+    const per = (k: keyof Omit<Sample, 'at'>) => Math.round(((now[k] - base[k]) / minutes) * 100) / 100;
+    return {
+      acceptedPerMinute: per('accepted'),
+      deliveredPerMinute: per('delivered'),
+      deferredPerMinute: per('deferred'),
+      bouncedPerMinute: per('bounced'),
+    };
+  }
+}

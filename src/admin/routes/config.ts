@@ -1,0 +1,217 @@
+/**
+ * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules and
+ * per-destination delivery limits) and POST /api/rules/test.
+ *
+ * PUT validates through ConfigStore (the one config schema), saves the overlay file atomically
+ * and applies it at once (stages listen for the store's 'change'). A section given replaces the
+ * running one: `rules` is the whole list, `delivery.limits.domains` the whole map, and
+ * `priorities.classes` the classes the overlay adds or changes (the documented default classes
+ * stay, as config/default.json always supplies them). Invalid input is a 400 naming each key and
+ * its problem, and nothing is saved.
+ */
+import type { FastifyInstance } from 'fastify';
+import { classify, type ClassifyInput } from '../../config/rules.js';
+import type { Config } from '../../config/schema.js';
+import { audited, type AdminContext } from '../context.js';
+import { errorResponses } from '../schemas.js';
+
+const anyObject = { type: 'object', additionalProperties: true } as const;
+
+const limitsSchema = {
+  type: 'object',
+  properties: {
+    connections: { type: 'integer' },
+    messagesPerConnection: { type: 'integer' },
+    rate: { type: ['string', 'null'] },
+  },
+} as const;
+
+const ruleSchema = {
+  type: 'object',
+  properties: {
+    name: { type: 'string' },
+    match: {
+      type: 'object',
+      properties: {
+        sender: { type: 'string' }, senderDomain: { type: 'string' }, recipientDomain: { type: 'string' }, authUser: { type: 'string' },
+        header: { type: 'object', properties: { name: { type: 'string' }, value: { type: 'string' } } },
+        minSize: { type: ['integer', 'string'] }, maxSize: { type: ['integer', 'string'] },
+      },
+    },
+    priority: { type: 'string' },
+    delay: { type: ['number', 'string'], description: 'Milliseconds (as read back), or e.g. "10m" when written' },
+    hold: { type: 'boolean' },
+  },
+} as const;
+
+const prioritiesSchema = {
+  type: 'object',
+  properties: {
+    classes: { type: 'object', additionalProperties: { type: 'integer' } },
+    default: { type: 'string' },
+    lowPriorityShare: { type: 'number' },
+  },
+} as const;
+
+const configView = {
+  type: 'object',
+  properties: {
+    priorities: prioritiesSchema,
+    rules: { type: 'array', items: ruleSchema },
+    delivery: {
+      type: 'object',
+      properties: {
+        limits: { type: 'object', properties: { default: limitsSchema, domains: { type: 'object', additionalProperties: limitsSchema } } },
+      },
+    },
+    file: { type: 'string', description: 'The overlay file changes are saved to' },
+  },
+} as const;
+
+function viewOf(ctx: AdminContext, c: Config) {
+  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits }, file: ctx.config.overlayFile };
+}
+
+interface PutBody {
+  priorities?: Record<string, unknown>;
+  rules?: unknown[];
+  delivery?: { limits?: Record<string, unknown> };
+}
+
+interface RulesTestBody {
+  envelope?: { sender?: string; recipients?: string[]; authUser?: string };
+  sender?: string;
+  recipients?: string[];
+  authUser?: string;
+  headers?: { name: string; value: string }[] | string;
+  size?: number;
+  rules?: unknown[];
+  priorities?: Record<string, unknown>;
+}
+
+/** "Name: value" lines (with folded continuations) → header list. */
+function headerLines(text: string): { name: string; value: string }[] {
+  const out: { name: string; value: string }[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    if (/^[ \t]/.test(line) && out.length) out[out.length - 1]!.value += ' ' + line.trim();
+    else if (line.includes(':')) out.push({ name: line.slice(0, line.indexOf(':')).trim(), value: line.slice(line.indexOf(':') + 1).trim() });
+  }
+  return out;
+}
+
+export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
+  app.get('/config', {
+    schema: {
+      summary: 'The running priorities, rules and per-destination delivery limits',
+      tags: ['config'],
+      response: { 200: configView, ...errorResponses },
+    },
+  }, async () => viewOf(ctx, ctx.config.current));
+
+  app.put<{ Body: PutBody }>('/config', {
+    schema: {
+      summary: 'Change priorities, rules and/or per-destination limits; saved and applied without restart',
+      tags: ['config'],
+      body: {
+        type: 'object',
+        properties: {
+          priorities: anyObject,
+          rules: { type: 'array', items: anyObject },
+          delivery: { type: 'object', properties: { limits: anyObject }, additionalProperties: false },
+        },
+        additionalProperties: false,
+        minProperties: 1,
+      },
+      response: { 200: configView, ...errorResponses },
+    },
+  }, async (request) => {
+    const body = request.body;
+    const patch: Record<string, unknown> = {};
+    if (body.priorities !== undefined) patch.priorities = body.priorities;
+    if (body.rules !== undefined) patch.rules = body.rules;
+    if (body.delivery?.limits !== undefined) patch.delivery = { limits: body.delivery.limits };
+    const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
+    const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } },
+      async () => ctx.config.update(patch, { replace }));
+    return viewOf(ctx, next);
+  });
+
+  app.post<{ Body: RulesTestBody }>('/rules/test', {
+    config: { readOnly: true },
+    schema: {
+      summary: 'Classify a sample envelope and headers against the running (or a proposed) rule set',
+      description: 'Give the envelope as `envelope: {sender, recipients, authUser}` (or the same keys at the top level), headers as a list or "Name: value" lines, and optionally `rules`/`priorities` to test a proposed set without saving it.',
+      tags: ['config'],
+      body: {
+        type: 'object',
+        properties: {
+          envelope: {
+            type: 'object',
+            properties: { sender: { type: 'string' }, recipients: { type: 'array', items: { type: 'string' } }, authUser: { type: 'string' } },
+            additionalProperties: false,
+          },
+          sender: { type: 'string' },
+          recipients: { type: 'array', items: { type: 'string' } },
+          authUser: { type: 'string' },
+          headers: {
+            anyOf: [
+              { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, value: { type: 'string' } }, required: ['name', 'value'] } },
+              { type: 'string' },
+            ],
+          },
+          size: { type: 'integer', minimum: 0, default: 0 },
+          rules: { type: 'array', items: anyObject },
+          priorities: anyObject,
+        },
+        additionalProperties: false,
+      },
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            matched: { type: 'boolean' },
+            rule: { type: ['string', 'null'] },
+            ruleIndex: { type: ['integer', 'null'] },
+            priority: { type: 'integer' },
+            priorityName: { type: 'string' },
+            delayMs: { type: 'number' },
+            notBefore: { type: 'number' },
+            hold: { type: 'boolean' },
+            classification: anyObject,
+            proposed: { type: 'boolean' },
+          },
+        },
+        ...errorResponses,
+      },
+    },
+  }, async (request) => {
+    const b = request.body;
+    const input: ClassifyInput = {
+      sender: b.envelope?.sender ?? b.sender ?? '',
+      recipients: b.envelope?.recipients ?? b.recipients ?? [],
+      headers: typeof b.headers === 'string' ? headerLines(b.headers) : b.headers ?? [],
+      size: b.size ?? 0,
+    };
+    const authUser = b.envelope?.authUser ?? b.authUser;
+    if (authUser) input.authUser = authUser;
+    const proposed = b.rules !== undefined || b.priorities !== undefined;
+    // A proposed set is validated exactly as a PUT would be (and nothing is saved).
+    const config = proposed
+      ? ctx.config.validate({ ...(b.rules !== undefined ? { rules: b.rules } : {}), ...(b.priorities !== undefined ? { priorities: b.priorities } : {}) }, { replace: [['priorities', 'classes']] })
+      : ctx.config.current;
+    const r = classify(input, config);
+    const ruleIndex = r.rule !== undefined ? config.rules.findIndex((x) => x.name === r.rule) : -1;
+    return {
+      matched: r.rule !== undefined,
+      rule: r.rule ?? null,
+      ruleIndex: ruleIndex >= 0 ? ruleIndex : null,
+      priority: r.priority,
+      priorityName: r.priorityName,
+      delayMs: r.delayMs,
+      notBefore: r.notBefore,
+      hold: r.hold,
+      classification: r.classification,
+      proposed,
+    };
+  });
+}

@@ -1,0 +1,93 @@
+/**
+ * GET /api/stats: the queue at a glance. Counts come from `queue.stats()` (indexes, not a scan);
+ * rates from the Prometheus counters over a sliding window (see rates.ts).
+ */
+import type { FastifyInstance } from 'fastify';
+import type { AdminContext } from '../context.js';
+import { priorityNameOf } from '../filters.js';
+import { errorResponses } from '../schemas.js';
+
+const counts = { type: 'object', additionalProperties: { type: 'integer' } } as const;
+
+/** "0-5m", "5-10m", …, "1440m+" for qshape's columns. */
+export function bucketLabels(bucketsMinutes: number[]): string[] {
+  return bucketsMinutes.map((limit, i) => {
+    const from = i === 0 ? 0 : bucketsMinutes[i - 1]!;
+    return Number.isFinite(limit) ? `${from}-${limit}m` : `${from}m+`;
+  });
+}
+
+export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
+  app.get<{ Querystring: { topN: number } }>('/stats', {
+    schema: {
+      summary: 'Queue statistics: counts by state and priority, oldest mail, destinations, qshape, rates',
+      tags: ['stats'],
+      querystring: {
+        type: 'object',
+        properties: { topN: { type: 'integer', minimum: 1, maximum: 1000, default: 10, description: 'Destinations listed' } },
+        additionalProperties: false,
+      },
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            at: { type: 'number' },
+            byState: counts,
+            byPriority: { ...counts, description: 'Live mail by priority level' },
+            byPriorityName: { ...counts, description: 'Live mail by priority class name' },
+            oldestReceivedAt: { type: ['number', 'null'] },
+            oldestAgeSeconds: { type: ['number', 'null'] },
+            topDestinations: { type: 'array', items: { type: 'object', properties: { domain: { type: 'string' }, count: { type: 'integer' } } } },
+            ageByDestination: {
+              type: 'object',
+              description: 'Like Postfix qshape: live mail by destination and age bucket; the last bucket is open-ended (null)',
+              properties: {
+                bucketsMinutes: { type: 'array', items: { type: ['number', 'null'] } },
+                bucketLabels: { type: 'array', items: { type: 'string' } },
+                rows: {
+                  type: 'array',
+                  items: { type: 'object', properties: { domain: { type: 'string' }, total: { type: 'integer' }, counts: { type: 'array', items: { type: 'integer' } } } },
+                },
+              },
+            },
+            rates: {
+              type: 'object',
+              description: 'Per minute over the window',
+              properties: {
+                acceptedPerMinute: { type: 'number' }, deliveredPerMinute: { type: 'number' },
+                deferredPerMinute: { type: 'number' }, bouncedPerMinute: { type: 'number' },
+              },
+            },
+            ratesWindowSeconds: { type: 'number' },
+          },
+        },
+        ...errorResponses,
+      },
+    },
+  }, async (request) => {
+    const [stats, rates] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.rates()]);
+    const priorities = ctx.config.current.priorities;
+    const byPriorityName: Record<string, number> = {};
+    for (const [level, n] of Object.entries(stats.byPriority)) {
+      const name = priorityNameOf(Number(level), priorities) ?? `level-${level}`;
+      byPriorityName[name] = (byPriorityName[name] ?? 0) + n;
+    }
+    const buckets = stats.ageByDestination.bucketsMinutes;
+    return {
+      at: stats.at,
+      byState: stats.byState,
+      byPriority: stats.byPriority,
+      byPriorityName,
+      oldestReceivedAt: stats.oldestReceivedAt ?? null,
+      oldestAgeSeconds: stats.oldestReceivedAt !== undefined ? Math.max(0, Math.round((stats.at - stats.oldestReceivedAt) / 1000)) : null,
+      topDestinations: stats.topDestinations,
+      ageByDestination: {
+        bucketsMinutes: buckets.map((b) => (Number.isFinite(b) ? b : null)),
+        bucketLabels: bucketLabels(buckets),
+        rows: stats.ageByDestination.rows,
+      },
+      rates,
+      ratesWindowSeconds: ctx.rates.windowMs / 1000,
+    };
+  });
+}

@@ -1,0 +1,166 @@
+/**
+ * Human output of the CLI. `queue list` looks like Postfix's `postqueue -p` (id with `*` for a
+ * mail being delivered and `!` for a held one, size, arrival time, sender, then each recipient
+ * not yet delivered, with the last reply in parentheses), so operators read it at a glance.
+ */
+
+export interface Reply { code: number; enhanced?: string; message: string }
+export interface RecipientView { address: string; status: string; lastReply?: Reply; remoteHost?: string }
+export interface MailSummaryView {
+  id: string;
+  state: string;
+  sender: string;
+  recipients: RecipientView[];
+  recipientCount?: number;
+  size: number;
+  receivedAt: number;
+  priority: number;
+  priorityName?: string;
+  notBefore: number;
+  attempts: number;
+  subject?: string;
+  holdReason?: string;
+}
+
+const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
+
+function arrival(ms: number): string {
+  const d = new Date(ms);
+  const day = d.toLocaleString('en-US', { weekday: 'short' });
+  const mon = d.toLocaleString('en-US', { month: 'short' });
+  const pad = (n: number) => String(n).padStart(2, '0');
+  return `${day} ${mon} ${String(d.getDate()).padStart(2)} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+function replyText(r: Reply): string {
+  return `${r.code}${r.enhanced ? ' ' + r.enhanced : ''} ${r.message}`.replace(/\s+/g, ' ').trim();
+}
+
+const ID_W = 27;
+const SIZE_W = 8;
+const PRIO_W = 8;
+const TIME_W = 20;
+const INDENT = ' '.repeat(ID_W + 1 + SIZE_W + 1 + PRIO_W + 1 + TIME_W + 1);
+
+export function queueTable(items: MailSummaryView[], more: boolean, total?: { count: number; exact: boolean }): string {
+  if (items.length === 0) return more ? 'No mail found yet; more may match (use --all)\n' : 'Mail queue is empty\n';
+  const lines = [
+    `${'-Queue ID-'.padEnd(ID_W)} ${'--Size--'.padStart(SIZE_W)} ${'-Prio-'.padEnd(PRIO_W)} ${'----Arrival Time----'.padEnd(TIME_W)} -Sender/Recipient-------`,
+  ];
+  let bytes = 0;
+  for (const m of items) {
+    bytes += m.size;
+    const mark = STATE_MARK[m.state] ?? (m.state === 'queued' ? ' ' : '#');
+    lines.push(`${(m.id + mark).padEnd(ID_W)} ${String(m.size).padStart(SIZE_W)} ${(m.priorityName ?? String(m.priority)).padEnd(PRIO_W)} ${arrival(m.receivedAt).padEnd(TIME_W)} ${m.sender || 'MAILER-DAEMON'}`);
+    if (m.state === 'held' && m.holdReason) lines.push(`${INDENT}(held: ${m.holdReason})`);
+    if (!['queued', 'active', 'held'].includes(m.state)) lines.push(`${INDENT}(${m.state})`);
+    for (const r of m.recipients) {
+      if (r.status === 'delivered') continue;
+      if (r.lastReply) lines.push(`${INDENT}(${r.remoteHost ? `host ${r.remoteHost} said: ` : ''}${replyText(r.lastReply)})`);
+      lines.push(`${INDENT}${r.address}`);
+    }
+    const hidden = (m.recipientCount ?? m.recipients.length) - m.recipients.length;
+    if (hidden > 0) lines.push(`${INDENT}(and ${hidden} more recipients)`);
+    lines.push('');
+  }
+  const kb = Math.ceil(bytes / 1024);
+  const n = items.length;
+  lines.push(`-- ${kb} Kbytes in ${n} Request${n === 1 ? '' : 's'}.${more ? ` More match${total ? ` (${total.exact ? '' : 'about '}${total.count} in all)` : ''}: use --all or --limit.` : ''}`);
+  return lines.join('\n') + '\n';
+}
+
+function when(ms: number | undefined): string {
+  if (ms === undefined || ms === null) return '-';
+  return `${new Date(ms).toISOString()} (${relative(ms)})`;
+}
+
+export function relative(ms: number, now = Date.now()): string {
+  const s = Math.round((ms - now) / 1000);
+  const a = Math.abs(s);
+  const text = a < 60 ? `${a}s` : a < 3600 ? `${Math.round(a / 60)}m` : a < 86400 ? `${(a / 3600).toFixed(1)}h` : `${(a / 86400).toFixed(1)}d`;
+  return s <= 0 ? `${text} ago` : `in ${text}`;
+}
+
+interface Detail extends MailSummaryView {
+  history?: { at: number; host?: string; recipients: string[]; outcome: string; reply?: Reply }[];
+  client?: { address: string; helo?: string; authUser?: string; tls?: boolean };
+  classification?: Record<string, { source: string; rule?: string; detail?: string } | undefined>;
+  messageId?: string;
+  lease?: { owner: string; until: number };
+  parsed?: { headers: { name: string; value: string }[]; subject?: string; text?: string; textTruncated?: boolean; attachments: { filename?: string; contentType: string; size: number }[]; error?: string };
+}
+
+export function showMail(m: Detail): string {
+  const out: string[] = [];
+  const kv = (k: string, v: string | number | undefined) => out.push(`${(k + ':').padEnd(17)}${v ?? '-'}`);
+  kv('Queue ID', m.id);
+  kv('State', m.state + (m.holdReason ? ` (${m.holdReason})` : '') + (m.lease ? ` (being delivered by ${m.lease.owner})` : ''));
+  kv('Priority', `${m.priorityName ?? '?'} (${m.priority})`);
+  kv('Received', when(m.receivedAt));
+  kv('Not before', when(m.notBefore));
+  kv('Size', `${m.size} bytes`);
+  kv('Attempts', m.attempts);
+  kv('Sender', m.sender || '<> (null sender)');
+  if (m.subject !== undefined) kv('Subject', m.subject);
+  if (m.messageId !== undefined) kv('Message-ID', m.messageId);
+  if (m.client) kv('Client', `${m.client.address}${m.client.helo ? ` (${m.client.helo})` : ''}${m.client.authUser ? ` auth=${m.client.authUser}` : ''}${m.client.tls ? ' TLS' : ''}`);
+  if (m.classification) {
+    for (const [what, c] of Object.entries(m.classification)) {
+      if (c) kv(`Set ${what} by`, `${c.source}${c.rule ? ` rule "${c.rule}"` : ''}${c.detail ? ` (${c.detail})` : ''}`);
+    }
+  }
+  out.push('Recipients:');
+  for (const r of m.recipients) {
+    out.push(`  ${r.address}  ${r.status}${r.lastReply ? `  (${r.remoteHost ? r.remoteHost + ': ' : ''}${replyText(r.lastReply)})` : ''}`);
+  }
+  if (m.history?.length) {
+    out.push('Attempts:');
+    for (const a of m.history) {
+      out.push(`  ${new Date(a.at).toISOString()}  ${a.outcome.padEnd(9)} ${a.host ?? '-'}  ${a.reply ? replyText(a.reply) : ''}  [${a.recipients.join(', ')}]`);
+    }
+  }
+  const p = m.parsed;
+  if (p) {
+    if (p.error) out.push(`Message: ${p.error}`);
+    out.push('Headers:');
+    for (const h of p.headers) out.push(`  ${h.name}: ${h.value}`);
+    if (p.attachments.length) {
+      out.push('Attachments:');
+      for (const a of p.attachments) out.push(`  ${a.filename ?? '(no name)'}  ${a.contentType}  ${a.size} bytes`);
+    }
+    if (p.text !== undefined) {
+      out.push('Text:');
+      out.push(...p.text.split(/\r?\n/).map((l) => `  ${l}`));
+      if (p.textTruncated) out.push('  […]');
+    }
+  }
+  return out.join('\n') + '\n';
+}
+
+interface StatsView {
+  byState: Record<string, number>;
+  byPriorityName?: Record<string, number>;
+  oldestAgeSeconds?: number | null;
+  topDestinations: { domain: string; count: number }[];
+  ageByDestination: { bucketLabels?: string[]; bucketsMinutes: (number | null)[]; rows: { domain: string; total: number; counts: number[] }[] };
+  rates?: Record<string, number>;
+}
+
+export function showStats(s: StatsView): string {
+  const out: string[] = [];
+  out.push('By state:    ' + Object.entries(s.byState).map(([k, v]) => `${k}=${v}`).join('  '));
+  if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));
+  out.push(`Oldest:      ${s.oldestAgeSeconds === null || s.oldestAgeSeconds === undefined ? '-' : relative(Date.now() - s.oldestAgeSeconds * 1000)}`);
+  if (s.rates) out.push('Rates/min:   ' + Object.entries(s.rates).map(([k, v]) => `${k.replace(/PerMinute$/, '')}=${v}`).join('  '));
+  const labels = s.ageByDestination.bucketLabels ?? s.ageByDestination.bucketsMinutes.map((b) => (b === null ? 'more' : String(b)));
+  const rows = s.ageByDestination.rows;
+  out.push('');
+  // qshape: one row per destination, columns by age.
+  const dw = Math.max(6, ...rows.map((r) => r.domain.length)) + 1;
+  const cw = Math.max(7, ...labels.map((l) => l.length + 1));
+  out.push(''.padEnd(dw) + 'T'.padStart(7) + labels.map((l) => l.padStart(cw)).join(''));
+  const totals = labels.map((_, i) => rows.reduce((sum, r) => sum + (r.counts[i] ?? 0), 0));
+  out.push('TOTAL'.padEnd(dw) + String(rows.reduce((a, r) => a + r.total, 0)).padStart(7) + totals.map((n) => String(n).padStart(cw)).join(''));
+  for (const r of rows) out.push(r.domain.padEnd(dw) + String(r.total).padStart(7) + r.counts.map((n) => String(n).padStart(cw)).join(''));
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,251 @@
+#!/usr/bin/env node
+/**
+ * `spoolhouse` — the operator's command line (Postfix's postqueue/postsuper for Spoolhouse),
+ * talking only to the admin API (never to the spool: it works the same on every backend and
+ * while the server runs).
+ *
+ *   spoolhouse queue list [--filter key=value …] [--all] [--json]
+ *   spoolhouse queue show ID [--json | --raw]
+ *   spoolhouse queue remove|hold|release|retry ID… | --filter key=value … [--dry-run]
+ *   spoolhouse queue priority ID… LEVEL | --filter key=value … LEVEL [--dry-run]
+ *   spoolhouse queue stats [--json]
+ *
+ * Filter keys: state, priority, sender, recipient, domain, since, until, minSize, maxSize, q.
+ * Exit codes: 0 ok, 1 error (server or network), 2 usage (bad arguments or input the API
+ * refused as bad), 3 not found, 4 authentication or permission.
+ */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Command, CommanderError, Option } from 'commander';
+import { ApiClient, CliError, EXIT } from './client.js';
+import { resolveConnection, type ConnectionFlags } from './connection.js';
+import { queueTable, showMail, showStats, type MailSummaryView } from './format.js';
+
+const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
+
+interface GlobalOpts extends ConnectionFlags {
+  json?: boolean;
+  timeout?: string;
+}
+
+function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/** ["domain=example.com", "state=queued,held"] → { domain: "example.com", state: "queued,held" }. */
+export function parseFilterArgs(args: string[] = []): Record<string, string> {
+  const filter: Record<string, string> = {};
+  for (const arg of args) {
+    const eq = arg.indexOf('=');
+    if (eq <= 0) throw new CliError(`--filter "${arg}": expected key=value (keys: ${FILTER_KEYS.join(', ')})`, EXIT.usage);
+    const key = arg.slice(0, eq).trim();
+    const canonical = FILTER_KEYS.find((k) => k.toLowerCase() === key.toLowerCase().replace(/[-_]/g, ''));
+    if (!canonical) throw new CliError(`--filter "${arg}": unknown key "${key}" (keys: ${FILTER_KEYS.join(', ')})`, EXIT.usage);
+    filter[canonical] = arg.slice(eq + 1);
+  }
+  return filter;
+}
+
+function out(text: string): void {
+  process.stdout.write(text);
+}
+
+function printJson(value: unknown): void {
+  out(JSON.stringify(value, null, 2) + '\n');
+}
+
+function client(cmd: Command): { api: ApiClient; opts: GlobalOpts } {
+  const opts = cmd.optsWithGlobals<GlobalOpts>();
+  const { url, token } = resolveConnection(opts);
+  const timeout = opts.timeout ? Number(opts.timeout) * 1000 : undefined;
+  return { api: new ApiClient(url, token, timeout), opts };
+}
+
+const idPath = (id: string) => `api/messages/${encodeURIComponent(id)}`;
+
+interface BulkResult { matched: number; changed: number; skipped: number; failed: number; ids: string[]; errors: { id: string; message: string }[] }
+
+type Action = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
+const DONE: Record<Action, string> = { remove: 'removed', hold: 'held', release: 'released', retry: 'scheduled for retry', priority: 'reprioritised' };
+
+async function oneByOne(api: ApiClient, ids: string[], action: Action, json: boolean, body?: Record<string, unknown>): Promise<number> {
+  let exitCode: number = EXIT.ok;
+  const results: { id: string; ok: boolean; state?: string; error?: string }[] = [];
+  for (const id of ids) {
+    try {
+      const mail = await (action === 'remove' ? api.json<MailSummaryView>('DELETE', idPath(id))
+        : action === 'priority' ? api.json<MailSummaryView>('PATCH', idPath(id), body)
+          : api.json<MailSummaryView>('POST', `${idPath(id)}/${action}`, body));
+      results.push({ id, ok: true, state: mail.state });
+      if (!json) out(`${id}: ${DONE[action]} (now ${mail.state}${action === 'priority' ? `, priority ${mail.priorityName ?? mail.priority}` : ''})\n`);
+    } catch (err) {
+      if (!(err instanceof CliError)) throw err;
+      // Auth failures end the run at once: every other id would fail the same way.
+      if (err.exitCode === EXIT.auth) throw err;
+      results.push({ id, ok: false, error: err.message });
+      if (!json) process.stderr.write(`spoolhouse: ${id}: ${err.message}\n`);
+      if (exitCode === EXIT.ok) exitCode = err.exitCode;
+    }
+  }
+  if (json) printJson(results);
+  else if (ids.length > 1) out(`spoolhouse: ${results.filter((r) => r.ok).length} of ${ids.length} mails ${DONE[action]}\n`);
+  return exitCode;
+}
+
+async function bulk(api: ApiClient, filter: Record<string, string>, action: Action, dryRun: boolean, json: boolean, extra: Record<string, unknown> = {}): Promise<number> {
+  const r = await api.json<BulkResult>('POST', 'api/messages/actions', { filter, action, dryRun, ...extra });
+  if (json) printJson(r);
+  else if (dryRun) out(`Would ${action === 'retry' ? 'retry' : action} ${r.matched} mail${r.matched === 1 ? '' : 's'} (dry run; nothing changed)${r.ids.length ? `:\n${r.ids.map((id) => `  ${id}`).join('\n')}${r.matched > r.ids.length ? '\n  …' : ''}` : ''}\n`);
+  else {
+    out(`${r.changed} of ${r.matched} matching mail${r.matched === 1 ? '' : 's'} ${DONE[action]}${r.skipped ? `, ${r.skipped} skipped (changed meanwhile)` : ''}${r.failed ? `, ${r.failed} failed` : ''}\n`);
+    for (const e of r.errors) process.stderr.write(`spoolhouse: ${e.id}: ${e.message}\n`);
+  }
+  return r.failed > 0 ? EXIT.error : EXIT.ok;
+}
+
+function actionCommand(queue: Command, action: Exclude<Action, 'priority'>, description: string): void {
+  queue.command(action)
+    .description(description)
+    .argument('[ids...]', 'mail ids')
+    .option('-f, --filter <key=value>', 'act on every mail matching (repeatable)', collect)
+    .option('-n, --dry-run', 'only say how many mails would change')
+    .option('--reason <text>', action === 'remove' || action === 'hold' ? 'why (kept with the mail and in the audit log)' : 'ignored')
+    .action(async (ids: string[], o: { filter?: string[]; dryRun?: boolean; reason?: string }, cmd: Command) => {
+      const filter = o.filter ? parseFilterArgs(o.filter) : undefined;
+      if (filter && ids.length) throw new CliError('give mail ids or --filter, not both', EXIT.usage);
+      if (!filter && ids.length === 0) throw new CliError(`${action}: give mail ids, or --filter key=value for every matching mail`, EXIT.usage);
+      if (!filter && o.dryRun) throw new CliError('--dry-run is for --filter', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const reason = o.reason && (action === 'remove' || action === 'hold') ? { reason: o.reason } : undefined;
+      process.exitCode = filter
+        ? await bulk(api, filter, action, !!o.dryRun, !!opts.json, reason ?? {})
+        : await oneByOne(api, ids, action, !!opts.json, action === 'hold' ? reason : undefined);
+    });
+}
+
+export function buildProgram(): Command {
+  const program = new Command('spoolhouse')
+    .description('Operate a Spoolhouse mail queue through its admin API.\nExit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 authentication/permission.')
+    .option('--url <url>', 'admin API base URL (env SPOOLHOUSE_URL; default from the config admin.listen)')
+    .option('--token <token>', 'API token (env SPOOLHOUSE_TOKEN; default admin.token or <spool.dir>/admin.token)')
+    .option('-c, --config <file>', 'server config file to read the URL and token from (env SPOOLHOUSE_CONFIG)')
+    .option('--json', 'machine-readable JSON output')
+    .addOption(new Option('--timeout <seconds>', 'give up on the API after this long').default('120'))
+    .showHelpAfterError()
+    .exitOverride();
+
+  const queue = program.command('queue').description('browse and steer the mail queue').exitOverride();
+
+  queue.command('list')
+    .alias('ls')
+    .description('list mails, like postqueue -p (* = being delivered, ! = held)')
+    .option('-f, --filter <key=value>', `filter (repeatable; keys: ${FILTER_KEYS.join(', ')})`, collect)
+    .option('--state <states>', 'shorthand for --filter state=…')
+    .option('--domain <domain>', 'shorthand for --filter domain=…')
+    .addOption(new Option('--sort <field>', 'sort by').choices(['received', 'priority', 'nextAttempt']).default('received'))
+    .addOption(new Option('--order <order>', 'sort order').choices(['asc', 'desc']).default('asc'))
+    .option('--limit <n>', 'mails per page (1-1000)', '100')
+    .option('--all', 'every matching mail (follows the cursor through all pages)')
+    .action(async (o: { filter?: string[]; state?: string; domain?: string; sort: string; order: string; limit: string; all?: boolean }, cmd: Command) => {
+      const filter = parseFilterArgs(o.filter);
+      if (o.state) filter.state = o.state;
+      if (o.domain) filter.domain = o.domain;
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit must be 1..1000', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const items: MailSummaryView[] = [];
+      let cursor: string | undefined;
+      let total: { count: number; exact: boolean } | undefined;
+      do {
+        const q = new URLSearchParams({ ...filter, sort: o.sort, order: o.order, limit: String(limit), ...(cursor ? { cursor } : {}) });
+        const page = await api.json<{ items: MailSummaryView[]; nextCursor?: string; total: { count: number; exact: boolean } }>('GET', `api/messages?${q}`);
+        items.push(...page.items);
+        cursor = page.nextCursor;
+        total ??= page.total;
+        // A filter the backend cannot narrow with an index may give empty pages with a cursor
+        // (it examined a bounded number of mails): keep going until something is found.
+      } while (cursor && (o.all || items.length === 0));
+      if (opts.json) printJson({ items, ...(cursor ? { nextCursor: cursor } : {}), total });
+      else out(queueTable(items, !!cursor, total));
+    });
+
+  queue.command('show')
+    .description('one mail: envelope, recipients with their last reply, attempts, headers, text')
+    .argument('<id>', 'mail id')
+    .option('--raw', 'print the stored message (RFC 5322) instead')
+    .action(async (id: string, o: { raw?: boolean }, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      if (o.raw) {
+        const res = await api.request('GET', `${idPath(id)}/raw`);
+        process.stdout.write(Buffer.from(await res.arrayBuffer()));
+        return;
+      }
+      const mail = await api.json<Parameters<typeof showMail>[0]>('GET', idPath(id));
+      if (opts.json) printJson(mail);
+      else out(showMail(mail));
+    });
+
+  actionCommand(queue, 'remove', 'remove mails for good (never delivered afterwards)');
+  actionCommand(queue, 'hold', 'hold mails (not delivered until released)');
+  actionCommand(queue, 'release', 'release held mails');
+  actionCommand(queue, 'retry', 'make queued (deferred or delayed) mails due now');
+
+  queue.command('priority')
+    .description('set the priority class of mails: priority ID… LEVEL, or priority --filter key=value LEVEL')
+    .argument('<args...>', 'mail ids, then the class name or level')
+    .option('-f, --filter <key=value>', 'every mail matching (repeatable)', collect)
+    .option('-n, --dry-run', 'only say how many mails would change')
+    .action(async (args: string[], o: { filter?: string[]; dryRun?: boolean }, cmd: Command) => {
+      const level = args[args.length - 1]!;
+      const ids = args.slice(0, -1);
+      const filter = o.filter ? parseFilterArgs(o.filter) : undefined;
+      if (filter && ids.length) throw new CliError('give mail ids or --filter, not both', EXIT.usage);
+      if (!filter && ids.length === 0) throw new CliError('priority: give ID… LEVEL, or --filter key=value LEVEL', EXIT.usage);
+      if (!filter && o.dryRun) throw new CliError('--dry-run is for --filter', EXIT.usage);
+      const priority = /^\d+$/.test(level) ? Number(level) : level;
+      const { api, opts } = client(cmd);
+      process.exitCode = filter
+        ? await bulk(api, filter, 'priority', !!o.dryRun, !!opts.json, { priority })
+        : await oneByOne(api, ids, 'priority', !!opts.json, { priority });
+    });
+
+  queue.command('stats')
+    .description('counts by state and priority, oldest mail, rates, and the age-by-destination table (qshape)')
+    .option('--top <n>', 'destinations shown', '10')
+    .action(async (o: { top: string }, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const stats = await api.json<Parameters<typeof showStats>[0]>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`);
+      if (opts.json) printJson(stats);
+      else out(showStats(stats));
+    });
+
+  return program;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not errors; everything else commander refuses is a usage error.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return EXIT.ok;
+      return EXIT.usage;
+    }
+    if (err instanceof CliError) {
+      process.stderr.write(`spoolhouse: ${err.message}\n`);
+      return err.exitCode;
+    }
+    process.stderr.write(`spoolhouse: ${(err as Error).stack ?? String(err)}\n`);
+    return EXIT.error;
+  }
+}
+
+// Run when executed (also through the npm bin symlink), not when imported by a test.
+const invokedAs = process.argv[1] ? realpathSync(process.argv[1]) : '';
+if (invokedAs === fileURLToPath(import.meta.url)) {
+  run(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,286 @@
+/**
+ * The delivery stage: where mail for a domain goes (`resolve`) and the SMTP client that takes a
+ * batch of messages for one destination to it (`deliver`). Knows nothing of the queue.
+ *
+ * What it guarantees:
+ * - `deliver` never throws and gives every recipient of every message an outcome (or marks the
+ *   message `aborted`, recipients untouched, when its stillWanted() said no before the final ".").
+ * - Hosts are tried in the destination's order (RFC 5321 §5.1). A host is left for the next one
+ *   when it cannot be connected to, greets with 4xx or 5xx (Postfix's smtp_skip_5xx_greeting),
+ *   fails EHLO, TLS or AUTH, answers MAIL FROM with 4xx, or drops/stalls the session before a
+ *   message's final "."; the messages not yet decided go to the next host. When every host has
+ *   failed, what is left is deferred with the last host's reply (made temporary: a host-level 5xx
+ *   such as a 554 greeting is not a verdict on the mail). Each try of a host is kept in
+ *   `MessageResult.hosts`.
+ * - One connection per host carries all the messages of the call (the scheduler bounds them by
+ *   messagesPerConnection); RSET is sent between messages when a transaction did not end with a
+ *   reply to "." (a completed transaction needs none, RFC 5321 §4.1.1.5). A connection that was
+ *   dropped (abort, lost connection after ".") is opened again for the next message.
+ * - TLS: opportunistic STARTTLS for MX delivery and routes when `delivery.tls.opportunistic`; if
+ *   the handshake itself fails and certificates are not being verified, the same address is
+ *   tried once more in plaintext (Postfix's "may"). With `delivery.tls.verify`, a certificate
+ *   that does not verify fails the host (no silent downgrade).
+ *   Smarthost `tls`: "none" plaintext; "starttls" STARTTLS is required (verification per
+ *   delivery.tls.verify); "required" STARTTLS is required and the certificate must verify;
+ *   "implicit" TLS from the first byte (port 465 by default); unset: as MX delivery.
+ *   Smarthost AUTH is sent only over TLS, or in plaintext when tls is explicitly "none".
+ * - Log lines about a message carry mailId; credentials are never logged.
+ */
+import { promises as dns } from 'node:dns';
+import { isIP } from 'node:net';
+import type { Config } from '../config/schema.js';
+import type { Logger } from '../logger.js';
+import { asTemporary, describeHost, made } from './replies.js';
+import { addressesOf, makeResolver, resolveDestination } from './resolve.js';
+import { OutboundSession, SessionError, type TlsMode } from './session.js';
+import type { DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
+
+type HostsDestination = Extract<Destination, { kind: 'hosts' }>;
+type Target = DestinationHost & { address: string };
+
+/** One message's progress through the hosts of a call. */
+interface MessageState {
+  message: OutboundMessage;
+  /** Recipients not yet decided. */
+  pending: OutboundMessage['recipients'];
+  results: RecipientResult[];
+  hosts: HostAttempt[];
+  aborted: boolean;
+  lastReply?: Reply;
+  /** The host that gave lastReply, when it came from a host. */
+  lastRemote?: string;
+}
+
+export class Deliverer implements DeliveryAgent {
+  readonly #config: () => Config;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #sessions = new Set<OutboundSession>();
+
+  constructor(o: { config: () => Config; logger: Logger; now?: () => number; random?: () => number }) {
+    this.#config = o.config;
+    this.#log = o.logger.child({ stage: 'delivery' });
+    this.#now = o.now ?? Date.now;
+    this.#random = o.random ?? Math.random;
+  }
+
+  async resolve(domain: string): Promise<Destination> {
+    try {
+      const destination = await resolveDestination(domain, this.#config(), this.#random);
+      this.#log.debug({ domain, destination }, 'destination resolved');
+      return destination;
+    } catch (err) {
+      // resolveDestination maps DNS errors itself; anything else is ours and must not bounce mail.
+      this.#log.error({ err, domain }, 'resolving the destination failed unexpectedly');
+      return { kind: 'failure', domain, key: domain, permanent: false, reply: made.local(`cannot resolve ${domain}: ${(err as Error).message}`) };
+    }
+  }
+
+  async deliver(destination: HostsDestination, messages: OutboundMessage[]): Promise<MessageResult[]> {
+    const states: MessageState[] = messages.map((message) => ({ message, pending: [...message.recipients], results: [], hosts: [], aborted: false }));
+    try {
+      await this.#deliverAll(destination, states);
+    } catch (err) {
+      // A bug of ours, not remote trouble: whatever is undecided is deferred, nothing is lost.
+      this.#log.error({ err, destination: destination.key }, 'delivery failed unexpectedly; deferring what is left');
+      for (const s of states) this.#deferRest(s, made.local((err as Error).message));
+    }
+    return states.map((s) => this.#result(s));
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.#sessions) s.destroy();
+    this.#sessions.clear();
+  }
+
+  async #deliverAll(destination: HostsDestination, states: MessageState[]): Promise<void> {
+    const config = this.#config();
+    let lastHostReply: Reply | undefined;
+    for (const host of destination.hosts) {
+      if (!states.some(isUndecided)) break;
+      const targets = await this.#addresses(host, config);
+      if ('reply' in targets) {
+        lastHostReply = targets.reply;
+        for (const s of states.filter(isUndecided)) {
+          s.lastReply = targets.reply;
+          s.lastRemote = undefined;
+        }
+        continue;
+      }
+      for (const target of targets) {
+        const waiting = states.filter(isUndecided);
+        if (waiting.length === 0) break;
+        const reply = await this.#deliverToHost(target, destination, waiting, config);
+        if (reply) lastHostReply = reply;
+      }
+    }
+    for (const s of states) {
+      const reply = s.lastReply ?? lastHostReply ?? made.local(`no host to deliver to for ${destination.domain}`);
+      this.#deferRest(s, asTemporary(reply, 'all hosts failed; the last said'));
+    }
+  }
+
+  /**
+   * Sends the waiting messages to one address over one connection (re-opened when a message
+   * needed it dropped). Returns the host-level reply when the host was given up on.
+   */
+  async #deliverToHost(target: Target, destination: HostsDestination, waiting: MessageState[], config: Config): Promise<Reply | undefined> {
+    let session: OutboundSession | undefined;
+    let plaintextRetry = false;
+    try {
+      for (const state of waiting) {
+        if (!isUndecided(state)) continue;
+        if (!session?.usable) {
+          if (session) {
+            // Dropped under the last message (abort, lost connection): close it before the next.
+            await session.quit();
+            this.#sessions.delete(session);
+            session = undefined;
+          }
+          const opened = this.#now();
+          try {
+            session = await this.#open(target, destination, config, plaintextRetry);
+          } catch (err) {
+            if (!(err instanceof SessionError)) throw err;
+            if (err.tlsHandshake && this.#tlsMode(destination, config) === 'opportunistic' && !config.delivery.tls.verify && !plaintextRetry) {
+              // Postfix "may": a failed handshake is retried in plaintext, once.
+              this.#log.info({ remote: describeHost(target), reply: err.reply }, 'TLS handshake failed; trying again without TLS');
+              plaintextRetry = true;
+              try {
+                session = await this.#open(target, destination, config, true);
+              } catch (again) {
+                if (!(again instanceof SessionError)) throw again;
+                return this.#giveUpHost(target, waiting, again.reply, opened);
+              }
+            } else {
+              return this.#giveUpHost(target, waiting, err.reply, opened);
+            }
+          }
+        }
+        const started = this.#now();
+        const outcome = await session.send(state.message, state.pending);
+        const attempt: HostAttempt = { at: started, host: session.remote, durationMs: this.#now() - started };
+        const log = this.#log.child({ mailId: state.message.id });
+        if (outcome.kind === 'aborted') {
+          state.aborted = true;
+          state.hosts.push(attempt);
+          log.info({ remote: session.remote }, 'delivery aborted before the final "." (mail no longer wanted)');
+          continue;
+        }
+        state.hosts.push({ ...attempt, reply: outcome.reply });
+        state.lastReply = outcome.reply;
+        state.lastRemote = session.remote;
+        if (outcome.kind === 'host-failure') {
+          log.info({ remote: session.remote, reply: outcome.reply }, 'host failed during the transaction; trying the next host');
+          return outcome.reply;
+        }
+        this.#record(state, outcome.recipients);
+        log.info({
+          remote: session.remote,
+          delivered: outcome.recipients.filter((r) => r.outcome === 'delivered').map((r) => r.address),
+          deferred: outcome.recipients.filter((r) => r.outcome === 'deferred').map((r) => r.address),
+          failed: outcome.recipients.filter((r) => r.outcome === 'failed').map((r) => r.address),
+          reply: outcome.reply,
+          durationMs: attempt.durationMs,
+        }, 'delivery transaction done');
+      }
+      return undefined;
+    } finally {
+      if (session) {
+        await session.quit();
+        this.#sessions.delete(session);
+      }
+    }
+  }
+
+  /** Records a host that could not be used for every message that was waiting for it. */
+  #giveUpHost(target: Target, waiting: MessageState[], reply: Reply, started: number): Reply {
+    const remote = describeHost(target);
+    this.#log.info({ remote, reply, mailIds: waiting.map((s) => s.message.id) }, 'cannot use host; trying the next one');
+    const attempt: HostAttempt = { at: started, host: remote, durationMs: this.#now() - started, reply };
+    for (const s of waiting) {
+      if (!isUndecided(s)) continue;
+      s.hosts.push(attempt);
+      s.lastReply = reply;
+      s.lastRemote = remote;
+    }
+    return reply;
+  }
+
+  async #open(target: Target, destination: HostsDestination, config: Config, plaintext: boolean): Promise<OutboundSession> {
+    const d = config.delivery;
+    const mode: TlsMode = plaintext ? 'none' : this.#tlsMode(destination, config);
+    const smarthost = destination.via === 'smarthost' ? d.smarthost : null;
+    const session = await OutboundSession.open({
+      host: target.host,
+      address: target.address,
+      port: target.port,
+      heloName: d.heloName ?? config.smtp.hostname,
+      tls: { mode, verify: d.tls.verify || smarthost?.tls === 'required' },
+      ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
+      timeouts: d.timeouts,
+      logger: this.#log,
+    });
+    this.#sessions.add(session);
+    return session;
+  }
+
+  #tlsMode(destination: HostsDestination, config: Config): TlsMode {
+    const d = config.delivery;
+    const opportunistic: TlsMode = d.tls.opportunistic ? 'opportunistic' : 'none';
+    if (destination.via !== 'smarthost' || !d.smarthost?.tls) return opportunistic;
+    switch (d.smarthost.tls) {
+      case 'none': return 'none';
+      case 'implicit': return 'implicit';
+      case 'starttls':
+      case 'required': return 'required';
+    }
+  }
+
+  /**
+   * The addresses to connect to: given, an IP literal, or looked up now (a route or smarthost
+   * given by name: every address, IPv4 first, tried in turn).
+   */
+  async #addresses(host: DestinationHost, config: Config): Promise<Target[] | { reply: Reply }> {
+    if (host.address) return [{ ...host, address: host.address }];
+    if (isIP(host.host)) return [{ ...host, address: host.host }];
+    const servers = config.delivery.dns.servers;
+    if (servers.length === 0 || host.host === 'localhost') {
+      // No DNS servers configured (or localhost): the system's resolver, /etc/hosts included.
+      try {
+        const found = await dns.lookup(host.host, { all: true });
+        const ordered = [...found.filter((a) => a.family === 4), ...found.filter((a) => a.family !== 4)];
+        return ordered.map((a) => ({ ...host, address: a.address }));
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        return { reply: code === 'ENOTFOUND' ? made.nxdomain(host.host, 'A') : made.dnsTemporary(host.host, 'A', code ?? 'lookup failed') };
+      }
+    }
+    const found = await addressesOf(host.host, makeResolver(config.delivery.dns));
+    if ('reply' in found) return found;
+    return found.addresses.map((address) => ({ ...host, address }));
+  }
+
+  #record(state: MessageState, results: RecipientResult[]): void {
+    for (const r of results) {
+      if (!state.pending.some((p) => p.address === r.address)) continue;
+      state.results.push(r);
+      state.pending = state.pending.filter((p) => p.address !== r.address);
+    }
+  }
+
+  #deferRest(state: MessageState, reply: Reply): void {
+    if (state.aborted) return;
+    for (const r of state.pending) state.results.push({ address: r.address, outcome: 'deferred', reply, ...(state.lastRemote ? { remoteHost: state.lastRemote } : {}) });
+    state.pending = [];
+  }
+
+  #result(s: MessageState): MessageResult {
+    return { id: s.message.id, aborted: s.aborted, recipients: s.aborted ? [] : s.results, hosts: s.hosts };
+  }
+}
+
+function isUndecided(s: MessageState): boolean {
+  return !s.aborted && s.pending.length > 0;
+}

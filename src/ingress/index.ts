@@ -1,0 +1,440 @@
+/**
+ * The SMTP ingress: listeners on smtp-server (extended in protocol.ts), session policy
+ * (policy.ts), the message's final bytes (message.ts), classification (config/rules.ts), then
+ * `queue.enqueue`.
+ *
+ * Guarantees:
+ * - `250` is sent only after `queue.enqueue` resolved (the queue says the mail is durable). A
+ *   QueueError is answered with its own code (451 4.3.0, 452 4.3.1) and the listener keeps serving.
+ * - A client that goes away before the final "." leaves nothing in the queue: the message is only
+ *   enqueued from the data stream's 'end', which smtp-server never emits for a cut-off DATA.
+ * - Only CRLF.CRLF ends DATA (smtp-server); bare CR / bare LF in a message are rewritten to CRLF
+ *   or refused with 550 5.5.2, per smtp.bareLineEndings (SMTP smuggling).
+ * - Never an open relay: a recipient outside relay.domains needs relay.networks or AUTH (554 5.7.1).
+ * - Each session reads `ConfigStore.current` when it connects and keeps that snapshot; a reload
+ *   applies to the next session (and at once to smtp-server's own limits: size, recipients, idle
+ *   timeout). The AUTH users file is re-read on every config change.
+ *
+ * MT-PRIORITY and FUTURERELEASE are advertised to every client (so a client learns the bounds
+ * before it authenticates) and honoured only from relay.networks or authenticated clients;
+ * anyone else who uses them gets 550 5.7.1.
+ */
+import dns from 'node:dns';
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
+import { classify } from '../config/rules.js';
+import { parseHostPort, type Config } from '../config/schema.js';
+import type { ConfigStore } from '../config/store.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { QueueError } from '../queue/errors.js';
+import { newMailId } from '../queue/model.js';
+import type { DsnNotify, EnqueueRequest, Queue } from '../queue/types.js';
+import { UsersFile } from './auth.js';
+import { buildReceivedHeader, finalizeMessage, hasEightBit, normalizeLineEndings, scanLineEndings } from './message.js';
+import {
+  admissionDecision, isTrustedAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
+} from './policy.js';
+import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
+
+export interface ListenerInfo {
+  host: string;
+  port: number;
+  submission: boolean;
+  implicitTls: boolean;
+}
+
+interface SessionState {
+  config: Config;
+  trusted: boolean;
+  listener: ListenerInfo;
+}
+
+/** Received: headers a message may already carry (Postfix hopcount_limit). */
+const MAX_HOPS = 50;
+
+/** How long a graceful close lets transactions in progress finish before answering 421. */
+const CLOSE_GRACE_MS = 15_000;
+
+export class SmtpIngress {
+  readonly #store: ConfigStore;
+  readonly #queue: Queue;
+  readonly #logger: Logger;
+  readonly #metrics: Metrics;
+  readonly #servers: { server: SpoolhouseSmtpServer; listener: ListenerInfo }[] = [];
+  readonly #sessions = new WeakMap<object, SessionState>();
+  #users: UsersFile = UsersFile.empty();
+  #onChange = (next: Config) => this.#applyConfig(next);
+
+  constructor(o: { config: ConfigStore; queue: Queue; logger: Logger; metrics: Metrics }) {
+    this.#store = o.config;
+    this.#queue = o.queue;
+    this.#logger = o.logger.child({ stage: 'ingress' });
+    this.#metrics = o.metrics;
+    this.#loadUsers(this.#store.current);
+  }
+
+  async listen(): Promise<ListenerInfo[]> {
+    const config = this.#store.current;
+    const tls = config.smtp.tls ? { key: readFileSync(config.smtp.tls.key), cert: readFileSync(config.smtp.tls.cert) } : undefined;
+    for (const l of config.smtp.listen) {
+      const hp = parseHostPort(l.address)!;
+      const listener: ListenerInfo = { host: hp.host, port: hp.port, submission: l.submission, implicitTls: l.implicitTls };
+      const server = new SpoolhouseSmtpServer(this.#serverOptions(config, listener, tls), this.#hooks(listener));
+      server.on('error', (err: Error & { code?: string }) => this.#logger.debug({ err: err.message, code: err.code }, 'smtp connection error'));
+      let address: AddressInfo;
+      try {
+        address = await new Promise<AddressInfo>((resolve, reject) => {
+          server.server.once('error', reject);
+          server.listen(listener.port, listener.host, () => {
+            server.server.off('error', reject);
+            resolve(server.server.address() as AddressInfo);
+          });
+        });
+      } catch (err) {
+        // Do not leave the listeners opened so far running behind a failed start.
+        await this.close();
+        throw new Error(`cannot listen on ${l.address}: ${(err as Error).message}`, { cause: err });
+      }
+      listener.port = address.port;
+      listener.host = address.address;
+      if (listener.submission && !config.auth.users) this.#logger.warn({ port: listener.port }, 'submission listener without auth.users: every MAIL will be refused (530)');
+      if (listener.submission && !tls && !config.auth.allowInsecure) this.#logger.warn({ port: listener.port }, 'submission listener without smtp.tls and auth.allowInsecure false: AUTH is impossible');
+      this.#servers.push({ server, listener });
+      this.#logger.info({ host: listener.host, port: listener.port, submission: listener.submission, implicitTls: listener.implicitTls }, 'smtp listening');
+    }
+    this.#store.on('change', this.#onChange);
+    return this.#servers.map((s) => ({ ...s.listener }));
+  }
+
+  /** Stops accepting; idle sessions get 421 at once, transactions in progress get a grace period. */
+  async close(): Promise<void> {
+    this.#store.off('change', this.#onChange);
+    await Promise.all(this.#servers.map(({ server }) => new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      for (const conn of server.connections) {
+        const busy = conn._handlerPending || !!conn._dataStream || !!conn.session.envelope?.mailFrom;
+        if (!busy) conn.send(421, '4.3.2 Service shutting down');
+      }
+    })));
+    this.#servers.length = 0;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  #serverOptions(config: Config, listener: ListenerInfo, tls: { key: Buffer; cert: Buffer } | undefined): SMTPServerOptions {
+    return {
+      name: config.smtp.hostname,
+      banner: config.smtp.banner,
+      logger: false,
+      secure: listener.implicitTls,
+      ...(tls ?? {}),
+      hideSTARTTLS: !tls,
+      hideENHANCEDSTATUSCODES: false,
+      hideDSN: false,
+      authMethods: ['PLAIN', 'LOGIN'],
+      // Relay and submission policy decide about AUTH (onMailFrom / onRcptTo), not smtp-server.
+      authOptional: true,
+      allowInsecureAuth: true,
+      size: config.smtp.maxMessageSize,
+      maxRecipients: config.smtp.maxRecipients,
+      socketTimeout: config.smtp.idleTimeout,
+      closeTimeout: CLOSE_GRACE_MS,
+      maxClients: config.smtp.maxConnections,
+      // Reverse DNS names the client in Received: and logs; clients in relay.networks are our own
+      // applications, so they skip it (as they skip the early-talker wait): it costs a lookup per mail.
+      resolver: {
+        reverse: (ip: string, cb: (err: NodeJS.ErrnoException | null, hostnames: string[]) => void) => {
+          if (isTrustedAddress(ip, this.#store.current.relay.networks)) cb(null, []);
+          else dns.reverse(ip, cb);
+        },
+      },
+      onConnect: (session, cb) => this.#onConnect(session, listener, cb),
+      onSecure: (_socket, session, cb) => {
+        session.disabledCommands = this.#disabledCommands(this.#state(session, listener).config, session);
+        cb();
+      },
+      onAuth: (auth, session, cb) => this.#onAuth(auth, session, cb),
+      onMailFrom: (address, session, cb) => this.#onMailFrom(address, session, listener, cb),
+      onRcptTo: (address, session, cb) => this.#onRcptTo(address, session, listener, cb),
+      onData: (stream, session, cb) => this.#onData(stream, session, listener, cb),
+    };
+  }
+
+  #hooks(listener: ListenerInfo) {
+    return {
+      admit: (conn: SpoolhouseConnection) => {
+        const config = this.#store.current;
+        let total = 0;
+        let fromClient = 0;
+        for (const { server } of this.#servers) {
+          total += server.connections.size;
+          for (const c of server.connections) if (c.remoteAddress === conn.remoteAddress) fromClient++;
+        }
+        return admissionDecision({ total, fromClient, maxConnections: config.smtp.maxConnections, maxConnectionsPerClient: config.smtp.maxConnectionsPerClient });
+      },
+      greetingDelayMs: (address: string) => {
+        const config = this.#store.current;
+        return isTrustedAddress(address, config.relay.networks) ? 0 : config.smtp.earlyTalkerDelay;
+      },
+      ehloFeatures: (conn: SpoolhouseConnection, features: string[]) => {
+        const config = this.#state(conn.session, listener).config;
+        const hideAuth = !conn.secure && !config.auth.allowInsecure;
+        return [...features.filter((f) => !(hideAuth && f.startsWith('AUTH '))), ...senderRequestKeywords(config, Date.now())];
+      },
+      authRefusal: (conn: SpoolhouseConnection) => {
+        const config = this.#state(conn.session, listener).config;
+        if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
+        return undefined;
+      },
+      onRejection: (code: number, enhanced: string) => {
+        this.#metrics.rejectedTotal.inc({ reason: rejectionReason(code, enhanced) });
+      },
+    };
+  }
+
+  #state(session: SMTPServerSession, listener: ListenerInfo): SessionState {
+    let state = this.#sessions.get(session);
+    if (!state) {
+      const config = this.#store.current;
+      state = { config, trusted: isTrustedAddress(session.remoteAddress, config.relay.networks), listener };
+      this.#sessions.set(session, state);
+    }
+    return state;
+  }
+
+  #disabledCommands(config: Config, session: SMTPServerSession): string[] {
+    const disabled = ['XCLIENT', 'XFORWARD', 'WIZ', 'SHELL', 'KILL'];
+    if (!config.smtp.tls || session.secure) disabled.push('STARTTLS');
+    if (!config.auth.users) disabled.push('AUTH');
+    return disabled;
+  }
+
+  #onConnect(session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {
+    const state = this.#state(session, listener);
+    session.disabledCommands = this.#disabledCommands(state.config, session);
+    this.#logger.debug({ client: session.remoteAddress, trusted: state.trusted, listener: `${listener.host}:${listener.port}` }, 'smtp connection');
+    cb();
+  }
+
+  #onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession, cb: (err: Error | null | undefined, response?: SMTPServerAuthenticationResponse) => void): void {
+    if (auth.method !== 'PLAIN' && auth.method !== 'LOGIN') {
+      cb(replyError(504, '5.5.4', 'Unrecognized authentication type', 'auth'));
+      return;
+    }
+    const user = auth.username ?? '';
+    if (auth.method === 'PLAIN' && auth.authzid && auth.authcid && auth.authzid !== auth.authcid) {
+      // RFC 4616 authorization identity: nobody may act as somebody else here.
+      this.#logger.warn({ user, authzid: auth.authzid, client: session.remoteAddress }, 'smtp auth refused: proxy authorization');
+      cb(replyError(535, '5.7.8', 'Authentication credentials invalid', 'auth'));
+      return;
+    }
+    this.#users.verify(user, auth.password ?? '').then(
+      (ok) => {
+        if (ok) {
+          this.#logger.info({ user, client: session.remoteAddress, method: auth.method }, 'smtp auth succeeded');
+          cb(null, { user });
+        } else {
+          this.#logger.warn({ user, client: session.remoteAddress, method: auth.method }, 'smtp auth failed');
+          cb(replyError(535, '5.7.8', 'Authentication credentials invalid', 'auth'));
+        }
+      },
+      (err: unknown) => {
+        this.#logger.error({ err, user, client: session.remoteAddress }, 'smtp auth error');
+        cb(replyError(454, '4.7.0', 'Temporary authentication failure', 'auth'));
+      },
+    );
+  }
+
+  #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {
+    const state = this.#state(session, listener);
+    const authUser = authUserOf(session);
+    if (listener.submission && !authUser) return cb(replyError(530, '5.7.0', 'Authentication required', 'auth'));
+    const decision = senderRequestDecision(address.args, {
+      trusted: state.trusted, authUser, maxFutureReleaseMs: state.config.smtp.maxFutureRelease, now: Date.now(),
+    });
+    if ('refusal' in decision) return cb(replyError(decision.refusal.code, decision.refusal.enhanced, decision.refusal.text, 'policy'));
+    cb();
+  }
+
+  #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {
+    const state = this.#state(session, listener);
+    if (/^postmaster$/i.test(address.address)) {
+      // RFC 5321 §4.1.1.3: the domainless postmaster; it goes to delivery.postmaster.
+      const postmaster = state.config.delivery.postmaster;
+      if (!postmaster) return cb(replyError(550, '5.1.1', 'No postmaster address is configured here', 'recipient'));
+      address.address = postmaster;
+      return cb();
+    }
+    const refusal = relayDecision({ recipient: address.address, trusted: state.trusted, authUser: authUserOf(session), relayDomains: state.config.relay.domains });
+    if (refusal) {
+      this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'relay denied');
+      return cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'relay'));
+    }
+    cb();
+  }
+
+  #onData(stream: SMTPServerDataStream, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null, message?: string) => void): void {
+    const state = this.#state(session, listener);
+    const max = state.config.smtp.maxMessageSize;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let oversized = false;
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (oversized) return;
+      if (size > max) {
+        // Keep reading (the client is still sending) but stop holding the bytes.
+        oversized = true;
+        chunks.length = 0;
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    // smtp-server destroys the stream when the client goes away mid-DATA: nothing is queued.
+    stream.on('error', (err: Error) => this.#logger.info({ client: session.remoteAddress, err: err.message }, 'client went away during DATA; nothing queued'));
+    stream.on('end', () => {
+      if (oversized) {
+        cb(replyError(552, '5.3.4', `Message size exceeds fixed maximum message size of ${max} bytes`, 'size'));
+        return;
+      }
+      this.#accept(Buffer.concat(chunks, size), session, state).then(
+        (id) => cb(null, `2.0.0 Ok: queued as ${id}`),
+        (err: unknown) => cb(this.#asReply(err, session)),
+      );
+    });
+  }
+
+  /** Builds the stored message and its metadata, enqueues it and resolves with its id once durable. */
+  async #accept(data: Buffer, session: SMTPServerSession, state: SessionState): Promise<string> {
+    const { config, listener } = state;
+    const now = Date.now();
+    const scan = scanLineEndings(data);
+    if (scan.bareLf > 0 || scan.bareCr > 0) {
+      if (config.smtp.bareLineEndings === 'reject' && !state.trusted) {
+        throw replyError(550, '5.5.2', `Error: bare ${scan.bareLf > 0 ? '<LF>' : '<CR>'} received`, 'bare_line_ending');
+      }
+      data = normalizeLineEndings(data);
+    }
+    const id = newMailId(now);
+    const mailFrom = session.envelope.mailFrom;
+    const sender = mailFrom ? mailFrom.address : '';
+    const recipients = session.envelope.rcptTo.map((r) => ({
+      address: r.address,
+      ...(r.dsn?.notify ? { notify: r.dsn.notify as DsnNotify[] } : {}),
+      ...(r.dsn?.orcpt ? { orcpt: r.dsn.orcpt } : {}),
+    }));
+    const authUser = authUserOf(session);
+    const secure = session.secure;
+    const cipher = secure && session.tlsOptions ? session.tlsOptions : undefined;
+    const utf8Envelope = hasNonAscii(sender) || recipients.some((r) => hasNonAscii(r.address));
+    const protocol = session.envelope.smtpUtf8 ? session.transmissionType.replace(/^ESMTP/, 'UTF8SMTP') : session.transmissionType;
+    const received = buildReceivedHeader({
+      helo: session.hostNameAppearsAs || '',
+      ...(session.clientHostname ? { clientHostname: session.clientHostname } : {}),
+      clientAddress: session.remoteAddress,
+      hostname: config.smtp.hostname,
+      protocol,
+      ...(cipher ? { tls: { protocol: cipher.version, cipher: cipher.name } } : {}),
+      mailId: id,
+      recipients: recipients.map((r) => r.address),
+      at: now,
+    });
+    const message = finalizeMessage(data, received, id, config.smtp.hostname);
+    const hops = message.headers.reduce((n, hdr) => (hdr.name.toLowerCase() === 'received' ? n + 1 : n), 0);
+    // A mail loop (Postfix's hopcount_limit): refuse rather than queue it once more.
+    if (hops >= MAX_HOPS) throw replyError(554, '5.4.6', `Too many hops (${hops} Received: headers): mail loop?`, 'loop');
+    const rules = classify({ sender, recipients: recipients.map((r) => r.address), ...(authUser ? { authUser } : {}), headers: message.headers, size: message.body.length }, config, now);
+    const decision = senderRequestDecision(mailFrom ? mailFrom.args : false, { trusted: state.trusted, authUser, maxFutureReleaseMs: config.smtp.maxFutureRelease, now });
+    const placement = placeMail(rules, 'requests' in decision ? decision.requests : {}, config);
+    const envDsn = session.envelope.dsn;
+    const args = mailFrom && mailFrom.args ? mailFrom.args : {};
+    const req: EnqueueRequest = {
+      id,
+      sender,
+      recipients,
+      body: message.body,
+      priority: placement.priority,
+      notBefore: placement.notBefore,
+      ...(placement.hold ? { hold: placement.hold } : {}),
+      dsn: {
+        ...(envDsn?.ret === 'FULL' || envDsn?.ret === 'HDRS' ? { ret: envDsn.ret } : {}),
+        ...(typeof args.ENVID === 'string' ? { envid: args.ENVID } : {}),
+      },
+      smtputf8: utf8Envelope || hasEightBit(message.headerBytes),
+      bodyType: hasEightBit(message.body) ? '8BITMIME' : '7BIT',
+      client: {
+        address: session.remoteAddress,
+        ...(session.hostNameAppearsAs ? { helo: session.hostNameAppearsAs } : {}),
+        ...(session.clientHostname && !session.clientHostname.startsWith('[') ? { hostname: session.clientHostname } : {}),
+        ...(authUser ? { authUser } : {}),
+        tls: !!secure,
+        listener: `${listener.host}:${listener.port}`,
+      },
+      ...(message.subject !== undefined ? { subject: message.subject } : {}),
+      messageId: message.messageId,
+      classification: placement.classification,
+      ...(placement.mtPriority !== undefined ? { mtPriority: placement.mtPriority } : {}),
+      receivedAt: now,
+    };
+    await this.#queue.enqueue(req);
+    this.#metrics.acceptedTotal.inc({ listener: `${listener.host}:${listener.port}` });
+    this.#logger.info({
+      mailId: id, sender, recipients: recipients.length, size: req.body.length, client: session.remoteAddress,
+      priority: rules.priorityName, rule: rules.rule, notBefore: placement.notBefore > now ? placement.notBefore : undefined,
+      held: placement.hold ? true : undefined, normalized: scan.bareLf + scan.bareCr > 0 ? true : undefined,
+    }, 'mail accepted');
+    return id;
+  }
+
+  #asReply(err: unknown, session: SMTPServerSession): ReplyError {
+    if (err instanceof QueueError) {
+      this.#logger.warn({ client: session.remoteAddress, err: err.message, code: err.smtpCode }, 'queue refused the mail');
+      return replyError(err.smtpCode, err.enhancedCode, err.message, 'storage');
+    }
+    if (err instanceof Error && typeof (err as ReplyError).responseCode === 'number' && typeof (err as ReplyError).enhancedCode === 'string') return err as ReplyError;
+    this.#logger.error({ err, client: session.remoteAddress }, 'mail not accepted: internal error');
+    return replyError(451, '4.3.0', 'Local error in processing, try again later', 'storage');
+  }
+
+  #applyConfig(next: Config): void {
+    for (const { server } of this.#servers) {
+      Object.assign(server.options, {
+        name: next.smtp.hostname,
+        banner: next.smtp.banner,
+        size: next.smtp.maxMessageSize,
+        maxRecipients: next.smtp.maxRecipients,
+        socketTimeout: next.smtp.idleTimeout,
+        maxClients: next.smtp.maxConnections,
+      });
+      if (next.smtp.tls) {
+        try {
+          server.updateSecureContext({ key: readFileSync(next.smtp.tls.key), cert: readFileSync(next.smtp.tls.cert) });
+        } catch (err) {
+          this.#logger.error({ err: (err as Error).message }, 'cannot reload TLS certificate; keeping the old one');
+        }
+      }
+    }
+    this.#loadUsers(next);
+  }
+
+  #loadUsers(config: Config): void {
+    if (!config.auth.users) {
+      this.#users = UsersFile.empty();
+      return;
+    }
+    try {
+      this.#users = UsersFile.load(config.auth.users);
+      this.#logger.info({ file: config.auth.users, users: this.#users.size }, 'smtp auth users loaded');
+    } catch (err) {
+      // Keep the users we had: a broken file must not lock everybody out (or let anybody in).
+      this.#logger.error({ file: config.auth.users, err: (err as Error).message }, 'cannot read auth users file; keeping the previous users');
+    }
+  }
+}
+
+function authUserOf(session: SMTPServerSession): string | undefined {
+  const user: unknown = session.user;
+  return typeof user === 'string' && user ? user : undefined;
+}

@@ -1,0 +1,396 @@
+/**
+ * Where smtp-server needs help (DESIGN.md), closed in one place without patching node_modules:
+ * a subclass of SMTPServer that builds a subclass of SMTPConnection. What it guarantees:
+ *
+ * - RFC 5321 paths: quoted local parts ("john doe"@example.org), address literals, source routes
+ *   (dropped), a path of up to 256 octets including the angle brackets. Anything else: 501.
+ * - MAIL/RCPT parameters we do not implement: 555 5.5.4 (smtp-server accepts them silently).
+ * - Non-ASCII addresses without SMTPUTF8 on MAIL: 553 5.6.7 (RFC 6531 §3.5).
+ * - MT-PRIORITY (RFC 6710) and FUTURERELEASE HOLDFOR/HOLDUNTIL (RFC 4865) are parsed and
+ *   checked for syntax here (501 5.5.4); who may use them and their bounds are policy, decided
+ *   by the application's onMailFrom. The EHLO keywords come from `hooks.ehloFeatures`.
+ * - Explicit enhanced status codes: a handler error whose message starts with an enhanced code
+ *   that fits its reply ("5.7.1 Relaying denied" with responseCode 554) is sent as exactly that
+ *   code, instead of smtp-server's guess from the numeric code (`replyError` builds such errors).
+ * - The pre-greeting early-talker wait is `hooks.greetingDelayMs(address)` (smtp-server waits a
+ *   fixed 100 ms), and connection admission (`hooks.admit`) answers 421 4.7.0 before the greeting.
+ * - AUTH is refused while a mail transaction is open (RFC 4954 §4: 503 5.5.1) and, through
+ *   `hooks.authRefusal`, when the policy wants TLS first (538 5.7.11).
+ */
+import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
+import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
+
+/** An SMTP reply we decided on: code, enhanced code (RFC 3463) and text. */
+export interface Reply {
+  code: number;
+  enhanced: string;
+  text: string;
+}
+
+export type ReplyError = Error & { responseCode: number; enhancedCode: string; reason: string };
+
+/** An error for an smtp-server callback that goes out as exactly `code enhanced text`. */
+export function replyError(code: number, enhanced: string, text: string, reason: string): ReplyError {
+  const err = new Error(`${enhanced} ${text}`) as ReplyError;
+  err.responseCode = code;
+  err.enhancedCode = enhanced;
+  err.reason = reason;
+  return err;
+}
+
+const ENHANCED_PREFIX = /^([245])\.(\d{1,3})\.(\d{1,3}) (.*)$/s;
+
+// ---------------------------------------------------------------------------------------------
+// RFC 5321 path and parameter parsing (pure)
+
+/** RFC 5321 §4.5.3.1.3: a path is at most 256 octets, angle brackets included. */
+export const MAX_PATH_OCTETS = 256;
+
+export interface ParsedPathCommand {
+  /** Local-part "@" domain as given (source route dropped); '' for the null reverse path. */
+  address: string;
+  /** Upper-cased keywords; `true` for a keyword without a value. Values are kept as given (xtext not decoded). */
+  args: Record<string, string | true> | false;
+  /** A keyword given twice. */
+  duplicate?: string;
+}
+
+const ATEXT = "A-Za-z0-9!#$%&'*+/=?^_`{|}~\\-";
+// Dot-string with UTF-8 allowed (RFC 6531 extends atext with UTF8-non-ascii); whether
+// non-ASCII is permitted in this transaction is decided separately (SMTPUTF8).
+const DOT_STRING = new RegExp(`^[${ATEXT}\\u0080-\\u{10FFFF}]+(\\.[${ATEXT}\\u0080-\\u{10FFFF}]+)*$`, 'u');
+// qtextSMTP (%d32-33 / %d35-91 / %d93-126) or quoted-pairSMTP (%d92 %d32-126), plus UTF-8.
+const QUOTED_STRING = /^"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\u{10FFFF}]|\\[\x20-\x7e])*"$/u;
+const SUB_DOMAIN = /^[A-Za-z0-9\u0080-\u{10FFFF}](?:[A-Za-z0-9\u0080-\u{10FFFF}-]*[A-Za-z0-9\u0080-\u{10FFFF}])?$/u;
+const ESMTP_KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
+// esmtp-value: CHAR except "=", SP and controls; UTF-8 allowed (RFC 6531).
+const ESMTP_VALUE = /^[\x21-\x3c\x3e-\x7e\u0080-\u{10FFFF}]+$/u;
+
+/** Parses "MAIL FROM:<path> params" / "RCPT TO:<path> params"; undefined when it is not valid. */
+export function parsePathCommand(kind: 'MAIL FROM' | 'RCPT TO', line: string): ParsedPathCommand | undefined {
+  const colon = line.indexOf(':');
+  if (colon < 0) return undefined;
+  const verb = line.slice(0, colon).trim().replace(/\s+/g, ' ').toUpperCase();
+  if (verb !== kind) return undefined;
+  // RFC 5321 has no space after the colon, but many clients send one; Postfix accepts it too.
+  const rest = line.slice(colon + 1).replace(/^ +/, '');
+  if (!rest.startsWith('<')) return undefined;
+  const end = closingBracket(rest);
+  if (end < 0) return undefined;
+  const path = rest.slice(0, end + 1);
+  if (Buffer.byteLength(path, 'utf8') > MAX_PATH_OCTETS) return undefined;
+  const address = parsePath(path.slice(1, -1), kind);
+  if (address === undefined) return undefined;
+  const paramText = rest.slice(end + 1);
+  if (paramText !== '' && !paramText.startsWith(' ')) return undefined;
+  const params = parseParams(paramText.trim());
+  if (!params) return undefined;
+  return { address, ...params };
+}
+
+/** Index of the '>' that closes the path, skipping quoted strings; -1 if none. */
+function closingBracket(text: string): number {
+  let quoted = false;
+  for (let i = 1; i < text.length; i++) {
+    const c = text[i];
+    if (quoted) {
+      if (c === '\\') i++;
+      else if (c === '"') quoted = false;
+    } else if (c === '"') quoted = true;
+    else if (c === '>') return i;
+    else if (c === '<') return -1;
+  }
+  return -1;
+}
+
+function parsePath(inner: string, kind: 'MAIL FROM' | 'RCPT TO'): string | undefined {
+  if (inner === '') return kind === 'MAIL FROM' ? '' : undefined;
+  // RFC 5321 §4.1.2, appendix C: a source route "@a,@b:" must be accepted and ignored.
+  const route = /^@[^,:@\s]+(?:,@[^,:@\s]+)*:/.exec(inner);
+  const mailbox = route ? inner.slice(route[0].length) : inner;
+  // RFC 5321 §4.1.1.3: the domainless Postmaster must be accepted as a recipient.
+  if (kind === 'RCPT TO' && /^postmaster$/i.test(mailbox)) return mailbox;
+  const at = mailbox.lastIndexOf('@');
+  if (at <= 0) return undefined;
+  const local = mailbox.slice(0, at);
+  const domain = mailbox.slice(at + 1);
+  if (!isLocalPart(local) || !isDomainOrLiteral(domain)) return undefined;
+  return `${local}@${domain}`;
+}
+
+function isLocalPart(local: string): boolean {
+  return local.startsWith('"') ? QUOTED_STRING.test(local) : DOT_STRING.test(local);
+}
+
+export function isDomainOrLiteral(domain: string): boolean {
+  if (domain.startsWith('[')) return isAddressLiteral(domain);
+  if (domain.length === 0 || Buffer.byteLength(domain, 'utf8') > 255) return false;
+  return domain.split('.').every((label) => label.length <= 63 && SUB_DOMAIN.test(label));
+}
+
+function isAddressLiteral(literal: string): boolean {
+  const m = /^\[(.*)\]$/.exec(literal);
+  if (!m) return false;
+  const body = m[1]!;
+  if (/^IPv6:/i.test(body)) return isIPv6(body.slice(5));
+  if (/^\d{1,3}(\.\d{1,3}){3}$/.test(body)) return body.split('.').every((o) => Number(o) <= 255);
+  // General-address-literal: Standardized-tag ":" 1*dcontent
+  return /^[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+$/.test(body);
+}
+
+function isIPv6(text: string): boolean {
+  // Delegate to node's parser through URL, which accepts exactly the textual IPv6 forms.
+  try {
+    return new URL(`http://[${text}]/`).hostname.length > 2 && !/[^0-9a-fA-F:.]/.test(text);
+  } catch {
+    return false;
+  }
+}
+
+function parseParams(text: string): Pick<ParsedPathCommand, 'args' | 'duplicate'> | undefined {
+  if (text === '') return { args: false };
+  const args: Record<string, string | true> = {};
+  let duplicate: string | undefined;
+  for (const part of text.split(/ +/)) {
+    const eq = part.indexOf('=');
+    const keyword = (eq < 0 ? part : part.slice(0, eq)).toUpperCase();
+    const value = eq < 0 ? true : part.slice(eq + 1);
+    if (!ESMTP_KEYWORD.test(keyword)) return undefined;
+    if (value !== true && !ESMTP_VALUE.test(value)) return undefined;
+    if (keyword in args) duplicate = keyword;
+    args[keyword] = value;
+  }
+  return { args, ...(duplicate ? { duplicate } : {}) };
+}
+
+export const MAIL_PARAMETERS = new Set(['SIZE', 'BODY', 'SMTPUTF8', 'RET', 'ENVID', 'AUTH', 'MT-PRIORITY', 'HOLDFOR', 'HOLDUNTIL']);
+export const RCPT_PARAMETERS = new Set(['NOTIFY', 'ORCPT']);
+
+export function hasNonAscii(text: string): boolean {
+  return /[^\x00-\x7f]/.test(text);
+}
+
+/** xtext (RFC 3461 §4): "+" followed by two upper-case hex digits escapes a character. */
+export function decodeXtext(value: string): string | undefined {
+  if (/\+(?![0-9A-F]{2})/.test(value)) return undefined;
+  return value.replace(/\+([0-9A-F]{2})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+}
+
+/** Syntax checks of MAIL parameters that smtp-server leaves to us. */
+export function checkMailParameters(parsed: ParsedPathCommand): Reply | undefined {
+  const args = parsed.args || {};
+  for (const key of Object.keys(args)) {
+    if (!MAIL_PARAMETERS.has(key)) return { code: 555, enhanced: '5.5.4', text: `Unsupported MAIL parameter ${key}` };
+  }
+  if (hasNonAscii(parsed.address) && args.SMTPUTF8 === undefined) {
+    return { code: 553, enhanced: '5.6.7', text: 'Non-ASCII sender address requires SMTPUTF8' };
+  }
+  if (args.ENVID !== undefined) {
+    const envid = typeof args.ENVID === 'string' ? decodeXtext(args.ENVID) : undefined;
+    // RFC 3461 §4.4: at most 100 characters of printable US-ASCII.
+    if (envid === undefined || envid.length > 100 || /[^\x20-\x7e]/.test(envid)) {
+      return { code: 501, enhanced: '5.5.4', text: 'Bad ENVID parameter (xtext of at most 100 printable characters)' };
+    }
+  }
+  if (args['MT-PRIORITY'] !== undefined && parseMtPriority(args['MT-PRIORITY']) === undefined) {
+    return { code: 501, enhanced: '5.5.4', text: 'MT-PRIORITY must be an integer from -9 to 9' };
+  }
+  if (args.HOLDFOR !== undefined && args.HOLDUNTIL !== undefined) {
+    return { code: 501, enhanced: '5.5.4', text: 'Use HOLDFOR or HOLDUNTIL, not both' };
+  }
+  if (args.HOLDFOR !== undefined && parseHoldFor(args.HOLDFOR) === undefined) {
+    return { code: 501, enhanced: '5.5.4', text: 'HOLDFOR must be a number of seconds' };
+  }
+  if (args.HOLDUNTIL !== undefined && parseHoldUntil(args.HOLDUNTIL) === undefined) {
+    return { code: 501, enhanced: '5.5.4', text: 'HOLDUNTIL must be an RFC 3339 date-time, e.g. 2030-01-01T09:00:00Z' };
+  }
+  return undefined;
+}
+
+/** Syntax checks of RCPT parameters that smtp-server leaves to us. */
+export function checkRcptParameters(parsed: ParsedPathCommand, smtputf8: boolean): Reply | undefined {
+  const args = parsed.args || {};
+  for (const key of Object.keys(args)) {
+    if (!RCPT_PARAMETERS.has(key)) return { code: 555, enhanced: '5.5.4', text: `Unsupported RCPT parameter ${key}` };
+  }
+  if (hasNonAscii(parsed.address) && !smtputf8) {
+    return { code: 553, enhanced: '5.6.7', text: 'Non-ASCII recipient address requires SMTPUTF8' };
+  }
+  if (typeof args.ORCPT === 'string') {
+    const semi = args.ORCPT.indexOf(';');
+    const decoded = semi > 0 ? decodeXtext(args.ORCPT.slice(semi + 1)) : undefined;
+    if (decoded === undefined || decoded === '' || /[\x00-\x1f\x7f]/.test(decoded)) {
+      return { code: 501, enhanced: '5.5.4', text: 'Bad ORCPT parameter (addr-type;xtext)' };
+    }
+  }
+  return undefined;
+}
+
+/** RFC 6710: priority-value = ["-" / "+"] DIGIT, -9..9. */
+export function parseMtPriority(value: string | true): number | undefined {
+  if (typeof value !== 'string' || !/^[+-]?\d$/.test(value)) return undefined;
+  return Number(value);
+}
+
+/** RFC 4865: HOLDFOR = 1*9DIGIT seconds. */
+export function parseHoldFor(value: string | true): number | undefined {
+  if (typeof value !== 'string' || !/^\d{1,9}$/.test(value)) return undefined;
+  return Number(value);
+}
+
+/** RFC 4865 (erratum 2040): HOLDUNTIL = RFC 3339 date-time. Returns epoch ms. */
+export function parseHoldUntil(value: string | true): number | undefined {
+  if (typeof value !== 'string') return undefined;
+  if (!/^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/.test(value)) return undefined;
+  const ms = Date.parse(value.toUpperCase());
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+/** "2026-11-25T06:00:00Z": the RFC 3339 form FUTURERELEASE advertises. */
+export function rfc3339(ms: number): string {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+// ---------------------------------------------------------------------------------------------
+// smtp-server subclasses
+
+/** What the application decides per connection; called by the connection. */
+export interface ProtocolHooks {
+  /** Refuse a new connection (too many): answered with 421 before the greeting. */
+  admit(conn: SpoolhouseConnection): Reply | undefined;
+  /** The early-talker wait before the greeting, in ms (0 for none). */
+  greetingDelayMs(remoteAddress: string): number;
+  /** The EHLO keywords to offer, given smtp-server's list (adds MT-PRIORITY, FUTURERELEASE; may hide AUTH). */
+  ehloFeatures(conn: SpoolhouseConnection, features: string[]): string[];
+  /** A reason to refuse AUTH now (e.g. TLS required), else undefined. */
+  authRefusal(conn: SpoolhouseConnection): Reply | undefined;
+  /** Called for every reply of 400 or more, with its enhanced code, for metrics. */
+  onRejection(code: number, enhanced: string, conn: SpoolhouseConnection): void;
+}
+
+export class SpoolhouseSmtpServer extends SMTPServer {
+  readonly hooks: ProtocolHooks;
+
+  constructor(options: SMTPServerOptions, hooks: ProtocolHooks) {
+    super(options);
+    this.hooks = hooks;
+  }
+
+  override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
+    const connection = new SpoolhouseConnection(this, socket, socketOptions);
+    this.connections.add(connection);
+    connection.on('error', (err: Error) => this._onError(err));
+    connection.on('connect', (data) => this._onClientConnect(data));
+    connection.init();
+  }
+}
+
+export class SpoolhouseConnection extends SMTPConnection {
+  #inEhlo = false;
+
+  get hooks(): ProtocolHooks {
+    return (this._server as SpoolhouseSmtpServer).hooks;
+  }
+
+  /** smtp-server's init with our admission check and a configurable early-talker wait. */
+  override init(): void {
+    this._setListeners(() => {
+      const refusal = this.hooks.admit(this);
+      if (refusal) {
+        this.send(refusal.code, `${refusal.enhanced} ${this.name} ${refusal.text}`);
+        return;
+      }
+      const delay = this.hooks.greetingDelayMs(this.remoteAddress);
+      if (delay <= 0) {
+        this.connectionReady();
+        return;
+      }
+      // Until connectionReady() greets, smtp-server answers anything the client sends with
+      // "421 You talk too soon": that is the early-talker check.
+      setTimeout(() => this.connectionReady(), delay).unref();
+    });
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    let payload = data;
+    let ctx = context;
+    if (typeof payload === 'string' && ctx !== false) {
+      const m = ENHANCED_PREFIX.exec(payload);
+      if (m && m[1] === String(code)[0]) {
+        ctx = `${m[1]}.${m[2]}.${m[3]}`;
+        payload = m[4]!;
+      }
+    }
+    if (code === 250 && Array.isArray(payload) && this.#inEhlo) {
+      // smtp-server sends EHLO as [greeting, ...features]; the policy edits the features.
+      this.#inEhlo = false;
+      payload = [payload[0]!, ...this.hooks.ehloFeatures(this, payload.slice(1))];
+    }
+    if (code >= 400) {
+      try {
+        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', this);
+      } catch {
+        // metrics must never break a reply
+      }
+    }
+    super.send(code, payload, ctx);
+  }
+
+  /** An explicit enhanced code passed as the context wins over smtp-server's mapping. */
+  override _getEnhancedStatusCode(code: number, context?: string | false): string {
+    if (typeof context === 'string' && /^[245]\.\d{1,3}\.\d{1,3}$/.test(context)) {
+      return this._useEnhancedStatusCodes() && !(code >= 300 && code < 400) ? context : '';
+    }
+    return super._getEnhancedStatusCode(code, context);
+  }
+
+  override _parseAddressCommand(rawName: string, rawCommand: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
+    const kind = rawName.trim().toUpperCase() === 'MAIL FROM' ? 'MAIL FROM' : 'RCPT TO';
+    const parsed = parsePathCommand(kind, rawCommand.toString());
+    if (!parsed) return false;
+    return parsed.duplicate ? { address: parsed.address, args: parsed.args, duplicate: parsed.duplicate } : { address: parsed.address, args: parsed.args };
+  }
+
+  override handler_EHLO(command: Buffer, callback: () => void): void {
+    this.#inEhlo = true;
+    try {
+      super.handler_EHLO(command, callback);
+    } finally {
+      this.#inEhlo = false;
+    }
+  }
+
+  override handler_MAIL(command: Buffer, callback: () => void): void {
+    const parsed = parsePathCommand('MAIL FROM', command.toString());
+    if (parsed && !this.session.envelope.mailFrom) {
+      const problem = checkMailParameters(parsed);
+      if (problem) return this.#refuse(problem, callback);
+    }
+    super.handler_MAIL(command, callback);
+  }
+
+  override handler_RCPT(command: Buffer, callback: () => void): void {
+    const parsed = parsePathCommand('RCPT TO', command.toString());
+    if (parsed && parsed.address && this.session.envelope.mailFrom) {
+      const problem = checkRcptParameters(parsed, this.session.envelope.smtpUtf8 === true);
+      if (problem) return this.#refuse(problem, callback);
+    }
+    super.handler_RCPT(command, callback);
+  }
+
+  override handler_AUTH(command: Buffer, callback: () => void): void {
+    if (this.session.envelope?.mailFrom) {
+      return this.#refuse({ code: 503, enhanced: '5.5.1', text: 'AUTH not permitted during a mail transaction' }, callback);
+    }
+    const refusal = this.hooks.authRefusal(this);
+    if (refusal) return this.#refuse(refusal, callback);
+    super.handler_AUTH(command, callback);
+  }
+
+  #refuse(reply: Reply, callback: () => void): void {
+    this.send(reply.code, reply.text, reply.enhanced);
+    callback();
+  }
+}

@@ -1,0 +1,713 @@
+/**
+ * The Kafka queue backend: several Spoolhouse nodes share one Kafka cluster; any node can take,
+ * deliver, inspect or change any mail, and a node that dies loses nothing.
+ *
+ * Topics (created at start when missing; `<p>` is `topicPrefix`):
+ *   <p>.content  compacted, key = mail id, value = the message bytes as received (written once,
+ *                tombstoned when the mail is finished). max.message.bytes = smtp.maxMessageSize + 1 MiB.
+ *   <p>.state    compacted, key = mail id, value = a conditional state record (state-view.ts):
+ *                the whole QueuedMail (no body) plus the generation it was computed from.
+ *
+ * Guarantees:
+ * - Durability: `enqueue` resolves only after the body and then the state record were acknowledged
+ *   by all in-sync replicas (acks=-1) AND this node's view applied the state record. The body is
+ *   written before the state that refers to it (ordered writes instead of a transaction: a crash in
+ *   between leaves an unreferenced body, never a state without its body).
+ * - Group commit: concurrent writes (enqueues, reservations, attempts, operator actions) that arrive
+ *   while a produce is in flight go out together in the next produce request (GroupWriter).
+ * - Atomic, fenced transitions across nodes: every change is computed by model.ts from this node's
+ *   view and written as a compare-and-set on the generation, decided by the log order of the state
+ *   partition (see state-view.ts). The loser of a race re-reads and retries (operator actions,
+ *   attempts) or skips the mail (reservations). So two nodes never both hold a lease.
+ * - Read-your-writes: every write API returns after this node's view applied its record.
+ * - Priority and delay: reserveDue walks the view's due index: highest class first, then earliest
+ *   notBefore, with `lowPriorityShare` of the picks going to lower classes (as the spool does).
+ *   Delay precision is the caller's polling (nextDueAt gives the exact time); no delay topics.
+ * - Leases live in the state record. A node killed with kill -9 leaves `active` mail whose lease
+ *   runs out; any node's reserveDue then takes it (isDue in model.ts). Delivery is at-least-once.
+ * - Strict removal: checkLease first waits until the view has caught up with the state topic's end
+ *   offsets (one ListOffsets request), so a removal acknowledged by any node is seen.
+ * - Broker down: writes fail with QueueUnavailableError within `requestDeadlineMs` (default 8 s);
+ *   the consumer and producer reconnect by themselves when the broker is back.
+ * - Bodies: every node keeps a local copy of the content topic in `dataDir` (filled by its consumer;
+ *   the enqueuing node writes its own at once), so readBody is a local file read. A body not yet
+ *   seen locally is waited for until the consumer reached the topic's end offsets.
+ *
+ * Deviation from KAFKA.md section 4 (lanes + delay tiers + per-partition commit watermarks):
+ * dispatch here needs no consumer-group offsets at all, because no work record is "consumed":
+ * the due set is an index over the replicated state, and ownership is the lease inside it.
+ * See the README for the trade-off (each node reads the whole state topic).
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type KafkaConfig, type LogEntry, type Producer, type SASLOptions } from 'kafkajs';
+import type { Config } from '../../config/schema.js';
+import type { Logger } from '../../logger.js';
+import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
+import {
+  applyAttempt, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
+  applySetNotBefore, applySetPriority, createMail, isTerminal, leaseValid, newLeaseToken,
+} from '../model.js';
+import type {
+  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, Millis, Queue, QueuedMail, QueueEvent,
+  QueueStats, ReserveOptions,
+} from '../types.js';
+import { StateView, type StateRecord, type WriteOutcome } from './state-view.js';
+
+process.env.KAFKAJS_NO_PARTITIONER_WARNING ??= '1';
+
+export interface KafkaQueueOptions {
+  brokers: string[];
+  clientId: string;
+  topicPrefix: string;
+  partitions: number;
+  replicationFactor: number;
+  /** Unique per node; defaults to the host name. */
+  nodeId: string | null;
+  ssl: Config['kafka']['ssl'];
+  sasl: Config['kafka']['sasl'];
+  /** smtp.maxMessageSize: the content topic's record limit is set above it. */
+  maxMessageSize: number;
+  priorities: Config['priorities'];
+  logger: Logger;
+  /** Where the per-instance body cache dir (kafka-bodies-XXXXXX, removed on close) goes; default os.tmpdir(). */
+  dataDir?: string;
+  /** Finished mail is purged (state and body tombstoned) this long after it finished. Default 1 h. */
+  retainFinishedMs?: number;
+  /** Upper bound for a write (enqueue, transitions) when Kafka does not answer. Default 8 s. */
+  requestDeadlineMs?: number;
+  now?: () => Millis;
+}
+
+const MIB = 1024 * 1024;
+/** Produce requests are split so one partition's record batch stays well under max.message.bytes. */
+const SEND_CHUNK_BYTES = MIB;
+const STATS_TOP_N = 20;
+const MAX_CAS_RETRIES = 20;
+
+interface Write {
+  state?: { key: string; value: Buffer | null };
+  content?: { key: string; value: Buffer | null };
+  /** True once the caller gave up (deadline): not sent if it has not left yet. */
+  cancelled?: () => boolean;
+  done: (err?: unknown) => void;
+}
+
+/**
+ * Group commit: writes that arrive while produce requests are in flight leave together in the next
+ * one. Up to GROUPS_IN_FLIGHT groups overlap (their order does not matter: every state record is a
+ * compare-and-set). Within a group, the bodies are acknowledged before its state records are sent.
+ */
+const GROUPS_IN_FLIGHT = 3;
+
+class GroupWriter {
+  private pending: Write[] = [];
+  private inFlight = 0;
+
+  constructor(private readonly producer: Producer, private readonly contentTopic: string, private readonly stateTopic: string) {}
+
+  submit(w: Omit<Write, 'done'>): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ ...w, done: (err) => (err ? reject(err) : resolve()) });
+      if (this.inFlight < GROUPS_IN_FLIGHT) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.inFlight++;
+    try {
+      while (this.pending.length) {
+        const group = this.pending.filter((w) => {
+          if (!w.cancelled?.()) return true;
+          w.done(new QueueUnavailableError('write abandoned after its deadline'));
+          return false;
+        });
+        this.pending = [];
+        try {
+          await this.send(this.contentTopic, group.flatMap((w) => (w.content ? [w.content] : [])));
+          await this.send(this.stateTopic, group.flatMap((w) => (w.state ? [w.state] : [])));
+          for (const w of group) w.done();
+        } catch (err) {
+          for (const w of group) w.done(err);
+        }
+      }
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private async send(topic: string, messages: { key: string; value: Buffer | null }[]): Promise<void> {
+    let chunk: typeof messages = [];
+    let bytes = 0;
+    for (const m of messages) {
+      const size = m.value?.length ?? 0;
+      if (chunk.length && bytes + size > SEND_CHUNK_BYTES) {
+        await this.producer.send({ topic, acks: -1, messages: chunk });
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(m);
+      bytes += size;
+    }
+    if (chunk.length) await this.producer.send({ topic, acks: -1, messages: chunk });
+  }
+}
+
+function pinoLogCreator(logger: Logger) {
+  return () => ({ level, log }: LogEntry) => {
+    const { message, ...extra } = log;
+    const fields = { kafkajs: log.logger ?? 'kafkajs', ...extra };
+    if (level === logLevel.ERROR || level === logLevel.NOTHING) logger.error(fields, message);
+    else if (level === logLevel.WARN) logger.warn(fields, message);
+    else logger.debug(fields, message);
+  };
+}
+
+/** Retries a retriable kafkajs error a few times (start-up only: topics just created). */
+async function retrying<T>(op: () => Promise<T>, tries: number, delayMs: number): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await op();
+    } catch (err) {
+      if (i >= tries || !(err as { retriable?: boolean }).retriable) throw err;
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
+}
+
+function unavailable(err: unknown, what: string): QueueError {
+  if (err instanceof QueueError) return err;
+  const msg = err instanceof Error ? err.message : String(err);
+  return new QueueUnavailableError(`Kafka unavailable during ${what}: ${msg}`, err);
+}
+
+export class KafkaQueue implements Queue {
+  readonly backend = 'kafka' as const;
+  readonly nodeId: string;
+  readonly contentTopic: string;
+  readonly stateTopic: string;
+  private readonly kafka: Kafka;
+  private readonly log: Logger;
+  private readonly now: () => Millis;
+  private readonly deadlineMs: number;
+  private readonly view: StateView;
+  private admin?: Admin;
+  private producer?: Producer;
+  private consumer?: Consumer;
+  private writer?: GroupWriter;
+  private dataDir?: string;
+  /** Next offset to read per partition, per topic (what the view / body cache has applied). */
+  private readonly positions = { state: new Map<number, number>(), content: new Map<number, number>() };
+  private readonly progress = new Set<() => void>();
+  /** Bodies this node wrote to its cache at enqueue; their records need no second write. */
+  private readonly ownBodies = new Set<MailId>();
+  /** Mail this node is writing a reservation for right now (not offered twice). */
+  private readonly claiming = new Set<MailId>();
+  private lowCredit = 0;
+  private open = false;
+  private timers: NodeJS.Timeout[] = [];
+
+  constructor(private readonly opts: KafkaQueueOptions) {
+    this.nodeId = opts.nodeId ?? hostname();
+    this.log = opts.logger.child({ queue: 'kafka', node: this.nodeId });
+    this.now = opts.now ?? Date.now;
+    this.deadlineMs = opts.requestDeadlineMs ?? 8_000;
+    this.contentTopic = `${opts.topicPrefix}.content`;
+    this.stateTopic = `${opts.topicPrefix}.state`;
+    this.view = new StateView(this.now);
+    const config: KafkaConfig = {
+      clientId: opts.clientId,
+      brokers: opts.brokers,
+      connectionTimeout: 3_000,
+      requestTimeout: Math.min(30_000, this.deadlineMs),
+      // Short retries: a write must fail within the deadline, not after minutes (KAFKA.md 1.5).
+      retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1_000 },
+      logLevel: logLevel.WARN,
+      logCreator: pinoLogCreator(this.log),
+    };
+    if (opts.ssl) config.ssl = opts.ssl;
+    if (opts.sasl) config.sasl = opts.sasl as SASLOptions;
+    this.kafka = new Kafka(config);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    const started = Date.now();
+    // The body cache is rebuilt from the content topic at every start, so it is per instance.
+    const parent = this.opts.dataDir ?? tmpdir();
+    await mkdir(parent, { recursive: true });
+    this.dataDir = await mkdtemp(join(parent, 'kafka-bodies-'));
+    try {
+      this.admin = this.kafka.admin();
+      await this.admin.connect();
+      // kafkajs's waitForLeaders retries LEADER_NOT_AVAILABLE only; 3.9 brokers may answer
+      // UNKNOWN_TOPIC_OR_PARTITION for a moment after creation (retriable): check again.
+      await retrying(() => this.ensureTopics(), 20, 250);
+      this.producer = this.kafka.producer({ allowAutoTopicCreation: false, retry: { retries: 3, initialRetryTime: 100, maxRetryTime: 1_000 } });
+      await this.producer.connect();
+      this.writer = new GroupWriter(this.producer, this.contentTopic, this.stateTopic);
+      // Fresh topics: metadata may still name no leader for a moment (NOT_LEADER, retriable).
+      const ends = await retrying(() => this.endOffsets(), 20, 250);
+      await this.startConsumer();
+      this.open = true;
+      await this.waitFor(ends, 120_000);
+    } catch (err) {
+      await this.close().catch(() => undefined);
+      throw unavailable(err, 'start');
+    }
+    this.scheduleMaintenance();
+    this.log.info({ mails: this.view.mails.size, ms: Date.now() - started }, 'kafka queue started');
+  }
+
+  async close(): Promise<void> {
+    this.open = false;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'consumer disconnect failed'));
+    await this.producer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'producer disconnect failed'));
+    await this.admin?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'admin disconnect failed'));
+    this.consumer = undefined;
+    this.producer = undefined;
+    this.admin = undefined;
+    if (this.dataDir) await rm(this.dataDir, { recursive: true, force: true });
+  }
+
+  private assertOpen(): void {
+    if (!this.open) throw new QueueUnavailableError('Kafka queue is not open');
+  }
+
+  private async ensureTopics(): Promise<void> {
+    const existing = new Set(await this.admin!.listTopics());
+    const common = { numPartitions: this.opts.partitions, replicationFactor: this.opts.replicationFactor };
+    const topics = [
+      {
+        topic: this.contentTopic, ...common,
+        configEntries: [
+          { name: 'cleanup.policy', value: 'compact' },
+          { name: 'max.message.bytes', value: String(this.opts.maxMessageSize + MIB) },
+          { name: 'segment.bytes', value: String(256 * MIB) },
+          { name: 'delete.retention.ms', value: String(24 * 3_600_000) },
+        ],
+      },
+      {
+        topic: this.stateTopic, ...common,
+        configEntries: [
+          { name: 'cleanup.policy', value: 'compact' },
+          { name: 'min.compaction.lag.ms', value: '60000' },
+          { name: 'delete.retention.ms', value: String(24 * 3_600_000) },
+          { name: 'segment.ms', value: '3600000' },
+        ],
+      },
+    ].filter((t) => !existing.has(t.topic));
+    if (!topics.length) return;
+    await this.admin!.createTopics({ topics, waitForLeaders: true });
+    this.log.info({ topics: topics.map((t) => t.topic) }, 'kafka topics created');
+  }
+
+  private async endOffsets(): Promise<{ state: Map<number, number>; content: Map<number, number> }> {
+    const [s, c] = await Promise.all([this.admin!.fetchTopicOffsets(this.stateTopic), this.admin!.fetchTopicOffsets(this.contentTopic)]);
+    const toMap = (xs: { partition: number; high: string; low: string }[]) =>
+      new Map(xs.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+    return { state: toMap(s), content: toMap(c) };
+  }
+
+  private caughtUp(ends: { state?: Map<number, number>; content?: Map<number, number> }): boolean {
+    for (const kind of ['state', 'content'] as const) {
+      for (const [p, end] of ends[kind] ?? []) if ((this.positions[kind].get(p) ?? 0) < end) return false;
+    }
+    return true;
+  }
+
+  /** Waits until the consumer has applied everything below the given end offsets. */
+  private waitFor(ends: { state?: Map<number, number>; content?: Map<number, number> }, timeoutMs: number): Promise<void> {
+    if (this.caughtUp(ends)) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        if (!this.caughtUp(ends)) return;
+        clearTimeout(timer);
+        this.progress.delete(check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.progress.delete(check);
+        reject(new QueueUnavailableError('Kafka view did not catch up in time'));
+      }, timeoutMs);
+      this.progress.add(check);
+    });
+  }
+
+  private async startConsumer(): Promise<void> {
+    // A group of its own per instance: every node reads every record of both topics.
+    const groupId = `${this.opts.topicPrefix}.view.${this.nodeId}.${randomBytes(4).toString('hex')}`;
+    this.consumer = this.kafka.consumer({
+      groupId,
+      maxWaitTimeInMs: 250,
+      sessionTimeout: 10_000,
+      heartbeatInterval: 1_000,
+      allowAutoTopicCreation: false,
+      retry: { retries: 1_000_000, initialRetryTime: 200, maxRetryTime: 2_000 },
+    });
+    await this.consumer.connect();
+    await this.consumer.subscribe({ topics: [this.stateTopic, this.contentTopic], fromBeginning: true });
+    this.consumer.on(this.consumer.events.CRASH, (e) => this.log.error({ err: e.payload.error }, 'kafka view consumer crashed; restarting'));
+    // State and content partitions are applied concurrently: a batch of bodies being written to
+    // disk must not hold back the state records other writers are waiting for.
+    // Offsets are committed to this instance's own group only so that a consumer restarted after
+    // an outage resumes near where it was instead of re-reading both topics.
+    await this.consumer.run({ autoCommit: true, autoCommitInterval: 5_000, partitionsConsumedConcurrently: 2 * this.opts.partitions, eachBatch: (b) => this.applyBatch(b) });
+  }
+
+  private async applyBatch({ batch }: EachBatchPayload): Promise<void> {
+    const kind = batch.topic === this.stateTopic ? 'state' : 'content';
+    // After a consumer restart (broker outage) kafkajs may fetch again from an older offset:
+    // a record is applied once, or the view would take old records for lost races.
+    const from = this.positions[kind].get(batch.partition) ?? 0;
+    const messages = batch.messages.filter((m) => Number(m.offset) >= from);
+    const last = messages[messages.length - 1];
+    if (kind === 'state') {
+      for (const m of messages) {
+        const id = m.key?.toString('utf8');
+        if (!id) continue;
+        this.view.apply(id, m.value);
+        if (m.value) this.afterApply(id);
+      }
+      if (last) this.positions.state.set(batch.partition, Number(last.offset) + 1);
+    } else {
+      // Bodies of one batch are written in parallel; this node's own are already on disk.
+      await Promise.all(messages.map((m) => {
+        const id = m.key?.toString('utf8');
+        if (!id) return undefined;
+        if (m.value && this.ownBodies.delete(id)) return undefined;
+        return this.storeBody(id, m.value);
+      }));
+      if (last) this.positions.content.set(batch.partition, Number(last.offset) + 1);
+    }
+    for (const check of [...this.progress]) check();
+  }
+
+  /** Bodies of finished mail are dropped from the local cache as soon as the view sees it finish. */
+  private afterApply(id: MailId): void {
+    const m = this.view.mails.get(id);
+    if (m && isTerminal(m.state)) void rm(this.bodyPath(id), { force: true });
+  }
+
+  private bodyPath(id: MailId): string {
+    return join(this.dataDir!, id);
+  }
+
+  private async storeBody(id: MailId, value: Buffer | null): Promise<void> {
+    const path = this.bodyPath(id);
+    if (value === null) {
+      await rm(path, { force: true });
+      return;
+    }
+    const known = this.view.mails.get(id);
+    if (known && isTerminal(known.state)) return;
+    const st = await stat(path).catch(() => undefined);
+    if (st?.size === value.length) return;
+    const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+    await writeFile(tmp, value);
+    await rename(tmp, path);
+  }
+
+  private scheduleMaintenance(): void {
+    // Repair: a key whose latest record was rejected gets its current state re-asserted, so that
+    // compaction cannot leave the rejected record as its only one (state-view.ts).
+    const repair = setInterval(() => void this.repairRejected().catch((err: unknown) => this.log.warn({ err }, 'state repair failed')), 2_000);
+    const retain = this.opts.retainFinishedMs ?? 3_600_000;
+    const purge = setInterval(
+      () => void this.purgeFinished(retain).catch((err: unknown) => this.log.warn({ err }, 'purge of finished mail failed')),
+      Math.min(60_000, Math.max(1_000, retain / 4)),
+    );
+    repair.unref();
+    purge.unref();
+    this.timers.push(repair, purge);
+  }
+
+  private async repairRejected(): Promise<void> {
+    const cutoff = this.now() - 1_000;
+    for (const [id, at] of [...this.view.rejectedLatest]) {
+      if (at > cutoff || !this.open) continue;
+      const cur = this.view.mails.get(id);
+      if (!cur) {
+        await this.writer!.submit({ state: { key: id, value: null } });
+        continue;
+      }
+      const rec: StateRecord = { w: randomBytes(8).toString('hex'), prev: cur.generation, mail: cur, quiet: true };
+      await this.writer!.submit({ state: { key: id, value: Buffer.from(JSON.stringify(rec)) } });
+    }
+  }
+
+  /** Tombstones state and body of mail finished more than `retainMs` ago. */
+  async purgeFinished(retainMs: number): Promise<number> {
+    const cutoff = this.now() - retainMs;
+    const ids = [...this.view.finished.upTo(cutoff)].slice(0, 1000).map((e) => e.id);
+    await Promise.all(ids.map((id) => this.writer!.submit({ content: { key: id, value: null }, state: { key: id, value: null } })));
+    return ids.length;
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  private withDeadline<T>(p: Promise<T>, what: string): Promise<T> {
+    let timer: NodeJS.Timeout;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new QueueUnavailableError(`Kafka did not answer within ${this.deadlineMs} ms (${what})`)), this.deadlineMs);
+    });
+    return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Writes conditional state records (and bodies first, if given) and waits for the view's verdict.
+   * On the deadline the caller gets QueueUnavailableError; writes not yet sent are dropped, and
+   * `onLate` sees the outcome of those already in flight if they land after all.
+   */
+  private async writeStates(
+    items: { prev: number; mail: QueuedMail; quiet?: boolean; body?: Buffer | null }[],
+    what: string,
+    onLate?: (outcomes: WriteOutcome[]) => void,
+  ): Promise<WriteOutcome[]> {
+    this.assertOpen();
+    let timedOut = false;
+    const recs = items.map((it) => ({ ...it, w: randomBytes(8).toString('hex') }));
+    const outcomes = recs.map((r) => this.view.awaitWrite(r.w));
+    const sent = Promise.all(recs.map((r) => {
+      const value: StateRecord = { w: r.w, prev: r.prev, mail: r.mail, ...(r.quiet ? { quiet: true } : {}) };
+      return this.writer!.submit({
+        ...(r.body !== undefined ? { content: { key: r.mail.id, value: r.body } } : {}),
+        state: { key: r.mail.id, value: Buffer.from(JSON.stringify(value)) },
+        cancelled: () => timedOut,
+      });
+    }));
+    const work = sent.then(
+      () => Promise.all(outcomes),
+      (err: unknown) => {
+        for (const r of recs) this.view.forgetWrite(r.w);
+        throw unavailable(err, what);
+      },
+    );
+    try {
+      return await this.withDeadline(work, what);
+    } catch (err) {
+      timedOut = true;
+      work.then((late) => onLate?.(late), () => undefined);
+      throw unavailable(err, what);
+    }
+  }
+
+  /**
+   * One transition of one mail: compute it from the view with a model.ts function, write it
+   * conditionally, and retry from the winner's version when another write got there first.
+   */
+  private async transition(id: MailId, what: string, change: (m: QueuedMail, now: Millis) => QueuedMail, quiet = false): Promise<QueuedMail> {
+    this.assertOpen();
+    for (let i = 0; i < MAX_CAS_RETRIES; i++) {
+      const cur = i === 0 ? await this.lookup(id) : this.view.mails.get(id);
+      if (!cur) throw new MailNotFoundError(id);
+      const next = change(cur, this.now());
+      if (next === cur) return cur;
+      const [outcome] = await this.writeStates([{ prev: cur.generation, mail: next, quiet }], what);
+      if (outcome!.accepted) {
+        if (isTerminal(next.state) && !isTerminal(cur.state)) this.dropBody(id);
+        return outcome!.mail!;
+      }
+    }
+    throw new QueueUnavailableError(`Too many concurrent changes of mail ${id}`);
+  }
+
+  /** A finished mail's body is tombstoned (compaction then frees it); best effort, logged. */
+  private dropBody(id: MailId): void {
+    this.writer!.submit({ content: { key: id, value: null } })
+      .catch((err: unknown) => this.log.warn({ err, mailId: id }, 'body tombstone failed; purge retries'));
+  }
+
+  async enqueue(req: EnqueueRequest): Promise<QueuedMail> {
+    this.assertOpen();
+    const mail = createMail(req, this.now());
+    // The local copy first: this node can serve readBody as soon as enqueue resolves. No temp
+    // file + rename needed: nobody reads this path before the state record is applied, after this.
+    await writeFile(this.bodyPath(mail.id), req.body);
+    this.ownBodies.add(mail.id);
+    let outcome: WriteOutcome | undefined;
+    try {
+      [outcome] = await this.writeStates([{ prev: 0, mail, body: req.body }], 'enqueue', (late) => {
+        // The client was told 451 but the write landed after all: the mail was never accepted, so
+        // it is removed (visible to operators as such) rather than delivered next to the retry.
+        if (late[0]?.accepted) void this.removeUnacknowledged(mail.id);
+      });
+    } catch (err) {
+      this.ownBodies.delete(mail.id);
+      await rm(this.bodyPath(mail.id), { force: true });
+      this.log.warn({ err, mailId: mail.id }, 'enqueue failed');
+      throw err;
+    }
+    if (!outcome!.accepted) throw new InvalidTransitionError(mail.id, outcome!.mail?.state ?? 'unknown', 'enqueue (duplicate id)');
+    this.log.debug({ mailId: mail.id, size: mail.size }, 'mail enqueued');
+    return outcome!.mail!;
+  }
+
+  private async removeUnacknowledged(id: MailId): Promise<void> {
+    try {
+      await this.transition(id, 'remove unacknowledged', (m, now) => applyRemove(m, 'enqueue not acknowledged (Kafka timed out)', now));
+      this.log.warn({ mailId: id }, 'mail landed after its enqueue timed out; removed');
+    } catch (err) {
+      this.log.error({ err, mailId: id }, 'could not remove a mail whose enqueue timed out; it may be delivered');
+    }
+  }
+
+  async reserveDue(o: ReserveOptions): Promise<QueuedMail[]> {
+    this.assertOpen();
+    if (o.limit <= 0) return [];
+    const now = o.now ?? this.now();
+    const share = Math.min(1, Math.max(0, o.lowPriorityShare ?? 0.1));
+    const classes = this.view.dueByClass(now, o.limit, this.claiming);
+    const picks: { prev: number; mail: QueuedMail }[] = [];
+    while (picks.length < o.limit) {
+      const live = classes.filter((c) => c.items.length);
+      if (!live.length) break;
+      const [top, ...lower] = live;
+      // Same credit rule as the spool: at most one pick of credit banked while nothing lower waits.
+      this.lowCredit = Math.min(1, this.lowCredit + share);
+      let from = top!;
+      if (lower.length && this.lowCredit >= 1 - 1e-9) {
+        from = lower.reduce((a, b) => (b.items[0]!.notBefore < a.items[0]!.notBefore ? b : a));
+        this.lowCredit -= 1;
+      }
+      const mail = from.items.shift()!;
+      try {
+        picks.push({ prev: mail.generation, mail: applyReserve(mail, o.owner, newLeaseToken(), o.leaseMs, now) });
+      } catch {
+        continue;
+      }
+    }
+    if (!picks.length) return [];
+    for (const p of picks) this.claiming.add(p.mail.id);
+    try {
+      const outcomes = await this.writeStates(picks, 'reserve');
+      // Another node's write came first for the losers: they are simply not handed out.
+      return outcomes.flatMap((out, i) => ((out.accepted && out.mail?.lease?.token === picks[i]!.mail.lease?.token ? [out.mail] : []) as QueuedMail[]));
+    } finally {
+      for (const p of picks) this.claiming.delete(p.mail.id);
+    }
+  }
+
+  async nextDueAt(): Promise<Millis | undefined> {
+    this.assertOpen();
+    return this.view.nextDueAt();
+  }
+
+  async renewLease(id: MailId, token: string, leaseMs: number): Promise<boolean> {
+    try {
+      await this.transition(id, 'renew lease', (m, now) => applyRenewLease(m, token, leaseMs, now), true);
+      return true;
+    } catch (err) {
+      if (err instanceof LeaseLostError || err instanceof MailNotFoundError) return false;
+      throw err;
+    }
+  }
+
+  /** Waits until this node's view has applied everything the state topic held when called. */
+  private async syncState(what: string): Promise<void> {
+    try {
+      const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.stateTopic), what);
+      const state = new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+      await this.waitFor({ state }, this.deadlineMs);
+    } catch (err) {
+      throw unavailable(err, what);
+    }
+  }
+
+  /**
+   * The view's mail; an id the view does not know yet (accepted on another node a moment ago)
+   * is looked up again after catching up with the state topic, so no node answers "not found"
+   * for a mail another node has acknowledged.
+   */
+  private async lookup(id: MailId): Promise<QueuedMail | undefined> {
+    const m = this.view.mails.get(id);
+    if (m) return m;
+    await this.syncState('lookup');
+    return this.view.mails.get(id);
+  }
+
+  /** Strict across nodes: waits for the view to reach the state topic's end before answering. */
+  async checkLease(id: MailId, token: string): Promise<boolean> {
+    this.assertOpen();
+    await this.syncState('check lease');
+    return leaseValid(this.view.mails.get(id), token, this.now());
+  }
+
+  recordAttempt(id: MailId, token: string, result: AttemptResult): Promise<QueuedMail> {
+    return this.transition(id, 'record attempt', (m, now) => applyAttempt(m, token, result, result.now ?? now));
+  }
+
+  async releaseLease(id: MailId, token: string): Promise<void> {
+    await this.transition(id, 'release lease', (m, now) => applyReleaseLease(m, token, now));
+  }
+
+  hold(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.transition(id, 'hold', (m, now) => applyHold(m, reason, now));
+  }
+
+  release(id: MailId): Promise<QueuedMail> {
+    return this.transition(id, 'release', (m, now) => applyRelease(m, now));
+  }
+
+  remove(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.transition(id, 'remove', (m, now) => applyRemove(m, reason, now));
+  }
+
+  retryNow(id: MailId): Promise<QueuedMail> {
+    return this.transition(id, 'retry now', (m, now) => applyRetryNow(m, now));
+  }
+
+  setPriority(id: MailId, priority: number): Promise<QueuedMail> {
+    return this.transition(id, 'set priority', (m, now) => applySetPriority(m, priority, now));
+  }
+
+  setNotBefore(id: MailId, notBefore: Millis): Promise<QueuedMail> {
+    return this.transition(id, 'set not-before', (m, now) => applySetNotBefore(m, notBefore, now));
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async get(id: MailId): Promise<QueuedMail | undefined> {
+    this.assertOpen();
+    return this.lookup(id);
+  }
+
+  async readBody(id: MailId): Promise<NodeJS.ReadableStream> {
+    this.assertOpen();
+    const mail = await this.lookup(id);
+    if (!mail || isTerminal(mail.state)) throw new MailNotFoundError(id);
+    const path = this.bodyPath(id);
+    if (!(await stat(path).catch(() => undefined))) {
+      // Accepted by another node and not read by our consumer yet: catch up with the topic's end.
+      try {
+        const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.contentTopic), 'read body');
+        const content = new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+        await this.waitFor({ content }, 60_000);
+      } catch (err) {
+        throw unavailable(err, 'read body');
+      }
+      if (!(await stat(path).catch(() => undefined))) throw new MailNotFoundError(id);
+    }
+    return createReadStream(path);
+  }
+
+  async browse(filter: BrowseFilter, opts?: BrowseOptions): Promise<BrowsePage> {
+    this.assertOpen();
+    return this.view.browse(filter, opts);
+  }
+
+  async stats(o: { now?: Millis; topN?: number } = {}): Promise<QueueStats> {
+    this.assertOpen();
+    return this.view.stats(o.now ?? this.now(), o.topN ?? STATS_TOP_N);
+  }
+
+  subscribe(listener: (event: QueueEvent) => void): () => void {
+    return this.view.subscribe(listener);
+  }
+}

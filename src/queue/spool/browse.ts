@@ -1,0 +1,265 @@
+/**
+ * Browse over the spool's indexes, never a full scan.
+ *
+ * A page is produced by choosing index ranges ("sources") whose keys come out in the requested
+ * sort order, merging them (one source per state or priority asked for), and checking each
+ * candidate against the whole filter (matchesFilter from model.ts). The cursor is the sort tuple of
+ * the last entry examined, so pages never repeat or skip a mail that stays put, and a page can stop
+ * early: at most EXAMINE_BUDGET entries are looked at per page, which bounds latency for filters an
+ * index cannot narrow (q, size). A short page with a nextCursor just means "keep going".
+ *
+ * When sender / recipient / domain narrows the set to at most SMALL_SET mails and the sort is not by
+ * received time (those indexes are received-ordered), the set is loaded and sorted in memory.
+ *
+ * Totals are exact when counters or a bounded range count answer them (state, priority, domain,
+ * sender, recipient and their combinations with state), and otherwise an upper-bound estimate
+ * with exact:false (e.g. with q, size or time bounds).
+ */
+import type { Database } from 'lmdb';
+import { QueueError } from '../errors.js';
+import { matchesFilter } from '../model.js';
+import type { BrowseFilter, BrowseOptions, BrowsePage, MailState, QueuedMail, SortField } from '../types.js';
+import { MAIL_STATES } from '../types.js';
+import { HIGH, type IndexKey } from './indexes.js';
+
+export interface BrowseStore {
+  ix: Database<Buffer, IndexKey>;
+  mails: Database<QueuedMail, string>;
+  counter(key: IndexKey): number;
+}
+
+export class InvalidCursorError extends QueueError {
+  constructor(message = 'Invalid browse cursor') {
+    super(message, 501, '5.5.4', 400);
+  }
+}
+
+const EXAMINE_BUDGET = 2000;
+const SMALL_SET = 3000;
+const COUNT_CAP = 200_000;
+
+type Tuple = (string | number)[];
+
+interface Source {
+  prefix: IndexKey;
+  /** Leading elements of the sort tuple that are fixed by the prefix. */
+  fixed: Tuple;
+  /** Bounds on the first suffix element (received time), when the sort is by received. */
+  lo?: number;
+  hi?: number;
+}
+
+interface Cursor {
+  s: SortField;
+  o: 'asc' | 'desc';
+  t: Tuple;
+}
+
+function listOf<T>(v: T | T[] | undefined): T[] | undefined {
+  return v === undefined ? undefined : [...new Set(Array.isArray(v) ? v : [v])];
+}
+
+export function cmpTuple(a: Tuple, b: Tuple): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x === y) continue;
+    if (typeof x === 'number' && typeof y === 'number') return x - y;
+    if (typeof x === 'number') return -1;
+    if (typeof y === 'number') return 1;
+    return x < y ? -1 : 1;
+  }
+  return a.length - b.length;
+}
+
+export function sortTuple(m: QueuedMail, sort: SortField): Tuple {
+  if (sort === 'priority') return [m.priority, m.receivedAt, m.id];
+  if (sort === 'nextAttempt') return [m.notBefore, m.id];
+  return [m.receivedAt, m.id];
+}
+
+function encodeCursor(c: Cursor): string {
+  return Buffer.from(JSON.stringify(c)).toString('base64url');
+}
+
+function decodeCursor(s: string, sort: SortField, order: 'asc' | 'desc'): Tuple {
+  let c: Cursor;
+  try {
+    c = JSON.parse(Buffer.from(s, 'base64url').toString('utf8')) as Cursor;
+  } catch {
+    throw new InvalidCursorError();
+  }
+  if (!c || c.s !== sort || c.o !== order || !Array.isArray(c.t)) throw new InvalidCursorError('Cursor belongs to another sort order');
+  return c.t;
+}
+
+/** The index family prefix narrowing by sender, recipient or domain, if the filter has one. */
+function selector(f: BrowseFilter): IndexKey | undefined {
+  if (f.sender !== undefined) return ['S', f.sender.toLowerCase()];
+  if (f.recipient !== undefined) return ['R', f.recipient.toLowerCase()];
+  if (f.domain !== undefined) return ['d', f.domain.toLowerCase()];
+  return undefined;
+}
+
+function selectorSources(sel: IndexKey, states: MailState[] | undefined, f: BrowseFilter): Source[] {
+  return (states ?? MAIL_STATES).map((s) => ({ prefix: [...sel, s], fixed: [], lo: f.since, hi: f.until }));
+}
+
+/** Index ranges that yield the mails of the filter's states / priorities in `sort` order. */
+function sortSources(sort: SortField, states: MailState[] | undefined, prios: number[] | undefined, f: BrowseFilter): Source[] {
+  const out: Source[] = [];
+  for (const s of states ?? MAIL_STATES) {
+    if (sort === 'received') {
+      const t = { lo: f.since, hi: f.until };
+      if (prios) for (const p of prios) out.push({ prefix: ['sp', s, p], fixed: [], ...t });
+      else out.push({ prefix: ['s', s], fixed: [], ...t });
+    } else if (sort === 'priority') {
+      if (prios) for (const p of prios) out.push({ prefix: ['sp', s, p], fixed: [p] });
+      else out.push({ prefix: ['sp', s], fixed: [] });
+    } else {
+      out.push({ prefix: ['sn', s], fixed: [] });
+    }
+  }
+  return out;
+}
+
+/** Iterates one source's keys in order, strictly after the cursor. */
+function* walk(ix: BrowseStore['ix'], src: Source, desc: boolean, cursor: Tuple | undefined): Generator<{ tuple: Tuple; id: string }> {
+  const p = src.prefix;
+  let from: IndexKey | undefined;
+  if (cursor) {
+    const head = cursor.slice(0, src.fixed.length);
+    const c = cmpTuple(head, src.fixed);
+    if (desc ? c < 0 : c > 0) return;
+    if (c === 0) from = [...p, ...cursor.slice(src.fixed.length)];
+  }
+  const low: IndexKey = src.lo !== undefined ? [...p, src.lo] : p;
+  const high: IndexKey = src.hi !== undefined ? [...p, src.hi, HIGH] : [...p, HIGH];
+  const range = desc
+    ? { start: from ?? high, end: low, reverse: true, exclusiveStart: !!from }
+    : { start: from ?? low, end: high, exclusiveStart: !!from };
+  for (const key of ix.getKeys(range)) {
+    const suffix = key.slice(p.length) as Tuple;
+    yield { tuple: [...src.fixed, ...suffix], id: String(key[key.length - 1]) };
+  }
+}
+
+/** k-way merge of sources by sort tuple. */
+function* merge(ix: BrowseStore['ix'], sources: Source[], desc: boolean, cursor: Tuple | undefined): Generator<{ tuple: Tuple; id: string }> {
+  const its = sources.map((s) => walk(ix, s, desc, cursor));
+  try {
+    const heads = its.map((it) => it.next());
+    for (;;) {
+      let best = -1;
+      for (let i = 0; i < heads.length; i++) {
+        const h = heads[i]!;
+        if (h.done) continue;
+        if (best < 0) { best = i; continue; }
+        const c = cmpTuple(h.value.tuple, (heads[best]!.value as { tuple: Tuple }).tuple);
+        if (desc ? c > 0 : c < 0) best = i;
+      }
+      if (best < 0) return;
+      const v = heads[best]!.value as { tuple: Tuple; id: string };
+      heads[best] = its[best]!.next();
+      yield v;
+    }
+  } finally {
+    // An unfinished LMDB range holds a read snapshot; left open, LMDB could never reuse freed
+    // pages and the file (and the mapped RSS) would grow with every write.
+    for (const it of its) it.return(undefined);
+  }
+}
+
+function rangeCount(ix: BrowseStore['ix'], src: Source, cap: number): number {
+  const p = src.prefix;
+  return ix.getCount({
+    start: src.lo !== undefined ? [...p, src.lo] : p,
+    end: src.hi !== undefined ? [...p, src.hi, HIGH] : [...p, HIGH],
+    limit: cap,
+  });
+}
+
+/** The exact total when counters or a capped range count give it; else an estimate. */
+function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): { count: number; exact: boolean } {
+  const residual = f.since !== undefined || f.until !== undefined || f.minSize !== undefined || f.maxSize !== undefined || !!f.q;
+  const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
+  const stateList = states ?? MAIL_STATES;
+  let count: number;
+  let exact = !residual && sels <= 1;
+  if (f.sender !== undefined || f.recipient !== undefined) {
+    count = 0;
+    for (const src of selectorSources(selector(f)!, states, {})) {
+      const n = rangeCount(store.ix, src, COUNT_CAP);
+      count += n;
+      if (n >= COUNT_CAP) exact = false;
+    }
+    if (prios) exact = false;
+  } else if (f.domain !== undefined) {
+    const d = f.domain.toLowerCase();
+    count = stateList.reduce((n, s) => n + store.counter(['c', 'dd', d, s]), 0);
+    if (prios) exact = false;
+  } else if (prios) {
+    count = 0;
+    for (const s of stateList) for (const p of prios) count += store.counter(['c', 'sp', s, p]);
+  } else {
+    count = stateList.reduce((n, s) => n + store.counter(['c', 's', s]), 0);
+  }
+  return { count, exact };
+}
+
+export function browseIndexed(store: BrowseStore, f: BrowseFilter, opts: BrowseOptions): BrowsePage {
+  const sort = opts.sort ?? 'received';
+  const order = opts.order ?? 'asc';
+  const desc = order === 'desc';
+  const limit = Math.min(1000, Math.max(1, Math.floor(opts.limit ?? 50)));
+  const cursor = opts.cursor ? decodeCursor(opts.cursor, sort, order) : undefined;
+  const states = listOf(f.state);
+  const prios = listOf(f.priority);
+  const sel = selector(f);
+  const estimate = total(store, f, states, prios);
+
+  if (sel && sort !== 'received') {
+    const selSources = selectorSources(sel, states, f);
+    let n = 0;
+    for (const s of selSources) n += rangeCount(store.ix, s, SMALL_SET + 1);
+    if (n <= SMALL_SET) return pageInMemory(store, selSources, f, sort, order, limit, cursor);
+  }
+  const sources = sel && sort === 'received' ? selectorSources(sel, states, f) : sortSources(sort, states, prios, f);
+  const items: QueuedMail[] = [];
+  let examined = 0;
+  let last: Tuple | undefined;
+  let more = false;
+  for (const entry of merge(store.ix, sources, desc, cursor)) {
+    if (items.length >= limit || examined >= EXAMINE_BUDGET) { more = true; break; }
+    examined++;
+    last = entry.tuple;
+    const mail = store.mails.get(entry.id);
+    if (mail && matchesFilter(mail, f)) items.push(mail);
+  }
+  const page: BrowsePage = { items, total: estimate };
+  if (more && last) page.nextCursor = encodeCursor({ s: sort, o: order, t: last });
+  // The whole result fitted in this first page: the count is known exactly.
+  if (!more && !cursor) page.total = { count: items.length, exact: true };
+  return page;
+}
+
+function pageInMemory(
+  store: BrowseStore, sources: Source[], f: BrowseFilter, sort: SortField, order: 'asc' | 'desc', limit: number, cursor: Tuple | undefined,
+): BrowsePage {
+  const desc = order === 'desc';
+  const seen = new Set<string>();
+  const all: { tuple: Tuple; mail: QueuedMail }[] = [];
+  for (const entry of merge(store.ix, sources, false, undefined)) {
+    if (seen.has(entry.id)) continue;
+    seen.add(entry.id);
+    const mail = store.mails.get(entry.id);
+    if (mail && matchesFilter(mail, f)) all.push({ tuple: sortTuple(mail, sort), mail });
+  }
+  all.sort((a, b) => (desc ? -1 : 1) * cmpTuple(a.tuple, b.tuple));
+  const after = cursor ? all.filter((x) => (desc ? cmpTuple(x.tuple, cursor) < 0 : cmpTuple(x.tuple, cursor) > 0)) : all;
+  const pageItems = after.slice(0, limit);
+  const page: BrowsePage = { items: pageItems.map((x) => x.mail), total: { count: all.length, exact: true } };
+  if (after.length > limit) page.nextCursor = encodeCursor({ s: sort, o: order, t: pageItems[pageItems.length - 1]!.tuple });
+  return page;
+}

@@ -1,0 +1,739 @@
+/**
+ * The embedded spool: the default queue backend, one process owning one directory.
+ *
+ * Layout of `<dir>`:
+ *   LOCK             pid lock: a second process (or a second open in this one) is refused
+ *   meta.mdb         LMDB: mails (id → QueuedMail), bodies (id → segment/offset/length),
+ *                    ix (secondary indexes, see indexes.ts), meta (counters)
+ *   segments/*.seg   message bodies, append-only (see segments.ts)
+ *
+ * Guarantees:
+ * - Durability: `enqueue` resolves after (1) the body is written and fdatasync'ed in a segment and
+ *   (2) the LMDB transaction that references it is committed with a synchronous flush
+ *   (overlappingSync off). A crash between (1) and (2) leaves unreferenced bytes, reclaimed with
+ *   their segment; nothing that was acknowledged can be missing or torn.
+ * - Group commit: every write (enqueue, reserve, attempt, operator action) goes through one
+ *   writer loop. While one group is being flushed, new requests queue; the next group takes all
+ *   of them: one writev + one fdatasync for the bodies, one LMDB commit for everything. There is
+ *   no timer: a lone request is flushed at once.
+ * - Atomicity: a mail, its index entries and the counters change in one LMDB transaction. Every
+ *   transition is computed by the pure functions of model.ts.
+ * - Leases after a crash: on start every `active` mail's lease is given back (applyReleaseLease),
+ *   because the process that held them is gone (the directory lock guarantees that); such mail is
+ *   due at once. Leases of a running process lapse at `lease.until` and the mail is due again.
+ * - Due order: priority (high first), then notBefore, then id; `lowPriorityShare` of the mails
+ *   handed out go to the earliest due mail of a lower class while a higher class has due mail
+ *   (a credit carried across calls, so it holds for limit=1 callers too).
+ * - Storage errors: a failed body append is cut back, a failed LMDB commit is rolled back by LMDB;
+ *   the callers of that group get SpoolFullError (ENOSPC, map full, maxSize) or
+ *   QueueUnavailableError, and the next group tries again. No writemap: a full disk is an error
+ *   code, never a SIGBUS.
+ * - Finished mail: its body record goes in the same transaction that makes it terminal, and a
+ *   segment file is deleted once none of its bodies is live; metadata stays `retainFinishedMs`,
+ *   then is purged ('purged' event).
+ * - `maxSize` bounds the LMDB map and, separately, the live body bytes in segments.
+ */
+import { mkdir, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import type { Logger } from '../../logger.js';
+import { InvalidTransitionError, MailNotFoundError, QueueError, QueueUnavailableError, SpoolFullError, storageError } from '../errors.js';
+import {
+  AGE_BUCKETS_MINUTES, applyAttempt, applyHold, applyReleaseLease, applyRelease, applyRemove, applyRenewLease,
+  applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
+  newLeaseToken,
+} from '../model.js';
+import type {
+  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, MailState, Millis, Queue, QueueEvent,
+  QueuedMail, QueueStats, ReserveOptions,
+} from '../types.js';
+import { MAIL_STATES } from '../types.js';
+import { browseIndexed } from './browse.js';
+import { DirLock } from './dir-lock.js';
+import { HIGH, counterKeys, indexKeys, keyDiff, type IndexKey } from './indexes.js';
+import { SegmentStore, type BodyLocation } from './segments.js';
+
+export interface SpoolQueueOptions {
+  dir: string;
+  retainFinishedMs: number;
+  /** Upper bound of the LMDB map and of live body bytes, each. */
+  maxSize: number;
+  logger: Logger;
+  now?: () => number;
+  /**
+   * A new segment file is started once the current one reaches this size. Default 16 MiB: small
+   * enough that one long-deferred mail pins little disk (segments are not compacted yet).
+   */
+  segmentBytes?: number;
+  /** How often finished mail past retention is purged. Default: retainFinishedMs/4, 1 s..60 s. */
+  purgeIntervalMs?: number;
+}
+
+type BodyTuple = [seg: number, off: number, len: number];
+
+interface WriteOp {
+  /** Runs inside the write transaction; throws to fail only this op. */
+  run(tx: WriteTx): unknown;
+  /** Set for enqueues: the body to append before the transaction. */
+  body?: Buffer;
+  location?: BodyLocation;
+  resolve(v: unknown): void;
+  reject(err: unknown): void;
+}
+
+const ONE = Buffer.from([1]);
+/** Below this much free space, an EIO from a write is taken for a full disk. */
+const LOW_SPACE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * lmdb-js rejects a failed commit with a generic error whose `commitError` promise rejects with
+ * the real one (errno in `code`) a moment later; unobserved, that promise is an unhandled rejection.
+ */
+async function lmdbCommitCause(err: unknown): Promise<unknown> {
+  const pending = (err as { commitError?: Promise<unknown> } | undefined)?.commitError;
+  if (!pending || typeof pending.then !== 'function') return err;
+  let timer: NodeJS.Timeout | undefined;
+  const cause = await Promise.race([
+    pending.then(() => err, (real: unknown) => real),
+    new Promise<unknown>((res) => { timer = setTimeout(() => res(err), 1000); }),
+  ]);
+  clearTimeout(timer);
+  const errno = (cause as { code?: unknown })?.code;
+  // lmdb-js gives the errno as a number; name it like Node does.
+  if (typeof errno === 'number') Object.assign(cause as object, { code: ERRNO_NAMES[errno] ?? errno });
+  return cause;
+}
+
+const ERRNO_NAMES: Record<number, string> = { 5: 'EIO', 28: 'ENOSPC', 122: 'EDQUOT', 27: 'EFBIG', [-30792]: 'MDB_MAP_FULL' };
+const STATS_TOP_N = 20;
+const LIVE_STATES = ['queued', 'active', 'held'] as const;
+
+/** What one write transaction changes besides the records: counter deltas, events, freed segments. */
+class WriteTx {
+  readonly deltas = new Map<string, { key: IndexKey; delta: number }>();
+  readonly events: QueueEvent[] = [];
+
+  constructor(private readonly q: SpoolQueue, readonly now: Millis) {}
+
+  count(key: IndexKey, delta: number): void {
+    const k = JSON.stringify(key);
+    const e = this.deltas.get(k);
+    if (e) e.delta += delta;
+    else this.deltas.set(k, { key, delta });
+  }
+
+  /** Persists `after` (replacing `before`), its indexes, counters and body bookkeeping. */
+  write(before: QueuedMail | undefined, after: QueuedMail, opts: { body?: BodyLocation; event?: boolean } = {}): void {
+    if (before === after) return;
+    const q = this.q;
+    q.mails.putSync(after.id, after);
+    const diff = keyDiff(before ? indexKeys(before) : [], indexKeys(after));
+    for (const k of diff.remove) q.ix.removeSync(k);
+    for (const k of diff.add) q.ix.putSync(k, ONE);
+    if (before) for (const k of counterKeys(before)) this.count(k, -1);
+    for (const k of counterKeys(after)) this.count(k, +1);
+    if (opts.body) {
+      q.bodies.putSync(after.id, [opts.body.seg, opts.body.off, opts.body.len]);
+      this.count(['c', 'seg', opts.body.seg], +1);
+      this.count(['c', 'bytes'], opts.body.len);
+    }
+    if (isTerminal(after.state)) this.dropBody(after.id);
+    if (opts.event !== false) this.events.push(eventOf(before, after, this.now));
+  }
+
+  dropBody(id: MailId): void {
+    const loc = this.q.bodies.get(id);
+    if (!loc) return;
+    this.q.bodies.removeSync(id);
+    this.count(['c', 'seg', loc[0]], -1);
+    this.count(['c', 'bytes'], -loc[2]);
+  }
+
+  /** Deletes a mail record entirely (purge). */
+  purge(mail: QueuedMail): void {
+    this.q.mails.removeSync(mail.id);
+    for (const k of indexKeys(mail)) this.q.ix.removeSync(k);
+    for (const k of counterKeys(mail)) this.count(k, -1);
+    this.dropBody(mail.id);
+    this.events.push({ type: 'purged', id: mail.id, state: mail.state, at: this.now });
+  }
+}
+
+function eventOf(before: QueuedMail | undefined, after: QueuedMail, at: Millis): QueueEvent {
+  const type = eventTypeFor(before, after);
+  const ev: QueueEvent = { type, id: after.id, state: after.state, at };
+  if (type === 'updated' || type === 'deferred' || type === 'enqueued') {
+    ev.priority = after.priority;
+    ev.notBefore = after.notBefore;
+  }
+  return ev;
+}
+
+export class SpoolQueue implements Queue {
+  readonly backend = 'spool' as const;
+
+  /** @internal LMDB handles, used by WriteTx and browse. */
+  env!: RootDatabase;
+  mails!: Database<QueuedMail, string>;
+  bodies!: Database<BodyTuple, string>;
+  ix!: Database<Buffer, IndexKey>;
+  meta!: Database<number, IndexKey>;
+
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly segments: SegmentStore;
+  private lock?: DirLock;
+  private readonly counters = new Map<string, number>();
+  /** Non-terminal mail per recipient domain and per priority, kept with the counters. */
+  private readonly liveByDomain = new Map<string, number>();
+  private readonly liveByPriority = new Map<string, number>();
+  private pending: WriteOp[] = [];
+  private flushing?: Promise<void>;
+  private open = false;
+  private closing = false;
+  private purgeTimer?: NodeJS.Timeout;
+  private readonly listeners = new Set<(e: QueueEvent) => void>();
+  /** Credit towards handing a mail of a lower class out (lowPriorityShare), carried across calls. */
+  private lowCredit = 0;
+
+  constructor(private readonly opts: SpoolQueueOptions) {
+    this.log = opts.logger.child({ component: 'spool' });
+    this.now = opts.now ?? Date.now;
+    this.segments = new SegmentStore(opts.dir, opts.segmentBytes ?? 16 * 1024 * 1024);
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    const t0 = Date.now();
+    await mkdir(this.opts.dir, { recursive: true });
+    this.lock = await DirLock.acquire(this.opts.dir);
+    try {
+      this.env = open({
+        path: join(this.opts.dir, 'meta.mdb'),
+        maxDbs: 8,
+        // Synchronous durability: a commit resolves once flushed, so acknowledging after it is safe.
+        overlappingSync: false,
+        noSync: false,
+        // Never write through the map: on a full disk that would be a SIGBUS, not an error.
+        useWritemap: false,
+        mapSize: this.opts.maxSize,
+        compression: false,
+      });
+      this.mails = this.env.openDB<QueuedMail, string>('mails', { encoding: 'msgpack' });
+      this.bodies = this.env.openDB<BodyTuple, string>('bodies', { encoding: 'msgpack' });
+      this.ix = this.env.openDB<Buffer, IndexKey>('ix', { encoding: 'binary' });
+      this.meta = this.env.openDB<number, IndexKey>('meta', { encoding: 'msgpack' });
+      const tOpen = Date.now();
+      this.loadCounters();
+      const found = await this.segments.open();
+      await this.reclaimSegments(found);
+      const tSegments = Date.now();
+      this.open = true;
+      const released = await this.releaseOrphanLeases();
+      this.schedulePurge();
+      this.log.info({
+        ms: Date.now() - t0, lockAndOpenMs: tOpen - t0, countersAndSegmentsMs: tSegments - tOpen, leasesMs: Date.now() - tSegments,
+        mails: this.totalMails(), segments: found.length, releasedLeases: released,
+      }, 'spool opened');
+    } catch (err) {
+      this.open = false;
+      await this.segments.close().catch(() => undefined);
+      if (this.env) await this.env.close().catch(() => undefined);
+      await this.lock.release();
+      throw err instanceof QueueError ? err : storageError(err);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (!this.open || this.closing) return;
+    this.closing = true;
+    if (this.purgeTimer) clearTimeout(this.purgeTimer);
+    while (this.flushing) await this.flushing;
+    this.open = false;
+    await this.segments.close();
+    await this.env.close();
+    await this.lock?.release();
+    this.listeners.clear();
+    this.log.info('spool closed');
+  }
+
+  private loadCounters(): void {
+    for (const { key, value } of this.meta.getRange({ start: ['c'], end: ['c', HIGH] })) {
+      this.applyCounter(key, value);
+    }
+  }
+
+  /** Adds to an in-memory counter (and the per-domain / per-priority views stats() reads). */
+  private applyCounter(key: IndexKey, delta: number): number {
+    const k = JSON.stringify(key);
+    const v = (this.counters.get(k) ?? 0) + delta;
+    if (v === 0) this.counters.delete(k);
+    else this.counters.set(k, v);
+    const live = (key[1] === 'dd' && !isTerminal(key[3] as MailState)) ? { map: this.liveByDomain, name: String(key[2]) }
+      : (key[1] === 'sp' && !isTerminal(key[2] as MailState)) ? { map: this.liveByPriority, name: String(key[3]) } : undefined;
+    if (live) {
+      const n = (live.map.get(live.name) ?? 0) + delta;
+      if (n === 0) live.map.delete(live.name);
+      else live.map.set(live.name, n);
+    }
+    return v;
+  }
+
+  private counter(key: IndexKey): number {
+    return this.counters.get(JSON.stringify(key)) ?? 0;
+  }
+
+  private totalMails(): number {
+    return MAIL_STATES.reduce((n, s) => n + this.counter(['c', 's', s]), 0);
+  }
+
+  /** Deletes segment files with no live body (left by finished mail or by a crash). */
+  private async reclaimSegments(segs: number[]): Promise<void> {
+    for (const seg of segs) {
+      if (this.counter(['c', 'seg', seg]) > 0) continue;
+      if (await this.segments.remove(seg)) this.log.debug({ seg }, 'segment reclaimed');
+    }
+  }
+
+  /** The previous owner of the directory is gone: its leases can never be used again. */
+  private async releaseOrphanLeases(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const keys = [...this.ix.getKeys({ start: ['a'], end: ['a', HIGH], limit: 1000 })];
+      if (!keys.length) return total;
+      total += keys.length;
+      await this.submit({
+        run: (tx) => {
+          for (const key of keys) {
+            const mail = this.mails.get(String(key[2]));
+            if (mail?.state === 'active' && mail.lease) tx.write(mail, applyReleaseLease(mail, mail.lease.token, tx.now), { event: false });
+            // An entry that does not match its mail would otherwise be visited forever.
+            if (this.ix.get(key)) this.ix.removeSync(key);
+          }
+        },
+      });
+    }
+  }
+
+  // ---------------------------------------------------------------- the writer
+
+  private submit<T>(op: Omit<WriteOp, 'resolve' | 'reject'>): Promise<T> {
+    if (!this.open) return Promise.reject(new QueueUnavailableError('Spool is not open'));
+    return new Promise<T>((resolve, reject) => {
+      // The op object itself is queued (not a copy): the writer fills in `location` for its run().
+      const queued = op as WriteOp;
+      queued.resolve = resolve as (v: unknown) => void;
+      queued.reject = reject;
+      this.pending.push(queued);
+      if (!this.flushing) this.flushing = this.flushLoop();
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    // Let requests made in the same tick join the first group.
+    await Promise.resolve();
+    try {
+      while (this.pending.length) {
+        const group = this.pending;
+        this.pending = [];
+        await this.flushGroup(group);
+      }
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  private async flushGroup(group: WriteOp[]): Promise<void> {
+    const t0 = performance.now();
+    const ops = await this.appendBodies(group);
+    const t1 = performance.now();
+    if (!ops.length) return;
+    const tx = new WriteTx(this, this.now());
+    const results: { ok: boolean; value: unknown }[] = [];
+    let tcb0 = 0;
+    let tcb1 = 0;
+    try {
+      const committed = this.env.transaction(() => {
+        tcb0 = performance.now();
+        for (const op of ops) {
+          try {
+            results.push({ ok: true, value: op.run(tx) });
+          } catch (err) {
+            results.push({ ok: false, value: err });
+          }
+        }
+        for (const { key, delta } of tx.deltas.values()) {
+          if (delta === 0) continue;
+          const v = this.counter(key) + delta;
+          if (v === 0) this.meta.removeSync(key);
+          else this.meta.putSync(key, v);
+        }
+        // lmdb-js keeps its own promise for this commit (awaited by env.close()); it exists only
+        // once the transaction runs. Without a handler a failed commit would also surface as an
+        // unhandled rejection; the failure itself is handled below, through `committed`.
+        this.env.committed.then(undefined, () => undefined);
+        tcb1 = performance.now();
+      });
+      await committed;
+      this.log.trace({ ops: ops.length, appendMs: Math.round(t1 - t0), commitMs: Math.round(performance.now() - t1), waitMs: Math.round(tcb0 - t1), callbackMs: Math.round(tcb1 - tcb0) }, 'spool group committed');
+    } catch (err) {
+      const mapped = await this.mapStorageError(await lmdbCommitCause(err));
+      this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
+      for (const [i, op] of ops.entries()) op.reject(results[i] && !results[i].ok ? results[i].value : mapped);
+      return;
+    }
+    const freed: number[] = [];
+    for (const { key, delta } of tx.deltas.values()) {
+      const v = this.applyCounter(key, delta);
+      if (key[1] === 'seg' && v === 0) freed.push(Number(key[2]));
+    }
+    for (const [i, op] of ops.entries()) {
+      const r = results[i]!;
+      if (r.ok) op.resolve(r.value);
+      else op.reject(r.value);
+    }
+    this.emit(tx.events);
+    if (freed.length) await this.reclaimSegments(freed).catch((err) => this.log.error({ err }, 'segment reclaim failed'));
+  }
+
+  /** Appends the bodies of the group's enqueues in one write + fdatasync; returns the ops to commit. */
+  private async appendBodies(group: WriteOp[]): Promise<WriteOp[]> {
+    const enqueues = group.filter((op) => op.body);
+    if (!enqueues.length) return group;
+    let room = this.opts.maxSize - this.counter(['c', 'bytes']);
+    const accepted: WriteOp[] = [];
+    const refused = new Set<WriteOp>();
+    for (const op of enqueues) {
+      if (op.body!.length > room) {
+        refused.add(op);
+        op.reject(new SpoolFullError('Spool size limit reached'));
+      } else {
+        room -= op.body!.length;
+        accepted.push(op);
+      }
+    }
+    if (accepted.length) {
+      try {
+        const locs = await this.segments.appendGroup(accepted.map((op) => op.body!));
+        accepted.forEach((op, i) => { op.location = locs[i]; });
+      } catch (err) {
+        const mapped = await this.mapStorageError(err);
+        this.log.error({ err, count: accepted.length }, 'spool body append failed');
+        for (const op of accepted) { refused.add(op); op.reject(mapped); }
+        await this.rollSegmentAfterError();
+      }
+    }
+    return group.filter((op) => !refused.has(op));
+  }
+
+  /**
+   * storageError(), plus: LMDB reports a short write on a full disk as EIO, so an EIO while the
+   * file system has (almost) no room left is reported as SpoolFullError (452, try later).
+   */
+  private async mapStorageError(err: unknown): Promise<QueueError> {
+    const mapped = storageError(err);
+    if (mapped instanceof SpoolFullError || (err as NodeJS.ErrnoException)?.code !== 'EIO') return mapped;
+    try {
+      const fs = await statfs(this.opts.dir);
+      if (fs.bavail * fs.bsize < LOW_SPACE_BYTES) return new SpoolFullError('Insufficient system storage', err);
+    } catch {
+      // statfs failing too: report the original error.
+    }
+    return mapped;
+  }
+
+  /** After a failed append the current segment may be in doubt (EIO): start a new one if we can. */
+  private async rollSegmentAfterError(): Promise<void> {
+    try {
+      await this.segments.roll();
+    } catch {
+      // Still failing (disk full): keep the current segment, which was cut back; retry next time.
+    }
+  }
+
+  private emit(events: QueueEvent[]): void {
+    for (const e of events) {
+      for (const l of this.listeners) {
+        try {
+          l(e);
+        } catch (err) {
+          this.log.error({ err, mailId: e.id }, 'queue event listener threw');
+        }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  async enqueue(req: EnqueueRequest): Promise<QueuedMail> {
+    const op: Omit<WriteOp, 'resolve' | 'reject'> = {
+      body: req.body,
+      run: (tx) => {
+        const existing = this.mails.get(req.id);
+        if (existing) throw new InvalidTransitionError(req.id, existing.state, 'enqueue again');
+        const mail = createMail(req, tx.now);
+        tx.write(undefined, mail, { body: op.location });
+        return mail;
+      },
+    };
+    const mail = await this.submit<QueuedMail>(op);
+    this.log.debug({ mailId: mail.id, size: mail.size }, 'mail spooled');
+    return mail;
+  }
+
+  async reserveDue(o: ReserveOptions): Promise<QueuedMail[]> {
+    if (o.limit <= 0) return [];
+    return this.submit<QueuedMail[]>({ run: (tx) => this.reserveIn(tx, o) });
+  }
+
+  private reserveIn(tx: WriteTx, o: ReserveOptions): QueuedMail[] {
+    const now = o.now ?? tx.now;
+    const share = Math.min(1, Math.max(0, o.lowPriorityShare ?? 0.1));
+    const classes = this.dueByClass(now, o.limit);
+    const out: QueuedMail[] = [];
+    while (out.length < o.limit) {
+      const live = classes.filter((c) => c.items.length);
+      if (!live.length) break;
+      const [top, ...lower] = live;
+      // Capped at one pick: credit is not banked for a burst while nothing lower waits.
+      this.lowCredit = Math.min(1, this.lowCredit + share);
+      let from = top!;
+      if (lower.length && this.lowCredit >= 1 - 1e-9) {
+        from = lower.reduce((a, b) => (cmpDue(b.items[0]!, a.items[0]!) < 0 ? b : a));
+        this.lowCredit -= 1;
+      }
+      const pick = from.items.shift()!;
+      const mail = this.mails.get(pick.id);
+      if (!mail) continue;
+      let after: QueuedMail;
+      try {
+        after = applyReserve(mail, o.owner, newLeaseToken(), o.leaseMs, now);
+      } catch {
+        continue;
+      }
+      tx.write(mail, after);
+      out.push(after);
+    }
+    return out;
+  }
+
+  /** Due mail per priority class (high first), each sorted by notBefore, at most `limit` per class. */
+  private dueByClass(now: Millis, limit: number): { priority: number; items: DueItem[] }[] {
+    const byClass = new Map<number, DueItem[]>();
+    // Queued: walk the due index class by class, skipping the not-yet-due tail of each class.
+    let start: IndexKey = ['q'];
+    for (;;) {
+      const first = [...this.ix.getKeys({ start, end: ['q', HIGH], limit: 1, exclusiveStart: start.length > 1 })][0];
+      if (!first) break;
+      const negPrio = first[1] as number;
+      const items: DueItem[] = [];
+      for (const k of this.ix.getKeys({ start: ['q', negPrio], end: ['q', negPrio, now, HIGH], limit })) {
+        items.push({ priority: -negPrio, notBefore: k[2] as number, id: String(k[3]) });
+      }
+      if (items.length) byClass.set(-negPrio, items);
+      start = ['q', negPrio, HIGH];
+    }
+    // Active with a lapsed lease: due again, in their class at their notBefore.
+    for (const k of this.ix.getKeys({ start: ['a'], end: ['a', now, HIGH], limit })) {
+      const m = this.mails.get(String(k[2]));
+      if (!m) continue;
+      const list = byClass.get(m.priority) ?? [];
+      list.push({ priority: m.priority, notBefore: m.notBefore, id: m.id });
+      byClass.set(m.priority, list);
+    }
+    return [...byClass.entries()]
+      .sort((a, b) => b[0] - a[0])
+      .map(([priority, items]) => ({ priority, items: items.sort(cmpDue) }));
+  }
+
+  async nextDueAt(): Promise<Millis | undefined> {
+    this.assertOpen();
+    let best: number | undefined;
+    let start: IndexKey = ['q'];
+    for (;;) {
+      const first = [...this.ix.getKeys({ start, end: ['q', HIGH], limit: 1, exclusiveStart: start.length > 1 })][0];
+      if (!first) break;
+      const nb = first[2] as number;
+      if (best === undefined || nb < best) best = nb;
+      start = ['q', first[1] as number, HIGH];
+    }
+    return best;
+  }
+
+  async renewLease(id: MailId, token: string, leaseMs: number): Promise<boolean> {
+    return this.submit<boolean>({
+      run: (tx) => {
+        const mail = this.mails.get(id);
+        if (!mail || !leaseValid(mail, token, tx.now)) return false;
+        // A renewal is not an operator-visible change: no event.
+        tx.write(mail, applyRenewLease(mail, token, leaseMs, tx.now), { event: false });
+        return true;
+      },
+    });
+  }
+
+  async checkLease(id: MailId, token: string): Promise<boolean> {
+    this.assertOpen();
+    return leaseValid(this.mails.get(id), token, this.now());
+  }
+
+  async recordAttempt(id: MailId, token: string, result: AttemptResult): Promise<QueuedMail> {
+    return this.change(id, (mail, now) => applyAttempt(mail, token, result, result.now ?? now));
+  }
+
+  async releaseLease(id: MailId, token: string): Promise<void> {
+    await this.change(id, (mail, now) => applyReleaseLease(mail, token, now));
+  }
+
+  hold(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyHold(m, reason, now));
+  }
+
+  release(id: MailId): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyRelease(m, now));
+  }
+
+  remove(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyRemove(m, reason, now));
+  }
+
+  retryNow(id: MailId): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyRetryNow(m, now));
+  }
+
+  setPriority(id: MailId, priority: number): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applySetPriority(m, priority, now));
+  }
+
+  setNotBefore(id: MailId, notBefore: Millis): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applySetNotBefore(m, notBefore, now));
+  }
+
+  /** Loads a mail inside the write transaction, applies one model transition, stores the result. */
+  private change(id: MailId, transition: (mail: QueuedMail, now: Millis) => QueuedMail): Promise<QueuedMail> {
+    return this.submit<QueuedMail>({
+      run: (tx) => {
+        const mail = this.mails.get(id);
+        if (!mail) throw new MailNotFoundError(id);
+        const after = transition(mail, tx.now);
+        tx.write(mail, after);
+        return after;
+      },
+    });
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async get(id: MailId): Promise<QueuedMail | undefined> {
+    this.assertOpen();
+    return this.mails.get(id);
+  }
+
+  async readBody(id: MailId): Promise<NodeJS.ReadableStream> {
+    this.assertOpen();
+    const loc = this.bodies.get(id);
+    if (!loc) throw new MailNotFoundError(id);
+    return this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
+  }
+
+  async browse(filter: BrowseFilter, opts: BrowseOptions = {}): Promise<BrowsePage> {
+    this.assertOpen();
+    return browseIndexed({ ix: this.ix, mails: this.mails, counter: (k) => this.counter(k) }, filter, opts);
+  }
+
+  async stats(o: { now?: Millis; topN?: number } = {}): Promise<QueueStats> {
+    this.assertOpen();
+    const now = o.now ?? this.now();
+    const topN = o.topN ?? STATS_TOP_N;
+    const byState = Object.fromEntries(MAIL_STATES.map((s) => [s, this.counter(['c', 's', s])])) as Record<MailState, number>;
+    const byPriority = Object.fromEntries(this.liveByPriority);
+    const byDomain = this.liveByDomain;
+    const top = [...byDomain.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, topN);
+    let oldestReceivedAt: number | undefined;
+    for (const s of LIVE_STATES) {
+      const k = [...this.ix.getKeys({ start: ['s', s], end: ['s', s, HIGH], limit: 1 })][0];
+      if (k && (oldestReceivedAt === undefined || (k[2] as number) < oldestReceivedAt)) oldestReceivedAt = k[2] as number;
+    }
+    return {
+      at: now,
+      byState,
+      byPriority,
+      ...(oldestReceivedAt !== undefined ? { oldestReceivedAt } : {}),
+      topDestinations: top.map(([domain, count]) => ({ domain, count })),
+      ageByDestination: { bucketsMinutes: AGE_BUCKETS_MINUTES, rows: top.map(([domain, total]) => this.qshapeRow(domain, total, now)) },
+    };
+  }
+
+  /** Counts a domain's live mail per age bucket with range counts over its [domain, state, received] index. */
+  private qshapeRow(domain: string, total: number, now: Millis): { domain: string; total: number; counts: number[] } {
+    const counts: number[] = [];
+    let newer = now;
+    let rest = total;
+    for (const limit of AGE_BUCKETS_MINUTES) {
+      if (limit === Infinity) { counts.push(Math.max(0, rest)); break; }
+      const older = now - limit * 60_000;
+      // Mail received "in the future" (clock skew) counts in the youngest bucket.
+      const end = counts.length === 0 ? HIGH : newer;
+      let c = 0;
+      for (const s of LIVE_STATES) c += this.ix.getCount({ start: ['d', domain, s, older], end: ['d', domain, s, end] });
+      counts.push(c);
+      rest -= c;
+      newer = older;
+    }
+    return { domain, total, counts };
+  }
+
+  subscribe(listener: (event: QueueEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ---------------------------------------------------------------- retention
+
+  private schedulePurge(): void {
+    const every = this.opts.purgeIntervalMs ?? Math.min(60_000, Math.max(1_000, this.opts.retainFinishedMs / 4));
+    this.purgeTimer = setTimeout(() => {
+      this.purgeFinished()
+        .catch((err) => this.log.error({ err }, 'purge of finished mail failed'))
+        .finally(() => { if (this.open && !this.closing) this.schedulePurge(); });
+    }, every);
+    this.purgeTimer.unref();
+  }
+
+  /** Deletes the metadata of mail finished more than retainFinishedMs ago, in bounded batches. */
+  async purgeFinished(): Promise<number> {
+    let purged = 0;
+    for (;;) {
+      if (!this.open || this.closing) return purged;
+      const n = await this.submit<number>({
+        run: (tx) => {
+          const cutoff = tx.now - this.opts.retainFinishedMs;
+          const keys = [...this.ix.getKeys({ start: ['f'], end: ['f', cutoff, HIGH], limit: 1000 })];
+          for (const k of keys) {
+            const mail = this.mails.get(String(k[2]));
+            if (mail) tx.purge(mail);
+            else this.ix.removeSync(k);
+          }
+          return keys.length;
+        },
+      });
+      purged += n;
+      if (n < 1000) return purged;
+    }
+  }
+
+  private assertOpen(): void {
+    if (!this.open) throw new QueueUnavailableError('Spool is not open');
+  }
+}
+
+interface DueItem {
+  priority: number;
+  notBefore: number;
+  id: string;
+}
+
+function cmpDue(a: DueItem, b: DueItem): number {
+  return a.notBefore - b.notBefore || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}

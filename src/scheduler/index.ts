@@ -1,0 +1,784 @@
+/**
+ * The scheduler (Postfix's qmgr): takes due mail from the queue, groups it by destination,
+ * shapes traffic per destination, hands batches to the delivery stage, and turns the results
+ * into one queue transition per mail (plus DSNs through the bounce stage).
+ *
+ * Guarantees:
+ * - Every reserved mail ends in exactly one `recordAttempt` (outcomes for every recipient tried,
+ *   history with host/reply/duration, retryAt) or, when nothing was tried (shutdown, removal,
+ *   hold), one `releaseLease`. A lost lease is logged, never forced.
+ * - A DSN is enqueued (durably) BEFORE the attempt is recorded: a crash in between can only
+ *   duplicate a DSN, never lose one. If the DSN cannot be enqueued, its recipients are recorded
+ *   as deferred instead of failed, so the DSN is made on the next try.
+ * - The delivery stage asks `stillWanted` before the final "." of DATA: a mail removed or held
+ *   (or whose lease was lost) during delivery is never finished.
+ * - Limits: `delivery.concurrency` connections in all; per destination (`Destination.key`, which
+ *   groups domains sharing MX hosts) `connections`, `messagesPerConnection` and a token-bucket
+ *   `rate` (limits.ts). Config is read through `ConfigStore.current` every round, so a reload
+ *   applies to the next reservation and the next batch.
+ * - Order: the queue hands out higher priority first (with `lowPriorityShare` for the others);
+ *   within a destination, batches are formed by priority, then not-before.
+ * - No busy polling: the loop sleeps until `queue.nextDueAt()` or a queue event (enqueued,
+ *   released, retry-now, …) wakes it; a safety wake every MAX_SLEEP_MS picks up leases that
+ *   lapsed on another worker. Reservations are at least RESERVE_GAP_MS apart, so a stream of
+ *   arrivals is taken in batches (fewer queue transactions, fuller connections) for ≤10 ms latency.
+ * - Memory is bounded: at most `heldMailLimit(config)` reserved mails at once. A destination
+ *   that is slow (rate limit) can fill this, as Postfix's active queue can; leases of waiting
+ *   mail are renewed, so another worker does not take them meanwhile.
+ * - `stop(timeoutMs)`: no new reservations or batches; not-started work is handed back at once;
+ *   deliveries in flight get up to the timeout, then their leases are released too.
+ */
+import type { ConfigStore } from '../config/store.js';
+import type { Config } from '../config/schema.js';
+import type { DeliveryAgent, Destination, MessageResult, OutboundMessage, Reply } from '../delivery/types.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { LeaseLostError } from '../queue/errors.js';
+import { domainOf, pendingRecipients } from '../queue/model.js';
+import type {
+  AttemptRecord, Queue, QueueEvent, QueuedMail, Recipient, RecipientOutcome,
+} from '../queue/types.js';
+import { enqueueDsn, planDsn } from '../bounce/index.js';
+import { limitsFor, TokenBucket } from './limits.js';
+import { isExpired, nextRetryAt, type RetryPolicy } from './retry.js';
+
+export { backoffDelay, nextRetryAt, isExpired, expiresAt } from './retry.js';
+export { limitsFor, TokenBucket } from './limits.js';
+
+type HostsDestination = Extract<Destination, { kind: 'hosts' }>;
+
+/** Longest sleep of the loop without an event (picks up lapsed leases, guards against a missed event). */
+const MAX_SLEEP_MS = 5_000;
+/** Sleep when the queue says mail is due but reserving found none (e.g. another node took it). */
+const BUSY_BACKOFF_MS = 50;
+/** Shortest time between two reserveDue calls (coalesces wake-ups under load). */
+const RESERVE_GAP_MS = 10;
+/** Mails asked for in one reserveDue call. */
+const RESERVE_BATCH = 200;
+/** How long a resolved destination is reused; failures are asked again sooner. */
+const RESOLVE_TTL_MS = 60_000;
+const RESOLVE_FAILURE_TTL_MS = 5_000;
+/** Idle destination pools (and their rate buckets) are forgotten after this long. */
+const IDLE_DESTINATION_MS = 10 * 60_000;
+
+/** Queue events after which there may be due mail that was not due before. */
+const WAKE_EVENTS = new Set<QueueEvent['type']>(['enqueued', 'deferred', 'released', 'updated']);
+
+/** The most mails the scheduler holds reserved at once. */
+export function heldMailLimit(config: Pick<Config, 'delivery'>): number {
+  return Math.max(100, config.delivery.concurrency * 4);
+}
+
+export interface SchedulerOptions {
+  config: ConfigStore;
+  queue: Queue;
+  delivery: DeliveryAgent;
+  logger: Logger;
+  metrics: Metrics;
+  nodeName: string;
+  /** Injectable for tests. */
+  clock?: () => number;
+  random?: () => number;
+}
+
+/** One reserved mail while its attempt runs. */
+interface Attempt {
+  mail: QueuedMail;
+  token: string;
+  leaseUntil: number;
+  log: Logger;
+  /** Jobs (destination batches) not yet finished. */
+  jobsLeft: number;
+  outcomes: RecipientOutcome[];
+  history: AttemptRecord[];
+  /** Why each outcome happened, for metrics labels: "via" or deferral/bounce reason. */
+  labels: Map<string, string>;
+  /** The lease is gone (removed, held, expired, taken): never start or finish a DATA. */
+  lost: boolean;
+  /** Shutdown took work back before it ran: remaining recipients are due again at once. */
+  interrupted: boolean;
+  /** The lease was handed back at shutdown; the in-flight result is dropped. */
+  released: boolean;
+  finishing: boolean;
+}
+
+/** A mail's recipients for one destination. */
+interface Job {
+  attempt: Attempt;
+  recipients: Recipient[];
+  seq: number;
+}
+
+class DestinationPool {
+  readonly domains = new Set<string>();
+  readonly jobs: Job[] = [];
+  active = 0;
+  idleSince: number;
+  constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number) {
+    this.idleSince = now;
+  }
+
+  /** Keeps jobs ordered by priority (high first), then not-before, then arrival. */
+  insert(job: Job): void {
+    const before = (a: Job, b: Job) =>
+      a.attempt.mail.priority !== b.attempt.mail.priority ? a.attempt.mail.priority > b.attempt.mail.priority
+        : a.attempt.mail.notBefore !== b.attempt.mail.notBefore ? a.attempt.mail.notBefore < b.attempt.mail.notBefore
+          : a.seq < b.seq;
+    let lo = 0;
+    let hi = this.jobs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (before(this.jobs[mid]!, job)) lo = mid + 1;
+      else hi = mid;
+    }
+    this.jobs.splice(lo, 0, job);
+  }
+}
+
+export class Scheduler {
+  readonly #config: ConfigStore;
+  readonly #queue: Queue;
+  readonly #delivery: DeliveryAgent;
+  readonly #log: Logger;
+  readonly #metrics: Metrics;
+  readonly #owner: string;
+  readonly #now: () => number;
+  readonly #random: () => number;
+
+  readonly #attempts = new Map<string, Attempt>();
+  readonly #pools = new Map<string, DestinationPool>();
+  readonly #resolved = new Map<string, { until: number; destination: Promise<Destination> }>();
+  #activeConnections = 0;
+  #jobSeq = 0;
+  #lastReserveAt = 0;
+
+  #started = false;
+  #stopping = false;
+  #loopDone: Promise<void> = Promise.resolve();
+  #wakePending = false;
+  #wakeSleeper: (() => void) | undefined;
+  #unsubscribe: (() => void) | undefined;
+  #rateTimer: NodeJS.Timeout | undefined;
+  #rateTimerAt = Infinity;
+  #renewTimer: NodeJS.Timeout | undefined;
+  #idleWaiters: (() => void)[] = [];
+  readonly #onConfigChange = () => {
+    this.#wake();
+    this.#dispatch();
+  };
+
+  constructor(o: SchedulerOptions) {
+    this.#config = o.config;
+    this.#queue = o.queue;
+    this.#delivery = o.delivery;
+    this.#log = o.logger.child({ stage: 'scheduler' });
+    this.#metrics = o.metrics;
+    this.#owner = o.nodeName;
+    this.#now = o.clock ?? Date.now;
+    this.#random = o.random ?? Math.random;
+  }
+
+  start(): void {
+    if (this.#started) return;
+    this.#started = true;
+    this.#unsubscribe = this.#queue.subscribe((event) => {
+      if (WAKE_EVENTS.has(event.type)) this.#wake();
+    });
+    this.#config.on('change', this.#onConfigChange);
+    this.#scheduleRenewal();
+    this.#loopDone = this.#reserveLoop();
+    this.#log.info({ owner: this.#owner }, 'scheduler started');
+  }
+
+  /** Stops taking work; lets deliveries in flight finish for up to `timeoutMs`, then releases the rest. */
+  async stop(timeoutMs: number): Promise<void> {
+    if (!this.#started || this.#stopping) return;
+    this.#stopping = true;
+    this.#unsubscribe?.();
+    this.#config.off('change', this.#onConfigChange);
+    clearTimeout(this.#rateTimer);
+    clearTimeout(this.#renewTimer);
+    this.#wake();
+    await this.#loopDone;
+    this.#returnWaitingJobs();
+    const finished = await this.#waitIdle(timeoutMs);
+    if (!finished) await this.#releaseInFlight();
+    this.#log.info({ inFlightAtTimeout: !finished }, 'scheduler stopped');
+  }
+
+  /** Reserved mails not yet recorded (for tests and /health). */
+  get inFlight(): number {
+    return this.#attempts.size;
+  }
+
+  // ---- the reservation loop -------------------------------------------------------------
+
+  #wake(): void {
+    this.#wakePending = true;
+    const wake = this.#wakeSleeper;
+    this.#wakeSleeper = undefined;
+    wake?.();
+  }
+
+  #sleep(ms: number): Promise<void> {
+    if (this.#wakePending || this.#stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#wakeSleeper = undefined;
+        resolve();
+      }, ms);
+      this.#wakeSleeper = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  async #reserveLoop(): Promise<void> {
+    while (!this.#stopping) {
+      try {
+        const delay = await this.#reserveRound();
+        if (delay > 0) await this.#sleep(delay);
+      } catch (err) {
+        this.#log.error({ err }, 'reserving due mail failed; trying again shortly');
+        await this.#sleep(1_000);
+      }
+    }
+  }
+
+  /** One round: reserve what is due (within limits). Returns how long to sleep (0: go again). */
+  async #reserveRound(): Promise<number> {
+    const config = this.#config.current;
+    const room = heldMailLimit(config) - this.#attempts.size;
+    if (room <= 0) {
+      this.#wakePending = false;
+      return MAX_SLEEP_MS; // a finished mail wakes us
+    }
+    // Under a stream of arrivals, reserve at most once per RESERVE_GAP_MS: fewer, larger queue
+    // transactions (and larger batches per connection) for a few ms of latency.
+    const sinceLast = this.#now() - this.#lastReserveAt;
+    if (sinceLast < RESERVE_GAP_MS) await new Promise((r) => setTimeout(r, RESERVE_GAP_MS - sinceLast));
+    if (this.#stopping) return 0;
+    this.#lastReserveAt = this.#now();
+    this.#wakePending = false;
+    const limit = Math.min(room, RESERVE_BATCH);
+    const mails = await this.#queue.reserveDue({
+      owner: this.#owner,
+      limit,
+      leaseMs: config.delivery.leaseTime,
+      lowPriorityShare: config.priorities.lowPriorityShare,
+    });
+    for (const mail of mails) this.#admit(mail, config);
+    if (this.#stopping) return 0;
+    if (mails.length >= limit || this.#wakePending) return 0;
+    if (mails.length > 0) return 0; // cheap to ask once more; the next round sleeps
+    const next = await this.#queue.nextDueAt();
+    if (this.#wakePending) return 0;
+    if (next === undefined) return MAX_SLEEP_MS;
+    const wait = next - this.#now();
+    if (wait <= 0) {
+      this.#log.debug({ nextDueAt: next, held: this.#attempts.size }, 'queue reports due mail but none could be reserved');
+      return BUSY_BACKOFF_MS;
+    }
+    return Math.min(wait, MAX_SLEEP_MS);
+  }
+
+  // ---- routing a mail to destination pools -------------------------------------------------
+
+  #admit(mail: QueuedMail, config: Config): void {
+    const attempt: Attempt = {
+      mail,
+      token: mail.lease?.token ?? '',
+      leaseUntil: mail.lease?.until ?? this.#now() + config.delivery.leaseTime,
+      log: this.#log.child({ mailId: mail.id }),
+      jobsLeft: 0,
+      outcomes: [],
+      history: [],
+      labels: new Map(),
+      lost: false,
+      interrupted: false,
+      released: false,
+      finishing: false,
+    };
+    this.#attempts.set(mail.id, attempt);
+    this.#route(attempt).catch((err: unknown) => {
+      attempt.log.error({ err }, 'routing failed; handing the mail back');
+      attempt.interrupted = true;
+      void this.#finish(attempt);
+    });
+  }
+
+  async #resolve(domain: string): Promise<Destination> {
+    const now = this.#now();
+    const cached = this.#resolved.get(domain);
+    if (cached && cached.until > now) return cached.destination;
+    const destination = this.#delivery.resolve(domain);
+    const entry = { until: now + RESOLVE_TTL_MS, destination };
+    this.#resolved.set(domain, entry);
+    try {
+      const d = await destination;
+      if (d.kind === 'failure') entry.until = this.#now() + RESOLVE_FAILURE_TTL_MS;
+      return d;
+    } catch (err) {
+      this.#resolved.delete(domain);
+      throw err;
+    }
+  }
+
+  async #route(attempt: Attempt): Promise<void> {
+    const { mail } = attempt;
+    const byDomain = new Map<string, Recipient[]>();
+    for (const r of pendingRecipients(mail)) {
+      const d = domainOf(r.address);
+      byDomain.set(d, [...(byDomain.get(d) ?? []), r]);
+    }
+    const resolved = await Promise.all([...byDomain.keys()].map(async (domain) => ({ domain, destination: await this.#resolveSafely(domain) })));
+    const jobs: { destination: HostsDestination; domain: string; recipients: Recipient[] }[] = [];
+    for (const { domain, destination } of resolved) {
+      const recipients = byDomain.get(domain)!;
+      if (destination.kind === 'failure') {
+        this.#recordDestinationFailure(attempt, destination, recipients);
+        continue;
+      }
+      const same = jobs.find((j) => j.destination.key === destination.key);
+      if (same) same.recipients.push(...recipients);
+      else jobs.push({ destination, domain, recipients });
+    }
+    if (this.#stopping || attempt.lost) {
+      attempt.interrupted = true;
+      jobs.length = 0;
+    }
+    attempt.jobsLeft = jobs.length;
+    if (jobs.length === 0) {
+      await this.#finish(attempt);
+      return;
+    }
+    const now = this.#now();
+    for (const job of jobs) {
+      const pool = this.#poolFor(job.destination, now);
+      pool.domains.add(job.domain);
+      pool.insert({ attempt, recipients: job.recipients, seq: this.#jobSeq++ });
+    }
+    this.#dispatch();
+  }
+
+  async #resolveSafely(domain: string): Promise<Destination> {
+    if (!domain) {
+      return { kind: 'failure', domain, key: '', permanent: true, reply: { code: 553, enhanced: '5.1.3', message: 'Recipient address has no domain' } };
+    }
+    try {
+      return await this.#resolve(domain);
+    } catch (err) {
+      this.#log.warn({ err, domain }, 'resolving a destination failed');
+      return { kind: 'failure', domain, key: domain, permanent: false, reply: { code: 451, enhanced: '4.4.3', message: `Destination lookup failed: ${(err as Error).message}` } };
+    }
+  }
+
+  #recordDestinationFailure(attempt: Attempt, destination: Extract<Destination, { kind: 'failure' }>, recipients: Recipient[]): void {
+    const outcome = destination.permanent ? 'failed' : 'deferred';
+    for (const r of recipients) {
+      attempt.outcomes.push({ address: r.address, outcome, reply: destination.reply });
+      attempt.labels.set(r.address, 'dns');
+    }
+    attempt.history.push({ at: this.#now(), recipients: recipients.map((r) => r.address), outcome, reply: destination.reply, durationMs: 0 });
+    attempt.log.info({ domain: destination.domain, reply: destination.reply, outcome }, 'destination unavailable');
+  }
+
+  #poolFor(destination: HostsDestination, now: number): DestinationPool {
+    let pool = this.#pools.get(destination.key);
+    if (!pool) {
+      const limits = limitsFor([destination.domain], this.#config.current);
+      pool = new DestinationPool(destination, new TokenBucket(limits.ratePerSecond, now), now);
+      this.#pools.set(destination.key, pool);
+    } else {
+      pool.destination = destination; // the latest resolution (hosts may have changed)
+    }
+    return pool;
+  }
+
+  // ---- batches and connections ---------------------------------------------------------------
+
+  #dispatch(): void {
+    if (this.#stopping) return;
+    const config = this.#config.current;
+    const now = this.#now();
+    const waiting = [...this.#pools.values()].filter((p) => p.jobs.length > 0)
+      .sort((a, b) => b.jobs[0]!.attempt.mail.priority - a.jobs[0]!.attempt.mail.priority);
+    let nextToken = Infinity;
+    for (const pool of waiting) {
+      const limits = limitsFor(pool.domains, config);
+      pool.bucket.setRate(limits.ratePerSecond, now);
+      while (pool.jobs.length > 0 && pool.active < limits.connections && this.#activeConnections < config.delivery.concurrency) {
+        const wanted = Math.min(limits.messagesPerConnection, pool.jobs.length);
+        const granted = pool.bucket.take(wanted, now);
+        if (granted === 0) {
+          nextToken = Math.min(nextToken, pool.bucket.msUntilToken(now));
+          break;
+        }
+        void this.#deliverBatch(pool, pool.jobs.splice(0, granted));
+      }
+    }
+    if (nextToken < Infinity) this.#scheduleRateTimer(now + Math.max(1, nextToken));
+    this.#forgetIdlePools(now);
+  }
+
+  #scheduleRateTimer(at: number): void {
+    if (this.#rateTimer && this.#rateTimerAt <= at) return;
+    clearTimeout(this.#rateTimer);
+    this.#rateTimerAt = at;
+    this.#rateTimer = setTimeout(() => {
+      this.#rateTimer = undefined;
+      this.#rateTimerAt = Infinity;
+      this.#dispatch();
+    }, Math.max(1, at - this.#now()));
+  }
+
+  #forgetIdlePools(now: number): void {
+    for (const [key, pool] of this.#pools) {
+      if (pool.jobs.length > 0 || pool.active > 0) pool.idleSince = now;
+      else if (now - pool.idleSince > IDLE_DESTINATION_MS) this.#pools.delete(key);
+    }
+  }
+
+  #outbound(job: Job): OutboundMessage {
+    const { mail } = job.attempt;
+    return {
+      id: mail.id,
+      sender: mail.sender,
+      recipients: job.recipients.map((r) => ({ address: r.address, ...(r.notify ? { notify: r.notify } : {}), ...(r.orcpt ? { orcpt: r.orcpt } : {}) })),
+      size: mail.size,
+      smtputf8: mail.smtputf8,
+      bodyType: mail.bodyType,
+      dsn: mail.dsn,
+      openBody: () => this.#queue.readBody(mail.id),
+      stillWanted: () => this.#stillWanted(job.attempt),
+    };
+  }
+
+  async #stillWanted(attempt: Attempt): Promise<boolean> {
+    if (attempt.lost || attempt.released) return false;
+    const ok = await this.#queue.checkLease(attempt.mail.id, attempt.token);
+    if (!ok) {
+      attempt.lost = true;
+      attempt.log.info('mail removed, held or its lease lost during delivery; not finishing it');
+    }
+    return ok;
+  }
+
+  async #deliverBatch(pool: DestinationPool, jobs: Job[]): Promise<void> {
+    pool.active++;
+    this.#activeConnections++;
+    const live = jobs.filter((j) => !j.attempt.lost);
+    let results: MessageResult[] = [];
+    try {
+      if (live.length > 0) results = await this.#delivery.deliver(pool.destination, live.map((j) => this.#outbound(j)));
+    } catch (err) {
+      // The delivery stage promises not to throw; if it does, nothing is known to have been sent.
+      this.#log.error({ err, destination: pool.destination.key }, 'delivery stage threw; deferring the batch');
+      const reply: Reply = { code: 451, enhanced: '4.3.0', message: `Local delivery error: ${(err as Error).message}` };
+      results = live.map((j) => ({ id: j.attempt.mail.id, aborted: false, recipients: j.recipients.map((r) => ({ address: r.address, outcome: 'deferred' as const, reply })), hosts: [] }));
+    } finally {
+      pool.active--;
+      this.#activeConnections--;
+    }
+    const byId = new Map(results.map((r) => [r.id, r]));
+    try {
+      for (const job of jobs) this.#jobDone(job, byId.get(job.attempt.mail.id), pool.destination);
+    } finally {
+      this.#dispatch(); // the connection slot is free whatever happened above
+    }
+  }
+
+  #jobDone(job: Job, result: MessageResult | undefined, destination: HostsDestination): void {
+    const attempt = job.attempt;
+    if (!result && !attempt.lost) {
+      // The delivery stage gave no result for this message: nothing is known to be sent.
+      const reply: Reply = { code: 451, enhanced: '4.3.0', message: 'No result from the delivery stage' };
+      for (const r of job.recipients) {
+        attempt.outcomes.push({ address: r.address, outcome: 'deferred', reply });
+        attempt.labels.set(r.address, 'other');
+      }
+    } else if (!result || result.aborted) {
+      // Removed, held or lease lost (stillWanted said no): this attempt leaves the recipients as they were.
+    } else {
+      const seen = new Set<string>();
+      for (const r of result.recipients) {
+        seen.add(r.address.toLowerCase());
+        attempt.outcomes.push({ address: r.address, outcome: r.outcome, reply: r.reply, ...(r.remoteHost ? { remoteHost: r.remoteHost } : {}) });
+        attempt.labels.set(r.address, r.outcome === 'delivered' ? destination.via : reasonOf(r.reply));
+      }
+      for (const r of job.recipients) {
+        if (seen.has(r.address.toLowerCase())) continue;
+        const reply: Reply = { code: 451, enhanced: '4.3.0', message: 'No result from the delivery stage' };
+        attempt.outcomes.push({ address: r.address, outcome: 'deferred', reply });
+        attempt.labels.set(r.address, 'other');
+      }
+      attempt.history.push(...historyOf(result, job.recipients.map((r) => r.address)));
+    }
+    attempt.jobsLeft--;
+    if (attempt.jobsLeft === 0) void this.#finish(attempt);
+  }
+
+  // ---- finishing an attempt --------------------------------------------------------------------
+
+  #retryPolicy(config: Config): RetryPolicy {
+    return { minMs: config.delivery.retry.min, maxMs: config.delivery.retry.max, lifetimeMs: config.delivery.retry.lifetime };
+  }
+
+  async #finish(attempt: Attempt): Promise<void> {
+    if (attempt.finishing || attempt.released) return;
+    attempt.finishing = true;
+    try {
+      if (attempt.outcomes.length === 0) await this.#handBack(attempt);
+      else await this.#record(attempt);
+    } catch (err) {
+      attempt.log.error({ err }, 'recording the attempt failed; the lease will run out and the mail be tried again');
+    } finally {
+      this.#forget(attempt);
+      this.#wake();
+      if (this.#attempts.size === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
+    }
+  }
+
+  /** Drops the attempt from the held set (unless the mail was reserved again since, after a lapsed lease). */
+  #forget(attempt: Attempt): void {
+    if (this.#attempts.get(attempt.mail.id) === attempt) this.#attempts.delete(attempt.mail.id);
+  }
+
+  async #handBack(attempt: Attempt): Promise<void> {
+    try {
+      await this.#queue.releaseLease(attempt.mail.id, attempt.token);
+    } catch (err) {
+      if (!(err instanceof LeaseLostError)) throw err;
+      attempt.log.debug('lease already gone');
+    }
+  }
+
+  async #record(attempt: Attempt): Promise<void> {
+    const config = this.#config.current;
+    const now = this.#now();
+    const policy = this.#retryPolicy(config);
+    const { mail } = attempt;
+    const outcomes = this.#applyExpiry(attempt, now, policy);
+    let delayWarnedAt: number | undefined;
+    const plan = planDsn(mail, outcomes, { now, lifetimeMs: policy.lifetimeMs, delayWarningMs: config.delivery.delayWarning, postmaster: config.delivery.postmaster });
+    if (plan.kind === 'drop') {
+      attempt.log.warn({ recipients: plan.recipients.map((r) => r.address) }, 'bounce of a bounce (null sender) failed; dropped, no postmaster configured');
+    } else if (plan.kind === 'send' && !(await this.#removedMeanwhile(attempt))) {
+      try {
+        const dsn = await enqueueDsn(this.#queue, mail, plan, { hostname: config.smtp.hostname, priority: dsnPriority(config, mail), now });
+        attempt.log.info({ dsnId: dsn.id, to: plan.to, recipients: plan.recipients.map((r) => `${r.address} ${r.action} ${r.status}`) }, 'delivery status notification queued');
+        if (plan.delayWarning) delayWarnedAt = now;
+      } catch (err) {
+        attempt.log.error({ err }, 'could not queue the DSN; keeping its recipients deferred so it is made on the next try');
+        for (const o of outcomes) {
+          if (o.outcome === 'failed' || o.outcome === 'expired') o.outcome = 'deferred';
+        }
+      }
+    }
+    const retryAt = attempt.interrupted ? now : nextRetryAt(mail, now, policy, this.#random);
+    let updated: QueuedMail;
+    try {
+      updated = await this.#queue.recordAttempt(mail.id, attempt.token, {
+        outcomes, history: attempt.history, retryAt, now, ...(delayWarnedAt !== undefined ? { delayWarnedAt } : {}),
+      });
+    } catch (err) {
+      if (err instanceof LeaseLostError) {
+        attempt.log.warn('lease lost before the attempt was recorded; another worker has the mail');
+        return;
+      }
+      throw err;
+    }
+    this.#count(attempt, outcomes, config, now);
+    attempt.log.info({
+      state: updated.state,
+      delivered: count(outcomes, 'delivered'), deferred: count(outcomes, 'deferred'),
+      failed: count(outcomes, 'failed'), expired: count(outcomes, 'expired'),
+      ...(updated.state === 'queued' ? { retryAt: new Date(updated.notBefore).toISOString() } : {}),
+    }, 'delivery attempt recorded');
+  }
+
+  /** Recipients still deferred once the queue lifetime has run out become expired (4.4.7). */
+  #applyExpiry(attempt: Attempt, now: number, policy: RetryPolicy): RecipientOutcome[] {
+    const { mail } = attempt;
+    if (attempt.interrupted || !isExpired(mail.receivedAt, now, policy)) return attempt.outcomes;
+    const expired: string[] = [];
+    const outcomes = attempt.outcomes.map((o) => {
+      if (o.outcome !== 'deferred') return o;
+      expired.push(o.address);
+      attempt.labels.set(o.address, 'expired');
+      return { ...o, outcome: 'expired' as const };
+    });
+    if (expired.length > 0) {
+      attempt.history.push({ at: now, recipients: expired, outcome: 'expired', reply: { code: 421, enhanced: '4.4.7', message: 'Delivery time expired (queue lifetime exceeded)' } });
+    }
+    return outcomes;
+  }
+
+  /** A removed mail gets no DSN (the operator wanted it gone). */
+  async #removedMeanwhile(attempt: Attempt): Promise<boolean> {
+    const current = await this.#queue.get(attempt.mail.id);
+    return current?.state === 'removed';
+  }
+
+  #count(attempt: Attempt, outcomes: RecipientOutcome[], config: Config, now: number): void {
+    const priority = priorityName(config, attempt.mail.priority);
+    for (const o of outcomes) {
+      const label = attempt.labels.get(o.address) ?? 'other';
+      if (o.outcome === 'delivered') {
+        this.#metrics.deliveredTotal.inc({ via: label });
+        this.#metrics.deliverySeconds.observe({ priority }, Math.max(0, now - attempt.mail.receivedAt) / 1000);
+      } else if (o.outcome === 'deferred') {
+        this.#metrics.deferredTotal.inc({ reason: label });
+      } else {
+        this.#metrics.bouncedTotal.inc({ reason: o.outcome === 'expired' ? 'expired' : label === 'dns' ? 'dns' : '5xx' });
+      }
+    }
+  }
+
+  // ---- leases ------------------------------------------------------------------------------------
+
+  #scheduleRenewal(): void {
+    const leaseMs = this.#config.current.delivery.leaseTime;
+    this.#renewTimer = setTimeout(() => {
+      // The dispatch here is a safety net: batches are normally started by events (admission, a
+      // finished connection, a rate token), but a missed one must not leave work waiting forever.
+      this.#dispatch();
+      void this.#renewLeases().finally(() => {
+        if (!this.#stopping) this.#scheduleRenewal();
+      });
+    }, Math.max(100, Math.floor(leaseMs / 4)));
+  }
+
+  /** Renews leases that are past half their time, so slow deliveries and waiting batches keep their mail. */
+  async #renewLeases(): Promise<void> {
+    const leaseMs = this.#config.current.delivery.leaseTime;
+    const now = this.#now();
+    const due = [...this.#attempts.values()].filter((a) => !a.lost && !a.released && !a.finishing && a.leaseUntil - now < leaseMs / 2);
+    await Promise.all(due.map(async (attempt) => {
+      try {
+        const ok = await this.#queue.renewLease(attempt.mail.id, attempt.token, leaseMs);
+        if (ok) {
+          attempt.leaseUntil = now + leaseMs;
+        } else {
+          attempt.lost = true;
+          attempt.log.info('lease lost (mail removed, held, or taken after expiry); dropping its waiting batches');
+          this.#dropWaitingJobs((job) => job.attempt === attempt);
+        }
+      } catch (err) {
+        attempt.log.warn({ err }, 'renewing a lease failed');
+      }
+    }));
+  }
+
+  /** Takes jobs that have not started out of the pools; their mails finish with what they have. */
+  #dropWaitingJobs(which: (job: Job) => boolean): void {
+    const touched = new Set<Attempt>();
+    for (const pool of this.#pools.values()) {
+      for (let i = pool.jobs.length - 1; i >= 0; i--) {
+        const job = pool.jobs[i]!;
+        if (!which(job)) continue;
+        pool.jobs.splice(i, 1);
+        job.attempt.jobsLeft--;
+        touched.add(job.attempt);
+      }
+    }
+    for (const attempt of touched) if (attempt.jobsLeft === 0) void this.#finish(attempt);
+  }
+
+  // ---- shutdown ------------------------------------------------------------------------------------
+
+  #returnWaitingJobs(): void {
+    for (const pool of this.#pools.values()) for (const job of pool.jobs) job.attempt.interrupted = true;
+    this.#dropWaitingJobs(() => true);
+  }
+
+  #waitIdle(timeoutMs: number): Promise<boolean> {
+    if (this.#attempts.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.#idleWaiters.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+
+  async #releaseInFlight(): Promise<void> {
+    const left = [...this.#attempts.values()].filter((a) => !a.finishing);
+    this.#log.warn({ count: left.length }, 'deliveries still running at the shutdown timeout; releasing their leases');
+    await Promise.all(left.map(async (attempt) => {
+      attempt.released = true;
+      attempt.lost = true;
+      try {
+        await this.#handBack(attempt);
+      } catch (err) {
+        attempt.log.error({ err }, 'releasing the lease failed; it will run out');
+      } finally {
+        this.#forget(attempt);
+      }
+    }));
+    // Attempts already writing their outcome get a moment to finish.
+    await this.#waitIdle(1_000);
+  }
+}
+
+function count(outcomes: RecipientOutcome[], outcome: RecipientOutcome['outcome']): number {
+  return outcomes.filter((o) => o.outcome === outcome).length;
+}
+
+/** Deferral reason for metrics: "network" for connection trouble we made up, else "4xx". */
+function reasonOf(reply: Reply): string {
+  if (reply.enhanced?.startsWith('4.4.')) return 'network';
+  if (reply.code >= 400 && reply.code < 500) return '4xx';
+  if (reply.code >= 500) return '5xx';
+  return 'other';
+}
+
+function outcomeOfReply(reply: Reply | undefined): AttemptRecord['outcome'] {
+  if (!reply) return 'deferred';
+  if (reply.code >= 200 && reply.code < 300) return 'delivered';
+  if (reply.code >= 500) return 'failed';
+  return 'deferred';
+}
+
+/**
+ * History records for one message: every host given up on (fail-over) as deferred with its
+ * reply, then the host that answered last split by recipient outcome.
+ */
+function historyOf(result: MessageResult, addresses: string[]): AttemptRecord[] {
+  const records: AttemptRecord[] = [];
+  const hosts = result.hosts;
+  for (const h of hosts.slice(0, -1)) {
+    records.push({ at: h.at, host: h.host, recipients: addresses, outcome: outcomeOfReply(h.reply) === 'delivered' ? 'deferred' : outcomeOfReply(h.reply), ...(h.reply ? { reply: h.reply } : {}), durationMs: h.durationMs });
+  }
+  const last = hosts[hosts.length - 1];
+  const groups = new Map<RecipientOutcome['outcome'], { recipients: string[]; reply: Reply }>();
+  for (const r of result.recipients) {
+    const g = groups.get(r.outcome) ?? { recipients: [], reply: r.reply };
+    g.recipients.push(r.address);
+    groups.set(r.outcome, g);
+  }
+  for (const [outcome, g] of groups) {
+    records.push({
+      at: last?.at ?? Date.now(),
+      ...(last ? { host: last.host } : {}),
+      recipients: g.recipients,
+      outcome,
+      reply: g.reply,
+      ...(last ? { durationMs: last.durationMs } : {}),
+    });
+  }
+  return records;
+}
+
+/** DSNs go at the default class, or the original's class when that is higher. */
+function dsnPriority(config: Config, mail: QueuedMail): number {
+  const level = config.priorities.classes[config.priorities.default] ?? 0;
+  return Math.max(level, mail.priority);
+}
+
+function priorityName(config: Config, level: number): string {
+  for (const [name, value] of Object.entries(config.priorities.classes)) if (value === level) return name;
+  return String(level);
+}

@@ -1,0 +1,24 @@
+/** The sliding-window rates of GET /api/stats, from real prom-client counters and a test clock. */
+import { expect, it } from 'vitest';
+import { RateWindow } from '../../src/admin/rates.js';
+import { createMetrics } from '../../src/metrics.js';
+
+it('rates are per minute over the window, from the counters', async () => {
+  const metrics = createMetrics();
+  let t = 1_000_000;
+  const w = new RateWindow({ metrics, windowMs: 60_000, now: () => t });
+  await w.sample();
+  metrics.acceptedTotal.inc({ listener: 'a' }, 100);
+  metrics.acceptedTotal.inc({ listener: 'b' }, 20);
+  metrics.deliveredTotal.inc({ via: 'mx' }, 30);
+  t += 30_000;
+  await w.sample();
+  t += 30_000;
+  // One minute since the first sample: 120 accepted, 30 delivered.
+  expect(await w.rates()).toEqual({ acceptedPerMinute: 120, deliveredPerMinute: 30, deferredPerMinute: 0, bouncedPerMinute: 0 });
+  // The next minute only 60 more arrive; the first minute has left the window.
+  metrics.acceptedTotal.inc({ listener: 'a' }, 60);
+  metrics.bouncedTotal.inc({ reason: '5xx' }, 2);
+  t += 60_000;
+  expect(await w.rates()).toEqual({ acceptedPerMinute: 60, deliveredPerMinute: 0, deferredPerMinute: 0, bouncedPerMinute: 2 });
+});

@@ -1,0 +1,400 @@
+/**
+ * The web console in a real Chromium against the real admin server and spool (see
+ * console-server.ts): sign-in, filtering, a message's page, hold/release/remove, a bulk removal
+ * by domain with its confirmation count, the statistics charts, editing a rule and seeing it
+ * apply, live updates over SSE, and mail content (the XSS subject) shown as text. Screenshots of
+ * the main pages go to test/screenshots/ (git-ignored) for a person to look at.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { startConsoleServer, TOKEN, VIEWER_TOKEN, XSS_SUBJECT, type ConsoleServer } from './console-server.js';
+
+const SHOTS = join(import.meta.dirname, '..', 'screenshots');
+
+let server: ConsoleServer;
+let browser: Browser;
+
+const MAILS = [
+  { subject: 'Quarterly report', to: ['bob@example.com'] },
+  { subject: 'Hold me', to: ['carol@example.com'] },
+  { subject: 'Remove me', to: ['dave@example.com'] },
+  { subject: 'Deferred once', to: ['erin@slow.example', 'frank@slow.example'], priority: 30 },
+  { subject: 'Newsletter 1', from: 'news@corp.example', to: ['a@bulk.example'], priority: 0 },
+  { subject: 'Newsletter 2', from: 'news@corp.example', to: ['b@bulk.example'], priority: 0 },
+  { subject: 'Newsletter 3', from: 'news@corp.example', to: ['c@bulk.example', 'keep@example.com'], priority: 0 },
+  {
+    subject: XSS_SUBJECT,
+    from: 'mallory@evil.example',
+    to: ['victim@xss.example'],
+    text: '<script>alert(2)</script><b>not bold</b>\r\n',
+    extraHeaders: ['X-Evil: <svg onload=alert(3)>'],
+    attachment: { filename: '<img src=y onerror=alert(4)>.txt', content: 'attached' },
+  },
+];
+
+/** Mails to page.example, more than one page of the queue browser (50 a page). */
+const PAGED = 53;
+
+function idOf(subject: string): string {
+  const id = server.ids.get(subject);
+  if (!id) throw new Error(`no mail "${subject}"`);
+  return id;
+}
+
+async function stateOf(subject: string): Promise<string | undefined> {
+  return (await server.queue.get(idOf(subject)))?.state;
+}
+
+/** A fresh context per test; `dialogs` collects any alert()/confirm() a page opens (there must be none). */
+async function openPage(): Promise<{ ctx: BrowserContext; page: Page; dialogs: string[] }> {
+  const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 }, locale: 'en-GB', timezoneId: 'UTC' });
+  const page = await ctx.newPage();
+  const dialogs: string[] = [];
+  page.on('dialog', (d) => {
+    dialogs.push(d.message());
+    void d.dismiss();
+  });
+  page.setDefaultTimeout(15_000);
+  return { ctx, page, dialogs };
+}
+
+async function signIn(page: Page, hash = '#/queue', token = TOKEN): Promise<void> {
+  await page.goto(`${server.url}/${hash}`);
+  await page.getByLabel('Admin token').fill(token);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('navigation', { name: 'Main' }).waitFor();
+}
+
+async function shot(page: Page, name: string): Promise<void> {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+beforeAll(async () => {
+  const ws = inject('browserWs');
+  if (!ws) throw new Error('no browser: test/browser/global-setup.ts did not start Chromium (is it in vitest.config.ts globalSetup?)');
+  mkdirSync(SHOTS, { recursive: true });
+  server = await startConsoleServer([
+    ...MAILS,
+    // Older than the rest (1.5 to 3 hours), so they sort after them and shade the heatmap's older columns.
+    ...Array.from({ length: PAGED }, (_, i) => ({ subject: `Paged ${i + 1}`, to: [`p${i}@page.example`], priority: 0, receivedAt: Date.now() - 5_400_000 - i * 100_000 })),
+  ]);
+  // One real delivery attempt that deferred, so the message page has a reply and a timeline.
+  const [reserved] = await server.queue.reserveDue({ owner: 'browser-test', limit: 1, leaseMs: 60_000, now: Date.now() + 3_700_000, lowPriorityShare: 0 });
+  if (!reserved) throw new Error('could not reserve a mail for the deferred attempt');
+  const reply = { code: 451, enhanced: '4.7.1', message: 'Greylisted, try again later' };
+  await server.queue.recordAttempt(reserved.id, reserved.lease!.token, {
+    outcomes: reserved.recipients.map((r) => ({ address: r.address, outcome: 'deferred' as const, reply, remoteHost: 'mx1.slow.example' })),
+    history: [{ at: Date.now(), host: 'mx1.slow.example', recipients: reserved.recipients.map((r) => r.address), outcome: 'deferred', reply, durationMs: 840 }],
+    retryAt: Date.now() + 1_800_000,
+  });
+  browser = await chromium.connect(ws);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+describe('web console', () => {
+  it('refuses a wrong token and signs in with the right one', async () => {
+    const { ctx, page } = await openPage();
+    await page.goto(`${server.url}/`);
+    await page.getByLabel('Admin token').fill('not-the-token-at-all-000000');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expectText(page.getByRole('alert'), 'That token was refused');
+    expect(await page.getByRole('navigation', { name: 'Main' }).count()).toBe(0);
+    expect(await page.evaluate(() => sessionStorage.getItem('spoolhouse.token'))).toBeNull();
+    await shot(page, 'login');
+
+    await page.getByLabel('Admin token').fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: 'Queue' }).waitFor();
+    await page.getByRole('link', { name: 'Quarterly report' }).waitFor();
+    expect(await page.evaluate(() => sessionStorage.getItem('spoolhouse.token'))).toBe(TOKEN);
+    await ctx.close();
+  });
+
+  it('goes back to the login screen with a message when the token stops working', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page);
+    await page.evaluate(() => sessionStorage.setItem('spoolhouse.token', 'revoked-token-000000000000'));
+    await page.reload();
+    await page.getByLabel('Admin token').waitFor();
+    await expectText(page.getByRole('alert'), 'refused your token');
+    await ctx.close();
+  });
+
+  it('lets a viewer token read but tells it that changes need an operator token', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${idOf('Quarterly report')}`, VIEWER_TOKEN);
+    await page.getByRole('heading', { name: 'Quarterly report' }).waitFor();
+    await page.getByRole('button', { name: 'Hold', exact: true }).click();
+    await expectText(page.locator('.notice-error'), 'may only read');
+    expect(await stateOf('Quarterly report')).toBe('queued');
+    await ctx.close();
+  });
+
+  it('filters the queue by recipient domain and sorts by priority', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page);
+    await page.getByRole('link', { name: 'Quarterly report' }).waitFor();
+    await shot(page, 'queue');
+    await page.getByLabel('Recipient domain').fill('bulk.example');
+    await page.getByRole('button', { name: 'Apply filters' }).click();
+    await expectText(page.locator('.summary'), '3 mails match the filters');
+    const rows = page.getByRole('table', { name: 'Queued mail' }).locator('tbody tr');
+    expect(await rows.count()).toBe(3);
+    expect((await rows.allTextContents()).every((t) => t.includes('bulk.example'))).toBe(true);
+    expect(page.url()).toContain('domain=bulk.example');
+
+    await page.getByRole('button', { name: 'Clear filters' }).click();
+    await page.getByRole('link', { name: 'Quarterly report' }).waitFor();
+    await page.getByRole('button', { name: 'Sort by priority' }).click();
+    await page.locator('th[aria-sort="descending"]', { hasText: 'Priority' }).waitFor();
+    // Highest priority first: the urgent (30) deferred mail leads.
+    await expectText(page.getByRole('table', { name: 'Queued mail' }).locator('tbody tr').first(), 'Deferred once');
+    await ctx.close();
+  });
+
+  it('shows a message with its recipients, last reply and attempt timeline', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page);
+    await page.getByRole('link', { name: 'Deferred once' }).click();
+    await page.getByRole('heading', { name: 'Deferred once' }).waitFor();
+    const recipients = page.getByRole('table', { name: 'Recipients' });
+    await expectText(recipients, 'erin@slow.example');
+    await expectText(recipients, '451 4.7.1 Greylisted, try again later');
+    await expectText(recipients, 'deferred');
+    await expectText(page.getByRole('list', { name: 'Attempt timeline' }), 'mx1.slow.example');
+    await expectText(page.getByRole('table', { name: 'Headers' }), 'Message-ID');
+    await expectText(page.getByLabel('Text preview'), 'This is "Deferred once".');
+    await shot(page, 'message');
+
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download raw (.eml)' }).click()]);
+    expect(download.suggestedFilename()).toBe(`${idOf('Deferred once')}.eml`);
+    // The browser runs behind a websocket (launchServer), so read the download as a stream.
+    const chunks: Buffer[] = [];
+    for await (const chunk of await download.createReadStream()) chunks.push(chunk as Buffer);
+    const raw = Buffer.concat(chunks).toString('utf8');
+    expect(raw).toMatch(/^Received: from client\.test/);
+    expect(raw).toContain('Subject: Deferred once\r\n');
+    await ctx.close();
+  });
+
+  it('holds and releases a mail from its page', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${idOf('Hold me')}`);
+    await page.getByRole('heading', { name: 'Hold me' }).waitFor();
+    await page.getByRole('button', { name: 'Hold', exact: true }).click();
+    await page.getByRole('button', { name: 'Release' }).waitFor();
+    await expectText(page.locator('.page-head .badge'), 'held');
+    expect(await stateOf('Hold me')).toBe('held');
+
+    await page.getByRole('button', { name: 'Release' }).click();
+    await page.getByRole('button', { name: 'Hold', exact: true }).waitFor();
+    await expectText(page.locator('.page-head .badge'), 'queued');
+    expect(await stateOf('Hold me')).toBe('queued');
+    await ctx.close();
+  });
+
+  it('removes one mail after a confirmation', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${idOf('Remove me')}`);
+    await page.getByRole('heading', { name: 'Remove me' }).waitFor();
+    await page.getByRole('button', { name: 'Remove', exact: true }).click();
+    const dialog = page.getByRole('dialog', { name: 'Remove 1 mail?' });
+    await dialog.waitFor();
+    await dialog.getByRole('button', { name: 'Remove 1 mail' }).click();
+    await expectText(page.locator('.page-head .badge'), 'removed');
+    expect(await stateOf('Remove me')).toBe('removed');
+    await ctx.close();
+  });
+
+  it('removes all mail to a domain in bulk, confirming the count first', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/queue?domain=bulk.example');
+    await expectText(page.locator('.summary'), '3 mails match the filters');
+    await page.getByLabel('All mails matching the filter').check();
+    await page.getByRole('toolbar', { name: 'Bulk actions' }).getByRole('button', { name: 'Remove' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Remove 3 mails?' });
+    await dialog.waitFor();
+    await expectText(dialog, 'all 3 mails matching the current filter');
+    await shot(page, 'bulk-confirm');
+    await dialog.getByRole('button', { name: 'Remove 3 mails' }).click();
+    await expectText(page.getByRole('status').filter({ hasText: 'removed' }), '3 mails removed');
+    for (const s of ['Newsletter 1', 'Newsletter 2', 'Newsletter 3']) expect(await stateOf(s)).toBe('removed');
+    expect(await stateOf('Quarterly report')).toBe('queued');
+    await ctx.close();
+  });
+
+  it('bulk-holds selected mails', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page);
+    await page.getByRole('checkbox', { name: 'Select Quarterly report' }).check();
+    await page.getByRole('checkbox', { name: 'Select Deferred once' }).check();
+    await expectText(page.getByRole('toolbar', { name: 'Bulk actions' }), '2 mails selected');
+    await page.getByRole('toolbar', { name: 'Bulk actions' }).getByRole('button', { name: 'Hold' }).click();
+    await page.getByRole('dialog', { name: 'Hold 2 mails?' }).getByRole('button', { name: 'Hold 2 mails' }).click();
+    await expectText(page.getByRole('status').filter({ hasText: 'held' }), '2 mails held');
+    expect(await stateOf('Quarterly report')).toBe('held');
+    expect(await stateOf('Deferred once')).toBe('held');
+    await server.queue.release(idOf('Quarterly report'));
+    await server.queue.release(idOf('Deferred once'));
+    await ctx.close();
+  });
+
+  it('pages through a long result with the cursor', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/queue?domain=page.example');
+    await expectText(page.locator('.summary'), `${PAGED} mails match the filters`);
+    const rows = page.getByRole('table', { name: 'Queued mail' }).locator('tbody tr');
+    expect(await rows.count()).toBe(50);
+    expect(await page.getByRole('button', { name: '← Previous page' }).isDisabled()).toBe(true);
+    const subjects = () => rows.getByRole('link').allTextContents();
+    const firstPage = await subjects();
+    await page.getByRole('button', { name: 'Next page →' }).click();
+    await expectText(page.getByRole('navigation', { name: 'Pages' }), 'Page 2');
+    expect(await rows.count()).toBe(PAGED - 50);
+    const secondPage = await subjects();
+    // Every mail exactly once across the two pages.
+    expect(new Set([...firstPage, ...secondPage]).size).toBe(PAGED);
+    expect(await page.getByRole('button', { name: 'Next page →' }).isDisabled()).toBe(true);
+    await page.getByRole('button', { name: '← Previous page' }).click();
+    await expectText(page.getByRole('navigation', { name: 'Pages' }), 'Page 1');
+    expect(await rows.count()).toBe(50);
+    expect(await subjects()).toEqual(firstPage);
+    await ctx.close();
+  });
+
+  it('shows a new mail live, without a reload', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page);
+    await page.getByRole('link', { name: 'Quarterly report' }).waitFor();
+    await page.locator('.live.on').waitFor();
+    const mail = await server.enqueue({ subject: 'Arrived while watching', to: ['late@example.com'] });
+    server.ids.set(mail.subject!, mail.id);
+    await page.getByRole('link', { name: 'Arrived while watching' }).waitFor();
+    await ctx.close();
+  });
+
+  it('renders the statistics charts', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/stats?every=1');
+    await page.getByRole('heading', { name: 'Statistics' }).waitFor();
+    expect(await page.getByLabel('Sample every').inputValue()).toBe('1');
+    const depth = page.getByRole('img', { name: /Queue depth over time by state/ });
+    await depth.waitFor();
+    const waiting = (await server.queue.stats()).byState.queued;
+    expect(await depth.getAttribute('aria-label')).toContain(`queued ${waiting}`);
+    // A line appears once the page has sampled /api/stats twice (every second here).
+    await depth.locator('path.c-queued').waitFor({ state: 'attached' }); // a flat line has no height: not "visible"
+    const qshape = page.getByRole('table', { name: 'Age by destination (qshape)' });
+    await expectText(qshape, 'slow.example');
+    await expectText(qshape, 'example.com');
+    await page.getByRole('img', { name: /Ingress and delivery rates/ }).waitFor();
+    await page.getByRole('img', { name: /Top destinations/ }).waitFor();
+    await page.getByRole('img', { name: /Waiting mail by priority/ }).waitFor();
+    await expectText(page.getByRole('list', { name: 'Mail by state' }), 'removed');
+    await shot(page, 'stats');
+    await ctx.close();
+  });
+
+  it('edits a rule, shows the validation message, and the saved rule takes effect', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    await page.getByRole('heading', { name: 'Configuration' }).waitFor();
+    await page.getByRole('button', { name: 'Add rule' }).click();
+    const rule = page.getByRole('group', { name: /^Rule 1:/ });
+    await rule.getByLabel('Rule name').fill('newsletters-later');
+    await rule.getByLabel('Recipient domain').fill('news.example');
+    await rule.getByLabel('Priority').selectOption('bulk');
+    await rule.getByLabel('Delay').fill('soon');
+    await page.getByRole('button', { name: 'Save rules' }).click();
+    // The API's validation message names the key and the problem.
+    await expectText(page.getByRole('form', { name: 'Rules' }).getByRole('alert'), 'delay');
+    expect(server.config.current.rules).toHaveLength(0);
+
+    await rule.getByLabel('Delay').fill('10m');
+    await page.getByRole('button', { name: 'Save rules' }).click();
+    await page.getByRole('status').filter({ hasText: 'Rules saved' }).first().waitFor();
+    expect(server.config.current.rules.map((r) => r.name)).toEqual(['newsletters-later']);
+    expect(server.config.current.rules[0]!.delay).toBe(600_000);
+
+    await page.getByLabel('Test recipients').fill('reader@news.example');
+    await page.getByRole('button', { name: 'Test against the running rules' }).click();
+    const result = page.locator('.test-result');
+    await expectText(result, 'Matched rule "newsletters-later"');
+    await expectText(result, 'Priority: bulk (0)');
+    await expectText(result, 'Delay: 10m');
+    await shot(page, 'config');
+    await ctx.close();
+  });
+
+  it('edits per-destination limits with validation', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    const form = page.getByRole('form', { name: 'Delivery limits' });
+    await form.getByRole('button', { name: 'Add destination' }).click();
+    await form.getByLabel('Destination domain').fill('slow.example');
+    await form.getByLabel('Connections for').last().fill('2');
+    await form.getByLabel('Rate for').last().fill('fast');
+    await form.getByRole('button', { name: 'Save limits' }).click();
+    await expectText(form.getByRole('alert'), 'rate');
+    expect(server.config.current.delivery.limits.domains['slow.example']).toBeUndefined();
+
+    await form.getByLabel('Rate for').last().fill('30/m');
+    await form.getByRole('button', { name: 'Save limits' }).click();
+    await page.getByRole('status').filter({ hasText: 'Delivery limits saved' }).first().waitFor();
+    expect(server.config.current.delivery.limits.domains['slow.example']).toMatchObject({ connections: 2, rate: '30/m' });
+    // The page reloads the running configuration: the new row is there.
+    await page.getByRole('form', { name: 'Delivery limits' }).getByLabel('Connections for slow.example').waitFor();
+    await ctx.close();
+  });
+
+  it('shows the XSS subject, header, body and file name as literal text and runs no script', async () => {
+    const { ctx, page, dialogs } = await openPage();
+    await signIn(page);
+    const link = page.getByRole('link', { name: XSS_SUBJECT });
+    await link.waitFor();
+    expect(await link.textContent()).toBe(XSS_SUBJECT);
+    expect(await page.locator('main img, main svg[onload]').count()).toBe(0);
+    await link.click();
+    await page.getByRole('heading', { name: XSS_SUBJECT }).waitFor();
+    expect(await page.locator('h1.subject').textContent()).toBe(XSS_SUBJECT);
+    await expectText(page.getByRole('table', { name: 'Headers' }), '<svg onload=alert(3)>');
+    await expectText(page.getByLabel('Text preview'), '<script>alert(2)</script><b>not bold</b>');
+    await expectText(page.locator('.attachments'), '<img src=y onerror=alert(4)>.txt');
+    expect(await page.locator('main img, main script, main b, main svg[onload]').count()).toBe(0);
+    await page.waitForTimeout(300); // an onerror would have fired by now
+    expect(dialogs).toEqual([]);
+    await shot(page, 'message-xss');
+    await ctx.close();
+  });
+
+  it('lists operator actions in the audit log', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/audit');
+    const table = page.getByRole('table', { name: 'Audit log' });
+    await expectText(table, 'remove');
+    await expectText(table, 'hold');
+    await expectText(table, 'release');
+    await expectText(table, 'bulk.remove');
+    await expectText(table, 'config.update');
+    await shot(page, 'audit');
+    await ctx.close();
+  });
+});
+
+/** Waits until the locator's text contains `text` (the page updates asynchronously). */
+async function expectText(locator: ReturnType<Page['locator']>, text: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    last = (await locator.allTextContents().catch(() => [])).join(' | ');
+    if (last.includes(text)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`expected text "${text}" within ${timeoutMs} ms; saw: ${last.slice(0, 500) || '(nothing)'}`);
+}

@@ -1,0 +1,240 @@
+/**
+ * The `spoolhouse` binary as an operator runs it: the compiled dist/src/cli/main.js (built here
+ * from the current sources with tsc) against a real admin server over a real spool. Covers each
+ * queue command, --json, bulk --filter with --dry-run, where the URL and token come from
+ * (flags, env, config file, generated token file), and the exit codes scripts rely on.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { QueuedMail } from '../../src/queue/types.js';
+import { OPERATOR, PRIO, VIEWER, populate, startHarness, type Harness } from '../admin/harness.js';
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, '..', '..');
+const BIN = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+
+let h: Harness;
+let mails: Map<string, QueuedMail>;
+const id = (subject: string) => mails.get(subject)!.id;
+
+interface Result { code: number; stdout: string; stderr: string }
+
+async function cli(args: string[], env: Record<string, string> = {}, withAuth = true): Promise<Result> {
+  const auth = withAuth ? { SPOOLHOUSE_URL: h.url, SPOOLHOUSE_TOKEN: OPERATOR } : {};
+  try {
+    const { stdout, stderr } = await run(process.execPath, [BIN, ...args], {
+      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...auth, ...env },
+      cwd: h.dir,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** dist/src/cli/main.js is missing or older than a source it is built from. */
+function binaryStale(): boolean {
+  if (!existsSync(BIN)) return true;
+  const built = statSync(BIN).mtimeMs;
+  const sources = ['cli', 'config'].flatMap((d) => readdirSync(join(ROOT, 'src', d)).map((f) => join(ROOT, 'src', d, f)));
+  return sources.some((f) => f.endsWith('.ts') && statSync(f).mtimeMs > built);
+}
+
+beforeAll(async () => {
+  // Build the CLI (and the config loader it imports) from the current sources, unless the build
+  // (`npm test` runs tsc first) is already up to date: rewriting dist/ while other test files
+  // run the built server would race with them.
+  if (binaryStale()) await run(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'),
+    '--module', 'nodenext', '--moduleResolution', 'nodenext', '--target', 'es2022', '--strict', '--skipLibCheck',
+    '--esModuleInterop', '--resolveJsonModule', '--types', 'node', '--sourceMap', '--outDir', join(ROOT, 'dist'), '--rootDir', ROOT,
+    join(ROOT, 'src', 'cli', 'main.ts')], { cwd: ROOT });
+  h = await startHarness();
+  mails = await populate(h);
+}, 120_000);
+afterAll(async () => h?.close());
+
+describe('queue list', () => {
+  it('prints a postqueue -p style table', async () => {
+    const r = await cli(['queue', 'list']);
+    expect(r.code).toBe(0);
+    const lines = r.stdout.split('\n');
+    expect(lines[0]).toMatch(/^-Queue ID-\s+--Size--\s+-Prio-\s+----Arrival Time----\s+-Sender\/Recipient-------$/);
+    const held = id('held by rule');
+    expect(r.stdout).toMatch(new RegExp(`^${held}!\\s+\\d+ normal\\s+\\w{3} \\w{3} [ \\d]\\d \\d\\d:\\d\\d:\\d\\d\\s+alice@corp.example$`, 'm'));
+    expect(r.stdout).toMatch(/^\s+eve@slow\.example$/m);
+    expect(r.stdout).toMatch(/MAILER-DAEMON/);
+    expect(r.stdout).toMatch(/^-- \d+ Kbytes in 8 Requests\.$/m);
+  });
+
+  it('filters, and pages with --limit/--all', async () => {
+    const r = await cli(['queue', 'list', '--filter', 'domain=example.org', '--filter', 'priority=bulk', '--json']);
+    expect(r.code).toBe(0);
+    const body = JSON.parse(r.stdout);
+    expect(body.items.map((m: any) => m.subject).sort()).toEqual(['weekly newsletter 1', 'weekly newsletter 2']);
+    const page = await cli(['queue', 'list', '--limit', '3']);
+    expect(page.stdout).toMatch(/in 3 Requests\. More match/);
+    const all = JSON.parse((await cli(['queue', 'list', '--limit', '3', '--all', '--json'])).stdout);
+    expect(all.items).toHaveLength(8);
+    const empty = await cli(['queue', 'list', '--state', 'delivered']);
+    expect(empty.stdout).toBe('Mail queue is empty\n');
+  });
+
+  it('exit 2 for a bad filter (ours or the API\'s)', async () => {
+    const r = await cli(['queue', 'list', '--filter', 'colour=blue']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/unknown key "colour"/);
+    const api = await cli(['queue', 'list', '--filter', 'priority=mega']);
+    expect(api.code).toBe(2);
+    expect(api.stderr).toMatch(/unknown priority "mega"/);
+  });
+});
+
+describe('queue show', () => {
+  it('shows envelope, recipients, headers and text; --json gives the API detail', async () => {
+    const m = mails.get('with attachment')!;
+    const r = await cli(['queue', 'show', m.id]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^Queue ID:\\s+${m.id}$`, 'm'));
+    expect(r.stdout).toMatch(/^State:\s+queued$/m);
+    expect(r.stdout).toMatch(/^Priority:\s+normal \(10\)$/m);
+    expect(r.stdout).toMatch(/^\s+dave@slow\.example\s+pending$/m);
+    expect(r.stdout).toMatch(/^\s+Subject: with attachment$/m);
+    expect(r.stdout).toMatch(/invoice\.pdf\s+application\/pdf/);
+    expect(r.stdout).toContain('This is "with attachment"');
+    const j = JSON.parse((await cli(['queue', 'show', m.id, '--json'])).stdout);
+    expect(j).toMatchObject({ id: m.id, state: 'queued', parsed: { subject: 'with attachment' } });
+    const raw = await cli(['queue', 'show', m.id, '--raw']);
+    expect(raw.stdout).toContain('Subject: with attachment');
+  });
+
+  it('exit 3 for an unknown id, 2 for a malformed one', async () => {
+    const r = await cli(['queue', 'show', '01ARZ3NDEKTSV4RRFFQ69G5FAV']);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(/No mail with id/);
+    expect((await cli(['queue', 'show', 'nope'])).code).toBe(2);
+  });
+});
+
+describe('actions', () => {
+  it('hold, release, retry and priority by id', async () => {
+    const target = id('urgent wire transfer');
+    const hold = await cli(['queue', 'hold', target, '--reason', 'finance check']);
+    expect(hold.code).toBe(0);
+    expect(hold.stdout).toMatch(/held \(now held\)/);
+    expect(await h.queue.get(target)).toMatchObject({ state: 'held', holdReason: 'finance check' });
+    const release = await cli(['queue', 'release', target]);
+    expect(release.code).toBe(0);
+    expect((await h.queue.get(target))!.state).toBe('queued');
+    const retry = await cli(['queue', 'retry', target, '--json']);
+    expect(retry.code).toBe(0);
+    expect(JSON.parse(retry.stdout)).toEqual([{ id: target, ok: true, state: 'queued' }]);
+    expect((await h.queue.get(target))!.notBefore).toBeLessThanOrEqual(Date.now());
+    const prio = await cli(['queue', 'priority', target, 'bulk']);
+    expect(prio.code).toBe(0);
+    expect(prio.stdout).toMatch(/priority bulk/);
+    expect((await h.queue.get(target))!.priority).toBe(PRIO.bulk);
+    await cli(['queue', 'priority', target, '30']);
+    expect((await h.queue.get(target))!.priority).toBe(PRIO.urgent);
+  });
+
+  it('exit 1 when the state does not allow it; 3 when one of several ids is unknown', async () => {
+    const r = await cli(['queue', 'release', id('big report')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/Cannot release/);
+    const mixed = await cli(['queue', 'hold', id('big report'), '01ARZ3NDEKTSV4RRFFQ69G5FAV']);
+    expect(mixed.code).toBe(3);
+    expect(mixed.stdout).toMatch(/1 of 2 mails held/);
+    expect((await h.queue.get(id('big report')))!.state).toBe('held');
+    await cli(['queue', 'release', id('big report')]);
+  });
+
+  it('bulk by --filter with --dry-run, then for real (remove by domain)', async () => {
+    const dry = await cli(['queue', 'remove', '--filter', 'domain=example.org', '--dry-run']);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(/^Would remove 2 mails \(dry run; nothing changed\)/);
+    expect((await h.queue.get(id('weekly newsletter 1')))!.state).toBe('queued');
+    const json = JSON.parse((await cli(['queue', 'hold', '--filter', 'domain=example.org', '--dry-run', '--json'])).stdout);
+    expect(json).toMatchObject({ matched: 2, changed: 0, dryRun: true });
+    const real = await cli(['queue', 'remove', '--filter', 'domain=example.org']);
+    expect(real.code).toBe(0);
+    expect(real.stdout).toMatch(/^2 of 2 matching mails removed/);
+    expect((await h.queue.get(id('weekly newsletter 1')))!.state).toBe('removed');
+    expect((await h.queue.get(id('weekly newsletter 2')))!.state).toBe('removed');
+    const prio = await cli(['queue', 'priority', '--filter', 'domain=slow.example', 'high', '--json']);
+    expect(JSON.parse(prio.stdout)).toMatchObject({ matched: 2, changed: 2 });
+  });
+
+  it('remove by id', async () => {
+    const target = id('bounce of something');
+    const r = await cli(['queue', 'remove', target]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/removed \(now removed\)/);
+    expect((await h.queue.get(target))!.state).toBe('removed');
+  });
+
+  it('exit 2 for usage errors', async () => {
+    expect((await cli(['queue', 'remove'])).code).toBe(2);
+    expect((await cli(['queue', 'remove', id('big report'), '--filter', 'domain=x.example'])).code).toBe(2);
+    expect((await cli(['queue', 'hold', id('big report'), '--dry-run'])).code).toBe(2);
+    expect((await cli(['queue', 'frobnicate'])).code).toBe(2);
+    expect((await cli(['queue', 'list', '--sort', 'size'])).code).toBe(2);
+    expect((await cli(['queue', 'priority', id('big report'), 'mega'])).code).toBe(2);
+    const help = await cli(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/Exit codes/);
+  });
+});
+
+describe('queue stats', () => {
+  it('prints counts and the qshape table; --json the API stats', async () => {
+    const r = await cli(['queue', 'stats']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^By state:\s+queued=\d+/m);
+    expect(r.stdout).toMatch(/^By priority:.*urgent=\d/m);
+    expect(r.stdout).toMatch(/^\s+T\s+0-5m\s+5-10m/m);
+    expect(r.stdout).toMatch(/^TOTAL\s+\d+/m);
+    expect(r.stdout).toMatch(/^example\.com\s+\d+/m);
+    const j = JSON.parse((await cli(['queue', 'stats', '--json'])).stdout);
+    expect(j.byState).toHaveProperty('queued');
+  });
+});
+
+describe('connection and auth', () => {
+  it('exit 4 for a wrong token and for a viewer\'s change', async () => {
+    const r = await cli(['queue', 'list'], { SPOOLHOUSE_TOKEN: 'wrong-token-0123456789abcdef' });
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(/token/);
+    expect((await cli(['queue', 'list'], { SPOOLHOUSE_TOKEN: VIEWER })).code).toBe(0);
+    const change = await cli(['queue', 'hold', id('big report')], { SPOOLHOUSE_TOKEN: VIEWER });
+    expect(change.code).toBe(4);
+  });
+
+  it('flags win over the environment', async () => {
+    const r = await cli(['--url', h.url, '--token', OPERATOR, 'queue', 'list', '--json'], { SPOOLHOUSE_URL: 'http://127.0.0.1:9', SPOOLHOUSE_TOKEN: 'nope-nope-nope-nope' });
+    expect(r.code).toBe(0);
+  });
+
+  it('reads the URL and token from the config file (admin.token, or the generated token file)', async () => {
+    const port = new URL(h.url).port;
+    const file = join(h.dir, 'cli-config.json');
+    writeFileSync(file, JSON.stringify({ admin: { listen: `127.0.0.1:${port}`, token: OPERATOR, tokens: [] } }));
+    const r = await cli(['--config', file, 'queue', 'list', '--json'], {}, false);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).items.length).toBeGreaterThan(0);
+    // No token configured: the CLI reads <spool.dir>/admin.token, as the server wrote it.
+    writeFileSync(join(h.dir, 'admin.token'), OPERATOR + '\n', { mode: 0o600 });
+    writeFileSync(file, JSON.stringify({ spool: { dir: h.dir }, admin: { listen: `127.0.0.1:${port}`, token: null, tokens: [] } }));
+    const g = await cli(['queue', 'stats', '--json'], { SPOOLHOUSE_CONFIG: file }, false);
+    expect(g.code).toBe(0);
+  });
+
+  it('exit 1 when the server cannot be reached', async () => {
+    const r = await cli(['queue', 'list'], { SPOOLHOUSE_URL: 'http://127.0.0.1:9' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot reach/);
+  });
+});

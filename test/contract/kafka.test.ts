@@ -1,0 +1,37 @@
+/**
+ * Runs the queue contract against the Kafka backend on the run's real broker
+ * (test/kafka/global-setup.ts): each test gets fresh topics (a unique prefix), and `reopen`
+ * closes this node and opens a new instance on the same topics.
+ */
+import { silentLogger } from '../../src/logger.js';
+import { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
+import type { Queue } from '../../src/queue/types.js';
+import { kafkaBrokers, uniquePrefix } from '../kafka/broker.js';
+import { queueContract } from './queue-contract.js';
+
+const PRIORITIES = { classes: { bulk: 0, normal: 1, high: 2, urgent: 3 }, default: 'normal', lowPriorityShare: 0.1 };
+
+queueContract('kafka', async () => {
+  const brokers = kafkaBrokers();
+  const topicPrefix = uniquePrefix('contract');
+  const make = async (): Promise<KafkaQueue> => {
+    const q = new KafkaQueue({
+      brokers, clientId: 'contract', topicPrefix, partitions: 3, replicationFactor: 1, nodeId: 'contract-node',
+      ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, priorities: PRIORITIES, logger: silentLogger(),
+    });
+    await q.start();
+    return q;
+  };
+  let queue: Queue = await make();
+  return {
+    queue,
+    async reopen() {
+      await queue.close();
+      queue = await make();
+      return queue;
+    },
+    async cleanup() {
+      await queue.close();
+    },
+  };
+});

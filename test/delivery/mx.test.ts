@@ -1,0 +1,177 @@
+/**
+ * MX delivery end to end over loopback: a real DNS server says where mail goes, real receiving
+ * SMTP servers (on 127.0.0.1, 127.0.0.2, … sharing one port, as delivery.port is one port) are
+ * scripted to refuse, greet with 4xx/5xx, drop or accept. Proves host order and fail-over.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Destination } from '../../src/delivery/types.js';
+import { startDnsServer, type DnsServer, type DnsZone } from '../helpers/dns-server.js';
+import { startReceiver, type Receiver, type ReceiverOptions } from '../helpers/receiver.js';
+import { makeDeliverer, outbound, testConfig } from './harness.js';
+
+let dns: DnsServer;
+let receivers: Receiver[] = [];
+
+beforeAll(async () => {
+  dns = await startDnsServer();
+});
+afterAll(async () => {
+  await dns.close();
+});
+afterEach(async () => {
+  await Promise.all(receivers.map((r) => r.close()));
+  receivers = [];
+});
+
+/** Receivers on 127.0.0.1, 127.0.0.2, … all on the port of the first. */
+async function receiversOn(...options: ReceiverOptions[]): Promise<Receiver[]> {
+  const first = await startReceiver({ ...options[0], host: '127.0.0.1' });
+  receivers.push(first);
+  for (let i = 1; i < options.length; i++) receivers.push(await startReceiver({ ...options[i], host: `127.0.0.${i + 1}`, port: first.port }));
+  return [...receivers];
+}
+
+function world(zone: DnsZone, port: number, random?: () => number) {
+  dns.setZone(zone);
+  const config = testConfig({ delivery: { port, dns: { servers: [dns.address], timeout: '2s' }, timeouts: { connect: '3s', greeting: '3s', command: '3s', data: '3s' } } });
+  return makeDeliverer(config, random);
+}
+
+async function hostsDestination(deliverer: ReturnType<typeof makeDeliverer>, domain: string): Promise<Extract<Destination, { kind: 'hosts' }>> {
+  const d = await deliverer.resolve(domain);
+  if (d.kind !== 'hosts') throw new Error(`no hosts for ${domain}: ${JSON.stringify(d)}`);
+  return d;
+}
+
+describe('MX delivery and host fail-over', () => {
+  it('delivers to the preferred MX, and skips a host that refuses the connection', async () => {
+    const [rx] = await receiversOn({});
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 20, exchange: 'mx2.dest.test' }, { preference: 10, exchange: 'mx1.dest.test' }] },
+      'mx1.dest.test': { a: ['127.0.0.3'] }, // nothing listens there: connection refused
+      'mx2.dest.test': { a: ['127.0.0.1'] },
+    }, rx!.port);
+    const dest = await hostsDestination(deliverer, 'dest.test');
+    const [result] = await deliverer.deliver(dest, [outbound({ to: ['u@dest.test'] })]);
+    expect(result!.recipients).toEqual([expect.objectContaining({ address: 'u@dest.test', outcome: 'delivered', remoteHost: `mx2.dest.test[127.0.0.1]:${rx!.port}` })]);
+    expect(result!.hosts.map((h) => h.host)).toEqual([`mx1.dest.test[127.0.0.3]:${rx!.port}`, `mx2.dest.test[127.0.0.1]:${rx!.port}`]);
+    expect(result!.hosts[0]!.reply).toMatchObject({ enhanced: '4.4.1', message: expect.stringMatching(/Connection refused/) });
+    expect(rx!.accepted()).toHaveLength(1);
+  });
+
+  it('moves on to the next MX when the first greets with 4xx', async () => {
+    const [good, busy] = await receiversOn({}, { script: { greeting: '421 4.3.2 Too busy, try later' } });
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 10, exchange: 'busy.dest.test' }, { preference: 20, exchange: 'good.dest.test' }] },
+      'busy.dest.test': { a: ['127.0.0.2'] },
+      'good.dest.test': { a: ['127.0.0.1'] },
+    }, good!.port);
+    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    expect(result!.recipients[0]).toMatchObject({ outcome: 'delivered' });
+    expect(result!.hosts[0]).toMatchObject({ host: expect.stringContaining('busy.dest.test'), reply: { code: 421, enhanced: '4.3.2' } });
+    expect(busy!.acceptedConnections).toBe(1);
+    expect(busy!.transactions).toHaveLength(0);
+    expect(good!.accepted()).toHaveLength(1);
+  });
+
+  it('moves on after a 5xx greeting too, and defers (never bounces) when every host refuses to talk', async () => {
+    const [a, b] = await receiversOn({ script: { greeting: '554 5.3.2 No SMTP service here' } }, { script: { greeting: '554 5.7.1 Go away' } });
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 10, exchange: 'a.dest.test' }, { preference: 20, exchange: 'b.dest.test' }] },
+      'a.dest.test': { a: ['127.0.0.1'] },
+      'b.dest.test': { a: ['127.0.0.2'] },
+    }, a!.port);
+    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
+    expect(result!.hosts).toHaveLength(2);
+    expect(result!.recipients.map((r) => r.outcome)).toEqual(['deferred', 'deferred']);
+    expect(result!.recipients[0]!.reply.code).toBeGreaterThanOrEqual(400);
+    expect(result!.recipients[0]!.reply.code).toBeLessThan(500);
+    expect(result!.recipients[0]!.reply.message).toMatch(/554 5\.7\.1 Go away/);
+    expect(a!.acceptedConnections + b!.acceptedConnections).toBe(2);
+  });
+
+  it('moves on when a host answers MAIL FROM with 4xx or drops the connection mid-envelope', async () => {
+    const [good, tempfail, dropper] = await receiversOn({}, { script: { mailFrom: '451 4.3.0 Temporary local problem' } }, { script: { rcpt: () => 'drop' } });
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 10, exchange: 'drop.dest.test' }, { preference: 20, exchange: 'temp.dest.test' }, { preference: 30, exchange: 'good.dest.test' }] },
+      'good.dest.test': { a: ['127.0.0.1'] },
+      'temp.dest.test': { a: ['127.0.0.2'] },
+      'drop.dest.test': { a: ['127.0.0.3'] },
+    }, good!.port);
+    const results = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test'] })]);
+    for (const r of results) expect(r.recipients).toEqual([expect.objectContaining({ outcome: 'delivered' })]);
+    expect(results[0]!.hosts.map((h) => h.reply?.code)).toEqual([421, 451, 250]);
+    expect(results[0]!.hosts[0]!.reply).toMatchObject({ enhanced: '4.4.2', message: expect.stringMatching(/lost connection/) });
+    expect(tempfail!.transactions).toHaveLength(0);
+    expect(dropper!.completed()).toHaveLength(0);
+    // Both messages went over one connection to the good host.
+    expect(good!.accepted()).toHaveLength(2);
+    expect(good!.acceptedConnections).toBe(1);
+  });
+
+  it('moves on when a host refuses both EHLO and HELO', async () => {
+    const [good, rude] = await receiversOn({}, { script: { ehlo: '554 5.7.1 You are not welcome' } });
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 10, exchange: 'rude.dest.test' }, { preference: 20, exchange: 'good.dest.test' }] },
+      'rude.dest.test': { a: ['127.0.0.2'] },
+      'good.dest.test': { a: ['127.0.0.1'] },
+    }, good!.port);
+    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    expect(result!.recipients[0]!.outcome).toBe('delivered');
+    expect(result!.hosts[0]!.reply).toMatchObject({ code: 554, enhanced: '5.7.1' });
+    expect(rude!.connections[0]!.commands.map((c) => c.split(' ')[0])).toEqual(['EHLO', 'HELO']);
+  });
+
+  it('fails every recipient on a 5xx to MAIL FROM, without trying other hosts', async () => {
+    const [rx, other] = await receiversOn({ script: { mailFrom: '553 5.7.1 Sender rejected' } }, {});
+    const deliverer = world({
+      'dest.test': { mx: [{ preference: 10, exchange: 'a.dest.test' }, { preference: 20, exchange: 'b.dest.test' }] },
+      'a.dest.test': { a: ['127.0.0.1'] },
+      'b.dest.test': { a: ['127.0.0.2'] },
+    }, rx!.port);
+    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
+    expect(result!.recipients.map((r) => [r.outcome, r.reply.code, r.reply.enhanced])).toEqual([['failed', 553, '5.7.1'], ['failed', 553, '5.7.1']]);
+    expect(other!.acceptedConnections).toBe(0);
+  });
+
+  it('picks among equal-preference MX hosts with the injected randomness', async () => {
+    const [one, two] = await receiversOn({}, {});
+    const zone: DnsZone = {
+      'dest.test': { mx: [{ preference: 10, exchange: 'one.dest.test' }, { preference: 10, exchange: 'two.dest.test' }] },
+      'one.dest.test': { a: ['127.0.0.1'] },
+      'two.dest.test': { a: ['127.0.0.2'] },
+    };
+    // Fisher–Yates over [one, two]: random() = 0 swaps them, random() ≈ 1 keeps them.
+    const swap = world(zone, one!.port, () => 0);
+    await swap.deliver(await hostsDestination(swap, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    expect([one!.accepted().length, two!.accepted().length]).toEqual([0, 1]);
+    const keep = world(zone, one!.port, () => 0.999);
+    await keep.deliver(await hostsDestination(keep, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    expect([one!.accepted().length, two!.accepted().length]).toEqual([1, 1]);
+  });
+
+  it('delivers to the domain itself when it has no MX (implicit MX)', async () => {
+    const [rx] = await receiversOn({});
+    const deliverer = world({ 'bare.test': { a: ['127.0.0.1'] } }, rx!.port);
+    const dest = await hostsDestination(deliverer, 'bare.test');
+    expect(dest.via).toBe('implicit-mx');
+    const [result] = await deliverer.deliver(dest, [outbound({ to: ['u@bare.test'] })]);
+    expect(result!.recipients[0]).toMatchObject({ outcome: 'delivered', remoteHost: `bare.test[127.0.0.1]:${rx!.port}` });
+    expect(rx!.accepted()[0]!.rcptTo.map((r) => r.address)).toEqual(['u@bare.test']);
+  });
+
+  it('defers everything with the last host\'s reply when no host can be reached', async () => {
+    const [rx] = await receiversOn({});
+    const port = rx!.port;
+    await rx!.close();
+    receivers = [];
+    const deliverer = world({ 'dest.test': { mx: [{ preference: 10, exchange: 'mx.dest.test' }] }, 'mx.dest.test': { a: ['127.0.0.1'] } }, port);
+    const results = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test', 'w@dest.test'] })]);
+    for (const r of results) {
+      expect(r.aborted).toBe(false);
+      for (const rcpt of r.recipients) expect(rcpt).toMatchObject({ outcome: 'deferred', reply: { code: 421, enhanced: '4.4.1' } });
+      expect(r.hosts).toHaveLength(1);
+    }
+    expect(results[1]!.recipients).toHaveLength(2);
+  });
+});

@@ -1,0 +1,43 @@
+/** Pure helpers of the delivery stage: reply parsing, xtext, SMTPUTF8 detection, temporary replies. */
+import { describe, expect, it } from 'vitest';
+import { asTemporary, parseReply } from '../../src/delivery/replies.js';
+import { asXtext, needsSmtpUtf8 } from '../../src/delivery/session.js';
+
+describe('parseReply', () => {
+  it('reads code, enhanced code and text, multi-line included', () => {
+    expect(parseReply('550 5.1.1 No such user')).toEqual({ code: 550, enhanced: '5.1.1', message: 'No such user' });
+    expect(parseReply('550-5.1.1 The email account\n550-5.1.1 does not exist.\n550 5.1.1 Try again')).toEqual({ code: 550, enhanced: '5.1.1', message: 'The email account does not exist. Try again' });
+    expect(parseReply('250 Ok')).toEqual({ code: 250, message: 'Ok' });
+    expect(parseReply('421')).toEqual({ code: 421, message: '' });
+  });
+
+  it('does not take a code of another class for the enhanced code', () => {
+    expect(parseReply('450 5.1.1 confused server')).toEqual({ code: 450, message: '5.1.1 confused server' });
+  });
+});
+
+describe('asTemporary', () => {
+  it('keeps a 4xx and turns a host-level 5xx into a 4.4.0 deferral that quotes it', () => {
+    const temp = { code: 421, enhanced: '4.4.1', message: 'refused' };
+    expect(asTemporary(temp, 'x')).toBe(temp);
+    expect(asTemporary({ code: 554, enhanced: '5.7.1', message: 'Go away' }, 'all hosts failed')).toEqual({ code: 451, enhanced: '4.4.0', message: 'all hosts failed: 554 5.7.1 Go away' });
+  });
+});
+
+describe('asXtext (RFC 3461 §4)', () => {
+  it('leaves valid xtext alone and encodes what is not', () => {
+    expect(asXtext('QQ314159')).toBe('QQ314159');
+    expect(asXtext('A+2Bx@orig.test')).toBe('A+2Bx@orig.test');
+    expect(asXtext('a b=c+d')).toBe('a+20b+3Dc+2Bd');
+  });
+});
+
+describe('needsSmtpUtf8', () => {
+  it('is true for the flag or any non-ASCII address', () => {
+    const m = { smtputf8: false, sender: 'a@b.test', recipients: [{ address: 'c@d.test' }] };
+    expect(needsSmtpUtf8(m)).toBe(false);
+    expect(needsSmtpUtf8({ ...m, smtputf8: true })).toBe(true);
+    expect(needsSmtpUtf8({ ...m, sender: 'jösé@b.test' })).toBe(true);
+    expect(needsSmtpUtf8({ ...m, recipients: [{ address: 'c@dö.test' }] })).toBe(true);
+  });
+});

@@ -1,0 +1,88 @@
+/**
+ * Starts a real SmtpIngress on 127.0.0.1:0 over a real queue in a temp dir, with a temp
+ * overlay config file (so hot reload goes through ConfigStore like in production).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigStore } from '../../src/config/store.js';
+import { SmtpIngress, type ListenerInfo } from '../../src/ingress/index.js';
+import { silentLogger } from '../../src/logger.js';
+import { createMetrics, type Metrics } from '../../src/metrics.js';
+import type { Queue, QueuedMail } from '../../src/queue/types.js';
+
+export interface Harness {
+  dir: string;
+  store: ConfigStore;
+  queue: Queue;
+  ingress: SmtpIngress;
+  metrics: Metrics;
+  listeners: ListenerInfo[];
+  port: number;
+  /** Every mail in the queue, oldest first. */
+  mails(): Promise<QueuedMail[]>;
+  body(id: string): Promise<string>;
+  /** Applies a config patch (validated, saved, 'change' emitted). */
+  update(patch: Record<string, unknown>): void;
+  close(): Promise<void>;
+}
+
+export type QueueFactory = (o: { dir: string }) => Promise<Queue>;
+
+export async function defaultQueue(o: { dir: string }): Promise<Queue> {
+  const { SpoolQueue } = await import('../../src/queue/spool/spool-queue.js');
+  return new SpoolQueue({ dir: o.dir, retainFinishedMs: 86_400_000, maxSize: 256 * 1024 * 1024, logger: silentLogger() });
+}
+
+export async function startIngress(overlay: Record<string, unknown> = {}, o: { queue?: QueueFactory; spoolDir?: string } = {}): Promise<Harness> {
+  const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-ingress-'));
+  const spoolDir = o.spoolDir ?? join(dir, 'spool');
+  const base = {
+    smtp: { listen: ['127.0.0.1:0'], hostname: 'mx.test.example', earlyTalkerDelay: '0ms' },
+    spool: { dir: spoolDir },
+    log: { level: 'silent' },
+  };
+  const overlayFile = join(dir, 'config.json');
+  writeFileSync(overlayFile, JSON.stringify(merge(base, overlay)));
+  const store = new ConfigStore(overlayFile);
+  const queue = await (o.queue ?? defaultQueue)({ dir: spoolDir });
+  await queue.start();
+  const metrics = createMetrics();
+  const ingress = new SmtpIngress({ config: store, queue, logger: silentLogger(), metrics });
+  const listeners = await ingress.listen();
+  return {
+    dir, store, queue, ingress, metrics, listeners, port: listeners[0]!.port,
+    async mails() {
+      const page = await queue.browse({}, { sort: 'received', order: 'asc', limit: 1000 });
+      return page.items;
+    },
+    async body(id: string) {
+      const stream = await queue.readBody(id);
+      const chunks: Buffer[] = [];
+      for await (const c of stream as AsyncIterable<Buffer>) chunks.push(Buffer.from(c));
+      return Buffer.concat(chunks).toString('utf8');
+    },
+    update(patch) {
+      store.update(patch);
+    },
+    async close() {
+      await ingress.close();
+      await queue.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function merge(a: unknown, b: unknown): unknown {
+  if (typeof a !== 'object' || a === null || Array.isArray(a) || typeof b !== 'object' || b === null || Array.isArray(b)) return b === undefined ? a : b;
+  const out: Record<string, unknown> = { ...(a as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(b)) out[k] = merge(out[k], v);
+  return out;
+}
+
+/** Metric value of a counter with labels, 0 when absent. */
+export async function counter(metrics: Metrics, name: 'acceptedTotal' | 'rejectedTotal', labels: Record<string, string>): Promise<number> {
+  const data = await metrics[name].get();
+  const v = data.values.find((x) => Object.entries(labels).every(([k, val]) => (x.labels as Record<string, string | number | undefined>)[k] === val));
+  return v?.value ?? 0;
+}

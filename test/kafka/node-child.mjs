@@ -1,0 +1,30 @@
+// A Spoolhouse Kafka node as a child process, for the kill -9 test (needs `npx tsc -p .` first).
+// Env: KAFKA_BROKERS, TOPIC_PREFIX, MAILS, LEASE_MS, DATA_DIR (body cache parent; the test removes it). Enqueues MAILS mails, reserves them all with
+// LEASE_MS leases, records "delivered" for every other one (out of order: odd ones first), then
+// prints one JSON line {"reserved":[...],"delivered":[...]} and waits to be killed.
+import { KafkaQueue } from '../../dist/src/queue/kafka/kafka-queue.js';
+import { newMailId } from '../../dist/src/queue/model.js';
+import { pino } from 'pino';
+
+const q = new KafkaQueue({
+  brokers: process.env.KAFKA_BROKERS.split(','), clientId: 'child', topicPrefix: process.env.TOPIC_PREFIX,
+  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR,
+  priorities: { classes: { normal: 1 }, default: 'normal', lowPriorityShare: 0.1 }, logger: pino({ level: process.env.LOG_LEVEL ?? 'fatal' }, process.stderr),
+});
+process.on('unhandledRejection', (err) => { console.error('child failed:', err); process.exit(1); });
+await q.start();
+const n = Number(process.env.MAILS);
+await Promise.all(Array.from({ length: n }, (_, i) => q.enqueue({
+  id: newMailId(), sender: 'a@s.example', recipients: [{ address: `r${i}@d.example` }],
+  body: Buffer.from(`Subject: m${i}\r\n\r\nbody ${i}\r\n`), priority: 1, notBefore: 0,
+  client: { address: '127.0.0.1' }, classification: { priority: { source: 'default' } },
+})));
+const reserved = [];
+while (reserved.length < n) reserved.push(...await q.reserveDue({ owner: 'node-a', limit: n, leaseMs: Number(process.env.LEASE_MS) }));
+const delivered = [];
+for (const m of reserved.filter((_, i) => i % 2 === 1).reverse()) {
+  await q.recordAttempt(m.id, m.lease.token, { outcomes: [{ address: m.recipients[0].address, outcome: 'delivered' }] });
+  delivered.push(m.id);
+}
+process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
+setInterval(() => {}, 1 << 30);

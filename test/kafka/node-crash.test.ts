@@ -1,0 +1,75 @@
+/**
+ * kill -9 of a node with leases in flight: the mail it had reserved but not finished is taken by
+ * another node once the leases run out (not before), what it had finished stays finished, and no
+ * mail is lost. The dead node is a real child process (test/kafka/node-child.mjs, on dist/).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
+import { kafkaBrokers, uniquePrefix } from './broker.js';
+import { bodyOf, openKafkaQueue, until } from './helpers.js';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const MAILS = 40;
+const LEASE_MS = 5_000;
+
+describe('kafka backend: a node killed with kill -9', () => {
+  let b: KafkaQueue | undefined;
+  const cleanup: (() => void)[] = [];
+  afterAll(async () => {
+    await b?.close();
+    for (const c of cleanup) c();
+  });
+
+  it('hands its unfinished leases to another node after they expire, and loses nothing', async () => {
+    const brokers = kafkaBrokers();
+    expect(existsSync(join(here, '..', '..', 'dist', 'src', 'queue', 'kafka', 'kafka-queue.js')), 'run `npx tsc -p .` first').toBe(true);
+    const prefix = uniquePrefix('crash');
+    // The killed child cannot remove its body cache: it lives in a dir this test removes.
+    const dataDir = mkdtempSync(join(tmpdir(), 'spoolhouse-kafka-child-'));
+    cleanup.push(() => rmSync(dataDir, { recursive: true, force: true }));
+    const child = spawn(process.execPath, [join(here, 'node-child.mjs')], {
+      env: { ...process.env, KAFKA_BROKERS: brokers.join(','), TOPIC_PREFIX: prefix, MAILS: String(MAILS), LEASE_MS: String(LEASE_MS), DATA_DIR: dataDir },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const exited = new Promise((r) => child.once('exit', r));
+    const line = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).once('line', resolve);
+      child.once('exit', (code) => reject(new Error(`child exited early (${code})`)));
+    });
+    const { reserved, delivered, leaseUntil } = JSON.parse(line) as { reserved: string[]; delivered: string[]; leaseUntil: number };
+    const killedAt = Date.now();
+    child.kill('SIGKILL');
+    await exited;
+    expect(reserved).toHaveLength(MAILS);
+    const inFlight = reserved.filter((id) => !delivered.includes(id));
+
+    b = await openKafkaQueue(brokers, prefix, { nodeId: 'node-b' });
+    const taken = new Map<string, number>();
+    // Leases still live: node B must not take them yet.
+    const early = await b.reserveDue({ owner: 'node-b', limit: MAILS, leaseMs: 60_000 });
+    if (Date.now() < leaseUntil) expect(early).toEqual([]);
+    for (const m of early) taken.set(m.id, Date.now());
+
+    await until('all in-flight mail re-reserved by node B', async () => {
+      for (const m of await b!.reserveDue({ owner: 'node-b', limit: MAILS, leaseMs: 60_000 })) {
+        taken.set(m.id, Date.now());
+        expect(m.lease?.owner).toBe('node-b');
+      }
+      return taken.size >= inFlight.length;
+    }, 60_000, 200);
+    expect([...taken.keys()].sort()).toEqual([...inFlight].sort());
+    // Taken over only once node A's leases had run out (same clock: same machine).
+    for (const at of taken.values()) expect(at).toBeGreaterThanOrEqual(leaseUntil);
+    for (const id of delivered) expect((await b.get(id))?.state).toBe('delivered');
+    for (const id of inFlight) expect((await bodyOf(b, id)).toString()).toMatch(/^Subject: m\d+/);
+    const page = await b.browse({}, { limit: 1000 });
+    expect(page.total.count).toBe(MAILS);
+    console.log(`kill -9: ${inFlight.length} leases taken over ${Math.min(...taken.values()) - killedAt} ms after the kill (lease ${LEASE_MS} ms)`);
+  }, 120_000);
+});

@@ -1,0 +1,139 @@
+/**
+ * A full disk, for real: the spool on a 4 MiB tmpfs. Enqueue must reject with SpoolFullError (the
+ * SMTP 452 4.3.1 error) instead of acknowledging, leave no half-written body behind, keep the
+ * process running, and succeed again once space returns (a filler file deleted, or finished mail
+ * whose segments are reclaimed).
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, statSync } from 'node:fs';
+import { rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/logger.js';
+import { QueueError, SpoolFullError } from '../../src/queue/errors.js';
+import { newMailId } from '../../src/queue/model.js';
+import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
+import type { EnqueueRequest } from '../../src/queue/types.js';
+import { makeTmpDir, type TmpDir } from '../helpers/tmp.js';
+
+function request(size: number): EnqueueRequest {
+  return {
+    id: newMailId(), sender: 'a@full.example', recipients: [{ address: 'b@dest.example' }], body: Buffer.alloc(size, 'm'),
+    priority: 0, notBefore: 0, client: { address: '127.0.0.1' }, classification: { priority: { source: 'default' } },
+  };
+}
+
+function segmentBytes(dir: string): number {
+  const segs = join(dir, 'segments');
+  return readdirSync(segs).reduce((n, f) => n + statSync(join(segs, f)).size, 0);
+}
+
+/** Enqueues until the spool refuses; returns the acknowledged ids and the first error. */
+async function fillUp(q: SpoolQueue, size: number): Promise<{ ids: string[]; error: unknown }> {
+  const ids: string[] = [];
+  for (let i = 0; i < 1000; i++) {
+    try {
+      ids.push((await q.enqueue(request(size))).id);
+    } catch (error) {
+      return { ids, error };
+    }
+  }
+  throw new Error('the disk never filled up');
+}
+
+describe('spool on a full disk (4 MiB tmpfs)', () => {
+  let tmp: TmpDir;
+  let mnt: string;
+  let q: SpoolQueue | undefined;
+
+  beforeEach(async () => {
+    tmp = await makeTmpDir('spool-full-');
+    mnt = join(tmp.path, 'mnt');
+    execFileSync('mkdir', ['-p', mnt]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+  });
+
+  afterEach(async () => {
+    await q?.close().catch(() => undefined);
+    q = undefined;
+    execFileSync('umount', [mnt]);
+    await tmp.cleanup();
+  });
+
+  it('rejects with SpoolFullError, leaves nothing half-written, recovers when space returns', async () => {
+    const spool = join(mnt, 'spool');
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
+    await q.start();
+    const filler = join(mnt, 'filler');
+    await writeFile(filler, Buffer.alloc(1024 * 1024));
+    const { ids, error } = await fillUp(q, 150_000);
+    expect(ids.length).toBeGreaterThan(0);
+    expect(error).toBeInstanceOf(SpoolFullError);
+    expect((error as QueueError).smtpCode).toBe(452);
+    // No partial body: the segments hold exactly the acknowledged bodies.
+    expect(segmentBytes(spool)).toBe(ids.length * 150_000);
+    // Concurrent enqueues on a full disk all fail cleanly too.
+    const burst = await Promise.allSettled(Array.from({ length: 10 }, () => q!.enqueue(request(150_000))));
+    expect(burst.every((r) => r.status === 'rejected' && r.reason instanceof QueueError)).toBe(true);
+    // Reads and operator actions still work on a full disk (they need no new space or little).
+    expect((await q.get(ids[0]!))?.state).toBe('queued');
+    // Space returns.
+    await rm(filler);
+    const again = await q.enqueue(request(150_000));
+    expect(again.state).toBe('queued');
+    await q.close();
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
+    await q.start();
+    for (const id of [...ids, again.id]) expect((await q.get(id))?.size).toBe(150_000);
+    expect((await q.stats()).byState.queued).toBe(ids.length + 1);
+  });
+
+  it('reclaims the segments of finished mail so enqueue succeeds again', async () => {
+    const spool = join(mnt, 'spool');
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger(), segmentBytes: 256 * 1024 });
+    await q.start();
+    const { ids, error } = await fillUp(q, 100_000);
+    expect(error).toBeInstanceOf(QueueError);
+    for (const id of ids) await q.remove(id, 'make room');
+    const ok = await q.enqueue(request(100_000));
+    expect(ok.state).toBe('queued');
+    expect(segmentBytes(spool)).toBeLessThan(1024 * 1024);
+  });
+
+  it('survives the metadata store (LMDB) hitting the full disk', async () => {
+    const spool = join(mnt, 'spool');
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
+    await q.start();
+    // Leave little room, then add metadata-heavy mail (many recipients, tiny bodies).
+    const filler = join(mnt, 'filler');
+    const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+    await writeFile(filler, Buffer.alloc(Math.max(0, free - 256 * 1024)));
+    const ids: string[] = [];
+    let error: unknown;
+    for (let i = 0; i < 2000 && !error; i++) {
+      const req = request(200);
+      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
+      try {
+        ids.push((await q.enqueue(req)).id);
+      } catch (err) {
+        error = err;
+      }
+    }
+    // LMDB reports the short write as EIO; on a disk with no room that is a SpoolFullError.
+    expect(error).toBeInstanceOf(SpoolFullError);
+    expect(ids.length).toBeGreaterThan(0);
+    await rm(filler);
+    expect((await q.enqueue(request(200))).state).toBe('queued');
+    await q.close();
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
+    await q.start();
+    for (const id of ids) expect((await q.get(id))?.recipients).toHaveLength(60);
+  });
+
+  it('enforces maxSize on live body bytes', async () => {
+    q = new SpoolQueue({ dir: join(mnt, 'spool'), retainFinishedMs: 3_600_000, maxSize: 1024 * 1024, logger: silentLogger() });
+    await q.start();
+    await q.enqueue(request(600_000));
+    await expect(q.enqueue(request(600_000))).rejects.toBeInstanceOf(SpoolFullError);
+  });
+});
