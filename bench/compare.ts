@@ -10,7 +10,15 @@
  *   messages / second from first connect until the sink has them all.
  * Postfix runs as a private instance (its own config and queue dirs), durable as shipped.
  *
+ * Two shapes of the same load, both reported:
+ * - sessions kept (smtp-source -d): 20 SMTP sessions, each sending mail after mail over its own
+ *   connection, as applications and relays that pool connections do (nodemailer's pool, Postfix's
+ *   own smtp client with connection caching). This is "20 sessions of 5 KB mails" read literally.
+ * - a connection per mail (smtp-source without -d): 20 in parallel, each connecting, sending one
+ *   mail and quitting; this adds connection set-up and the greeting to every mail.
+ *
  * Usage: node dist/bench/compare.js [--messages 4000] [--sessions 20] [--size 5120] [--only postfix|spoolhouse]
+ *        [--shape kept|per-mail|both]
  * Needs Debian's postfix package (postfix, smtp-source, smtp-sink); run as root.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -27,6 +35,7 @@ const { values: args } = parseArgs({
     sessions: { type: 'string', default: '20' },
     size: { type: 'string', default: '5120' },
     only: { type: 'string' },
+    shape: { type: 'string', default: 'both' },
   },
 });
 const MESSAGES = Number(args.messages);
@@ -84,10 +93,10 @@ class Sink {
 }
 
 /** Runs smtp-source; resolves with the wall time in ms. */
-function smtpSource(port: number, messages: number, recipientDomain: string): Promise<number> {
+function smtpSource(port: number, messages: number, recipientDomain: string, shape: Shape): Promise<number> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    const p = spawn('smtp-source', ['-s', String(SESSIONS), '-m', String(messages), '-l', String(SIZE),
+    const p = spawn('smtp-source', [...(shape === 'kept' ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(messages), '-l', String(SIZE),
       '-f', 'bench@sender.example', '-t', `rcpt@${recipientDomain}`, `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     p.stderr!.on('data', (d) => { err += d; });
@@ -201,20 +210,24 @@ function spoolhouse(): Mta {
   };
 }
 
-async function measure(mta: Mta, sink: Sink): Promise<Figures> {
+type Shape = 'kept' | 'per-mail';
+const SHAPES: Shape[] = args.shape === 'both' ? ['kept', 'per-mail'] : [args.shape as Shape];
+if (!SHAPES.every((x) => x === 'kept' || x === 'per-mail')) throw new Error(`--shape must be kept, per-mail or both, not ${args.shape}`);
+
+async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const warmup = Math.min(200, MESSAGES);
   let port = await mta.start('ingest', sink.port);
-  await smtpSource(port, warmup, 'dest.example');
-  const ingestMs = await smtpSource(port, MESSAGES, 'dest.example');
+  await smtpSource(port, warmup, 'dest.example', shape);
+  const ingestMs = await smtpSource(port, MESSAGES, 'dest.example', shape);
   await mta.stop();
 
   sink.clear();
   port = await mta.start('relay', sink.port);
-  await smtpSource(port, warmup, 'dest.example');
+  await smtpSource(port, warmup, 'dest.example', shape);
   await untilSinkHas(sink, warmup);
   sink.clear();
   const t0 = performance.now();
-  await smtpSource(port, MESSAGES, 'dest.example');
+  await smtpSource(port, MESSAGES, 'dest.example', shape);
   await untilSinkHas(sink, MESSAGES);
   const e2eMs = performance.now() - t0;
   await mta.stop();
@@ -228,23 +241,23 @@ async function main(): Promise<void> {
   const sink = new Sink(await freePort());
   sink.start();
   await waitForPort(sink.port);
-  const results: Record<string, Figures> = {};
+  const results: Record<string, Record<string, Figures>> = {};
+  const ratio: Record<string, { ingest: number; endToEnd: number }> = {};
   try {
-    for (const mta of [postfix(), spoolhouse()]) {
-      if (args.only && args.only !== mta.name) continue;
-      results[mta.name] = await measure(mta, sink);
-      console.error(`${mta.name}: ${JSON.stringify(results[mta.name])}`);
+    for (const shape of SHAPES) {
+      for (const mta of [postfix(), spoolhouse()]) {
+        if (args.only && args.only !== mta.name) continue;
+        (results[shape] ??= {})[mta.name] = await measure(mta, sink, shape);
+        console.error(`${shape} ${mta.name}: ${JSON.stringify(results[shape][mta.name])}`);
+      }
+      const p = results[shape]?.postfix;
+      const s = results[shape]?.spoolhouse;
+      if (p && s) ratio[shape] = { ingest: +(s.ingestPerSec / p.ingestPerSec).toFixed(2), endToEnd: +(s.endToEndPerSec / p.endToEndPerSec).toFixed(2) };
     }
   } finally {
     sink.stop();
   }
-  const p = results.postfix;
-  const s = results.spoolhouse;
-  const summary = {
-    load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE },
-    results,
-    ...(p && s ? { ratio: { ingest: +(s.ingestPerSec / p.ingestPerSec).toFixed(2), endToEnd: +(s.endToEndPerSec / p.endToEndPerSec).toFixed(2) } } : {}),
-  };
+  const summary = { load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE }, results, ratio };
   console.log(JSON.stringify(summary, null, 2));
 }
 

@@ -33,7 +33,7 @@ import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
 import { addressesOf, makeResolver, resolveDestination } from './resolve.js';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
-import type { DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
+import type { DeliverOptions, DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
 
 type HostsDestination = Extract<Destination, { kind: 'hosts' }>;
 type Target = DestinationHost & { address: string };
@@ -49,6 +49,14 @@ interface MessageState {
   lastReply?: Reply;
   /** The host that gave lastReply, when it came from a host. */
   lastRemote?: string;
+  /** onResult has been called for it. */
+  reported: boolean;
+}
+
+/** One deliver() call: its messages (growing as `more` adds some) and how to report them. */
+interface Call {
+  states: MessageState[];
+  options: DeliverOptions;
 }
 
 export class Deliverer implements DeliveryAgent {
@@ -77,16 +85,17 @@ export class Deliverer implements DeliveryAgent {
     }
   }
 
-  async deliver(destination: HostsDestination, messages: OutboundMessage[]): Promise<MessageResult[]> {
-    const states: MessageState[] = messages.map((message) => ({ message, pending: [...message.recipients], results: [], hosts: [], aborted: false }));
+  async deliver(destination: HostsDestination, messages: OutboundMessage[], options: DeliverOptions = {}): Promise<MessageResult[]> {
+    const call: Call = { states: messages.map(newState), options };
     try {
-      await this.#deliverAll(destination, states);
+      await this.#deliverAll(destination, call);
     } catch (err) {
       // A bug of ours, not remote trouble: whatever is undecided is deferred, nothing is lost.
       this.#log.error({ err, destination: destination.key }, 'delivery failed unexpectedly; deferring what is left');
-      for (const s of states) this.#deferRest(s, made.local((err as Error).message));
+      for (const s of call.states) this.#deferRest(s, made.local((err as Error).message));
     }
-    return states.map((s) => this.#result(s));
+    for (const s of call.states) this.#report(call, s);
+    return call.states.map((s) => this.#result(s));
   }
 
   async close(): Promise<void> {
@@ -94,8 +103,9 @@ export class Deliverer implements DeliveryAgent {
     this.#sessions.clear();
   }
 
-  async #deliverAll(destination: HostsDestination, states: MessageState[]): Promise<void> {
+  async #deliverAll(destination: HostsDestination, call: Call): Promise<void> {
     const config = this.#config();
+    const { states } = call;
     let lastHostReply: Reply | undefined;
     for (const host of destination.hosts) {
       if (!states.some(isUndecided)) break;
@@ -111,7 +121,7 @@ export class Deliverer implements DeliveryAgent {
       for (const target of targets) {
         const waiting = states.filter(isUndecided);
         if (waiting.length === 0) break;
-        const reply = await this.#deliverToHost(target, destination, waiting, config);
+        const reply = await this.#deliverToHost(target, destination, waiting, config, call);
         if (reply) lastHostReply = reply;
       }
     }
@@ -125,11 +135,14 @@ export class Deliverer implements DeliveryAgent {
    * Sends the waiting messages to one address over one connection (re-opened when a message
    * needed it dropped). Returns the host-level reply when the host was given up on.
    */
-  async #deliverToHost(target: Target, destination: HostsDestination, waiting: MessageState[], config: Config): Promise<Reply | undefined> {
+  async #deliverToHost(target: Target, destination: HostsDestination, waiting: MessageState[], config: Config, call: Call): Promise<Reply | undefined> {
     let session: OutboundSession | undefined;
     let plaintextRetry = false;
     try {
-      for (const state of waiting) {
+      // `waiting` grows while the connection is good and the scheduler has more for it.
+      for (let next = 0; ; next++) {
+        if (next === waiting.length && !(session?.usable && await this.#pullMore(call, waiting))) break;
+        const state = waiting[next]!;
         if (!isUndecided(state)) continue;
         if (!session?.usable) {
           if (session) {
@@ -166,6 +179,7 @@ export class Deliverer implements DeliveryAgent {
           state.aborted = true;
           state.hosts.push(attempt);
           log.info({ remote: session.remote }, 'delivery aborted before the final "." (mail no longer wanted)');
+          this.#report(call, state);
           continue;
         }
         state.hosts.push({ ...attempt, reply: outcome.reply });
@@ -176,6 +190,7 @@ export class Deliverer implements DeliveryAgent {
           return outcome.reply;
         }
         this.#record(state, outcome.recipients);
+        this.#report(call, state);
         log.info({
           remote: session.remote,
           delivered: outcome.recipients.filter((r) => r.outcome === 'delivered').map((r) => r.address),
@@ -191,6 +206,28 @@ export class Deliverer implements DeliveryAgent {
         await session.quit();
         this.#sessions.delete(session);
       }
+    }
+  }
+
+  /** Adds the scheduler's next messages for this connection to `waiting` (and the call); false when there are none. */
+  async #pullMore(call: Call, waiting: MessageState[]): Promise<boolean> {
+    if (!call.options.more) return false;
+    const more = await call.options.more();
+    if (more.length === 0) return false;
+    const added = more.map(newState);
+    call.states.push(...added);
+    waiting.push(...added);
+    return true;
+  }
+
+  /** Tells the scheduler a message's outcome once it is decided (once per message). */
+  #report(call: Call, state: MessageState): void {
+    if (state.reported || isUndecided(state) || !call.options.onResult) return;
+    state.reported = true;
+    try {
+      call.options.onResult(this.#result(state));
+    } catch (err) {
+      this.#log.error({ err, mailId: state.message.id }, 'onResult threw');
     }
   }
 
@@ -279,6 +316,10 @@ export class Deliverer implements DeliveryAgent {
   #result(s: MessageState): MessageResult {
     return { id: s.message.id, aborted: s.aborted, recipients: s.aborted ? [] : s.results, hosts: s.hosts };
   }
+}
+
+function newState(message: OutboundMessage): MessageState {
+  return { message, pending: [...message.recipients], results: [], hosts: [], aborted: false, reported: false };
 }
 
 function isUndecided(s: MessageState): boolean {

@@ -82,6 +82,18 @@ export interface MessageResult {
   hosts: HostAttempt[];
 }
 
+/** How the scheduler keeps a connection busy and learns outcomes early (both optional). */
+export interface DeliverOptions {
+  /**
+   * Asked when every message given so far is done and the connection is still good: more
+   * messages for the same destination to send over it. May wait a little for mail to arrive
+   * (connection reuse, Postfix's connection cache); [] ends the connection with QUIT.
+   */
+  more?: () => Promise<OutboundMessage[]>;
+  /** Called exactly once per message (given or pulled), as soon as its outcome is known. */
+  onResult?: (result: MessageResult) => void;
+}
+
 /**
  * The delivery stage as the scheduler sees it (implemented in src/delivery/deliverer.ts).
  * Configuration is read through a getter on every call, so hot reloads apply.
@@ -93,8 +105,9 @@ export interface DeliveryAgent {
    * Delivers messages that all go to `destination`, over one connection where the remote allows
    * (the caller keeps each call within messagesPerConnection). Tries the hosts in order: on a
    * connection failure or a 4xx greeting/EHLO/MAIL the next host is tried (RFC 5321 §5.1).
-   * Never throws for remote or network trouble: every recipient gets an outcome.
+   * Never throws for remote or network trouble: every recipient gets an outcome. Resolves with
+   * the results of every message, those pulled through `options.more` included.
    */
-  deliver(destination: Extract<Destination, { kind: 'hosts' }>, messages: OutboundMessage[]): Promise<MessageResult[]>;
+  deliver(destination: Extract<Destination, { kind: 'hosts' }>, messages: OutboundMessage[], options?: DeliverOptions): Promise<MessageResult[]>;
   close(): Promise<void>;
 }

@@ -61,6 +61,14 @@ const RESOLVE_FAILURE_TTL_MS = 5_000;
 /** Idle destination pools (and their rate buckets) are forgotten after this long. */
 const IDLE_DESTINATION_MS = 10 * 60_000;
 
+/**
+ * How long a connection that has sent all it had waits for more mail to the same destination
+ * before QUIT (Postfix's smtp_connection_cache_time_limit is 2 s). Under a stream of arrivals a
+ * connection then carries up to messagesPerConnection mails instead of the few that happened to
+ * be waiting when it opened; it still counts against the destination's connection limit.
+ */
+const CONNECTION_REUSE_WAIT_MS = 250;
+
 /** Queue events after which there may be due mail that was not due before. */
 const WAKE_EVENTS = new Set<QueueEvent['type']>(['enqueued', 'deferred', 'released', 'updated']);
 
@@ -113,6 +121,8 @@ class DestinationPool {
   readonly domains = new Set<string>();
   readonly jobs: Job[] = [];
   active = 0;
+  /** Connections that sent their mail and wait (up to CONNECTION_REUSE_WAIT_MS) for more: woken by new jobs. */
+  readonly lingering = new Set<() => void>();
   idleSince: number;
   constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number) {
     this.idleSince = now;
@@ -199,6 +209,7 @@ export class Scheduler {
     clearTimeout(this.#rateTimer);
     clearTimeout(this.#renewTimer);
     this.#wake();
+    for (const pool of this.#pools.values()) for (const wake of [...pool.lingering]) wake();
     await this.#loopDone;
     this.#returnWaitingJobs();
     const finished = await this.#waitIdle(timeoutMs);
@@ -408,6 +419,12 @@ export class Scheduler {
     for (const pool of waiting) {
       const limits = limitsFor(pool.domains, config);
       pool.bucket.setRate(limits.ratePerSecond, now);
+      if (pool.lingering.size > 0) {
+        // Open connections waiting for mail take it first; they open more if some is left.
+        for (const wake of [...pool.lingering]) wake();
+        pool.lingering.clear();
+        continue;
+      }
       while (pool.jobs.length > 0 && pool.active < limits.connections && this.#activeConnections < config.delivery.concurrency) {
         const wanted = Math.min(limits.messagesPerConnection, pool.jobs.length);
         const granted = pool.bucket.take(wanted, now);
@@ -465,28 +482,106 @@ export class Scheduler {
     return ok;
   }
 
+  /**
+   * One connection's worth of work: delivers `jobs`, then keeps the connection for more of the
+   * pool's jobs (up to messagesPerConnection, within the rate; waiting a moment for arrivals).
+   * Each job is finished as soon as the delivery stage reports its message.
+   */
   async #deliverBatch(pool: DestinationPool, jobs: Job[]): Promise<void> {
     pool.active++;
     this.#activeConnections++;
-    const live = jobs.filter((j) => !j.attempt.lost);
+    const byId = new Map<string, Job>();
+    const done = new Set<Job>();
+    let carried = 0;
+    const take = (batch: Job[]): OutboundMessage[] => {
+      const out: OutboundMessage[] = [];
+      for (const job of batch) {
+        carried++;
+        if (job.attempt.lost) {
+          done.add(job);
+          this.#jobDone(job, undefined, pool.destination);
+          continue;
+        }
+        byId.set(job.attempt.mail.id, job);
+        out.push(this.#outbound(job));
+      }
+      return out;
+    };
+    const onResult = (result: MessageResult) => {
+      const job = byId.get(result.id);
+      if (!job || done.has(job)) return;
+      done.add(job);
+      this.#jobDone(job, result, pool.destination);
+    };
+    const more = async (): Promise<OutboundMessage[]> => {
+      for (;;) {
+        const batch = this.#moreJobs(pool, carried);
+        if (batch === undefined) return [];
+        if (batch.length > 0) {
+          const out = take(batch);
+          if (out.length > 0) return out;
+          continue; // every job taken was lost meanwhile: look again
+        }
+        if (!(await this.#lingerFor(pool))) return [];
+      }
+    };
     let results: MessageResult[] = [];
     try {
-      if (live.length > 0) results = await this.#delivery.deliver(pool.destination, live.map((j) => this.#outbound(j)));
+      const first = take(jobs);
+      if (first.length > 0) results = await this.#delivery.deliver(pool.destination, first, { more, onResult });
     } catch (err) {
       // The delivery stage promises not to throw; if it does, nothing is known to have been sent.
       this.#log.error({ err, destination: pool.destination.key }, 'delivery stage threw; deferring the batch');
       const reply: Reply = { code: 451, enhanced: '4.3.0', message: `Local delivery error: ${(err as Error).message}` };
-      results = live.map((j) => ({ id: j.attempt.mail.id, aborted: false, recipients: j.recipients.map((r) => ({ address: r.address, outcome: 'deferred' as const, reply })), hosts: [] }));
+      results = [...byId.values()].map((j) => ({ id: j.attempt.mail.id, aborted: false, recipients: j.recipients.map((r) => ({ address: r.address, outcome: 'deferred' as const, reply })), hosts: [] }));
     } finally {
       pool.active--;
       this.#activeConnections--;
     }
-    const byId = new Map(results.map((r) => [r.id, r]));
     try {
-      for (const job of jobs) this.#jobDone(job, byId.get(job.attempt.mail.id), pool.destination);
+      for (const r of results) onResult(r);
+      // A message the delivery stage gave no result for: finished as "no result" (deferred).
+      for (const job of byId.values()) if (!done.has(job)) this.#jobDone(job, undefined, pool.destination);
     } finally {
       this.#dispatch(); // the connection slot is free whatever happened above
     }
+  }
+
+  /**
+   * The next jobs for a connection of `pool` that has carried `carried` mails: undefined when it
+   * should end (stopping, messagesPerConnection reached, rate exhausted), [] when none is waiting.
+   */
+  #moreJobs(pool: DestinationPool, carried: number): Job[] | undefined {
+    if (this.#stopping) return undefined;
+    const limits = limitsFor(pool.domains, this.#config.current);
+    const room = limits.messagesPerConnection - carried;
+    if (room <= 0) return undefined;
+    if (pool.jobs.length === 0) return [];
+    const granted = pool.bucket.take(Math.min(room, pool.jobs.length), this.#now());
+    if (granted === 0) {
+      this.#scheduleRateTimer(this.#now() + Math.max(1, pool.bucket.msUntilToken(this.#now())));
+      return undefined;
+    }
+    const batch = pool.jobs.splice(0, granted);
+    if (pool.jobs.length > 0) queueMicrotask(() => this.#dispatch()); // more waiting than this connection takes
+    return batch;
+  }
+
+  /** Waits up to CONNECTION_REUSE_WAIT_MS for a job in `pool`; false when none came (or stopping). */
+  #lingerFor(pool: DestinationPool): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        pool.lingering.delete(wake);
+        resolve(!this.#stopping);
+      };
+      const timer = setTimeout(() => {
+        pool.lingering.delete(wake);
+        resolve(false);
+      }, CONNECTION_REUSE_WAIT_MS);
+      pool.lingering.add(wake);
+    });
   }
 
   #jobDone(job: Job, result: MessageResult | undefined, destination: HostsDestination): void {

@@ -49,6 +49,7 @@ import type {
 } from '../types.js';
 import { MAIL_STATES } from '../types.js';
 import { browseIndexed } from './browse.js';
+import { BodyCache } from '../body-cache.js';
 import { DirLock } from './dir-lock.js';
 import { HIGH, counterKeys, indexKeys, keyDiff, type IndexKey } from './indexes.js';
 import { SegmentStore, type BodyLocation } from './segments.js';
@@ -65,6 +66,8 @@ export interface SpoolQueueOptions {
    * enough that one long-deferred mail pins little disk (segments are not compacted yet).
    */
   segmentBytes?: number;
+  /** Memory for bodies of recently enqueued mail (read back by delivery without disk I/O). Default 32 MiB; 0 disables. */
+  bodyCacheBytes?: number;
   /** How often finished mail past retention is purged. Default: retainFinishedMs/4, 1 s..60 s. */
   purgeIntervalMs?: number;
 }
@@ -142,6 +145,7 @@ class WriteTx {
   }
 
   dropBody(id: MailId): void {
+    this.q.bodyCache.delete(id);
     const loc = this.q.bodies.get(id);
     if (!loc) return;
     this.q.bodies.removeSync(id);
@@ -182,6 +186,8 @@ export class SpoolQueue implements Queue {
   private readonly log: Logger;
   private readonly now: () => number;
   private readonly segments: SegmentStore;
+  /** @internal Recently enqueued bodies (see body-cache.ts); WriteTx drops entries with their bodies. */
+  readonly bodyCache: BodyCache;
   private lock?: DirLock;
   private readonly counters = new Map<string, number>();
   /** Non-terminal mail per recipient domain and per priority, kept with the counters. */
@@ -200,6 +206,7 @@ export class SpoolQueue implements Queue {
     this.log = opts.logger.child({ component: 'spool' });
     this.now = opts.now ?? Date.now;
     this.segments = new SegmentStore(opts.dir, opts.segmentBytes ?? 16 * 1024 * 1024);
+    this.bodyCache = new BodyCache(opts.bodyCacheBytes ?? 32 * 1024 * 1024);
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -251,6 +258,7 @@ export class SpoolQueue implements Queue {
     if (this.purgeTimer) clearTimeout(this.purgeTimer);
     while (this.flushing) await this.flushing;
     this.open = false;
+    this.bodyCache.clear();
     await this.segments.close();
     await this.env.close();
     await this.lock?.release();
@@ -474,6 +482,9 @@ export class SpoolQueue implements Queue {
         if (existing) throw new InvalidTransitionError(req.id, existing.state, 'enqueue again');
         const mail = createMail(req, tx.now);
         tx.write(undefined, mail, { body: op.location });
+        // Before any event about it: readBody still checks the body record, so an entry left by a
+        // commit that then failed is never served.
+        this.bodyCache.put(mail.id, req.body);
         return mail;
       },
     };
@@ -634,6 +645,8 @@ export class SpoolQueue implements Queue {
     this.assertOpen();
     const loc = this.bodies.get(id);
     if (!loc) throw new MailNotFoundError(id);
+    const cached = this.bodyCache.stream(id);
+    if (cached) return cached;
     return this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
   }
 
