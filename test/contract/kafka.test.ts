@@ -5,33 +5,20 @@
  */
 import { silentLogger } from '../../src/logger.js';
 import { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
-import type { Queue } from '../../src/queue/types.js';
 import { kafkaBrokers, uniquePrefix } from '../kafka/broker.js';
-import { queueContract } from './queue-contract.js';
+import { queueContract, reopenableHandle } from './queue-contract.js';
 
 const PRIORITIES = { classes: { bulk: 0, normal: 1, high: 2, urgent: 3 }, default: 'normal', lowPriorityShare: 0.1 };
 
 queueContract('kafka', async () => {
   const brokers = kafkaBrokers();
   const topicPrefix = uniquePrefix('contract');
-  const make = async (): Promise<KafkaQueue> => {
+  return reopenableHandle(async () => {
     const q = new KafkaQueue({
       brokers, clientId: 'contract', topicPrefix, partitions: 3, replicationFactor: 1, nodeId: 'contract-node',
       ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, priorities: PRIORITIES, logger: silentLogger(),
     });
     await q.start();
     return q;
-  };
-  let queue: Queue = await make();
-  return {
-    queue,
-    async reopen() {
-      await queue.close();
-      queue = await make();
-      return queue;
-    },
-    async cleanup() {
-      await queue.close();
-    },
-  };
+  });
 });

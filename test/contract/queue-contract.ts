@@ -19,6 +19,29 @@ export interface ContractHandle {
   cleanup(): Promise<void>;
 }
 
+/**
+ * The handle most backends need: `make` opens (and starts) a queue on the backend's storage;
+ * `reopen` closes the current instance and makes a new one on the same storage; `cleanup` closes
+ * it, then runs `removeStorage` (e.g. deletes the temp dir).
+ */
+export async function reopenableHandle(make: () => Promise<Queue>, removeStorage: () => Promise<void> = async () => {}): Promise<ContractHandle> {
+  let queue = await make();
+  return {
+    get queue() {
+      return queue;
+    },
+    async reopen() {
+      await queue.close();
+      queue = await make();
+      return queue;
+    },
+    async cleanup() {
+      await queue.close();
+      await removeStorage();
+    },
+  };
+}
+
 const OWNER = 'contract-worker';
 
 function request(o: Partial<EnqueueRequest> = {}): EnqueueRequest {

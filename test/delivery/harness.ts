@@ -1,14 +1,19 @@
 /**
  * Helpers for delivery tests: a validated Config from the defaults plus an overlay (short
- * timeouts, the DNS server and port of the test), outbound messages with in-memory bodies, and
- * a Deliverer with an injectable random source.
+ * timeouts, the DNS server and port of the test), outbound messages with in-memory bodies, a
+ * Deliverer with an injectable random source and logger, the destination it resolves a domain
+ * to, and scripted receivers that are closed after each test.
  */
 import { Readable } from 'node:stream';
+import { afterEach } from 'vitest';
 import { defaultConfigFile, deepMerge, readConfigFile, validateConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { Deliverer } from '../../src/delivery/deliverer.js';
-import type { OutboundMessage } from '../../src/delivery/types.js';
-import { silentLogger } from '../../src/logger.js';
+import type { Destination, OutboundMessage } from '../../src/delivery/types.js';
+import { silentLogger, type Logger } from '../../src/logger.js';
+import { startReceiver, type Receiver, type ReceiverOptions } from '../helpers/receiver.js';
+
+export type HostsDestination = Extract<Destination, { kind: 'hosts' }>;
 
 type Plain = Record<string, unknown>;
 
@@ -63,7 +68,52 @@ function chunked(body: Buffer): Readable {
   return Readable.from(parts);
 }
 
-export function makeDeliverer(config: Config | (() => Config), random?: () => number): Deliverer {
+export function makeDeliverer(config: Config | (() => Config), o: { random?: () => number; logger?: Logger } = {}): Deliverer {
   const get = typeof config === 'function' ? config : () => config;
-  return new Deliverer({ config: get, logger: silentLogger(), ...(random ? { random } : {}) });
+  return new Deliverer({ config: get, logger: o.logger ?? silentLogger(), ...(o.random ? { random: o.random } : {}) });
+}
+
+/** Where the deliverer sends mail for `domain`; throws (failing the test) when that is a failure. */
+export async function hostsFor(deliverer: Deliverer, domain: string): Promise<HostsDestination> {
+  const d = await deliverer.resolve(domain);
+  if (d.kind !== 'hosts') throw new Error(`no hosts for ${domain}: ${JSON.stringify(d)}`);
+  return d;
+}
+
+/** A deliverer whose `delivery.routes` send dest.test to the receiver (no DNS), and that destination. */
+export async function routedTo(rx: Receiver, delivery: Record<string, unknown> = {}, o: { random?: () => number; logger?: Logger } = {}): Promise<{ deliverer: Deliverer; dest: HostsDestination }> {
+  const deliverer = makeDeliverer(testConfig({ delivery: { routes: { 'dest.test': rx.address }, ...delivery } }), o);
+  return { deliverer, dest: await hostsFor(deliverer, 'dest.test') };
+}
+
+/**
+ * Receivers for the tests of one file, every one closed after each test (call it once, at the
+ * top level of the file). `receiver(o)` binds 127.0.0.1 port 0; `receiversOn(a, b, …)` starts one
+ * per option set on 127.0.0.1, 127.0.0.2, … all on the first one's port, as several MX hosts
+ * share `delivery.port`.
+ */
+export function receiversPerTest(): {
+  receiver(options?: ReceiverOptions): Promise<Receiver>;
+  receiversOn(...options: ReceiverOptions[]): Promise<Receiver[]>;
+} {
+  let open: Receiver[] = [];
+  afterEach(async () => {
+    const closing = open;
+    open = [];
+    await Promise.all(closing.map((r) => r.close()));
+  });
+  const receiver = async (options: ReceiverOptions = {}): Promise<Receiver> => {
+    const rx = await startReceiver(options);
+    open.push(rx);
+    return rx;
+  };
+  return {
+    receiver,
+    async receiversOn(...options) {
+      const first = await receiver({ ...options[0], host: '127.0.0.1' });
+      const all = [first];
+      for (let i = 1; i < options.length; i++) all.push(await receiver({ ...options[i], host: `127.0.0.${i + 1}`, port: first.port }));
+      return all;
+    },
+  };
 }

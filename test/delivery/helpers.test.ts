@@ -6,19 +6,15 @@
 import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Destination } from '../../src/delivery/types.js';
 import { startDnsServer, type DnsServer } from '../helpers/dns-server.js';
-import { startReceiver, type Receiver } from '../helpers/receiver.js';
-import { makeDeliverer, outbound, testConfig } from './harness.js';
+import { makeDeliverer, outbound, receiversPerTest, routedTo, testConfig } from './harness.js';
 
 let dns: DnsServer | undefined;
-let rx: Receiver | undefined;
 afterEach(async () => {
   await dns?.close();
-  await rx?.close();
   dns = undefined;
-  rx = undefined;
 });
+const { receiver } = receiversPerTest();
 
 function queryOverTcp(port: number, name: string, type: 'A' | 'MX'): Promise<dnsPacket.Packet> {
   return new Promise((resolve, reject) => {
@@ -61,10 +57,8 @@ describe('DNS server helper', () => {
 
 describe('receiver helper', () => {
   it('counts concurrent connections and the most seen at once', async () => {
-    rx = await startReceiver({ script: { greeting: 'stall' } });
-    const config = testConfig({ delivery: { routes: { 'dest.test': `127.0.0.1:${rx.port}` }, timeouts: { connect: '1s', greeting: '400ms', command: '400ms', data: '1s' } } });
-    const deliverer = makeDeliverer(config);
-    const dest = (await deliverer.resolve('dest.test')) as Extract<Destination, { kind: 'hosts' }>;
+    const rx = await receiver({ script: { greeting: 'stall' } });
+    const { deliverer, dest } = await routedTo(rx, { timeouts: { connect: '1s', greeting: '400ms', command: '400ms', data: '1s' } });
     // Three deliveries at once, each stuck waiting for a greeting: three open connections.
     const results = await Promise.all([1, 2, 3].map((i) => deliverer.deliver(dest, [outbound({ to: [`u${i}@dest.test`] })])));
     expect(results.flat().map((r) => r.recipients[0]!.outcome)).toEqual(['deferred', 'deferred', 'deferred']);
@@ -75,10 +69,8 @@ describe('receiver helper', () => {
   });
 
   it('records commands in order and the message bytes of each transaction', async () => {
-    rx = await startReceiver({ script: { dataEnd: (tx) => (tx.rcptTo.length > 1 ? '452 4.5.3 Too many recipients' : undefined) } });
-    const config = testConfig({ delivery: { routes: { 'dest.test': `127.0.0.1:${rx.port}` } } });
-    const deliverer = makeDeliverer(config);
-    const dest = (await deliverer.resolve('dest.test')) as Extract<Destination, { kind: 'hosts' }>;
+    const rx = await receiver({ script: { dataEnd: (tx) => (tx.rcptTo.length > 1 ? '452 4.5.3 Too many recipients' : undefined) } });
+    const { deliverer, dest } = await routedTo(rx);
     await deliverer.deliver(dest, [outbound({ to: ['a@dest.test', 'b@dest.test'], body: 'Subject: one\r\n\r\n1\r\n' }), outbound({ to: ['c@dest.test'], body: 'Subject: two\r\n\r\n2\r\n' })]);
     expect(rx.transactions.map((t) => [t.complete, t.reply, t.data.toString()])).toEqual([
       [true, '452 4.5.3 Too many recipients', 'Subject: one\r\n\r\n1\r\n'],

@@ -3,14 +3,12 @@
  * SMTP servers (on 127.0.0.1, 127.0.0.2, … sharing one port, as delivery.port is one port) are
  * scripted to refuse, greet with 4xx/5xx, drop or accept. Proves host order and fail-over.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { Destination } from '../../src/delivery/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDnsServer, type DnsServer, type DnsZone } from '../helpers/dns-server.js';
-import { startReceiver, type Receiver, type ReceiverOptions } from '../helpers/receiver.js';
-import { makeDeliverer, outbound, testConfig } from './harness.js';
+import { hostsFor, makeDeliverer, outbound, receiversPerTest, testConfig } from './harness.js';
 
 let dns: DnsServer;
-let receivers: Receiver[] = [];
+const { receiversOn } = receiversPerTest();
 
 beforeAll(async () => {
   dns = await startDnsServer();
@@ -18,29 +16,11 @@ beforeAll(async () => {
 afterAll(async () => {
   await dns.close();
 });
-afterEach(async () => {
-  await Promise.all(receivers.map((r) => r.close()));
-  receivers = [];
-});
-
-/** Receivers on 127.0.0.1, 127.0.0.2, … all on the port of the first. */
-async function receiversOn(...options: ReceiverOptions[]): Promise<Receiver[]> {
-  const first = await startReceiver({ ...options[0], host: '127.0.0.1' });
-  receivers.push(first);
-  for (let i = 1; i < options.length; i++) receivers.push(await startReceiver({ ...options[i], host: `127.0.0.${i + 1}`, port: first.port }));
-  return [...receivers];
-}
 
 function world(zone: DnsZone, port: number, random?: () => number) {
   dns.setZone(zone);
   const config = testConfig({ delivery: { port, dns: { servers: [dns.address], timeout: '2s' }, timeouts: { connect: '3s', greeting: '3s', command: '3s', data: '3s' } } });
-  return makeDeliverer(config, random);
-}
-
-async function hostsDestination(deliverer: ReturnType<typeof makeDeliverer>, domain: string): Promise<Extract<Destination, { kind: 'hosts' }>> {
-  const d = await deliverer.resolve(domain);
-  if (d.kind !== 'hosts') throw new Error(`no hosts for ${domain}: ${JSON.stringify(d)}`);
-  return d;
+  return makeDeliverer(config, random ? { random } : {});
 }
 
 describe('MX delivery and host fail-over', () => {
@@ -51,7 +31,7 @@ describe('MX delivery and host fail-over', () => {
       'mx1.dest.test': { a: ['127.0.0.3'] }, // nothing listens there: connection refused
       'mx2.dest.test': { a: ['127.0.0.1'] },
     }, rx!.port);
-    const dest = await hostsDestination(deliverer, 'dest.test');
+    const dest = await hostsFor(deliverer, 'dest.test');
     const [result] = await deliverer.deliver(dest, [outbound({ to: ['u@dest.test'] })]);
     expect(result!.recipients).toEqual([expect.objectContaining({ address: 'u@dest.test', outcome: 'delivered', remoteHost: `mx2.dest.test[127.0.0.1]:${rx!.port}` })]);
     expect(result!.hosts.map((h) => h.host)).toEqual([`mx1.dest.test[127.0.0.3]:${rx!.port}`, `mx2.dest.test[127.0.0.1]:${rx!.port}`]);
@@ -66,7 +46,7 @@ describe('MX delivery and host fail-over', () => {
       'busy.dest.test': { a: ['127.0.0.2'] },
       'good.dest.test': { a: ['127.0.0.1'] },
     }, good!.port);
-    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    const [result] = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
     expect(result!.recipients[0]).toMatchObject({ outcome: 'delivered' });
     expect(result!.hosts[0]).toMatchObject({ host: expect.stringContaining('busy.dest.test'), reply: { code: 421, enhanced: '4.3.2' } });
     expect(busy!.acceptedConnections).toBe(1);
@@ -81,7 +61,7 @@ describe('MX delivery and host fail-over', () => {
       'a.dest.test': { a: ['127.0.0.1'] },
       'b.dest.test': { a: ['127.0.0.2'] },
     }, a!.port);
-    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
+    const [result] = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
     expect(result!.hosts).toHaveLength(2);
     expect(result!.recipients.map((r) => r.outcome)).toEqual(['deferred', 'deferred']);
     expect(result!.recipients[0]!.reply.code).toBeGreaterThanOrEqual(400);
@@ -98,7 +78,7 @@ describe('MX delivery and host fail-over', () => {
       'temp.dest.test': { a: ['127.0.0.2'] },
       'drop.dest.test': { a: ['127.0.0.3'] },
     }, good!.port);
-    const results = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test'] })]);
+    const results = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test'] })]);
     for (const r of results) expect(r.recipients).toEqual([expect.objectContaining({ outcome: 'delivered' })]);
     expect(results[0]!.hosts.map((h) => h.reply?.code)).toEqual([421, 451, 250]);
     expect(results[0]!.hosts[0]!.reply).toMatchObject({ enhanced: '4.4.2', message: expect.stringMatching(/lost connection/) });
@@ -116,7 +96,7 @@ describe('MX delivery and host fail-over', () => {
       'rude.dest.test': { a: ['127.0.0.2'] },
       'good.dest.test': { a: ['127.0.0.1'] },
     }, good!.port);
-    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    const [result] = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
     expect(result!.recipients[0]!.outcome).toBe('delivered');
     expect(result!.hosts[0]!.reply).toMatchObject({ code: 554, enhanced: '5.7.1' });
     expect(rude!.connections[0]!.commands.map((c) => c.split(' ')[0])).toEqual(['EHLO', 'HELO']);
@@ -129,7 +109,7 @@ describe('MX delivery and host fail-over', () => {
       'a.dest.test': { a: ['127.0.0.1'] },
       'b.dest.test': { a: ['127.0.0.2'] },
     }, rx!.port);
-    const [result] = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
+    const [result] = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
     expect(result!.recipients.map((r) => [r.outcome, r.reply.code, r.reply.enhanced])).toEqual([['failed', 553, '5.7.1'], ['failed', 553, '5.7.1']]);
     expect(other!.acceptedConnections).toBe(0);
   });
@@ -143,17 +123,17 @@ describe('MX delivery and host fail-over', () => {
     };
     // Fisher–Yates over [one, two]: random() = 0 swaps them, random() ≈ 1 keeps them.
     const swap = world(zone, one!.port, () => 0);
-    await swap.deliver(await hostsDestination(swap, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    await swap.deliver(await hostsFor(swap, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
     expect([one!.accepted().length, two!.accepted().length]).toEqual([0, 1]);
     const keep = world(zone, one!.port, () => 0.999);
-    await keep.deliver(await hostsDestination(keep, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    await keep.deliver(await hostsFor(keep, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
     expect([one!.accepted().length, two!.accepted().length]).toEqual([1, 1]);
   });
 
   it('delivers to the domain itself when it has no MX (implicit MX)', async () => {
     const [rx] = await receiversOn({});
     const deliverer = world({ 'bare.test': { a: ['127.0.0.1'] } }, rx!.port);
-    const dest = await hostsDestination(deliverer, 'bare.test');
+    const dest = await hostsFor(deliverer, 'bare.test');
     expect(dest.via).toBe('implicit-mx');
     const [result] = await deliverer.deliver(dest, [outbound({ to: ['u@bare.test'] })]);
     expect(result!.recipients[0]).toMatchObject({ outcome: 'delivered', remoteHost: `bare.test[127.0.0.1]:${rx!.port}` });
@@ -163,10 +143,9 @@ describe('MX delivery and host fail-over', () => {
   it('defers everything with the last host\'s reply when no host can be reached', async () => {
     const [rx] = await receiversOn({});
     const port = rx!.port;
-    await rx!.close();
-    receivers = [];
+    await rx!.close(); // closing again after the test is harmless
     const deliverer = world({ 'dest.test': { mx: [{ preference: 10, exchange: 'mx.dest.test' }] }, 'mx.dest.test': { a: ['127.0.0.1'] } }, port);
-    const results = await deliverer.deliver(await hostsDestination(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test', 'w@dest.test'] })]);
+    const results = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test'] }), outbound({ to: ['v@dest.test', 'w@dest.test'] })]);
     for (const r of results) {
       expect(r.aborted).toBe(false);
       for (const rcpt of r.recipients) expect(rcpt).toMatchObject({ outcome: 'deferred', reply: { code: 421, enhanced: '4.4.1' } });

@@ -61,8 +61,8 @@ describe('MX resolution (RFC 5321 §5.1)', () => {
   });
 
   it('orders equal preferences by the injected randomness', async () => {
-    const first = await makeDeliverer(dnsConfig(), () => 0).resolve('equal.test');
-    const last = await makeDeliverer(dnsConfig(), () => 0.999).resolve('equal.test');
+    const first = await makeDeliverer(dnsConfig(), { random: () => 0 }).resolve('equal.test');
+    const last = await makeDeliverer(dnsConfig(), { random: () => 0.999 }).resolve('equal.test');
     const a = hostsOf(first).map((h) => h.host);
     const b = hostsOf(last).map((h) => h.host);
     expect(new Set(a)).toEqual(new Set(['a.equal.test', 'b.equal.test', 'c.equal.test']));

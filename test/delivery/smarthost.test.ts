@@ -4,32 +4,18 @@
  */
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Deliverer } from '../../src/delivery/deliverer.js';
-import type { Destination } from '../../src/delivery/types.js';
-import { startReceiver, type Receiver, type ReceiverOptions } from '../helpers/receiver.js';
-import { outbound, testConfig } from './harness.js';
+import { describe, expect, it } from 'vitest';
+import { hostsFor, makeDeliverer, outbound, receiversPerTest, testConfig } from './harness.js';
 
 const SECRET = 'pa55-w0rd-never-logged';
-let receivers: Receiver[] = [];
-afterEach(async () => {
-  await Promise.all(receivers.map((r) => r.close()));
-  receivers = [];
-});
-
-async function receiver(options: ReceiverOptions = {}): Promise<Receiver> {
-  const rx = await startReceiver(options);
-  receivers.push(rx);
-  return rx;
-}
+const { receiver } = receiversPerTest();
 
 /** A deliverer with `smarthost` and a logger that keeps every line (trace: the SMTP transcript too). */
 async function viaSmarthost(smarthost: Record<string, unknown>, delivery: Record<string, unknown> = {}) {
   const lines: string[] = [];
   const sink = new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb(); } });
-  const config = testConfig({ delivery: { smarthost, ...delivery } });
-  const deliverer = new Deliverer({ config: () => config, logger: pino({ level: 'trace' }, sink) });
-  const dest = (await deliverer.resolve('anywhere.example')) as Extract<Destination, { kind: 'hosts' }>;
+  const deliverer = makeDeliverer(testConfig({ delivery: { smarthost, ...delivery } }), { logger: pino({ level: 'trace' }, sink) });
+  const dest = await hostsFor(deliverer, 'anywhere.example');
   expect(dest.via).toBe('smarthost');
   return { deliverer, dest, lines };
 }

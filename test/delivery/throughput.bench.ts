@@ -4,9 +4,8 @@
  * figure includes the receiver's own cost). Run: `npx vitest bench --run test/delivery/throughput.bench.ts`.
  */
 import { afterAll, beforeAll, bench } from 'vitest';
-import type { Destination } from '../../src/delivery/types.js';
 import { startReceiver, type Receiver } from '../helpers/receiver.js';
-import { makeDeliverer, outbound, testConfig } from './harness.js';
+import { hostsFor, makeDeliverer, outbound, testConfig } from './harness.js';
 
 const TOTAL = 2000;
 const WORKERS = 20;
@@ -17,8 +16,8 @@ let deliver: (n: number) => Promise<void>;
 
 beforeAll(async () => {
   rx = await startReceiver();
-  const deliverer = makeDeliverer(testConfig({ delivery: { routes: { 'bench.test': `127.0.0.1:${rx.port}` } } }));
-  const dest = (await deliverer.resolve('bench.test')) as Extract<Destination, { kind: 'hosts' }>;
+  const deliverer = makeDeliverer(testConfig({ delivery: { routes: { 'bench.test': rx.address } } }));
+  const dest = await hostsFor(deliverer, 'bench.test');
   deliver = async (n) => {
     const results = await deliverer.deliver(dest, Array.from({ length: n }, () => outbound({ to: ['a@bench.test'], body })));
     for (const r of results) if (r.recipients[0]?.outcome !== 'delivered') throw new Error(`not delivered: ${JSON.stringify(r)}`);

@@ -3,30 +3,10 @@
  * outcomes, SIZE, SMTPUTF8, 8BITMIME, DSN parameters, connection reuse with RSET, timeouts on a
  * stalled server, the stillWanted() abort before the final ".", and byte-for-byte bodies.
  */
-import { afterEach, describe, expect, it } from 'vitest';
-import type { Destination } from '../../src/delivery/types.js';
-import { startReceiver, type Receiver, type ReceiverOptions } from '../helpers/receiver.js';
-import { makeDeliverer, outbound, testConfig } from './harness.js';
+import { describe, expect, it } from 'vitest';
+import { outbound, receiversPerTest, routedTo } from './harness.js';
 
-let receivers: Receiver[] = [];
-afterEach(async () => {
-  await Promise.all(receivers.map((r) => r.close()));
-  receivers = [];
-});
-
-async function receiver(options: ReceiverOptions = {}): Promise<Receiver> {
-  const rx = await startReceiver(options);
-  receivers.push(rx);
-  return rx;
-}
-
-/** A deliverer routing dest.test to the receiver, and the destination to hand it. */
-async function routedTo(rx: Receiver, delivery: Record<string, unknown> = {}) {
-  const config = testConfig({ delivery: { routes: { 'dest.test': `127.0.0.1:${rx.port}` }, ...delivery } });
-  const deliverer = makeDeliverer(config);
-  const dest = (await deliverer.resolve('dest.test')) as Extract<Destination, { kind: 'hosts' }>;
-  return { deliverer, dest };
-}
+const { receiver } = receiversPerTest();
 
 describe('per-recipient outcomes', () => {
   it('maps RCPT replies 250/450/550 to delivered/deferred/failed, with the remote\'s reply', async () => {

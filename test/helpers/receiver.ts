@@ -12,6 +12,11 @@
  *   bytes exactly as received (dot-unstuffed by smtp-server), whether the final "." arrived
  *   (`complete`) and the reply given to it. `completed()` lists only transactions whose data
  *   ended with "." — a sender that aborts before the dot leaves `complete: false` behind.
+ *   `data`/`bytes` are live while DATA is in progress (all but the last ≤4 bytes read so far),
+ *   so a test can see a sender that stopped just before its final ".".
+ * - Waiting is event-driven: `until(probe)` re-asks on every recorded step (and every 200 ms),
+ *   `waitForCompleted(n)`; for numbered mail (an "X-Seq:" header, see `seqOf`) `tally` and
+ *   `waitForDeliveries` say what arrived, what is missing and how many came twice.
  * - Replies follow `script`, which the test may replace at any time (`receiver.script = …`):
  *   per step a reply text such as "450 4.2.0 Mailbox busy" (the code is its first three digits;
  *   the rest is sent verbatim), "drop" (close the TCP connection at once) or "stall" (never
@@ -92,8 +97,15 @@ export interface ReceivedTransaction {
   mailFrom: Param;
   /** The recipients the server accepted (a rejected RCPT is not part of the transaction). */
   rcptTo: Param[];
-  /** Message bytes as received (after dot-unstuffing), up to the final "." or the connection loss. */
-  data: Buffer;
+  /**
+   * Message bytes as received (after dot-unstuffing), up to the final "." or the connection loss.
+   * Live while DATA is in progress: smtp-server holds back the last 4 bytes it has read until it
+   * knows they are not part of the final "\r\n.\r\n", so a sender stopped just before the "."
+   * shows here as all of its body but at most its last 4 bytes.
+   */
+  readonly data: Buffer;
+  /** Bytes received so far (the length of `data`). */
+  readonly bytes: number;
   /** The final "." arrived: the remote had the whole message. */
   complete: boolean;
   /** The reply given to the final "." (undefined when none was given). */
@@ -165,6 +177,9 @@ export class Receiver {
   readonly #byId = new Map<string, ReceivedConnection>();
   readonly #sockets = new Set<Socket>();
   #waiters: (() => void)[] = [];
+  #closing: Promise<void> | undefined;
+  /** X-Seq of completed transactions, parsed once. */
+  readonly #seqs = new WeakMap<ReceivedTransaction, number>();
 
   constructor(options: ReceiverOptions = {}) {
     this.script = options.script ?? {};
@@ -240,16 +255,65 @@ export class Receiver {
 
   /** Resolves once `n` transactions are complete (or rejects after timeoutMs). */
   async waitForCompleted(n: number, timeoutMs = 10_000): Promise<ReceivedTransaction[]> {
+    await this.until(() => this.completed().length >= n, timeoutMs).catch(() => {
+      throw new Error(`receiver: ${this.completed().length} of ${n} transactions completed after ${timeoutMs} ms`);
+    });
+    return this.completed();
+  }
+
+  /**
+   * Resolves with the first truthy value of `probe`, asked again whenever the receiver records
+   * something (a command's effect, a data chunk, a final ".") and at least every 200 ms; rejects
+   * after timeoutMs.
+   */
+  async until<T>(probe: () => T | undefined | false | null, timeoutMs = 10_000): Promise<T> {
     const deadline = Date.now() + timeoutMs;
-    while (this.completed().length < n) {
+    for (;;) {
+      const v = probe();
+      if (v) return v;
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`receiver: ${this.completed().length} of ${n} transactions completed after ${timeoutMs} ms`);
+      if (left <= 0) throw new Error(`receiver: condition not met after ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, Math.min(left, 200));
         this.#waiters.push(() => { clearTimeout(timer); resolve(); });
       });
     }
-    return this.completed();
+  }
+
+  /**
+   * How the mails numbered `expected` (by their X-Seq header, see `seqOf`) arrived: each completed
+   * transaction's number in order of arrival, which never arrived, how many arrived twice or more.
+   */
+  tally(expected: Iterable<number>): DeliveryTally {
+    const received: number[] = [];
+    for (const tx of this.completed()) {
+      let seq = this.#seqs.get(tx);
+      if (seq === undefined) {
+        seq = seqOf(tx.data) ?? NaN;
+        this.#seqs.set(tx, seq);
+      }
+      received.push(seq);
+    }
+    const times = new Map<number, number>();
+    for (const s of received) times.set(s, (times.get(s) ?? 0) + 1);
+    return {
+      received,
+      distinct: new Set(times.keys()),
+      missing: [...expected].filter((s) => !times.has(s)),
+      duplicates: received.length - times.size,
+      times,
+    };
+  }
+
+  /**
+   * Waits until every mail numbered in `expected` has arrived complete at least once, or until
+   * timeoutMs, and returns the tally either way (the caller asserts on `missing`, so a failure
+   * names the mails that never came). Duplicates are counted, never waited for.
+   */
+  async waitForDeliveries(expected: Iterable<number>, timeoutMs: number): Promise<DeliveryTally> {
+    const wanted = [...expected];
+    await this.until(() => this.tally(wanted).missing.length === 0, timeoutMs).catch(() => undefined);
+    return this.tally(wanted);
   }
 
   /** Forgets what was recorded (the counters of open connections stay true). */
@@ -260,9 +324,13 @@ export class Receiver {
     this.maxConcurrency = this.openConnections;
   }
 
-  async close(): Promise<void> {
-    for (const s of this.#sockets) s.destroy();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  /** Closes the server and every connection; calling it again waits for the same close. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const s of this.#sockets) s.destroy();
+      await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    })();
+    return this.#closing;
   }
 
   #notify(): void {
@@ -357,21 +425,33 @@ export class Receiver {
 
   #onData(stream: NodeJS.ReadableStream & { sizeExceeded?: boolean }, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
     const c = this.#connection(session);
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    let joined: Buffer | undefined;
     const tx: ReceivedTransaction = {
       connectionId: c.id,
       mailFrom: param(session.envelope.mailFrom || { address: '', args: false }),
       rcptTo: session.envelope.rcptTo.map(param),
-      data: Buffer.alloc(0),
+      // Joined on demand (and kept until the next chunk), so a large message is not copied per chunk.
+      get data() {
+        joined ??= Buffer.concat(chunks, bytes);
+        return joined;
+      },
+      get bytes() {
+        return bytes;
+      },
       complete: false,
       secure: session.secure,
     };
     c.transactions.push(tx);
     this.transactions.push(tx);
-    const chunks: Buffer[] = [];
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-    stream.on('error', () => { tx.data = Buffer.concat(chunks); });
+    stream.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      bytes += chunk.length;
+      joined = undefined;
+      this.#notify();
+    });
     stream.on('end', () => {
-      tx.data = Buffer.concat(chunks);
       tx.complete = true;
       const s = this.script.dataEnd;
       const step = typeof s === 'function' ? s(tx) : s;
@@ -409,6 +489,27 @@ function param(a: SMTPServerAddress | { address: string; args: false }): Param {
   const args: Record<string, string | true> = {};
   if (a.args && typeof a.args === 'object') for (const [k, v] of Object.entries(a.args)) args[k.toUpperCase()] = v as string | true;
   return { address: a.address, args };
+}
+
+/** What arrived of a numbered set of mails (see `Receiver.tally`). */
+export interface DeliveryTally {
+  /** X-Seq of every completed transaction, in order of arrival (NaN for a message without one). */
+  received: number[];
+  distinct: Set<number>;
+  /** Expected numbers that never arrived complete. */
+  missing: number[];
+  /** Arrivals beyond the first of the same number. */
+  duplicates: number;
+  /** How often each number arrived. */
+  times: Map<number, number>;
+}
+
+/** The number in a message's "X-Seq:" header: how end-to-end tests tell apart the mails they send. */
+export function seqOf(data: Buffer): number | undefined {
+  const text = data.toString('latin1');
+  const end = text.indexOf('\r\n\r\n');
+  const m = /(?:^|\r\n)X-Seq: (\d+)\r\n/i.exec(end < 0 ? text : text.slice(0, end + 2));
+  return m ? Number(m[1]) : undefined;
 }
 
 /** Starts a receiver on 127.0.0.1 port 0. */

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigStore } from '../../src/config/store.js';
 import { Deliverer } from '../../src/delivery/deliverer.js';
+import type { DeliveryAgent } from '../../src/delivery/types.js';
 import { pino } from 'pino';
 import { silentLogger, type Logger } from '../../src/logger.js';
 import { createMetrics, type Metrics } from '../../src/metrics.js';
@@ -44,7 +45,17 @@ export function testLogger(): Logger {
   return process.env.TEST_LOG ? pino({ level: process.env.TEST_LOG }) : silentLogger();
 }
 
-export async function startScheduler(overlay: Plain, o: { start?: boolean } = {}): Promise<SchedulerHarness> {
+export interface SchedulerHarnessOptions {
+  /** false: the scheduler is not started (build a backlog first, then `scheduler.start()`). */
+  start?: boolean;
+  /**
+   * What the scheduler gets as its delivery stage, made from the real Deliverer: lets a test
+   * observe or pause a step of a real delivery (e.g. the stillWanted() before the final ".").
+   */
+  wrapDelivery?: (real: Deliverer) => DeliveryAgent;
+}
+
+export async function startScheduler(overlay: Plain, o: SchedulerHarnessOptions = {}): Promise<SchedulerHarness> {
   const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-scheduler-'));
   const base: Plain = {
     smtp: { listen: ['127.0.0.1:0'], hostname: 'mx.spoolhouse.test' },
@@ -53,7 +64,8 @@ export async function startScheduler(overlay: Plain, o: { start?: boolean } = {}
     delivery: {
       heloName: 'mx.spoolhouse.test',
       tls: { opportunistic: false, verify: false },
-      timeouts: { connect: '2s', greeting: '5s', command: '5s', data: '10s' },
+      // Generous: a loopback connect never needs long, so only a stalled (loaded) process hits these.
+      timeouts: { connect: '10s', greeting: '10s', command: '10s', data: '10s' },
       retry: { min: '200ms', max: '400ms', lifetime: '1h' },
       leaseTime: '5s',
     },
@@ -66,7 +78,7 @@ export async function startScheduler(overlay: Plain, o: { start?: boolean } = {}
   await queue.start();
   const metrics = createMetrics();
   const delivery = new Deliverer({ config: () => store.current, logger });
-  const scheduler = new Scheduler({ config: store, queue, delivery, logger, metrics, nodeName: 'test-node' });
+  const scheduler = new Scheduler({ config: store, queue, delivery: o.wrapDelivery ? o.wrapDelivery(delivery) : delivery, logger, metrics, nodeName: 'test-node' });
   if (o.start !== false) scheduler.start();
   let closed = false;
   return {
