@@ -46,6 +46,7 @@ import { join } from 'node:path';
 import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type KafkaConfig, type LogEntry, type Producer, type SASLOptions } from 'kafkajs';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../logger.js';
+import { BodyCache } from '../body-cache.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
   applyAttempt, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
@@ -204,6 +205,8 @@ export class KafkaQueue implements Queue {
   private readonly progress = new Set<() => void>();
   /** Bodies this node wrote to its cache at enqueue; their records need no second write. */
   private readonly ownBodies = new Set<MailId>();
+  /** Bodies this node enqueued lately, so its own delivery reads none back (see body-cache.ts). */
+  private readonly bodyCache = new BodyCache(32 * 1024 * 1024);
   /** Mail this node is writing a reservation for right now (not offered twice). */
   private readonly claiming = new Set<MailId>();
   private lowCredit = 0;
@@ -520,6 +523,7 @@ export class KafkaQueue implements Queue {
 
   /** A finished mail's body is tombstoned (compaction then frees it); best effort, logged. */
   private dropBody(id: MailId): void {
+    this.bodyCache.delete(id);
     this.writer!.submit({ content: { key: id, value: null } })
       .catch((err: unknown) => this.log.warn({ err, mailId: id }, 'body tombstone failed; purge retries'));
   }
@@ -531,6 +535,7 @@ export class KafkaQueue implements Queue {
     // file + rename needed: nobody reads this path before the state record is applied, after this.
     await writeFile(this.bodyPath(mail.id), req.body);
     this.ownBodies.add(mail.id);
+    this.bodyCache.put(mail.id, req.body);
     let outcome: WriteOutcome | undefined;
     try {
       [outcome] = await this.writeStates([{ prev: 0, mail, body: req.body }], 'enqueue', (late) => {
@@ -540,6 +545,7 @@ export class KafkaQueue implements Queue {
       });
     } catch (err) {
       this.ownBodies.delete(mail.id);
+      this.bodyCache.delete(mail.id);
       await rm(this.bodyPath(mail.id), { force: true });
       this.log.warn({ err, mailId: mail.id }, 'enqueue failed');
       throw err;
@@ -682,6 +688,8 @@ export class KafkaQueue implements Queue {
     this.assertOpen();
     const mail = await this.lookup(id);
     if (!mail || isTerminal(mail.state)) throw new MailNotFoundError(id);
+    const cached = this.bodyCache.stream(id);
+    if (cached) return cached;
     const path = this.bodyPath(id);
     if (!(await stat(path).catch(() => undefined))) {
       // Accepted by another node and not read by our consumer yet: catch up with the topic's end.
