@@ -338,25 +338,47 @@ export class SpoolQueue implements Queue {
     });
   }
 
+  /**
+   * Two stages, overlapped: while group N's LMDB transaction commits (with its sync), group N+1's
+   * bodies are written and fdatasync'ed. A group's transaction is only queued once the previous
+   * one has committed, so it never sees (or builds on) writes that might still roll back; a
+   * group's bodies are always on disk before its transaction references them.
+   */
   private async flushLoop(): Promise<void> {
     // Let requests made in the same tick join the first group.
     await Promise.resolve();
+    let committing: Promise<void> | undefined;
     try {
       while (this.pending.length) {
         const group = this.pending;
         this.pending = [];
-        await this.flushGroup(group);
+        const t0 = performance.now();
+        const ops = await this.appendBodies(group);
+        const appendMs = performance.now() - t0;
+        if (committing) await committing;
+        committing = ops.length ? this.commitGroup(ops, appendMs).catch((err: unknown) => this.failGroup(ops, err)) : undefined;
+        // Nothing new arrived during the append: wait for this commit (arrivals gather meanwhile).
+        if (committing && !this.pending.length) {
+          await committing;
+          committing = undefined;
+        }
       }
     } finally {
+      if (committing) await committing;
       this.flushing = undefined;
     }
   }
 
-  private async flushGroup(group: WriteOp[]): Promise<void> {
-    const t0 = performance.now();
-    const ops = await this.appendBodies(group);
+  /** A bug of ours while committing: every op of the group not settled yet fails (settled ones stay). */
+  private failGroup(ops: WriteOp[], err: unknown): void {
+    this.log.error({ err, ops: ops.length }, 'spool group failed unexpectedly');
+    const failure = err instanceof QueueError ? err : new QueueUnavailableError(`Spool write failed: ${(err as Error)?.message ?? String(err)}`);
+    for (const op of ops) op.reject(failure);
+  }
+
+  /** Commits one group's records in one LMDB transaction and settles each op. */
+  private async commitGroup(ops: WriteOp[], appendMs: number): Promise<void> {
     const t1 = performance.now();
-    if (!ops.length) return;
     const tx = new WriteTx(this, this.now());
     const results: { ok: boolean; value: unknown }[] = [];
     let tcb0 = 0;
@@ -384,7 +406,7 @@ export class SpoolQueue implements Queue {
         tcb1 = performance.now();
       });
       await committed;
-      this.log.trace({ ops: ops.length, appendMs: Math.round(t1 - t0), commitMs: Math.round(performance.now() - t1), waitMs: Math.round(tcb0 - t1), callbackMs: Math.round(tcb1 - tcb0) }, 'spool group committed');
+      this.log.trace({ ops: ops.length, appendMs: Math.round(appendMs), commitMs: Math.round(performance.now() - t1), waitMs: Math.round(tcb0 - t1), callbackMs: Math.round(tcb1 - tcb0) }, 'spool group committed');
     } catch (err) {
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
