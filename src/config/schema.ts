@@ -186,6 +186,8 @@ export const configSchema = z.strictObject({
     users: z.union([z.null(), z.string().min(1)]),
     /** Allow AUTH without TLS (only sensible on loopback/test setups). */
     allowInsecure: z.boolean(),
+    /** Failed AUTH attempts a session may make; the next failure is answered 421 4.7.0 and the connection closed. */
+    maxFailures: z.number().int().min(1).max(100),
   }),
   queue: z.strictObject({
     backend: z.enum(['spool', 'kafka']),

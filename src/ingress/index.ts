@@ -49,6 +49,8 @@ interface SessionState {
   config: Config;
   trusted: boolean;
   listener: ListenerInfo;
+  /** Failed AUTH attempts so far in this session. */
+  authFailures: number;
 }
 
 /** Received: headers a message may already carry (Postfix hopcount_limit). */
@@ -198,7 +200,7 @@ export class SmtpIngress {
     let state = this.#sessions.get(session);
     if (!state) {
       const config = this.#store.current;
-      state = { config, trusted: isTrustedAddress(session.remoteAddress, config.relay.networks), listener };
+      state = { config, trusted: isTrustedAddress(session.remoteAddress, config.relay.networks), listener, authFailures: 0 };
       this.#sessions.set(session, state);
     }
     return state;
@@ -236,8 +238,7 @@ export class SmtpIngress {
           this.#logger.info({ user, client: session.remoteAddress, method: auth.method }, 'smtp auth succeeded');
           cb(null, { user });
         } else {
-          this.#logger.warn({ user, client: session.remoteAddress, method: auth.method }, 'smtp auth failed');
-          cb(replyError(535, '5.7.8', 'Authentication credentials invalid', 'auth'));
+          this.#authFailed(session, user, auth.method, cb);
         }
       },
       (err: unknown) => {
@@ -245,6 +246,24 @@ export class SmtpIngress {
         cb(replyError(454, '4.7.0', 'Temporary authentication failure', 'auth'));
       },
     );
+  }
+
+  /** 535 5.7.8, or at the session's auth.maxFailures-th failure 421 4.7.0 and the connection closed. */
+  #authFailed(session: SMTPServerSession, user: string, method: string, cb: (err: Error) => void): void {
+    const state = this.#sessions.get(session);
+    const failures = state ? ++state.authFailures : 1;
+    const max = state?.config.auth.maxFailures ?? this.#store.current.auth.maxFailures;
+    this.#logger.warn({ user, client: session.remoteAddress, method, failures }, 'smtp auth failed');
+    if (failures < max) {
+      cb(replyError(535, '5.7.8', 'Authentication credentials invalid', 'auth'));
+      return;
+    }
+    this.#logger.warn({ client: session.remoteAddress, failures }, 'too many failed auth attempts; closing the connection');
+    cb(replyError(421, '4.7.0', 'Too many failed authentication attempts, closing connection', 'auth'));
+    // smtp-server has written the reply by now; end the session after it.
+    for (const { server } of this.#servers) {
+      for (const conn of server.connections) if (conn.session === session) setImmediate(() => conn.close());
+    }
   }
 
   #onMailFrom(address: SMTPServerAddress, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {

@@ -141,6 +141,29 @@ describe('STARTTLS, implicit TLS and AUTH', () => {
     await c.quit();
   });
 
+  it('closes the session with 421 4.7.0 at the auth.maxFailures-th failed AUTH (3 by default)', async () => {
+    const c = await SmtpClient.connect({ port: submission });
+    await c.read();
+    await c.ehlo();
+    await c.starttls({ ca: readFileSync(certFile) });
+    for (let i = 0; i < 2; i++) {
+      const bad = await c.command(`AUTH PLAIN ${b64('\0alice\0guess' + i)}`);
+      expect([bad.code, bad.enhanced]).toEqual([535, '5.7.8']);
+    }
+    const last = await c.command(`AUTH PLAIN ${b64('\0alice\0guess2')}`);
+    expect([last.code, last.enhanced]).toEqual([421, '4.7.0']);
+    await c.waitClosed(5_000);
+    expect(c.closed).toBe(true);
+    // A fresh session starts counting again, and the right password still works there.
+    const d = await SmtpClient.connect({ port: submission });
+    await d.read();
+    await d.ehlo();
+    await d.starttls({ ca: readFileSync(certFile) });
+    expect((await d.command(`AUTH PLAIN ${b64('\0alice\0wrong')}`)).code).toBe(535);
+    expect((await d.command(`AUTH PLAIN ${b64('\0alice\0wonderland')}`)).code).toBe(235);
+    await d.quit();
+  });
+
   it('re-reads the users file when the configuration changes', async () => {
     const second = join(certDir, 'users2');
     writeFileSync(second, `bob:${bcrypt.hashSync('builder', 4)}\n`);
