@@ -13,9 +13,13 @@
  * - New segment files are made durable in the directory (fsync of the directory) before any body
  *   in them is acknowledged.
  *
+ * - Compaction (SpoolQueue.compactSegments) copies the live bodies of a mostly dead sealed segment
+ *   into the current one like any new body (append + fdatasync before the metadata points at
+ *   them), so the old file can go; it is never written to.
+ *
  * Plain read/write syscalls only (no mmap), so a full disk is an error code, never a SIGBUS.
  */
-import { mkdir, open, readdir, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MailNotFoundError } from '../errors.js';
 
@@ -104,6 +108,39 @@ export class SegmentStore {
       return Readable.from([]);
     }
     return fh.createReadStream({ start: loc.off, end: loc.off + loc.len - 1, autoClose: true });
+  }
+
+  /** Reads one body whole (for compaction, which copies it to the current segment). */
+  async readAt(id: string, loc: BodyLocation): Promise<Buffer> {
+    let fh: FileHandle;
+    try {
+      fh = await open(join(this.dir, segmentFileName(loc.seg)), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MailNotFoundError(id);
+      throw err;
+    }
+    try {
+      const buf = Buffer.allocUnsafe(loc.len);
+      let got = 0;
+      while (got < loc.len) {
+        const { bytesRead } = await fh.read(buf, got, loc.len - got, loc.off + got);
+        if (bytesRead === 0) throw Object.assign(new Error(`segment ${loc.seg} ends inside the body of ${id}`), { code: 'EIO' });
+        got += bytesRead;
+      }
+      return buf;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The size of a segment file in bytes (0 when it is gone). */
+  async size(seg: number): Promise<number> {
+    try {
+      return (await stat(join(this.dir, segmentFileName(seg)))).size;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+      throw err;
+    }
   }
 
   /** Deletes a segment that holds no live body. Never the current one. */

@@ -63,7 +63,7 @@ export interface SpoolQueueOptions {
   now?: () => number;
   /**
    * A new segment file is started once the current one reaches this size. Default 16 MiB: small
-   * enough that one long-deferred mail pins little disk (segments are not compacted yet).
+   * enough that compaction (compactSegments) has little to copy when a few bodies outlive the rest.
    */
   segmentBytes?: number;
   /** Memory for bodies of recently enqueued mail (read back by delivery without disk I/O). Default 32 MiB; 0 disables. */
@@ -137,6 +137,7 @@ class WriteTx {
     for (const k of counterKeys(after)) this.count(k, +1);
     if (opts.body) {
       q.bodies.putSync(after.id, [opts.body.seg, opts.body.off, opts.body.len]);
+      q.ix.putSync(bodyKey(after.id, opts.body), ONE);
       this.count(['c', 'seg', opts.body.seg], +1);
       this.count(['c', 'bytes'], opts.body.len);
     }
@@ -149,8 +150,18 @@ class WriteTx {
     const loc = this.q.bodies.get(id);
     if (!loc) return;
     this.q.bodies.removeSync(id);
+    this.q.ix.removeSync(bodyKey(id, { seg: loc[0], off: loc[1], len: loc[2] }));
     this.count(['c', 'seg', loc[0]], -1);
     this.count(['c', 'bytes'], -loc[2]);
+  }
+
+  /** Points a live body at its copy (compaction); the old segment loses one live body. */
+  moveBody(id: MailId, from: BodyLocation, to: BodyLocation): void {
+    this.q.bodies.putSync(id, [to.seg, to.off, to.len]);
+    this.q.ix.removeSync(bodyKey(id, from));
+    this.q.ix.putSync(bodyKey(id, to), ONE);
+    this.count(['c', 'seg', from.seg], -1);
+    this.count(['c', 'seg', to.seg], +1);
   }
 
   /** Deletes a mail record entirely (purge). */
@@ -162,6 +173,20 @@ class WriteTx {
     this.events.push({ type: 'purged', id: mail.id, state: mail.state, at: this.now });
   }
 }
+
+/** ix entry of a live body, by segment: ['B', seg, off, len, id] (what compaction scans). */
+function bodyKey(id: MailId, loc: BodyLocation): IndexKey {
+  return ['B', loc.seg, loc.off, loc.len, id];
+}
+
+/** A sealed segment is compacted when its live bodies are at most this share of its bytes... */
+const COMPACT_LIVE_SHARE = 0.25;
+/** ...and at most this many (so that looking at a segment stays cheap). */
+const COMPACT_MAX_LIVE = 256;
+/** Segments compacted per round (bounds the I/O of one round). */
+const COMPACT_PER_ROUND = 8;
+/** Bytes copied per write group during compaction. */
+const COMPACT_CHUNK_BYTES = 4 * 1024 * 1024;
 
 function eventOf(before: QueuedMail | undefined, after: QueuedMail, at: Millis): QueueEvent {
   const type = eventTypeFor(before, after);
@@ -238,6 +263,7 @@ export class SpoolQueue implements Queue {
       const tSegments = Date.now();
       this.open = true;
       const released = await this.releaseOrphanLeases();
+      await this.ensureBodyIndex();
       this.schedulePurge();
       this.log.info({
         ms: Date.now() - t0, lockAndOpenMs: tOpen - t0, countersAndSegmentsMs: tSegments - tOpen, leasesMs: Date.now() - tSegments,
@@ -302,6 +328,81 @@ export class SpoolQueue implements Queue {
       if (this.counter(['c', 'seg', seg]) > 0) continue;
       if (await this.segments.remove(seg)) this.log.debug({ seg }, 'segment reclaimed');
     }
+  }
+
+  /** Spools made before the ['B'] body index get it built once, so their segments can be compacted. */
+  private async ensureBodyIndex(): Promise<void> {
+    const marker: IndexKey = ['v', 'bodyIndex'];
+    if (this.meta.get(marker)) return;
+    let start: string | undefined;
+    for (;;) {
+      const batch = [...this.bodies.getRange({ ...(start === undefined ? {} : { start }), limit: 5000 })]
+        .filter(({ key }) => key !== start);
+      if (!batch.length) break;
+      await this.submit({ run: () => { for (const { key, value } of batch) this.ix.putSync(bodyKey(key, { seg: value[0], off: value[1], len: value[2] }), ONE); } });
+      start = batch[batch.length - 1]!.key;
+    }
+    await this.submit({ run: () => this.meta.putSync(marker, 1) });
+  }
+
+  /**
+   * Moves the live bodies out of sealed segments that are mostly dead (at most COMPACT_LIVE_SHARE
+   * of their bytes and COMPACT_MAX_LIVE bodies still live), so one long-deferred mail does not
+   * pin a whole segment file. Each copy is appended and synced like a new body before the
+   * metadata points at it, and only if the mail still uses the old copy at that moment; the old
+   * file is deleted once it has no live body. Returns how many segments were emptied.
+   */
+  async compactSegments(): Promise<number> {
+    this.assertOpen();
+    let emptied = 0;
+    for (const seg of (await this.segments.list()).sort((a, b) => a - b)) {
+      if (emptied >= COMPACT_PER_ROUND || !this.open || this.closing) break;
+      if (seg >= this.segments.currentId) continue;
+      const live = this.counter(['c', 'seg', seg]);
+      if (live === 0) {
+        await this.reclaimSegments([seg]);
+        continue;
+      }
+      if (live > COMPACT_MAX_LIVE) continue;
+      const bodies = [...this.ix.getKeys({ start: ['B', seg], end: ['B', seg, HIGH] })]
+        .map((k) => ({ id: String(k[4]), loc: { seg, off: Number(k[2]), len: Number(k[3]) } }));
+      const liveBytes = bodies.reduce((n, b) => n + b.loc.len, 0);
+      const size = await this.segments.size(seg);
+      if (size === 0 || liveBytes > size * COMPACT_LIVE_SHARE) continue;
+      for (let i = 0; i < bodies.length;) {
+        const chunk: typeof bodies = [];
+        let bytes = 0;
+        while (i < bodies.length && (chunk.length === 0 || bytes + bodies[i]!.loc.len <= COMPACT_CHUNK_BYTES)) {
+          bytes += bodies[i]!.loc.len;
+          chunk.push(bodies[i++]!);
+        }
+        await Promise.all(chunk.map(async ({ id, loc }) => {
+          let copy: Buffer;
+          try {
+            copy = await this.segments.readAt(id, loc);
+          } catch (err) {
+            if (err instanceof MailNotFoundError) return; // finished meanwhile, segment already gone
+            throw err;
+          }
+          const op: Omit<WriteOp, 'resolve' | 'reject'> = {
+            body: copy,
+            run: (tx) => {
+              const now = this.bodies.get(id);
+              // Finished, or moved, since it was read: the copy is garbage in the current segment.
+              if (!now || now[0] !== loc.seg || now[1] !== loc.off) return false;
+              tx.moveBody(id, loc, op.location!);
+              return true;
+            },
+          };
+          await this.submit<boolean>(op);
+        }));
+      }
+      if (this.counter(['c', 'seg', seg]) === 0) {
+        emptied++;
+        this.log.info({ seg, moved: bodies.length, liveBytes, segmentBytes: size }, 'segment compacted');
+      }
+    }
+    return emptied;
   }
 
   /** The previous owner of the directory is gone: its leases can never be used again. */
@@ -669,7 +770,14 @@ export class SpoolQueue implements Queue {
     if (!loc) throw new MailNotFoundError(id);
     const cached = this.bodyCache.stream(id);
     if (cached) return cached;
-    return this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
+    try {
+      return await this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
+    } catch (err) {
+      // Compaction may have moved the body and deleted its old segment between the two reads.
+      const moved = this.bodies.get(id);
+      if (!(err instanceof MailNotFoundError) || !moved || moved[0] === loc[0]) throw err;
+      return this.segments.openBody(id, { seg: moved[0], off: moved[1], len: moved[2] });
+    }
   }
 
   async browse(filter: BrowseFilter, opts: BrowseOptions = {}): Promise<BrowsePage> {
@@ -731,6 +839,8 @@ export class SpoolQueue implements Queue {
     this.purgeTimer = setTimeout(() => {
       this.purgeFinished()
         .catch((err) => this.log.error({ err }, 'purge of finished mail failed'))
+        .then(() => (this.open && !this.closing ? this.compactSegments() : 0))
+        .catch((err) => this.log.error({ err }, 'segment compaction failed'))
         .finally(() => { if (this.open && !this.closing) this.schedulePurge(); });
     }, every);
     this.purgeTimer.unref();
