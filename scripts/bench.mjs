@@ -5,6 +5,8 @@
 //   delivery     Spoolhouse end to end with latency p50/p99
 //   spool-scale  the embedded spool with a large queue (--count, default 1,000,000): recovery, browse, RSS
 //   kafka-ingest the Kafka backend's ingest (needs KAFKA_BROKERS or starts the test broker)
+//   kafka-e2e    one node on the Kafka backend: smtp-source → Spoolhouse → smtp-sink, ingest and end to end, latency p50/p99
+//   admin-browse the admin API over a large spool (--count, default 1,000,000): filtered pages p50/p99 over HTTP, /api/stats
 // `npm run bench -- compare ingest` runs only those; for options run one directly, e.g.
 // `node dist/bench/spool-scale.js --count 100000`.
 import { spawnSync } from 'node:child_process';
@@ -12,7 +14,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { build, ensureNodeModules, root } from './setup.mjs';
 
-const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'kafka-ingest'];
+const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
 const names = process.argv.slice(2).filter((a) => ALL.includes(a));
 ensureNodeModules();
 build();

@@ -1,0 +1,267 @@
+/**
+ * End to end on the Kafka backend: one Spoolhouse node (dist/src/main.js, queue.backend "kafka")
+ * fed by Debian's `smtp-source` (20 sessions of 5 KB mails by default, in the two shapes
+ * bench/compare.ts feeds Postfix and the spool: sessions kept (`-d`, mail after mail on each
+ * connection) and a connection per mail) and relaying by smarthost to `smtp-sink` (dumping each
+ * mail to a file on tmpfs, so mails can be counted and timed).
+ *
+ * - ingest: every mail is held at the door (a hold rule), so only durable acceptance is measured
+ *   (body + state acknowledged by Kafka with acks=-1): messages / second from smtp-source's start
+ *   to its last 250. Same method as compare.ts, so the figures sit beside the spool's.
+ * - end to end: a fresh node on fresh topics relays everything: messages / second from
+ *   smtp-source's start until the sink holds them all. Latency per mail = the sink's file
+ *   mtime (its final ".") − the time in the mail's queue id (a ULID stamped when the ingress had
+ *   the whole DATA, before the 250), read from Spoolhouse's Received: header.
+ *
+ * Uses KAFKA_BROKERS when set; otherwise starts the test broker (test/kafka/start.sh) in a temp
+ * dir on the same machine and stops it afterwards. Needs Debian's postfix package (smtp-source,
+ * smtp-sink); run as root (smtp-sink -R chroots).
+ *
+ * Usage: npx tsc -p . && node dist/bench/kafka-e2e.js [--messages 4000] [--sessions 20] [--size 5120] [--warmup 200]
+ *        [--shape kept|per-mail|both]
+ * (BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles the server processes.)
+ * Prints one JSON object with the figures on stdout (progress on stderr).
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { decodeTime } from 'ulid';
+import { startBroker, stopBroker } from '../test/kafka/global-setup.js';
+
+const { values: args } = parseArgs({
+  options: {
+    messages: { type: 'string', default: '4000' },
+    sessions: { type: 'string', default: '20' },
+    size: { type: 'string', default: '5120' },
+    warmup: { type: 'string', default: '200' },
+    shape: { type: 'string', default: 'both' },
+  },
+});
+type Shape = 'kept' | 'per-mail';
+const SHAPES: Shape[] = args.shape === 'both' ? ['kept', 'per-mail'] : [args.shape as Shape];
+if (!SHAPES.every((x) => x === 'kept' || x === 'per-mail')) throw new Error(`--shape must be kept, per-mail or both, not ${args.shape}`);
+const MESSAGES = Number(args.messages);
+const SESSIONS = Number(args.sessions);
+const SIZE = Number(args.size);
+const WARMUP = Number(args.warmup);
+const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, timeoutMs: number, proc?: ChildProcess): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (proc && proc.exitCode !== null) throw new Error(`process exited (${proc.exitCode}) before listening on ${port}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1');
+      s.once('connect', () => { s.destroy(); resolve(true); });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
+}
+
+/** smtp-sink dumping one file per mail into a tmpfs dir (chrooted there, as the postfix user). */
+class Sink {
+  readonly dir: string;
+  private proc?: ChildProcess;
+  constructor(readonly port: number) {
+    this.dir = mkdtempSync('/dev/shm/spoolhouse-kafka-sink-');
+    chownSync(this.dir, Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), 0);
+  }
+  start(): void {
+    this.proc = spawn('smtp-sink', ['-u', 'postfix', '-R', this.dir, '-d', 'm-', `127.0.0.1:${this.port}`, '512'], { stdio: 'ignore' });
+  }
+  count(): number {
+    return readdirSync(this.dir).length;
+  }
+  clear(): void {
+    for (const f of readdirSync(this.dir)) rmSync(join(this.dir, f));
+  }
+  /** Per mail: when the sink finished writing it (ms) and the Spoolhouse queue id it carries. */
+  receipts(): { at: number; id?: string }[] {
+    return readdirSync(this.dir).map((f) => {
+      const path = join(this.dir, f);
+      const head = readFileSync(path).subarray(0, 4096).toString('latin1');
+      const id = /\(Spoolhouse\) with \S+ id ([0-9A-HJKMNP-TV-Z]{26})/.exec(head)?.[1];
+      return { at: statSync(path).mtimeMs, ...(id ? { id } : {}) };
+    });
+  }
+  stop(): void {
+    this.proc?.kill('SIGKILL');
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** Runs smtp-source; resolves with its wall time in ms. */
+function smtpSource(port: number, messages: number, shape: Shape): Promise<number> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const p = spawn('smtp-source', [...(shape === 'kept' ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(messages), '-l', String(SIZE),
+      '-f', 'bench@sender.example', '-t', 'rcpt@dest.example', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr!.on('data', (d) => { err += d; });
+    p.on('exit', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`smtp-source exited ${code}: ${err}`))));
+  });
+}
+
+async function untilSinkHas(sink: Sink, n: number, timeoutMs = 600_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (sink.count() < n) {
+    if (Date.now() > deadline) throw new Error(`sink has ${sink.count()} of ${n} after ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+/** One Spoolhouse node on the Kafka backend, on topics of its own. */
+class Node {
+  private proc?: ChildProcess;
+  private base = '';
+  port = 0;
+
+  async start(mode: 'ingest' | 'relay', brokers: string[], sinkPort: number): Promise<void> {
+    this.base = mkdtempSync(join(tmpdir(), 'bench-kafka-e2e-'));
+    this.port = await freePort();
+    const config = {
+      smtp: { listen: [`127.0.0.1:${this.port}`], hostname: 'bench.localdomain' },
+      queue: { backend: 'kafka' },
+      kafka: { brokers, clientId: 'bench', topicPrefix: `bench-e2e-${mode}-${Date.now().toString(36)}`, partitions: 6, replicationFactor: 1, nodeId: 'bench' },
+      spool: { dir: join(this.base, 'spool') },
+      admin: { listen: `127.0.0.1:${await freePort()}`, token: 'bench-kafka-e2e-token-0123456789' },
+      delivery: {
+        smarthost: { host: `127.0.0.1:${sinkPort}`, tls: 'none' },
+        limits: { default: { connections: 20, messagesPerConnection: 100, rate: null } },
+      },
+      rules: mode === 'ingest' ? [{ name: 'bench-hold', match: { sender: '*' }, hold: true }] : [],
+      log: { level: 'warn', pretty: false },
+    };
+    const file = join(this.base, 'config.json');
+    writeFileSync(file, JSON.stringify(config));
+    // BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") is passed to the server's node, as bench/delivery.ts does.
+    const nodeArgs = process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : [];
+    this.proc = spawn(process.execPath, [...nodeArgs, join(ROOT, 'dist/src/main.js'), '--config', file], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] });
+    await waitForPort(this.port, 90_000, this.proc);
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      const timer = setTimeout(() => p.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    if (this.base) rmSync(this.base, { recursive: true, force: true });
+  }
+}
+
+interface Figures {
+  ingestPerSec: number;
+  endToEndPerSec: number;
+  /** smtp-source's rate in the end-to-end run (acceptance while delivering). */
+  ingestWhileRelayingPerSec: number;
+  /** From the ingress having the whole DATA (queue id time) to the sink's final ".". */
+  latencyMs: { measured: number; p50: number; p99: number; max: number };
+  delivered: number;
+}
+
+async function measure(node: Node, sink: Sink, brokers: string[], shape: Shape): Promise<Figures> {
+  // Ingest: held at the door, durable acceptance only.
+  await node.start('ingest', brokers, sink.port);
+  await smtpSource(node.port, WARMUP, shape);
+  const ingestMs = await smtpSource(node.port, MESSAGES, shape);
+  await node.stop();
+
+  // End to end: a fresh node on fresh topics relays everything to the sink.
+  sink.clear();
+  await node.start('relay', brokers, sink.port);
+  await smtpSource(node.port, WARMUP, shape);
+  await untilSinkHas(sink, WARMUP);
+  await sleep(500);
+  sink.clear();
+  const t0 = performance.now();
+  const sourceMs = await smtpSource(node.port, MESSAGES, shape);
+  await untilSinkHas(sink, MESSAGES);
+  const e2eMs = performance.now() - t0;
+  const receipts = sink.receipts();
+  await node.stop();
+  sink.clear();
+
+  const latencies = receipts.flatMap((r) => (r.id ? [r.at - decodeTime(r.id)] : [])).sort((a, b) => a - b);
+  return {
+    ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)),
+    endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)),
+    ingestWhileRelayingPerSec: Math.round(MESSAGES / (sourceMs / 1000)),
+    latencyMs: {
+      measured: latencies.length,
+      p50: Math.round(percentile(latencies, 50)),
+      p99: Math.round(percentile(latencies, 99)),
+      max: Math.round(latencies.at(-1) ?? NaN),
+    },
+    delivered: receipts.length,
+  };
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
+}
+
+async function main(): Promise<void> {
+  for (const tool of ['/usr/sbin/smtp-source', '/usr/sbin/smtp-sink']) {
+    if (!existsSync(tool)) throw new Error(`${tool} is missing: apt-get install postfix`);
+  }
+  let runDir: string | undefined;
+  let brokers = process.env.KAFKA_BROKERS;
+  if (!brokers) {
+    runDir = mkdtempSync(join(tmpdir(), 'spoolhouse-bench-kafka-e2e-'));
+    const t0 = Date.now();
+    brokers = await startBroker(runDir, await freePort(), await freePort());
+    console.error(`broker ${brokers} started in ${Date.now() - t0} ms`);
+  }
+  const sink = new Sink(await freePort());
+  sink.start();
+  const node = new Node();
+  try {
+    await waitForPort(sink.port, 20_000);
+
+    const results: Partial<Record<Shape, Figures>> = {};
+    for (const shape of SHAPES) {
+      results[shape] = await measure(node, sink, brokers.split(','), shape);
+      console.error(`${shape}: ${JSON.stringify(results[shape])}`);
+    }
+    console.log(JSON.stringify({
+      bench: 'kafka-e2e',
+      load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE, warmup: WARMUP, tool: 'smtp-source → Spoolhouse (kafka) → smtp-sink' },
+      results,
+      broker: runDir ? 'test broker on this machine (test/kafka/start.sh)' : brokers,
+      loadAverage: Number(loadavg()[0]!.toFixed(2)),
+    }, null, 2));
+  } finally {
+    await node.stop().catch(() => undefined);
+    sink.stop();
+    if (runDir) {
+      await stopBroker(runDir);
+      rmSync(runDir, { recursive: true, force: true });
+    }
+  }
+}
+
+await main();
