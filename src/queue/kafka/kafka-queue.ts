@@ -205,6 +205,9 @@ export class KafkaQueue implements Queue {
   private readonly progress = new Set<() => void>();
   /** Bodies this node wrote to its cache at enqueue; their records need no second write. */
   private readonly ownBodies = new Set<MailId>();
+  /** syncState rounds: the one callers may still join, and the one whose request is out. */
+  private syncJoinable?: Promise<void>;
+  private syncRunning?: Promise<void>;
   /** Bodies this node enqueued lately, so its own delivery reads none back (see body-cache.ts). */
   private readonly bodyCache = new BodyCache(32 * 1024 * 1024);
   /** Mail this node is writing a reservation for right now (not offered twice). */
@@ -615,8 +618,27 @@ export class KafkaQueue implements Queue {
     }
   }
 
-  /** Waits until this node's view has applied everything the state topic held when called. */
-  private async syncState(what: string): Promise<void> {
+  /**
+   * Waits until this node's view has applied everything the state topic held when called.
+   * Concurrent callers share rounds: a call joins the next round whose ListOffsets has not been
+   * asked yet (so the offsets are read after the call, which is all it needs), and one round runs
+   * at a time. Under load, the check before every final "." is then one request for many mails.
+   */
+  private syncState(what: string): Promise<void> {
+    if (this.syncJoinable) return this.syncJoinable;
+    const previous = this.syncRunning ?? Promise.resolve();
+    const round: Promise<void> = previous.catch(() => undefined).then(() => {
+      this.syncJoinable = undefined; // from here on, callers wait for the next round
+      this.syncRunning = round;
+      return this.syncStateOnce(what);
+    }).finally(() => {
+      if (this.syncRunning === round) this.syncRunning = undefined;
+    });
+    this.syncJoinable = round;
+    return round;
+  }
+
+  private async syncStateOnce(what: string): Promise<void> {
     try {
       const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.stateTopic), what);
       const state = new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
