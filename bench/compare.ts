@@ -23,11 +23,11 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { freePort, parseShapes, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -42,75 +42,6 @@ const MESSAGES = Number(args.messages);
 const SESSIONS = Number(args.sessions);
 const SIZE = Number(args.size);
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitForPort(port: number, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`nothing listens on 127.0.0.1:${port}`);
-}
-
-class Sink {
-  readonly dir: string;
-  proc?: ChildProcess;
-  constructor(readonly port: number) {
-    this.dir = mkdtempSync('/dev/shm/spoolhouse-sink-');
-    chownSync(this.dir, Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), 0);
-  }
-  start(): void {
-    this.proc = spawn('smtp-sink', ['-u', 'postfix', '-R', this.dir, '-d', 'm-', `127.0.0.1:${this.port}`, '512'], { stdio: 'ignore' });
-  }
-  count(): number {
-    return readdirSync(this.dir).length;
-  }
-  clear(): void {
-    for (const f of readdirSync(this.dir)) rmSync(join(this.dir, f));
-  }
-  stop(): void {
-    this.proc?.kill('SIGKILL');
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-/** Runs smtp-source; resolves with the wall time in ms. */
-function smtpSource(port: number, messages: number, recipientDomain: string, shape: Shape): Promise<number> {
-  const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const p = spawn('smtp-source', [...(shape === 'kept' ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(messages), '-l', String(SIZE),
-      '-f', 'bench@sender.example', '-t', `rcpt@${recipientDomain}`, `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr!.on('data', (d) => { err += d; });
-    p.on('exit', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`smtp-source exited ${code}: ${err}`))));
-  });
-}
-
-async function untilSinkHas(sink: Sink, n: number, timeoutMs = 600_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (sink.count() < n) {
-    if (Date.now() > deadline) throw new Error(`sink has ${sink.count()} of ${n}`);
-    await sleep(20);
-  }
-}
 
 interface Figures { ingestPerSec: number; endToEndPerSec: number }
 
@@ -210,25 +141,23 @@ function spoolhouse(): Mta {
   };
 }
 
-type Shape = 'kept' | 'per-mail';
-const SHAPES: Shape[] = args.shape === 'both' ? ['kept', 'per-mail'] : [args.shape as Shape];
-if (!SHAPES.every((x) => x === 'kept' || x === 'per-mail')) throw new Error(`--shape must be kept, per-mail or both, not ${args.shape}`);
+const SHAPES = parseShapes(args.shape);
 
 async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const warmup = Math.min(200, MESSAGES);
   let port = await mta.start('ingest', sink.port);
-  await smtpSource(port, warmup, 'dest.example', shape);
-  const ingestMs = await smtpSource(port, MESSAGES, 'dest.example', shape);
+  await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
+  const ingestMs = await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
   await mta.stop();
 
   sink.clear();
   port = await mta.start('relay', sink.port);
-  await smtpSource(port, warmup, 'dest.example', shape);
-  await untilSinkHas(sink, warmup);
+  await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
+  await sink.untilHas(warmup);
   sink.clear();
   const t0 = performance.now();
-  await smtpSource(port, MESSAGES, 'dest.example', shape);
-  await untilSinkHas(sink, MESSAGES);
+  await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
+  await sink.untilHas(MESSAGES);
   const e2eMs = performance.now() - t0;
   await mta.stop();
   return { ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)), endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)) };

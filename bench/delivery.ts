@@ -22,6 +22,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { freePort } from './lib.js';
 
 const now = () => performance.timeOrigin + performance.now();
 
@@ -151,17 +152,6 @@ async function senderSession(port: number, take: () => number | undefined, size:
 
 // ---------------------------------------------------------------- server process
 
-/** A port free right now on 127.0.0.1 (the server runs at log level warn, so it cannot tell us its port). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function startServer(root: string, config: Record<string, unknown>, dir: string): Promise<{ child: ChildProcess; smtpPort: number }> {
   const smtpPort = await freePort();

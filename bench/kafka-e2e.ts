@@ -24,13 +24,13 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { connect, createServer } from 'node:net';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { decodeTime } from 'ulid';
 import { startBroker, stopBroker } from '../test/kafka/global-setup.js';
+import { freePort, parseShapes, percentile, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -41,94 +41,12 @@ const { values: args } = parseArgs({
     shape: { type: 'string', default: 'both' },
   },
 });
-type Shape = 'kept' | 'per-mail';
-const SHAPES: Shape[] = args.shape === 'both' ? ['kept', 'per-mail'] : [args.shape as Shape];
-if (!SHAPES.every((x) => x === 'kept' || x === 'per-mail')) throw new Error(`--shape must be kept, per-mail or both, not ${args.shape}`);
+const SHAPES = parseShapes(args.shape);
 const MESSAGES = Number(args.messages);
 const SESSIONS = Number(args.sessions);
 const SIZE = Number(args.size);
 const WARMUP = Number(args.warmup);
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForPort(port: number, timeoutMs: number, proc?: ChildProcess): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (proc && proc.exitCode !== null) throw new Error(`process exited (${proc.exitCode}) before listening on ${port}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => { s.destroy(); resolve(true); });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
-}
-
-/** smtp-sink dumping one file per mail into a tmpfs dir (chrooted there, as the postfix user). */
-class Sink {
-  readonly dir: string;
-  private proc?: ChildProcess;
-  constructor(readonly port: number) {
-    this.dir = mkdtempSync('/dev/shm/spoolhouse-kafka-sink-');
-    chownSync(this.dir, Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), 0);
-  }
-  start(): void {
-    this.proc = spawn('smtp-sink', ['-u', 'postfix', '-R', this.dir, '-d', 'm-', `127.0.0.1:${this.port}`, '512'], { stdio: 'ignore' });
-  }
-  count(): number {
-    return readdirSync(this.dir).length;
-  }
-  clear(): void {
-    for (const f of readdirSync(this.dir)) rmSync(join(this.dir, f));
-  }
-  /** Per mail: when the sink finished writing it (ms) and the Spoolhouse queue id it carries. */
-  receipts(): { at: number; id?: string }[] {
-    return readdirSync(this.dir).map((f) => {
-      const path = join(this.dir, f);
-      const head = readFileSync(path).subarray(0, 4096).toString('latin1');
-      const id = /\(Spoolhouse\) with \S+ id ([0-9A-HJKMNP-TV-Z]{26})/.exec(head)?.[1];
-      return { at: statSync(path).mtimeMs, ...(id ? { id } : {}) };
-    });
-  }
-  stop(): void {
-    this.proc?.kill('SIGKILL');
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
-/** Runs smtp-source; resolves with its wall time in ms. */
-function smtpSource(port: number, messages: number, shape: Shape): Promise<number> {
-  const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const p = spawn('smtp-source', [...(shape === 'kept' ? ['-d'] : []), '-s', String(SESSIONS), '-m', String(messages), '-l', String(SIZE),
-      '-f', 'bench@sender.example', '-t', 'rcpt@dest.example', `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr!.on('data', (d) => { err += d; });
-    p.on('exit', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`smtp-source exited ${code}: ${err}`))));
-  });
-}
-
-async function untilSinkHas(sink: Sink, n: number, timeoutMs = 600_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (sink.count() < n) {
-    if (Date.now() > deadline) throw new Error(`sink has ${sink.count()} of ${n} after ${timeoutMs} ms`);
-    await sleep(10);
-  }
-}
 
 /** One Spoolhouse node on the Kafka backend, on topics of its own. */
 class Node {
@@ -186,20 +104,20 @@ interface Figures {
 async function measure(node: Node, sink: Sink, brokers: string[], shape: Shape): Promise<Figures> {
   // Ingest: held at the door, durable acceptance only.
   await node.start('ingest', brokers, sink.port);
-  await smtpSource(node.port, WARMUP, shape);
-  const ingestMs = await smtpSource(node.port, MESSAGES, shape);
+  await smtpSource(node.port, WARMUP, { sessions: SESSIONS, size: SIZE, shape });
+  const ingestMs = await smtpSource(node.port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
   await node.stop();
 
   // End to end: a fresh node on fresh topics relays everything to the sink.
   sink.clear();
   await node.start('relay', brokers, sink.port);
-  await smtpSource(node.port, WARMUP, shape);
-  await untilSinkHas(sink, WARMUP);
+  await smtpSource(node.port, WARMUP, { sessions: SESSIONS, size: SIZE, shape });
+  await sink.untilHas(WARMUP);
   await sleep(500);
   sink.clear();
   const t0 = performance.now();
-  const sourceMs = await smtpSource(node.port, MESSAGES, shape);
-  await untilSinkHas(sink, MESSAGES);
+  const sourceMs = await smtpSource(node.port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
+  await sink.untilHas(MESSAGES);
   const e2eMs = performance.now() - t0;
   const receipts = sink.receipts();
   await node.stop();
@@ -218,10 +136,6 @@ async function measure(node: Node, sink: Sink, brokers: string[], shape: Shape):
     },
     delivered: receipts.length,
   };
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 }
 
 async function main(): Promise<void> {

@@ -7,7 +7,6 @@
  * dir and stops it afterwards. Usage: node dist/bench/kafka-ingest.js [--seconds 10] [--writers 20] [--size 5120]
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,6 +14,7 @@ import { pino } from 'pino';
 import { KafkaQueue } from '../src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../src/queue/model.js';
 import { startBroker, stopBroker } from '../test/kafka/global-setup.js';
+import { freePort, percentile } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -24,20 +24,7 @@ const { values: args } = parseArgs({
   },
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
-}
 
 async function main(): Promise<void> {
   let runDir: string | undefined;

@@ -12,27 +12,17 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TestProject } from 'vitest/node';
+import { freePort } from '../helpers/ports.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 /** test/kafka in the source tree, also when this runs compiled from dist/test/kafka (benchmarks). */
 const kafkaDir = existsSync(join(here, 'start.sh')) ? here : join(here, '..', '..', '..', 'test', 'kafka');
 let runDir: string | undefined;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function kafkaTestsSelected(project: TestProject): boolean {
   const filters = (project.vitest as unknown as { filenamePattern?: string[] }).filenamePattern;

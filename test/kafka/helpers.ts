@@ -3,7 +3,6 @@
  * polling with a deadline, and a private broker (own run dir and ports) for tests that stop it.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../src/logger.js';
@@ -12,6 +11,7 @@ import { KafkaQueue, type KafkaQueueOptions } from '../../src/queue/kafka/kafka-
 import { newMailId } from '../../src/queue/model.js';
 import type { EnqueueRequest, Queue } from '../../src/queue/types.js';
 import { startBroker, stopBroker } from './global-setup.js';
+import { freePort } from '../helpers/ports.js';
 
 export const PRIORITIES = { classes: { bulk: 0, normal: 1, high: 2, urgent: 3 }, default: 'normal', lowPriorityShare: 0.1 };
 
@@ -56,16 +56,6 @@ export async function until<T>(what: string, probe: () => Promise<T | undefined 
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number };
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** A broker of the test's own, for tests that stop or kill it. */
 export interface PrivateBroker {

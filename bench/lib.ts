@@ -1,0 +1,85 @@
+/**
+ * Pieces the benchmarks share: Debian's smtp-source as the load (in the two shapes every
+ * comparison reports) and smtp-sink as the receiver, dumping one file per mail on tmpfs so mails
+ * can be counted and timed.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chownSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+
+export { freePort, waitForPort } from '../test/helpers/ports.js';
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * - kept (smtp-source -d): each of the sessions sends mail after mail over its own connection.
+ * - per-mail: each mail on a new connection (connect, greeting, one mail, QUIT), sessions in parallel.
+ */
+export type Shape = 'kept' | 'per-mail';
+
+export function parseShapes(arg: string | undefined): Shape[] {
+  const shapes: Shape[] = !arg || arg === 'both' ? ['kept', 'per-mail'] : [arg as Shape];
+  if (!shapes.every((x) => x === 'kept' || x === 'per-mail')) throw new Error(`--shape must be kept, per-mail or both, not ${arg}`);
+  return shapes;
+}
+
+export interface Load {
+  sessions: number;
+  size: number;
+  shape: Shape;
+}
+
+/** Runs smtp-source against 127.0.0.1:port; resolves with its wall time in ms. */
+export function smtpSource(port: number, messages: number, load: Load, recipient = 'rcpt@dest.example'): Promise<number> {
+  const t0 = performance.now();
+  return new Promise((resolve, reject) => {
+    const p = spawn('smtp-source', [...(load.shape === 'kept' ? ['-d'] : []), '-s', String(load.sessions), '-m', String(messages), '-l', String(load.size),
+      '-f', 'bench@sender.example', '-t', recipient, `127.0.0.1:${port}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr!.on('data', (d) => { err += d; });
+    p.on('exit', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`smtp-source exited ${code}: ${err}`))));
+  });
+}
+
+/** smtp-sink dumping one file per mail into a tmpfs dir (chrooted there, as the postfix user). */
+export class Sink {
+  readonly dir: string;
+  private proc?: ChildProcess;
+  constructor(readonly port: number) {
+    this.dir = mkdtempSync('/dev/shm/spoolhouse-sink-');
+    chownSync(this.dir, Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), 0);
+  }
+  start(): void {
+    this.proc = spawn('smtp-sink', ['-u', 'postfix', '-R', this.dir, '-d', 'm-', `127.0.0.1:${this.port}`, '512'], { stdio: 'ignore' });
+  }
+  count(): number {
+    return readdirSync(this.dir).length;
+  }
+  clear(): void {
+    for (const f of readdirSync(this.dir)) rmSync(join(this.dir, f));
+  }
+  /** Per mail: when the sink finished writing it (ms) and the Spoolhouse queue id it carries. */
+  receipts(): { at: number; id?: string }[] {
+    return readdirSync(this.dir).map((f) => {
+      const path = join(this.dir, f);
+      const head = readFileSync(path).subarray(0, 4096).toString('latin1');
+      const id = /\(Spoolhouse\) with \S+ id ([0-9A-HJKMNP-TV-Z]{26})/.exec(head)?.[1];
+      return { at: statSync(path).mtimeMs, ...(id ? { id } : {}) };
+    });
+  }
+  async untilHas(n: number, timeoutMs = 600_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.count() < n) {
+      if (Date.now() > deadline) throw new Error(`sink has ${this.count()} of ${n} after ${timeoutMs} ms`);
+      await sleep(10);
+    }
+  }
+  stop(): void {
+    this.proc?.kill('SIGKILL');
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+}
