@@ -13,14 +13,16 @@ export class BodyCache {
   readonly #entries = new Map<string, Buffer>();
   #bytes = 0;
 
-  constructor(readonly maxBytes: number) {}
+  /** `onEvict` sees each body pushed out by newer ones (not those deleted): a backend may spill it to disk. */
+  constructor(readonly maxBytes: number, private readonly onEvict?: (id: string, body: Buffer) => void) {}
 
   get bytes(): number {
     return this.#bytes;
   }
 
-  put(id: string, body: Buffer): void {
-    if (body.length > this.maxBytes / 8) return;
+  /** Keeps `body` for `id`; false when it is too big to be kept (the caller stores it elsewhere). */
+  put(id: string, body: Buffer): boolean {
+    if (body.length > this.maxBytes / 8) return false;
     this.delete(id);
     this.#entries.set(id, body);
     this.#bytes += body.length;
@@ -28,7 +30,13 @@ export class BodyCache {
       if (this.#bytes <= this.maxBytes) break;
       this.#entries.delete(oldest);
       this.#bytes -= b.length;
+      this.onEvict?.(oldest, b);
     }
+    return true;
+  }
+
+  has(id: string): boolean {
+    return this.#entries.has(id);
   }
 
   /** A stream over the cached body, or undefined on a miss. */

@@ -42,6 +42,7 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
+import { Readable } from 'node:stream';
 import { join } from 'node:path';
 import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type KafkaConfig, type LogEntry, type Producer, type SASLOptions } from 'kafkajs';
 import type { Config } from '../../config/schema.js';
@@ -80,6 +81,8 @@ export interface KafkaQueueOptions {
   retainFinishedMs?: number;
   /** Upper bound for a write (enqueue, transitions) when Kafka does not answer. Default 8 s. */
   requestDeadlineMs?: number;
+  /** Memory for bodies this node enqueued (the rest is spilled to dataDir). Default 32 MiB. */
+  bodyCacheBytes?: number;
   now?: () => Millis;
 }
 
@@ -208,8 +211,17 @@ export class KafkaQueue implements Queue {
   /** syncState rounds: the one callers may still join, and the one whose request is out. */
   private syncJoinable?: Promise<void>;
   private syncRunning?: Promise<void>;
-  /** Bodies this node enqueued lately, so its own delivery reads none back (see body-cache.ts). */
-  private readonly bodyCache = new BodyCache(32 * 1024 * 1024);
+  /**
+   * Bodies this node enqueued lately, in memory only (see body-cache.ts): its own delivery reads
+   * none back, and most are never written locally at all. One pushed out of the cache is written
+   * to the local body directory then (spilled); Kafka holds the durable copy either way.
+   */
+  private readonly bodyCache: BodyCache;
+  /** Bodies present as files in the local body directory, and spills being written. */
+  private readonly onDisk = new Set<MailId>();
+  private readonly spilling = new Map<MailId, Promise<void>>();
+  /** Spills that failed (local disk full): kept in memory, since this node's consumer skips its own bodies. */
+  private readonly unspilled = new Map<MailId, Buffer>();
   /** Mail this node is writing a reservation for right now (not offered twice). */
   private readonly claiming = new Set<MailId>();
   private lowCredit = 0;
@@ -237,6 +249,7 @@ export class KafkaQueue implements Queue {
     if (opts.ssl) config.ssl = opts.ssl;
     if (opts.sasl) config.sasl = opts.sasl as SASLOptions;
     this.kafka = new Kafka(config);
+    this.bodyCache = new BodyCache(opts.bodyCacheBytes ?? 32 * MIB, (id, body) => this.spill(id, body));
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -398,7 +411,29 @@ export class KafkaQueue implements Queue {
   /** Bodies of finished mail are dropped from the local cache as soon as the view sees it finish. */
   private afterApply(id: MailId): void {
     const m = this.view.mails.get(id);
-    if (m && isTerminal(m.state)) void rm(this.bodyPath(id), { force: true });
+    if (m && isTerminal(m.state)) void this.forgetLocalBody(id);
+  }
+
+  /** Writes a body pushed out of the memory cache to the local body directory. */
+  private spill(id: MailId, body: Buffer): void {
+    const known = this.view.mails.get(id);
+    if (known && isTerminal(known.state)) return;
+    const done = writeFile(this.bodyPath(id), body)
+      .then(() => { this.onDisk.add(id); })
+      .catch((err: unknown) => {
+        this.unspilled.set(id, body);
+        this.log.warn({ err, mailId: id }, 'could not write a body to the local cache directory; keeping it in memory');
+      })
+      .finally(() => { this.spilling.delete(id); });
+    this.spilling.set(id, done);
+  }
+
+  /** Drops this node's local copy of a body (memory, and the file when there is one). */
+  private async forgetLocalBody(id: MailId): Promise<void> {
+    this.bodyCache.delete(id);
+    await this.spilling.get(id);
+    this.unspilled.delete(id);
+    if (this.onDisk.delete(id)) await rm(this.bodyPath(id), { force: true });
   }
 
   private bodyPath(id: MailId): string {
@@ -408,16 +443,18 @@ export class KafkaQueue implements Queue {
   private async storeBody(id: MailId, value: Buffer | null): Promise<void> {
     const path = this.bodyPath(id);
     if (value === null) {
-      await rm(path, { force: true });
+      await this.forgetLocalBody(id);
       return;
     }
     const known = this.view.mails.get(id);
     if (known && isTerminal(known.state)) return;
+    if (this.bodyCache.has(id) || this.spilling.has(id)) return;
     const st = await stat(path).catch(() => undefined);
     if (st?.size === value.length) return;
     const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
     await writeFile(tmp, value);
     await rename(tmp, path);
+    this.onDisk.add(id);
   }
 
   private scheduleMaintenance(): void {
@@ -534,11 +571,14 @@ export class KafkaQueue implements Queue {
   async enqueue(req: EnqueueRequest): Promise<QueuedMail> {
     this.assertOpen();
     const mail = createMail(req, this.now());
-    // The local copy first: this node can serve readBody as soon as enqueue resolves. No temp
-    // file + rename needed: nobody reads this path before the state record is applied, after this.
-    await writeFile(this.bodyPath(mail.id), req.body);
+    // The local copy first (memory, or a file for a body too big for the cache): this node can
+    // serve readBody as soon as enqueue resolves. No temp file + rename needed: nobody reads this
+    // path before the state record is applied, after this.
+    if (!this.bodyCache.put(mail.id, req.body)) {
+      await writeFile(this.bodyPath(mail.id), req.body);
+      this.onDisk.add(mail.id);
+    }
     this.ownBodies.add(mail.id);
-    this.bodyCache.put(mail.id, req.body);
     let outcome: WriteOutcome | undefined;
     try {
       [outcome] = await this.writeStates([{ prev: 0, mail, body: req.body }], 'enqueue', (late) => {
@@ -548,8 +588,7 @@ export class KafkaQueue implements Queue {
       });
     } catch (err) {
       this.ownBodies.delete(mail.id);
-      this.bodyCache.delete(mail.id);
-      await rm(this.bodyPath(mail.id), { force: true });
+      await this.forgetLocalBody(mail.id);
       this.log.warn({ err, mailId: mail.id }, 'enqueue failed');
       throw err;
     }
@@ -712,6 +751,9 @@ export class KafkaQueue implements Queue {
     if (!mail || isTerminal(mail.state)) throw new MailNotFoundError(id);
     const cached = this.bodyCache.stream(id);
     if (cached) return cached;
+    await this.spilling.get(id);
+    const unspilled = this.unspilled.get(id);
+    if (unspilled) return Readable.from([unspilled]);
     const path = this.bodyPath(id);
     if (!(await stat(path).catch(() => undefined))) {
       // Accepted by another node and not read by our consumer yet: catch up with the topic's end.

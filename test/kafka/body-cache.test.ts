@@ -1,0 +1,43 @@
+/**
+ * Bodies on the node that enqueued them (real broker): kept in memory, spilled to the local body
+ * directory when pushed out of the cache, written there at once when too big for it, and every
+ * one read back byte for byte; a finished mail leaves no file behind.
+ */
+import { readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
+import { kafkaBrokers, uniquePrefix } from './broker.js';
+import { bodyOf, mailRequest, openKafkaQueue, until } from './helpers.js';
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+describe('kafka backend: local copies of bodies', () => {
+  it('spills what the memory cache pushes out, reads every body back whole, and leaves no file for finished mail', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'spoolhouse-kafka-bodies-'));
+    cleanups.push(() => rm(parent, { recursive: true, force: true }));
+    const q: KafkaQueue = await openKafkaQueue(kafkaBrokers(), uniquePrefix('bodies'), { dataDir: parent, bodyCacheBytes: 64 * 1024 });
+    cleanups.push(() => q.close());
+    const files = () => {
+      const [dir] = readdirSync(parent).filter((d) => d.startsWith('kafka-bodies-'));
+      return readdirSync(join(parent, dir!)).filter((f) => !f.endsWith('.tmp'));
+    };
+
+    // 30 × 8 KB against a 64 KiB cache: most are pushed out and spilled; 1 MB is over cache/8 and goes to disk at once.
+    const small = Array.from({ length: 30 }, (_, i) => mailRequest({ body: Buffer.from(`Subject: ${i}\r\n\r\n${String(i).repeat(8000)}\r\n`) }));
+    const big = mailRequest({ body: Buffer.alloc(1024 * 1024, 'b') });
+    for (const req of [...small, big]) await q.enqueue(req);
+    await until('spills written', async () => files().length >= small.length - 8 + 1 || undefined, 10_000);
+    expect(files().length).toBeLessThan(small.length + 1); // the newest ones stay in memory only
+    for (const req of [...small, big]) expect((await bodyOf(q, req.id)).equals(req.body)).toBe(true);
+
+    // Finished (removed): their files go, as soon as this node's view sees it.
+    for (const req of [...small, big]) await q.remove(req.id, 'test');
+    await until('local copies dropped', async () => files().length === 0 || undefined, 10_000);
+  });
+});
