@@ -83,3 +83,17 @@ export class Sink {
 export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
 }
+
+/** Percentile of unsorted samples, rounded to 0.01. */
+export function percentileOf(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! * 100) / 100;
+}
+
+/** Runs a benchmark's main: its JSON summary goes to stdout, a failure to stderr with exit code 1. */
+export function runBench(main: () => Promise<unknown>): void {
+  main().catch((err) => {
+    process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  });
+}

@@ -24,6 +24,7 @@ import { silentLogger } from '../src/logger.js';
 import { newMailId } from '../src/queue/model.js';
 import { SpoolQueue } from '../src/queue/spool/spool-queue.js';
 import type { BrowseFilter, BrowseOptions, EnqueueRequest } from '../src/queue/types.js';
+import { percentileOf, runBench } from './lib.js';
 
 interface Args { count: number; dir?: string; keep: boolean; seconds: number }
 
@@ -131,10 +132,6 @@ async function fill(q: SpoolQueue, count: number): Promise<{ seconds: number; pe
   return { seconds: Math.round(seconds * 10) / 10, perSecond: Math.round(count / seconds) };
 }
 
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return Math.round(s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]! * 100) / 100;
-}
 
 async function timeIt(fn: () => Promise<unknown>, runs: number): Promise<number[]> {
   const out: number[] = [];
@@ -173,11 +170,11 @@ async function browseBench(q: SpoolQueue): Promise<Record<string, unknown>> {
     all.push(...firstTimes, ...cursorTimes);
     results[name] = {
       items: first.items.length, total: first.total,
-      p50: percentile(firstTimes, 50), p99: percentile(firstTimes, 99),
-      ...(cursorTimes.length ? { cursorP50: percentile(cursorTimes, 50), cursorP99: percentile(cursorTimes, 99) } : {}),
+      p50: percentileOf(firstTimes, 50), p99: percentileOf(firstTimes, 99),
+      ...(cursorTimes.length ? { cursorP50: percentileOf(cursorTimes, 50), cursorP99: percentileOf(cursorTimes, 99) } : {}),
     };
   }
-  return { overall: { p50: percentile(all, 50), p99: percentile(all, 99), max: percentile(all, 100) }, cases: results };
+  return { overall: { p50: percentileOf(all, 50), p99: percentileOf(all, 99), max: percentileOf(all, 100) }, cases: results };
 }
 
 async function throughput(q: SpoolQueue, writers: number, size: number, seconds: number): Promise<number> {
@@ -260,7 +257,7 @@ async function main(): Promise<void> {
   summary.browse = await browseBench(q);
 
   const statsTimes = await timeIt(() => q.stats(), 10);
-  summary.statsMs = { p50: percentile(statsTimes, 50), max: percentile(statsTimes, 100) };
+  summary.statsMs = { p50: percentileOf(statsTimes, 50), max: percentileOf(statsTimes, 100) };
   summary.memoryAfterBrowseAndStats = rssDetail();
   const reserveTimes: number[] = [];
   for (let i = 0; i < 5; i++) {
@@ -269,7 +266,7 @@ async function main(): Promise<void> {
     reserveTimes.push(performance.now() - t0);
     await Promise.all(got.map((m) => q.releaseLease(m.id, m.lease!.token)));
   }
-  summary.reserveDue50Ms = { p50: percentile(reserveTimes, 50), max: percentile(reserveTimes, 100) };
+  summary.reserveDue50Ms = { p50: percentileOf(reserveTimes, 50), max: percentileOf(reserveTimes, 100) };
 
   summary.largestMappingsBeforeThroughput = largestMappings(3);
   log('enqueue throughput');
@@ -287,7 +284,4 @@ async function main(): Promise<void> {
   process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
 }
 
-main().catch((err) => {
-  process.stderr.write(`${(err as Error).stack ?? String(err)}\n`);
-  process.exit(1);
-});
+runBench(main);

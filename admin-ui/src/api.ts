@@ -4,6 +4,8 @@
  * `{ statusCode, error, message }`, and a 401 anywhere signs the operator out with a message.
  */
 
+import type { MailState } from '../../src/api-types';
+
 const TOKEN_KEY = 'spoolhouse.token';
 
 export interface Problem { key: string; problem: string }
@@ -100,86 +102,16 @@ export function query(params: Record<string, string | number | undefined | null>
   return s ? `?${s}` : '';
 }
 
-// ---- the shapes the console reads (see src/queue/types.ts and issue 4) ----
+// ---- the shapes the console reads: the API's own types, shared with the server and the CLI ----
+// (type-only, so nothing of src/ ends up in the bundle)
 
-export type MailState = 'queued' | 'active' | 'held' | 'delivered' | 'bounced' | 'expired' | 'removed';
+export type {
+  AttemptRecord, BrowsePage, BulkAction, BulkResult, Classification, MailDetail, MailState, MailSummary, Recipient, SmtpReply, Stats,
+} from '../../src/api-types';
+
 export const MAIL_STATES: MailState[] = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];
 export const LIVE_STATES: MailState[] = ['queued', 'active', 'held'];
 
-export interface SmtpReply { code: number; enhanced?: string; message: string }
-export interface Recipient {
-  address: string;
-  status: 'pending' | 'deferred' | 'delivered' | 'failed' | 'expired';
-  lastReply?: SmtpReply;
-  remoteHost?: string;
-  lastAttemptAt?: number;
-  notify?: string[];
-  orcpt?: string;
-}
-export interface AttemptRecord {
-  at: number;
-  host?: string;
-  recipients: string[];
-  outcome: 'delivered' | 'deferred' | 'failed' | 'expired';
-  reply?: SmtpReply;
-  durationMs?: number;
-}
-export interface Classification { source: string; rule?: string; detail?: string }
-export interface MailSummary {
-  id: string;
-  state: MailState;
-  sender: string;
-  /** In lists the server sends at most 20 recipients; recipientCount has them all. */
-  recipients: Recipient[];
-  recipientCount?: number;
-  size: number;
-  receivedAt: number;
-  priority: number;
-  priorityName?: string;
-  notBefore: number;
-  attempts: number;
-  subject?: string;
-  messageId?: string;
-  holdReason?: string;
-  /** The most recent reply any recipient got. */
-  lastReply?: SmtpReply;
-}
-export interface MailDetail extends MailSummary {
-  history: AttemptRecord[];
-  dsn: { ret?: string; envid?: string };
-  smtputf8: boolean;
-  bodyType: string;
-  client: { address: string; helo?: string; hostname?: string; authUser?: string; tls?: boolean; listener?: string };
-  classification: { priority: Classification; delay?: Classification; hold?: Classification };
-  mtPriority?: number;
-  lease?: { owner: string; until: number };
-  updatedAt: number;
-  delayWarnedAt?: number;
-  parsed?: {
-    headers: { name: string; value: string }[];
-    subject?: string;
-    from?: string;
-    to?: string;
-    cc?: string;
-    date?: string;
-    text?: string;
-    textTruncated?: boolean;
-    hasHtml?: boolean;
-    attachments: { filename?: string; contentType: string; size: number }[];
-    /** Set when the body could not be read or parsed. */
-    error?: string;
-  };
-}
-export interface BrowsePage { items: MailSummary[]; nextCursor?: string | null; total: { count: number; exact: boolean } }
-export interface Stats {
-  at?: number;
-  byState: Record<string, number>;
-  byPriority: Record<string, number>;
-  oldestReceivedAt?: number | null;
-  topDestinations: { domain: string; count: number }[];
-  ageByDestination: { bucketsMinutes: number[]; rows: { domain: string; total: number; counts: number[] }[] };
-  rates?: Record<string, unknown>;
-}
 export interface Limits { connections?: number; messagesPerConnection?: number; rate?: string | null }
 export interface Rule {
   name: string;
@@ -195,13 +127,4 @@ export interface ConsoleConfig {
   delivery: { limits: { default: Limits; domains: Record<string, Limits> } };
   /** The overlay file changes are saved to. */
   file?: string;
-}
-export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
-export interface BulkResult {
-  matched: number;
-  changed: number;
-  /** Matched, but had moved on (delivered, released by someone else…) by the time of the action. */
-  skipped?: number;
-  failed?: number;
-  errors?: { id: string; message: string }[];
 }

@@ -81,11 +81,12 @@ export function barChart(opts: { title: string; rows: { label: string; value: nu
   return h('figure', { class: 'chart-box' }, h('figcaption', null, opts.title), svg);
 }
 
-function bucketLabel(mins: number[], i: number): string {
+function bucketLabel(mins: (number | null)[], i: number): string {
   const fmt = (m: number) => (m >= 1440 && m % 1440 === 0 ? `${m / 1440} d` : m >= 60 && m % 60 === 0 ? `${m / 60} h` : `${m} min`);
   const lo = i === 0 ? 0 : mins[i - 1]!;
   const hi = mins[i];
-  if (hi === undefined || !Number.isFinite(hi)) return `over ${fmt(lo)}`;
+  // The server sends the open last bucket as null (JSON has no Infinity).
+  if (hi === undefined || hi === null || !Number.isFinite(hi)) return `over ${fmt(lo)}`;
   return i === 0 ? `under ${fmt(hi)}` : `${fmt(lo)}–${fmt(hi)}`;
 }
 
@@ -94,7 +95,7 @@ function bucketLabel(mins: number[], i: number): string {
  * by its count (and the count written in it). A table is the accessible form of a heatmap.
  * `bucketsMinutes` are upper bounds; one more count than bounds means an open "over" bucket.
  */
-export function heatmap(opts: { title: string; bucketsMinutes: number[]; rows: { domain: string; total: number; counts: number[] }[]; empty: string }): HTMLElement {
+export function heatmap(opts: { title: string; bucketsMinutes: (number | null)[]; rows: { domain: string; total: number; counts: number[] }[]; empty: string }): HTMLElement {
   if (opts.rows.length === 0) return h('figure', { class: 'chart-box' }, h('figcaption', null, opts.title), h('p', { class: 'muted' }, opts.empty));
   const columns = Math.max(opts.bucketsMinutes.length, ...opts.rows.map((r) => r.counts.length));
   const max = Math.max(1, ...opts.rows.flatMap((r) => r.counts));

@@ -22,6 +22,8 @@ export interface AdminContext {
   heartbeatMs: number;
   /** Open event streams, ended when the server closes. */
   streams: Set<() => void>;
+  /** Mails per step of a bulk action (tests make it small to exercise the paging). */
+  bulkPageSize?: number;
 }
 
 type AuditWhat = Omit<AuditEntry, 'at' | 'actor' | 'role' | 'ip' | 'result' | 'status' | 'error'>;

@@ -64,6 +64,8 @@ export interface AdminServerOptions {
   uiDir?: string;
   /** SSE heartbeat interval; default 15 s. */
   heartbeatMs?: number;
+  /** Mails listed and acted on per step of a bulk action; default 500 (routes/messages.ts). */
+  bulkPageSize?: number;
 }
 
 export interface AdminServer {
@@ -95,6 +97,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     rates: new RateWindow({ metrics: o.metrics }),
     heartbeatMs: o.heartbeatMs ?? 15_000,
     streams: new Set(),
+    ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });
 

@@ -3,8 +3,10 @@
  * message parsed by mailparser. Parsing streams the body (attachments are counted, not kept),
  * so a 50 MB mail costs little memory; HTML is never returned, only text (mailparser converts
  * HTML to text when there is no text part), so mail content can never run as script.
+ * The shapes are the API's (src/api-types.ts), shared with the CLI and the console.
  */
 import { MailParser, type AddressObject, type HeaderLines } from 'mailparser';
+import type { MailDetail, MailSummary, ParsedMessage } from '../api-types.js';
 import type { Config } from '../config/schema.js';
 import type { Queue, QueuedMail, SmtpReply } from '../queue/types.js';
 import { priorityNameOf } from './filters.js';
@@ -22,7 +24,7 @@ function lastReplyOf(mail: QueuedMail): SmtpReply | undefined {
   return best?.reply;
 }
 
-export function summarise(mail: QueuedMail, priorities: Priorities) {
+export function summarise(mail: QueuedMail, priorities: Priorities): MailSummary {
   const name = priorityNameOf(mail.priority, priorities);
   const lastReply = lastReplyOf(mail);
   return {
@@ -44,19 +46,7 @@ export function summarise(mail: QueuedMail, priorities: Priorities) {
   };
 }
 
-export interface ParsedView {
-  headers: { name: string; value: string }[];
-  subject?: string;
-  from?: string;
-  to?: string;
-  cc?: string;
-  date?: string;
-  text?: string;
-  textTruncated?: boolean;
-  hasHtml?: boolean;
-  attachments: { filename?: string; contentType: string; size: number }[];
-  error?: string;
-}
+export type ParsedView = ParsedMessage;
 
 function addressText(v: unknown): string | undefined {
   if (!v) return undefined;
@@ -134,7 +124,7 @@ export async function parseStoredMessage(queue: Queue, id: string): Promise<Pars
   });
 }
 
-export async function detail(queue: Queue, mail: QueuedMail, priorities: Priorities) {
+export async function detail(queue: Queue, mail: QueuedMail, priorities: Priorities): Promise<MailDetail> {
   const { lease, ...rest } = mail;
   return {
     ...rest,

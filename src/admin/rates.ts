@@ -5,15 +5,10 @@
  * counted twice and no stage has to report rates separately.
  */
 import type { Counter } from 'prom-client';
+import type { Rates } from '../api-types.js';
 import type { Metrics } from '../metrics.js';
 
-export interface Rates {
-  /** Per minute, over the window. */
-  acceptedPerMinute: number;
-  deliveredPerMinute: number;
-  deferredPerMinute: number;
-  bouncedPerMinute: number;
-}
+export type { Rates };
 
 interface Sample {
   at: number;

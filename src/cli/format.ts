@@ -2,25 +2,10 @@
  * Human output of the CLI. `queue list` looks like Postfix's `postqueue -p` (id with `*` for a
  * mail being delivered and `!` for a held one, size, arrival time, sender, then each recipient
  * not yet delivered, with the last reply in parentheses), so operators read it at a glance.
+ * It reads the API's answers as typed in src/api-types.ts (shared with the server and the console).
  */
 
-export interface Reply { code: number; enhanced?: string; message: string }
-export interface RecipientView { address: string; status: string; lastReply?: Reply; remoteHost?: string }
-export interface MailSummaryView {
-  id: string;
-  state: string;
-  sender: string;
-  recipients: RecipientView[];
-  recipientCount?: number;
-  size: number;
-  receivedAt: number;
-  priority: number;
-  priorityName?: string;
-  notBefore: number;
-  attempts: number;
-  subject?: string;
-  holdReason?: string;
-}
+import type { MailDetail, MailSummary, SmtpReply, Stats } from '../api-types.js';
 
 const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
 
@@ -32,7 +17,7 @@ function arrival(ms: number): string {
   return `${day} ${mon} ${String(d.getDate()).padStart(2)} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-function replyText(r: Reply): string {
+function replyText(r: SmtpReply): string {
   return `${r.code}${r.enhanced ? ' ' + r.enhanced : ''} ${r.message}`.replace(/\s+/g, ' ').trim();
 }
 
@@ -42,7 +27,7 @@ const PRIO_W = 8;
 const TIME_W = 20;
 const INDENT = ' '.repeat(ID_W + 1 + SIZE_W + 1 + PRIO_W + 1 + TIME_W + 1);
 
-export function queueTable(items: MailSummaryView[], more: boolean, total?: { count: number; exact: boolean }): string {
+export function queueTable(items: MailSummary[], more: boolean, total?: { count: number; exact: boolean }): string {
   if (items.length === 0) return more ? 'No mail found yet; more may match (use --all)\n' : 'Mail queue is empty\n';
   const lines = [
     `${'-Queue ID-'.padEnd(ID_W)} ${'--Size--'.padStart(SIZE_W)} ${'-Prio-'.padEnd(PRIO_W)} ${'----Arrival Time----'.padEnd(TIME_W)} -Sender/Recipient-------`,
@@ -81,16 +66,7 @@ export function relative(ms: number, now = Date.now()): string {
   return s <= 0 ? `${text} ago` : `in ${text}`;
 }
 
-interface Detail extends MailSummaryView {
-  history?: { at: number; host?: string; recipients: string[]; outcome: string; reply?: Reply }[];
-  client?: { address: string; helo?: string; authUser?: string; tls?: boolean };
-  classification?: Record<string, { source: string; rule?: string; detail?: string } | undefined>;
-  messageId?: string;
-  lease?: { owner: string; until: number };
-  parsed?: { headers: { name: string; value: string }[]; subject?: string; text?: string; textTruncated?: boolean; attachments: { filename?: string; contentType: string; size: number }[]; error?: string };
-}
-
-export function showMail(m: Detail): string {
+export function showMail(m: MailDetail): string {
   const out: string[] = [];
   const kv = (k: string, v: string | number | undefined) => out.push(`${(k + ':').padEnd(17)}${v ?? '-'}`);
   kv('Queue ID', m.id);
@@ -137,16 +113,7 @@ export function showMail(m: Detail): string {
   return out.join('\n') + '\n';
 }
 
-interface StatsView {
-  byState: Record<string, number>;
-  byPriorityName?: Record<string, number>;
-  oldestAgeSeconds?: number | null;
-  topDestinations: { domain: string; count: number }[];
-  ageByDestination: { bucketLabels?: string[]; bucketsMinutes: (number | null)[]; rows: { domain: string; total: number; counts: number[] }[] };
-  rates?: Record<string, number>;
-}
-
-export function showStats(s: StatsView): string {
+export function showStats(s: Stats): string {
   const out: string[] = [];
   out.push('By state:    ' + Object.entries(s.byState).map(([k, v]) => `${k}=${v}`).join('  '));
   if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));

@@ -19,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
-import { queueTable, showMail, showStats, type MailSummaryView } from './format.js';
+import type { BrowsePage, BulkResult, MailDetail, MailSummary, Stats } from '../api-types.js';
+import { queueTable, showMail, showStats } from './format.js';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
 
@@ -63,8 +64,6 @@ function client(cmd: Command): { api: ApiClient; opts: GlobalOpts } {
 
 const idPath = (id: string) => `api/messages/${encodeURIComponent(id)}`;
 
-interface BulkResult { matched: number; changed: number; skipped: number; failed: number; ids: string[]; errors: { id: string; message: string }[] }
-
 type Action = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
 const DONE: Record<Action, string> = { remove: 'removed', hold: 'held', release: 'released', retry: 'scheduled for retry', priority: 'reprioritised' };
 
@@ -73,9 +72,9 @@ async function oneByOne(api: ApiClient, ids: string[], action: Action, json: boo
   const results: { id: string; ok: boolean; state?: string; error?: string }[] = [];
   for (const id of ids) {
     try {
-      const mail = await (action === 'remove' ? api.json<MailSummaryView>('DELETE', idPath(id))
-        : action === 'priority' ? api.json<MailSummaryView>('PATCH', idPath(id), body)
-          : api.json<MailSummaryView>('POST', `${idPath(id)}/${action}`, body));
+      const mail = await (action === 'remove' ? api.json<MailSummary>('DELETE', idPath(id))
+        : action === 'priority' ? api.json<MailSummary>('PATCH', idPath(id), body)
+          : api.json<MailSummary>('POST', `${idPath(id)}/${action}`, body));
       results.push({ id, ok: true, state: mail.state });
       if (!json) out(`${id}: ${DONE[action]} (now ${mail.state}${action === 'priority' ? `, priority ${mail.priorityName ?? mail.priority}` : ''})\n`);
     } catch (err) {
@@ -153,12 +152,12 @@ export function buildProgram(): Command {
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit must be 1..1000', EXIT.usage);
       const { api, opts } = client(cmd);
-      const items: MailSummaryView[] = [];
+      const items: MailSummary[] = [];
       let cursor: string | undefined;
       let total: { count: number; exact: boolean } | undefined;
       do {
         const q = new URLSearchParams({ ...filter, sort: o.sort, order: o.order, limit: String(limit), ...(cursor ? { cursor } : {}) });
-        const page = await api.json<{ items: MailSummaryView[]; nextCursor?: string; total: { count: number; exact: boolean } }>('GET', `api/messages?${q}`);
+        const page = await api.json<BrowsePage>('GET', `api/messages?${q}`);
         items.push(...page.items);
         cursor = page.nextCursor;
         total ??= page.total;
@@ -180,7 +179,7 @@ export function buildProgram(): Command {
         process.stdout.write(Buffer.from(await res.arrayBuffer()));
         return;
       }
-      const mail = await api.json<Parameters<typeof showMail>[0]>('GET', idPath(id));
+      const mail = await api.json<MailDetail>('GET', idPath(id));
       if (opts.json) printJson(mail);
       else out(showMail(mail));
     });
@@ -214,7 +213,7 @@ export function buildProgram(): Command {
     .option('--top <n>', 'destinations shown', '10')
     .action(async (o: { top: string }, cmd: Command) => {
       const { api, opts } = client(cmd);
-      const stats = await api.json<Parameters<typeof showStats>[0]>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`);
+      const stats = await api.json<Stats>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`);
       if (opts.json) printJson(stats);
       else out(showStats(stats));
     });

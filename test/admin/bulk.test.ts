@@ -1,9 +1,11 @@
 /**
  * POST /api/messages/actions against a real spool: each action, dry runs that change nothing,
- * removing all mail to a domain in one call, paging through more matches than one page, and
- * 400s for bad filters, actions and priorities.
+ * removing all mail to a domain in one call, paging through more matches than one page (and,
+ * with a small page, acting on each page before listing the next), and 400s for bad filters,
+ * actions and priorities.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Queue } from '../../src/queue/types.js';
 import { PRIO, startHarness, type Harness } from './harness.js';
 
 let h: Harness;
@@ -86,5 +88,62 @@ describe('POST /api/messages/actions', () => {
     expect(r.status).toBe(400);
     expect(r.body).toMatchObject({ statusCode: 400, error: 'Bad Request' });
     expect(r.body.message).toMatch(message);
+  });
+});
+
+describe('bulk actions page through the matches', () => {
+  let p: Harness;
+  /** Queue calls the admin server made, in order: browse with its limit, and each action. */
+  const calls: { op: string; limit?: number }[] = [];
+  const recording = (queue: Queue): Queue => new Proxy(queue, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        if (prop === 'browse') calls.push({ op: 'browse', limit: (args[1] as { limit?: number } | undefined)?.limit });
+        else if (prop === 'remove' || prop === 'setPriority') calls.push({ op: String(prop) });
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
+
+  beforeAll(async () => {
+    p = await startHarness({ bulkPageSize: 7, wrapQueue: recording });
+    await Promise.all(Array.from({ length: 30 }, (_, i) => p.enqueue({ subject: `paged ${i}`, to: [`p${i}@paged.example`], ageMinutes: 30 - i })));
+    await p.enqueue({ subject: 'bystander', to: ['b@other.example'] });
+  });
+  afterAll(async () => p?.close());
+
+  it('a dry run that must walk (priority) counts every page, holding one page at a time', async () => {
+    calls.length = 0;
+    const r = await p.json('POST', '/api/messages/actions', { body: { filter: { domain: 'paged.example' }, action: 'priority', priority: 'urgent', dryRun: true } });
+    expect(r.body).toMatchObject({ matched: 30, changed: 0 });
+    expect(r.body.ids).toHaveLength(20); // a sample, not every id
+    const browses = calls.filter((c) => c.op === 'browse');
+    expect(browses.length).toBeGreaterThanOrEqual(5); // 30 mails, 7 a page
+    expect(browses.every((c) => c.limit === 7)).toBe(true);
+    expect(calls.some((c) => c.op === 'setPriority')).toBe(false);
+  });
+
+  it('removes more mails than one page, acting on each page before listing the next', async () => {
+    calls.length = 0;
+    const r = await p.json('POST', '/api/messages/actions', { body: { filter: { domain: 'paged.example' }, action: 'remove' } });
+    expect(r.body).toMatchObject({ matched: 30, changed: 30, skipped: 0, failed: 0 });
+    expect(new Set(r.body.ids).size).toBe(30);
+    // Every page of 7 is acted on before the next page is listed: at most 7 removals between two
+    // listings, and the first removal comes before the second listing (nothing is collected first).
+    const sequence = calls.filter((c) => c.op === 'browse' || c.op === 'remove').map((c) => c.op);
+    const firstRemove = sequence.indexOf('remove');
+    const secondBrowse = sequence.indexOf('browse', sequence.indexOf('browse') + 1);
+    expect(firstRemove).toBeGreaterThan(0);
+    expect(firstRemove).toBeLessThan(secondBrowse);
+    const runs = sequence.join(' ').split('browse').map((run) => run.trim().split(' ').filter(Boolean).length);
+    expect(Math.max(...runs)).toBe(7);
+    expect(runs.reduce((a, b) => a + b, 0)).toBe(30);
+    // Nothing was skipped or done twice: all 30 are removed, the bystander is not.
+    const removed = await p.json('GET', '/api/messages?domain=paged.example&state=removed&limit=100');
+    expect(removed.body.items).toHaveLength(30);
+    const other = await p.json('GET', '/api/messages?domain=other.example');
+    expect(other.body.items.map((m: any) => m.state)).toEqual(['queued']);
   });
 });

@@ -12,65 +12,15 @@ import { pino } from 'pino';
 import { createAdminServer, type AdminServer } from '../../src/admin/index.js';
 import { ConfigStore } from '../../src/config/store.js';
 import { createMetrics, type Metrics } from '../../src/metrics.js';
-import { newMailId } from '../../src/queue/model.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
-import type { EnqueueRequest, Queue, QueuedMail } from '../../src/queue/types.js';
+import type { Queue, QueuedMail } from '../../src/queue/types.js';
+import { enqueueRequestFor, type MailSpec } from '../helpers/test-mail.js';
+
+export type { MailSpec } from '../helpers/test-mail.js';
 
 export const OPERATOR = 'operator-token-0123456789abcdef';
 export const VIEWER = 'viewer-token-0123456789abcdef';
 export const PRIO = { urgent: 30, high: 20, normal: 10, bulk: 0 } as const;
-
-export interface MailSpec {
-  from?: string;
-  to?: string[];
-  subject?: string;
-  priority?: number;
-  /** Minutes ago it was received. */
-  ageMinutes?: number;
-  /** notBefore offset from now in ms (default +1 h, so nothing is due unless asked). */
-  dueInMs?: number;
-  hold?: string;
-  bodyBytes?: number;
-  attachment?: { filename: string; content: string };
-  html?: string;
-  extraHeaders?: string[];
-}
-
-export function buildMessage(m: MailSpec, id: string): Buffer {
-  const head = [
-    `Received: from client.test (127.0.0.1) by spoolhouse.test with ESMTP id ${id}`,
-    `From: ${m.from === '' ? 'MAILER-DAEMON@spoolhouse.test' : m.from ?? 'alice@corp.example'}`,
-    `To: ${(m.to ?? ['bob@example.com']).join(', ')}`,
-    `Subject: ${m.subject ?? 'Hello'}`,
-    `Message-ID: <${id}@corp.example>`,
-    `Date: ${new Date().toUTCString()}`,
-    'MIME-Version: 1.0',
-    ...(m.extraHeaders ?? []),
-  ];
-  const text = `Hello,\r\n\r\nThis is "${m.subject ?? 'Hello'}".\r\n` + (m.bodyBytes ? 'x'.repeat(m.bodyBytes) + '\r\n' : '');
-  if (m.html) {
-    return Buffer.from([...head, 'Content-Type: text/html; charset=utf-8', '', m.html, ''].join('\r\n'));
-  }
-  if (!m.attachment) return Buffer.from([...head, 'Content-Type: text/plain; charset=utf-8', '', text].join('\r\n'));
-  const b = 'b0undary-admin-test';
-  return Buffer.from([
-    ...head,
-    `Content-Type: multipart/mixed; boundary="${b}"`,
-    '',
-    `--${b}`,
-    'Content-Type: text/plain; charset=utf-8',
-    '',
-    text,
-    `--${b}`,
-    `Content-Type: application/pdf; name="${m.attachment.filename}"`,
-    `Content-Disposition: attachment; filename="${m.attachment.filename}"`,
-    'Content-Transfer-Encoding: base64',
-    '',
-    Buffer.from(m.attachment.content).toString('base64'),
-    `--${b}--`,
-    '',
-  ].join('\r\n'));
-}
 
 export interface Harness {
   url: string;
@@ -96,7 +46,18 @@ export function captureLogger(lines: string[]) {
   return pino({ level: 'info' }, stream);
 }
 
-export async function startHarness(opts: { admin?: Record<string, unknown>; heartbeatMs?: number; uiDir?: string; overlay?: Record<string, unknown> } = {}): Promise<Harness> {
+export interface HarnessOptions {
+  admin?: Record<string, unknown>;
+  heartbeatMs?: number;
+  uiDir?: string;
+  overlay?: Record<string, unknown>;
+  /** Mails per step of a bulk action (createAdminServer's bulkPageSize). */
+  bulkPageSize?: number;
+  /** What the admin server is given instead of the spool itself (e.g. a recording wrapper). */
+  wrapQueue?: (queue: Queue) => Queue;
+}
+
+export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-admin-'));
   const overlayFile = join(dir, 'config.json');
   writeFileSync(overlayFile, JSON.stringify({
@@ -118,32 +79,14 @@ export async function startHarness(opts: { admin?: Record<string, unknown>; hear
   await queue.start();
   const metrics = createMetrics();
   const admin = await createAdminServer({
-    config, queue, logger, metrics, dataDir: dir,
+    config, queue: opts.wrapQueue ? opts.wrapQueue(queue) : queue, logger, metrics, dataDir: dir,
+    ...(opts.bulkPageSize ? { bulkPageSize: opts.bulkPageSize } : {}),
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
     ...(opts.uiDir ? { uiDir: opts.uiDir } : {}),
   });
   const url = await admin.listen();
 
-  const enqueue = async (m: MailSpec): Promise<QueuedMail> => {
-    const now = Date.now();
-    const receivedAt = now - (m.ageMinutes ?? 0) * 60_000;
-    const id = newMailId(receivedAt);
-    const req: EnqueueRequest = {
-      id,
-      sender: m.from ?? 'alice@corp.example',
-      recipients: (m.to ?? ['bob@example.com']).map((address) => ({ address })),
-      body: buildMessage(m, id),
-      priority: m.priority ?? PRIO.normal,
-      notBefore: now + (m.dueInMs ?? 3_600_000),
-      client: { address: '127.0.0.1', helo: 'client.test', listener: '127.0.0.1:2525' },
-      subject: m.subject ?? 'Hello',
-      messageId: `<${id}@corp.example>`,
-      classification: { priority: { source: 'default' } },
-      receivedAt,
-      ...(m.hold ? { hold: { reason: m.hold } } : {}),
-    };
-    return queue.enqueue(req);
-  };
+  const enqueue = (m: MailSpec): Promise<QueuedMail> => queue.enqueue(enqueueRequestFor(m));
 
   const api: Harness['api'] = async (method, path, o = {}) => {
     const headers: Record<string, string> = { ...(o.headers ?? {}) };
@@ -175,7 +118,7 @@ export async function populate(h: Harness): Promise<Map<string, QueuedMail>> {
     { subject: 'weekly newsletter 1', priority: PRIO.bulk, from: 'news@lists.example', to: ['a@example.org', 'b@example.org'], ageMinutes: 90 },
     { subject: 'weekly newsletter 2', priority: PRIO.bulk, from: 'news@lists.example', to: ['c@example.org'], ageMinutes: 30 },
     { subject: 'big report', priority: PRIO.high, to: ['boss@example.com'], bodyBytes: 200_000, ageMinutes: 7 },
-    { subject: 'with attachment', to: ['dave@slow.example'], attachment: { filename: 'invoice.pdf', content: 'PDF-1.4 pretend' }, ageMinutes: 15 },
+    { subject: 'with attachment', to: ['dave@slow.example'], attachment: { filename: 'invoice.pdf', content: 'PDF-1.4 pretend', contentType: 'application/pdf' }, ageMinutes: 15 },
     { subject: 'bounce of something', from: '', to: ['alice@corp.example'], ageMinutes: 3000 },
     { subject: 'held by rule', to: ['eve@slow.example'], hold: 'rule quarantine', ageMinutes: 45 },
     { subject: '<img src=x onerror=alert(1)>', to: ['mallory@example.net'], html: '<p>hi</p><script>alert(1)</script><b>bold</b>' },

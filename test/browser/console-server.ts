@@ -11,9 +11,9 @@ import { createAdminServer } from '../../src/admin/index.js';
 import { ConfigStore } from '../../src/config/store.js';
 import { silentLogger } from '../../src/logger.js';
 import { createMetrics } from '../../src/metrics.js';
-import { newMailId } from '../../src/queue/model.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
 import type { Queue, QueuedMail } from '../../src/queue/types.js';
+import { enqueueRequestFor, type MailSpec as BaseMailSpec } from '../helpers/test-mail.js';
 
 export const TOKEN = 'browser-test-operator-token-0123456789';
 /** A read-only token (role viewer). */
@@ -31,54 +31,8 @@ export interface ConsoleServer {
   close(): Promise<void>;
 }
 
-export interface MailSpec {
-  subject: string;
-  from?: string;
-  to?: string[];
-  priority?: number;
-  text?: string;
-  extraHeaders?: string[];
-  attachment?: { filename: string; content: string };
-  /** Defaults to now; older mail fills the qshape's right-hand columns. */
-  receivedAt?: number;
-}
-
-/** A real message: CRLF line ends, a text part, optionally an attachment. */
-export function buildMessage(m: MailSpec, id: string): Buffer {
-  const from = m.from ?? 'alice@corp.example';
-  const to = m.to ?? ['bob@example.com'];
-  const head = [
-    `Received: from client.test (127.0.0.1) by spoolhouse.test with ESMTP id ${id}`,
-    `From: ${from}`,
-    `To: ${to.join(', ')}`,
-    `Subject: ${m.subject}`,
-    `Message-ID: <${id}@corp.example>`,
-    `Date: ${new Date().toUTCString()}`,
-    'MIME-Version: 1.0',
-    ...(m.extraHeaders ?? []),
-  ];
-  const text = m.text ?? `Hello,\r\n\r\nThis is "${m.subject}".\r\n`;
-  if (!m.attachment) {
-    return Buffer.from([...head, 'Content-Type: text/plain; charset=utf-8', '', text].join('\r\n'));
-  }
-  const b = 'b0undary-spoolhouse';
-  return Buffer.from([
-    ...head,
-    `Content-Type: multipart/mixed; boundary="${b}"`,
-    '',
-    `--${b}`,
-    'Content-Type: text/plain; charset=utf-8',
-    '',
-    text,
-    `--${b}`,
-    `Content-Type: text/plain; name="${m.attachment.filename}"`,
-    `Content-Disposition: attachment; filename="${m.attachment.filename}"`,
-    '',
-    m.attachment.content,
-    `--${b}--`,
-    '',
-  ].join('\r\n'));
-}
+/** A mail for the console tests: the shared spec (test/helpers/test-mail.ts), always with a subject. */
+export type MailSpec = BaseMailSpec & { subject: string };
 
 export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServer> {
   const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-browser-'));
@@ -94,23 +48,8 @@ export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServ
   const c = config.current;
   const queue = new SpoolQueue({ dir: c.spool.dir, retainFinishedMs: c.spool.retainFinished, maxSize: c.spool.maxSize, logger });
   await queue.start();
-  const enqueue = async (m: MailSpec): Promise<QueuedMail> => {
-    const id = newMailId();
-    return queue.enqueue({
-      id,
-      sender: m.from ?? 'alice@corp.example',
-      recipients: (m.to ?? ['bob@example.com']).map((address) => ({ address })),
-      body: buildMessage(m, id),
-      priority: m.priority ?? 10,
-      // An hour ahead: nothing here delivers, and "next attempt" has something to show.
-      notBefore: Date.now() + 3_600_000,
-      client: { address: '127.0.0.1', helo: 'client.test', listener: '127.0.0.1:2525' },
-      subject: m.subject,
-      messageId: `<${id}@corp.example>`,
-      classification: { priority: { source: 'default' } },
-      ...(m.receivedAt !== undefined ? { receivedAt: m.receivedAt } : {}),
-    });
-  };
+  // notBefore an hour ahead (the default): nothing here delivers, and "next attempt" has something to show.
+  const enqueue = (m: MailSpec): Promise<QueuedMail> => queue.enqueue(enqueueRequestFor(m));
   const ids = new Map<string, string>();
   for (const m of mails) ids.set(m.subject, (await enqueue(m)).id);
   const admin = await createAdminServer({ config, queue, logger, metrics: createMetrics(), dataDir: dir });

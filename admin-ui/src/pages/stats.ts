@@ -18,12 +18,12 @@ interface Sample { at: number; byState: Record<string, number>; rates: Record<st
 const samples: Sample[] = [];
 
 /** The numeric rates, flattened: { ingress: { perMinute: 3 } } → { "ingress perMinute": 3 }. */
-export function flattenRates(rates: Record<string, unknown> | undefined, prefix = ''): Record<string, number> {
+export function flattenRates(rates: object | undefined, prefix = ''): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of Object.entries(rates ?? {})) {
     const key = prefix ? `${prefix} ${k}` : k;
     if (typeof v === 'number' && Number.isFinite(v)) out[key] = v;
-    else if (v && typeof v === 'object' && !Array.isArray(v)) Object.assign(out, flattenRates(v as Record<string, unknown>, key));
+    else if (v && typeof v === 'object' && !Array.isArray(v)) Object.assign(out, flattenRates(v as object, key));
   }
   return out;
 }

@@ -6,25 +6,33 @@
  * Removal is final: DELETE answers only once `queue.remove` resolved, and the queue guarantees
  * that from then on `checkLease` is false, so a worker in the middle of delivering it stops.
  *
- * Bulk actions list the filter's matches page by page (with a cursor), then act on each,
- * restricted to the states the action applies to, so `matched` is what the action would
+ * Bulk actions walk the filter's matches one page at a time (keyset cursor) and act on each page
+ * before listing the next, so memory is one page even for a million matches (see runBulk); they
+ * are restricted to the states the action applies to, so `matched` is what the action would
  * change (the console's confirmation shows it) and "remove all mail to example.com" is one call.
+ * The answer lists at most MAX_AUDIT_IDS changed ids (`changed` counts all).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { BrowsePage as BrowsePageView, BulkAction, BulkResult } from '../../api-types.js';
 import type { BrowseFilter, MailState, QueuedMail } from '../../queue/types.js';
 import { InvalidTransitionError, MailNotFoundError } from '../../queue/errors.js';
+import { MAX_AUDIT_IDS } from '../audit.js';
 import { audited, type AdminContext } from '../context.js';
 import { BadRequestError } from '../errors.js';
 import { FILTER_KEYS, parseFilter, parsePriority, parseTime } from '../filters.js';
 import { detail, summarise } from '../present.js';
 import { errorResponses, mailDetailSchema, mailIdParams, mailSummarySchema } from '../schemas.js';
 
-const BULK_PAGE = 500;
-const BULK_CONCURRENCY = 8;
+/** Mails listed and acted on per step of a bulk action (memory is one page, whatever matches). */
+export const BULK_PAGE = 500;
+/** Actions in flight at once: enough for the spool's group commit to batch them into few fsyncs. */
+const BULK_CONCURRENCY = 32;
 const DRY_RUN_SAMPLE = 20;
+/** Mail received up to this long after a bulk action started is still in its scope (clock skew between nodes). */
+const CLOCK_SLACK_MS = 60_000;
 
-export const BULK_ACTIONS = ['remove', 'hold', 'release', 'retry', 'priority'] as const;
-export type BulkAction = (typeof BULK_ACTIONS)[number];
+export const BULK_ACTIONS = ['remove', 'hold', 'release', 'retry', 'priority'] as const satisfies readonly BulkAction[];
+export type { BulkAction, BulkResult };
 
 /** The states in which each action changes a mail. */
 const APPLIES_TO: Record<BulkAction, MailState[]> = {
@@ -94,17 +102,6 @@ async function browse(ctx: AdminContext, filter: BrowseFilter, opts: Parameters<
   }
 }
 
-export interface BulkResult {
-  action: BulkAction;
-  dryRun: boolean;
-  matched: number;
-  changed: number;
-  skipped: number;
-  failed: number;
-  errors: { id: string; message: string }[];
-  ids: string[];
-}
-
 /** Runs `fn` over `items`, `width` at a time. */
 async function eachLimited<T>(items: T[], width: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
@@ -114,12 +111,24 @@ async function eachLimited<T>(items: T[], width: number, fn: (item: T) => Promis
   await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
 }
 
-export async function runBulk(
-  ctx: AdminContext,
-  rawFilter: Record<string, unknown>,
-  action: BulkAction,
-  opts: { dryRun: boolean; priority?: number; reason?: string },
-): Promise<BulkResult> {
+export interface BulkOptions {
+  dryRun: boolean;
+  priority?: number;
+  reason?: string;
+  /** Mails listed and acted on per step; default ctx.bulkPageSize or BULK_PAGE. */
+  pageSize?: number;
+}
+
+/**
+ * One action on every mail matching a filter, page by page: list one page of matches (keyset
+ * cursor, by received time), act on it, then list the next page from the cursor. Memory stays
+ * one page however many mails match (a million-mail queue is fine), and the walk is safe while
+ * acting: the cursor is the last (receivedAt, id) seen, not an offset, so changing or removing
+ * mails already passed neither skips nor repeats the ones ahead, on every backend (both cursors
+ * are keyset cursors). Only mail received up to the start of the action (plus clock slack) is
+ * walked, so a steady stream of new mail to the same domain cannot keep the action running.
+ */
+export async function runBulk(ctx: AdminContext, rawFilter: Record<string, unknown>, action: BulkAction, opts: BulkOptions): Promise<BulkResult> {
   const priorities = ctx.config.current.priorities;
   const filter = parseFilter(rawFilter, priorities);
   const applicable = APPLIES_TO[action];
@@ -128,41 +137,47 @@ export async function runBulk(
   const result: BulkResult = { action, dryRun: opts.dryRun, matched: 0, changed: 0, skipped: 0, failed: 0, errors: [], ids: [] };
   if (states.length === 0) return result;
   const scoped: BrowseFilter = { ...filter, state: states };
-  // Collect the matches first, then act: acting while paging would move mails out of the
-  // filter under the cursor, and whether that skips mails would depend on the backend's cursor.
-  const ids: string[] = [];
+  const pageSize = Math.min(1000, Math.max(1, opts.pageSize ?? ctx.bulkPageSize ?? BULK_PAGE));
+  if (opts.dryRun && action !== 'priority') {
+    // A dry run needs only the count; when the backend knows it exactly, skip the walk.
+    const first = await browse(ctx, scoped, { sort: 'received', order: 'asc', limit: DRY_RUN_SAMPLE });
+    if (first.total.exact) return { ...result, matched: first.total.count, ids: first.items.map((m) => m.id) };
+  }
+  const horizon = Date.now() + CLOCK_SLACK_MS;
+  const bounded: BrowseFilter = { ...scoped, until: Math.min(scoped.until ?? horizon, horizon) };
+  const matches = (m: QueuedMail) => action !== 'priority' || m.priority !== opts.priority;
   let cursor: string | undefined;
   do {
-    const page = await browse(ctx, scoped, { sort: 'received', order: 'asc', limit: BULK_PAGE, ...(cursor ? { cursor } : {}) });
-    // A dry run needs only the count; when the backend knows it exactly, skip the walk.
-    if (opts.dryRun && !cursor && page.total.exact && action !== 'priority') {
-      return { ...result, matched: page.total.count, ids: page.items.slice(0, DRY_RUN_SAMPLE).map((m) => m.id) };
-    }
+    const page = await browse(ctx, bounded, { sort: 'received', order: 'asc', limit: pageSize, ...(cursor ? { cursor } : {}) });
     cursor = page.nextCursor;
-    for (const m of page.items) if (action !== 'priority' || m.priority !== opts.priority) ids.push(m.id);
-  } while (cursor);
-  result.matched = ids.length;
-  if (opts.dryRun) {
-    result.ids = ids.slice(0, DRY_RUN_SAMPLE);
-    return result;
-  }
-  await eachLimited(ids, BULK_CONCURRENCY, async (id) => {
-    try {
-      await applyAction(ctx, id, action, opts);
-      result.changed++;
-      result.ids.push(id);
-    } catch (err) {
-      // The mail moved on between the listing and the action (delivered, released by someone else…).
-      if (err instanceof InvalidTransitionError || err instanceof MailNotFoundError) {
-        result.skipped++;
-      } else {
-        result.failed++;
-        if (result.errors.length < 20) result.errors.push({ id, message: (err as Error).message });
-        ctx.logger.error({ err, mailId: id, action }, 'admin: bulk action failed for one mail');
-      }
+    const ids = page.items.filter(matches).map((m) => m.id);
+    result.matched += ids.length;
+    if (opts.dryRun) {
+      for (const id of ids) if (result.ids.length < DRY_RUN_SAMPLE) result.ids.push(id);
+      continue;
     }
-  });
+    await eachLimited(ids, BULK_CONCURRENCY, (id) => applyOne(ctx, id, action, opts, result));
+  } while (cursor);
   return result;
+}
+
+/** Applies the action to one mail and counts the outcome in `result`. */
+async function applyOne(ctx: AdminContext, id: string, action: BulkAction, opts: BulkOptions, result: BulkResult): Promise<void> {
+  try {
+    await applyAction(ctx, id, action, opts);
+    result.changed++;
+    // The answer and the audit entry list this many ids; `changed` counts them all.
+    if (result.ids.length < MAX_AUDIT_IDS) result.ids.push(id);
+  } catch (err) {
+    // The mail moved on between the listing and the action (delivered, released by someone else…).
+    if (err instanceof InvalidTransitionError || err instanceof MailNotFoundError) {
+      result.skipped++;
+    } else {
+      result.failed++;
+      if (result.errors.length < 20) result.errors.push({ id, message: (err as Error).message });
+      ctx.logger.error({ err, mailId: id, action }, 'admin: bulk action failed for one mail');
+    }
+  }
 }
 
 async function applyAction(ctx: AdminContext, id: string, action: BulkAction, opts: { priority?: number; reason?: string }): Promise<QueuedMail> {
@@ -189,7 +204,7 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
       querystring: listQuery,
       response: { 200: listResponse, ...errorResponses },
     },
-  }, async (request) => {
+  }, async (request): Promise<BrowsePageView> => {
     const { sort, order, cursor, limit, ...rawFilter } = request.query;
     const filter = parseFilter(rawFilter, priorities());
     const page = await browse(ctx, filter, {

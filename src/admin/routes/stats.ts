@@ -3,6 +3,7 @@
  * rates from the Prometheus counters over a sliding window (see rates.ts).
  */
 import type { FastifyInstance } from 'fastify';
+import type { Stats } from '../../api-types.js';
 import type { AdminContext } from '../context.js';
 import { priorityNameOf } from '../filters.js';
 import { errorResponses } from '../schemas.js';
@@ -64,7 +65,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
         ...errorResponses,
       },
     },
-  }, async (request) => {
+  }, async (request): Promise<Stats> => {
     const [stats, rates] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.rates()]);
     const priorities = ctx.config.current.priorities;
     const byPriorityName: Record<string, number> = {};

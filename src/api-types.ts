@@ -1,0 +1,155 @@
+/**
+ * The admin REST API's JSON shapes, written once: what the admin server sends (src/admin builds
+ * its answers as these types, so the compiler holds it to them), what the CLI prints from
+ * (src/cli) and what the web console reads (admin-ui/src/api.ts imports this file type-only).
+ *
+ * Deliberately neutral: types only, no imports, no runtime code. The CLI may not import
+ * src/admin or src/queue (.dependency-cruiser.cjs), and the console is browser code without
+ * Node's types, so this file can depend on neither. It describes the wire, not the queue model:
+ * src/queue/types.ts is the model, and src/admin/present.ts maps the one onto the other (with
+ * return types from here, so a model change that breaks the contract fails to compile).
+ * The JSON schemas in src/admin/schemas.ts describe the same shapes for OpenAPI.
+ */
+
+export type MailState = 'queued' | 'active' | 'held' | 'delivered' | 'bounced' | 'expired' | 'removed';
+export type RecipientStatus = 'pending' | 'deferred' | 'delivered' | 'failed' | 'expired';
+export type AttemptOutcome = 'delivered' | 'deferred' | 'failed' | 'expired';
+export type SortField = 'received' | 'priority' | 'nextAttempt';
+
+/** An SMTP reply; `enhanced` is the RFC 3463 code, e.g. "5.1.1". */
+export interface SmtpReply { code: number; enhanced?: string; message: string }
+
+export interface Recipient {
+  address: string;
+  status: RecipientStatus;
+  lastReply?: SmtpReply;
+  /** The host that gave lastReply. */
+  remoteHost?: string;
+  lastAttemptAt?: number;
+  /** DSN NOTIFY (RFC 3461) and ORCPT, as the client gave them. */
+  notify?: string[];
+  orcpt?: string;
+}
+
+export interface AttemptRecord {
+  at: number;
+  host?: string;
+  recipients: string[];
+  outcome: AttemptOutcome;
+  reply?: SmtpReply;
+  durationMs?: number;
+}
+
+/** Why a mail got its priority, delay or hold. */
+export interface Classification { source: string; rule?: string; detail?: string }
+
+/** A mail in a list (GET /api/messages) and the answer of every single-mail action. */
+export interface MailSummary {
+  id: string;
+  state: MailState;
+  /** '' is the null sender (bounces). */
+  sender: string;
+  /** At most 20 in lists; recipientCount has them all. */
+  recipients: Recipient[];
+  recipientCount: number;
+  size: number;
+  receivedAt: number;
+  priority: number;
+  /** Absent when no configured class has this level. */
+  priorityName?: string;
+  notBefore: number;
+  attempts: number;
+  subject?: string;
+  messageId?: string;
+  holdReason?: string;
+  /** The most recent reply any recipient got. */
+  lastReply?: SmtpReply;
+}
+
+/** The stored message, parsed: headers, text (never HTML), attachments listed with their sizes. */
+export interface ParsedMessage {
+  headers: { name: string; value: string }[];
+  subject?: string;
+  from?: string;
+  to?: string;
+  cc?: string;
+  /** ISO 8601. */
+  date?: string;
+  text?: string;
+  textTruncated?: boolean;
+  hasHtml?: boolean;
+  attachments: { filename?: string; contentType: string; size: number }[];
+  /** Set when the body could not be read or parsed. */
+  error?: string;
+}
+
+/** GET /api/messages/:id. */
+export interface MailDetail extends MailSummary {
+  history: AttemptRecord[];
+  dsn: { ret?: 'FULL' | 'HDRS'; envid?: string };
+  smtputf8: boolean;
+  bodyType: '7BIT' | '8BITMIME';
+  client: { address: string; helo?: string; hostname?: string; authUser?: string; tls?: boolean; listener?: string };
+  classification: { priority: Classification; delay?: Classification; hold?: Classification };
+  mtPriority?: number;
+  /** Who is delivering it and until when (the lease token itself is never shown). */
+  lease?: { owner: string; until: number };
+  generation: number;
+  updatedAt: number;
+  delayWarnedAt?: number;
+  parsed: ParsedMessage;
+}
+
+/** GET /api/messages. */
+export interface BrowsePage {
+  items: MailSummary[];
+  nextCursor?: string;
+  /** Exact, or an upper-bound estimate (`exact: false`). */
+  total: { count: number; exact: boolean };
+}
+
+export interface Rates {
+  /** Per minute, over the window. */
+  acceptedPerMinute: number;
+  deliveredPerMinute: number;
+  deferredPerMinute: number;
+  bouncedPerMinute: number;
+}
+
+/** GET /api/stats. */
+export interface Stats {
+  at: number;
+  byState: Record<MailState, number>;
+  /** Live mail by priority level, and by class name. */
+  byPriority: Record<string, number>;
+  byPriorityName: Record<string, number>;
+  oldestReceivedAt: number | null;
+  oldestAgeSeconds: number | null;
+  topDestinations: { domain: string; count: number }[];
+  /** Like Postfix's qshape; the last bucket is open-ended (null). */
+  ageByDestination: {
+    bucketsMinutes: (number | null)[];
+    bucketLabels: string[];
+    rows: { domain: string; total: number; counts: number[] }[];
+  };
+  rates: Rates;
+  ratesWindowSeconds: number;
+}
+
+export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
+
+/** POST /api/messages/actions. */
+export interface BulkResult {
+  action: BulkAction;
+  dryRun: boolean;
+  /** Mails in a state the action applies to (and, for priority, of another priority). */
+  matched: number;
+  changed: number;
+  /** Matched, but had moved on (delivered, released by someone else…) by the time of the action. */
+  skipped: number;
+  failed: number;
+  /** At most 20. */
+  errors: { id: string; message: string }[];
+  /** Changed ids (at most 10,000; `changed` counts all), or a sample of 20 for a dry run. */
+  ids: string[];
+}
