@@ -21,7 +21,8 @@
  * so a page examines twice as many mails for the same time; only the mails that pass are decoded.
  *
  * Totals are exact when counters or a bounded range count answer them (state, priority, domain,
- * sender, recipient and their combinations with state), and otherwise an upper-bound estimate
+ * sender, recipient and their combinations with state, and a time window of up to WINDOW_COUNT_CAP
+ * mails with any of those), and otherwise an upper-bound estimate
  * with exact:false (e.g. with q, size or time bounds).
  */
 import type { Database } from 'lmdb';
@@ -52,6 +53,8 @@ const ASCII_FROM_LOWERCASE = [Buffer.from('\u0130'), Buffer.from('\u212a')];
 const PROBE_COST = 0.25;
 const SMALL_SET = 3000;
 const COUNT_CAP = 200_000;
+/** Keys counted at most for an exact total of a time window (counting is ~0.8 µs a key). */
+const WINDOW_COUNT_CAP = 20_000;
 
 type Tuple = (string | number)[];
 
@@ -203,6 +206,8 @@ function rangeCount(ix: BrowseStore['ix'], src: Source, cap: number): number {
 
 /** The exact total when counters or a capped range count give it; else an estimate. */
 function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): { count: number; exact: boolean } {
+  const window = windowCount(store, f, states, prios);
+  if (window !== undefined) return { count: window, exact: true };
   const residual = f.since !== undefined || f.until !== undefined || f.minSize !== undefined || f.maxSize !== undefined || !!f.q;
   const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
   const stateList = states ?? MAIL_STATES;
@@ -227,6 +232,26 @@ function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefi
     count = stateList.reduce((n, s) => n + store.counter(['c', 's', s]), 0);
   }
   return { count, exact };
+}
+
+/**
+ * The exact count of a time window (since/until, alone or with states, priorities or one of
+ * sender / recipient / domain): the received-ordered ranges are counted key by key, up to
+ * WINDOW_COUNT_CAP keys (about 15 ms); a wider window gets the counters' upper bound instead.
+ */
+function windowCount(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): number | undefined {
+  if (f.since === undefined && f.until === undefined) return undefined;
+  if (f.minSize !== undefined || f.maxSize !== undefined || f.q) return undefined;
+  const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
+  const sel = selector(f);
+  if (sels > 1 || (sel && prios)) return undefined;
+  const sources = sel ? selectorSources(sel, states, f) : sortSources('received', states, prios, f);
+  let n = 0;
+  for (const src of sources) {
+    n += rangeCount(store.ix, src, WINDOW_COUNT_CAP + 1 - n);
+    if (n > WINDOW_COUNT_CAP) return undefined;
+  }
+  return n;
 }
 
 export function browseIndexed(store: BrowseStore, f: BrowseFilter, opts: BrowseOptions): BrowsePage {
