@@ -277,7 +277,15 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
   async function load(): Promise<void> {
     const seq = ++loadSeq;
     try {
-      const next = await api<BrowsePage>('GET', '/api/messages' + query({ ...apiFilter(filter), sort, order, cursor: cursors[cursors.length - 1], limit: PAGE_SIZE }));
+      let next = await api<BrowsePage>('GET', '/api/messages' + query({ ...apiFilter(filter), sort, order, cursor: cursors[cursors.length - 1], limit: PAGE_SIZE }));
+      // A filter no index narrows (subject text, size) is answered a slice of the queue at a time:
+      // an empty page with a cursor means "nothing in this slice", not "nothing matches". Keep
+      // searching (this page's start moves on) until mail is found or the queue is exhausted.
+      for (let slices = 1; next.items.length === 0 && next.nextCursor && seq === loadSeq; slices++) {
+        cursors[cursors.length - 1] = next.nextCursor;
+        summary.textContent = `Searching the queue… (${slices} part${slices === 1 ? '' : 's'} looked through)`;
+        next = await api<BrowsePage>('GET', '/api/messages' + query({ ...apiFilter(filter), sort, order, cursor: next.nextCursor, limit: PAGE_SIZE }));
+      }
       if (seq !== loadSeq) return;
       page = next;
       updatedAt = Date.now();
