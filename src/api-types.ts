@@ -116,6 +116,19 @@ export interface Rates {
   bouncedPerMinute: number;
 }
 
+/** One point of GET /api/stats/history. */
+export interface DepthSample {
+  at: number;
+  byState: Record<MailState, number>;
+  rates: Rates;
+}
+
+/** GET /api/stats/history: the server's samples of queue depth and rates (a day, every 10 s by default). */
+export interface DepthHistoryPage {
+  everyMs: number;
+  samples: DepthSample[];
+}
+
 /** GET /api/stats. */
 export interface Stats {
   at: number;

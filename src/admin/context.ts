@@ -9,6 +9,7 @@ import type { Metrics } from '../metrics.js';
 import type { Queue } from '../queue/types.js';
 import type { AuditEntry, AuditLog } from './audit.js';
 import { toApiError } from './errors.js';
+import type { DepthHistory } from './history.js';
 import type { RateWindow } from './rates.js';
 
 export interface AdminContext {
@@ -18,6 +19,7 @@ export interface AdminContext {
   metrics: Metrics;
   audit: AuditLog;
   rates: RateWindow;
+  history: DepthHistory;
   /** SSE heartbeat interval. */
   heartbeatMs: number;
   /** Open event streams, ended when the server closes. */

@@ -31,6 +31,7 @@ import { AuditLog } from './audit.js';
 import { authHook, bearerToken, TokenAuthority } from './auth.js';
 import type { AdminContext } from './context.js';
 import { adminErrorHandler, errorBody, UnauthorizedError } from './errors.js';
+import { DepthHistory } from './history.js';
 import { RateWindow } from './rates.js';
 import { auditRoutes } from './routes/audit.js';
 import { configRoutes } from './routes/config.js';
@@ -66,6 +67,8 @@ export interface AdminServerOptions {
   heartbeatMs?: number;
   /** Mails listed and acted on per step of a bulk action; default 500 (routes/messages.ts). */
   bulkPageSize?: number;
+  /** How often queue depth is sampled for GET /api/stats/history; default 10 s. */
+  historyEveryMs?: number;
 }
 
 export interface AdminServer {
@@ -88,13 +91,15 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     forceCloseConnections: true,
     trustProxy: false,
   }) as unknown as FastifyInstance; // pino's Logger is a FastifyBaseLogger; the generics just differ
+  const rates = new RateWindow({ metrics: o.metrics });
   const ctx: AdminContext = {
     config: o.config,
     queue: o.queue,
     logger,
     metrics: o.metrics,
     audit: new AuditLog(o.dataDir),
-    rates: new RateWindow({ metrics: o.metrics }),
+    rates,
+    history: new DepthHistory({ queue: o.queue, rates: () => rates.rates(), logger, ...(o.historyEveryMs !== undefined ? { everyMs: o.historyEveryMs } : {}) }),
     heartbeatMs: o.heartbeatMs ?? 15_000,
     streams: new Set(),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
@@ -152,6 +157,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
 
   await app.ready();
   ctx.rates.start();
+  ctx.history.start();
 
   let closed = false;
   return {
@@ -170,6 +176,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
       if (closed) return;
       closed = true;
       ctx.rates.stop();
+      ctx.history.stop();
       await app.close();
       await ctx.audit.close();
     },

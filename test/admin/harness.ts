@@ -53,6 +53,8 @@ export interface HarnessOptions {
   overlay?: Record<string, unknown>;
   /** Mails per step of a bulk action (createAdminServer's bulkPageSize). */
   bulkPageSize?: number;
+  /** How often the server samples queue depth for /api/stats/history (createAdminServer's historyEveryMs). */
+  historyEveryMs?: number;
   /** What the admin server is given instead of the spool itself (e.g. a recording wrapper). */
   wrapQueue?: (queue: Queue) => Queue;
 }
@@ -81,6 +83,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
   const admin = await createAdminServer({
     config, queue: opts.wrapQueue ? opts.wrapQueue(queue) : queue, logger, metrics, dataDir: dir,
     ...(opts.bulkPageSize ? { bulkPageSize: opts.bulkPageSize } : {}),
+    ...(opts.historyEveryMs ? { historyEveryMs: opts.historyEveryMs } : {}),
     ...(opts.heartbeatMs ? { heartbeatMs: opts.heartbeatMs } : {}),
     ...(opts.uiDir ? { uiDir: opts.uiDir } : {}),
   });

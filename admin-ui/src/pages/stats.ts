@@ -1,9 +1,10 @@
 /**
- * Statistics: counts by state, queue depth over time (this page samples GET /api/stats every
- * few seconds and keeps the samples for the life of the tab), the qshape age-by-destination
- * heatmap, priorities, top destinations and the ingress/delivery rates the server reports.
+ * Statistics: counts by state, queue depth over time (the server's own history of the last day
+ * from GET /api/stats/history, then this page's samples of GET /api/stats every few seconds),
+ * the qshape age-by-destination heatmap, priorities, top destinations and the ingress/delivery
+ * rates the server reports.
  */
-import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type Stats } from '../api';
+import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPage, type Stats } from '../api';
 import { barChart, heatmap, lineChart, type Series } from '../charts';
 import { h, mount } from '../dom';
 import { ageText, absoluteTime } from '../format';
@@ -12,7 +13,7 @@ import type { Cleanup } from '../main';
 
 const INTERVALS_S = [1, 5, 15, 60];
 const DEFAULT_INTERVAL_S = 5;
-const MAX_SAMPLES = 720; // an hour at one sample every 5 s
+const MAX_SAMPLES = 9_000; // the server's day (8,640 at its 10 s) plus this tab's own
 
 interface Sample { at: number; byState: Record<string, number>; rates: Record<string, number> }
 const samples: Sample[] = [];
@@ -52,7 +53,7 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
     body);
 
   function render(): void {
-    lastAt.textContent = last?.at ? `while this page is open · last ${new Date(last.at).toLocaleTimeString()}` : '';
+    lastAt.textContent = last?.at ? `· last ${new Date(last.at).toLocaleTimeString()}` : '';
     if (!last) {
       mount(body, errorState('Could not load statistics', failed, () => void sample()));
       return;
@@ -117,8 +118,22 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
     render();
   }
 
+  /** The server's history before this tab's first sample: the chart shows the last day at once. */
+  async function backfill(): Promise<void> {
+    try {
+      const history = await api<DepthHistoryPage>('GET', '/api/stats/history');
+      const before = samples[0]?.at ?? Infinity;
+      const older = history.samples.filter((x) => x.at < before).map((x) => ({ at: x.at, byState: { ...x.byState }, rates: flattenRates(x.rates) }));
+      samples.unshift(...older);
+      if (samples.length > MAX_SAMPLES) samples.splice(0, samples.length - MAX_SAMPLES);
+      if (last) render();
+    } catch {
+      // Without history the chart fills from this tab's samples, as before.
+    }
+  }
+
   runningConfig().then((c) => { config = c; if (last) render(); }).catch(() => {});
-  void sample();
+  void backfill().then(() => sample());
   const timer = setInterval(() => void sample(), intervalS * 1000);
   return () => clearInterval(timer);
 }

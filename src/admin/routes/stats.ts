@@ -3,7 +3,7 @@
  * rates from the Prometheus counters over a sliding window (see rates.ts).
  */
 import type { FastifyInstance } from 'fastify';
-import type { Stats } from '../../api-types.js';
+import type { DepthHistoryPage, Stats } from '../../api-types.js';
 import type { AdminContext } from '../context.js';
 import { priorityNameOf } from '../filters.js';
 import { errorResponses } from '../schemas.js';
@@ -91,4 +91,36 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       ratesWindowSeconds: ctx.rates.windowMs / 1000,
     };
   });
+
+  app.get<{ Querystring: { since: number } }>('/stats/history', {
+    schema: {
+      summary: 'Queue depth by state and the rates over the last day, sampled by the server (every 10 s by default)',
+      tags: ['stats'],
+      querystring: {
+        type: 'object',
+        properties: { since: { type: 'number', minimum: 0, default: 0, description: 'Only samples at or after this time (ms since the epoch)' } },
+        additionalProperties: false,
+      },
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            everyMs: { type: 'number' },
+            samples: {
+              type: 'array',
+              items: {
+                type: 'object',
+                properties: {
+                  at: { type: 'number' },
+                  byState: counts,
+                  rates: { type: 'object', additionalProperties: { type: 'number' } },
+                },
+              },
+            },
+          },
+        },
+        ...errorResponses,
+      },
+    },
+  }, async (request): Promise<DepthHistoryPage> => ({ everyMs: ctx.history.everyMs, samples: ctx.history.since(request.query.since) }));
 }

@@ -366,6 +366,11 @@ export class KafkaQueue implements Queue {
       groupId,
       maxWaitTimeInMs: 250,
       sessionTimeout: 10_000,
+      // The group has this one member. After a broker restart the coordinator may wait for the
+      // member it knew (our previous incarnation, if the consumer crashed and rejoined under a
+      // new member id) for up to the rebalance timeout: kafkajs's 60 s default kept writes
+      // failing (no read-back) for a minute after the broker was back.
+      rebalanceTimeout: 10_000,
       heartbeatInterval: 1_000,
       allowAutoTopicCreation: false,
       retry: { retries: 1_000_000, initialRetryTime: 200, maxRetryTime: 2_000 },
