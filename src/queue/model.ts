@@ -265,3 +265,27 @@ export function ageBucket(receivedAt: Millis, now: Millis): number {
   const minutes = (now - receivedAt) / 60_000;
   return AGE_BUCKETS_MINUTES.findIndex((limit) => minutes < limit);
 }
+
+/**
+ * The order both backends hand due mail out in: classes high first; while a higher class has due
+ * mail, `lowPriorityShare` of the picks go to the earliest-due mail of a lower class. The credit
+ * for that is carried across calls (so it holds for callers that reserve one at a time) and capped
+ * at one pick: it is not banked for a burst while nothing lower waits.
+ */
+export class DueOrder {
+  #credit = 0;
+
+  /** Takes the next item out of `classes` (high class first, each sorted); undefined when all are empty. */
+  next<T>(classes: { items: T[] }[], lowPriorityShare: number | undefined, earlier: (a: T, b: T) => boolean): T | undefined {
+    const live = classes.filter((c) => c.items.length);
+    if (!live.length) return undefined;
+    const [top, ...lower] = live;
+    this.#credit = Math.min(1, this.#credit + Math.min(1, Math.max(0, lowPriorityShare ?? 0.1)));
+    let from = top!;
+    if (lower.length && this.#credit >= 1 - 1e-9) {
+      from = lower.reduce((a, b) => (earlier(b.items[0]!, a.items[0]!) ? b : a));
+      this.#credit -= 1;
+    }
+    return from.items.shift();
+  }
+}

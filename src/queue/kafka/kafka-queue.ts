@@ -51,7 +51,7 @@ import { BodyCache } from '../body-cache.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
   applyAttempt, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
-  applySetNotBefore, applySetPriority, createMail, isTerminal, leaseValid, newLeaseToken,
+  applySetNotBefore, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
 } from '../model.js';
 import type {
   AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, Millis, Queue, QueuedMail, QueueEvent,
@@ -224,7 +224,8 @@ export class KafkaQueue implements Queue {
   private readonly unspilled = new Map<MailId, Buffer>();
   /** Mail this node is writing a reservation for right now (not offered twice). */
   private readonly claiming = new Set<MailId>();
-  private lowCredit = 0;
+  /** Priority order with lowPriorityShare, its credit carried across calls (as the spool's). */
+  private readonly dueOrder = new DueOrder();
   private open = false;
   private timers: NodeJS.Timeout[] = [];
 
@@ -615,21 +616,11 @@ export class KafkaQueue implements Queue {
     this.assertOpen();
     if (o.limit <= 0) return [];
     const now = o.now ?? this.now();
-    const share = Math.min(1, Math.max(0, o.lowPriorityShare ?? 0.1));
     const classes = this.view.dueByClass(now, o.limit, this.claiming);
     const picks: { prev: number; mail: QueuedMail }[] = [];
     while (picks.length < o.limit) {
-      const live = classes.filter((c) => c.items.length);
-      if (!live.length) break;
-      const [top, ...lower] = live;
-      // Same credit rule as the spool: at most one pick of credit banked while nothing lower waits.
-      this.lowCredit = Math.min(1, this.lowCredit + share);
-      let from = top!;
-      if (lower.length && this.lowCredit >= 1 - 1e-9) {
-        from = lower.reduce((a, b) => (b.items[0]!.notBefore < a.items[0]!.notBefore ? b : a));
-        this.lowCredit -= 1;
-      }
-      const mail = from.items.shift()!;
+      const mail = this.dueOrder.next(classes, o.lowPriorityShare, (a, b) => a.notBefore < b.notBefore);
+      if (!mail) break;
       try {
         picks.push({ prev: mail.generation, mail: applyReserve(mail, o.owner, newLeaseToken(), o.leaseMs, now) });
       } catch {

@@ -95,13 +95,7 @@ export class SegmentStore {
 
   /** Opens a stream over one body; the file handle is held, so a concurrent unlink does not cut it. */
   async openBody(id: string, loc: BodyLocation): Promise<NodeJS.ReadableStream> {
-    let fh: FileHandle;
-    try {
-      fh = await open(join(this.dir, segmentFileName(loc.seg)), 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MailNotFoundError(id);
-      throw err;
-    }
+    const fh = await this.openForRead(id, loc.seg);
     if (loc.len === 0) {
       await fh.close();
       const { Readable } = await import('node:stream');
@@ -112,13 +106,7 @@ export class SegmentStore {
 
   /** Reads one body whole (for compaction, which copies it to the current segment). */
   async readAt(id: string, loc: BodyLocation): Promise<Buffer> {
-    let fh: FileHandle;
-    try {
-      fh = await open(join(this.dir, segmentFileName(loc.seg)), 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MailNotFoundError(id);
-      throw err;
-    }
+    const fh = await this.openForRead(id, loc.seg);
     try {
       const buf = Buffer.allocUnsafe(loc.len);
       let got = 0;
@@ -130,6 +118,16 @@ export class SegmentStore {
       return buf;
     } finally {
       await fh.close();
+    }
+  }
+
+  /** A segment opened for reading the body of `id`; a segment that is gone means the body is. */
+  private async openForRead(id: string, seg: number): Promise<FileHandle> {
+    try {
+      return await open(join(this.dir, segmentFileName(seg)), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new MailNotFoundError(id);
+      throw err;
     }
   }
 

@@ -39,7 +39,7 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../../logger.js';
 import { InvalidTransitionError, MailNotFoundError, QueueError, QueueUnavailableError, SpoolFullError, storageError } from '../errors.js';
 import {
-  AGE_BUCKETS_MINUTES, applyAttempt, applyHold, applyReleaseLease, applyRelease, applyRemove, applyRenewLease,
+  AGE_BUCKETS_MINUTES, DueOrder, applyAttempt, applyHold, applyReleaseLease, applyRelease, applyRemove, applyRenewLease,
   applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
   newLeaseToken,
 } from '../model.js';
@@ -224,8 +224,8 @@ export class SpoolQueue implements Queue {
   private closing = false;
   private purgeTimer?: NodeJS.Timeout;
   private readonly listeners = new Set<(e: QueueEvent) => void>();
-  /** Credit towards handing a mail of a lower class out (lowPriorityShare), carried across calls. */
-  private lowCredit = 0;
+  /** Priority order with lowPriorityShare, its credit carried across calls. */
+  private readonly dueOrder = new DueOrder();
 
   constructor(private readonly opts: SpoolQueueOptions) {
     this.log = opts.logger.child({ component: 'spool' });
@@ -623,21 +623,11 @@ export class SpoolQueue implements Queue {
 
   private reserveIn(tx: WriteTx, o: ReserveOptions): QueuedMail[] {
     const now = o.now ?? tx.now;
-    const share = Math.min(1, Math.max(0, o.lowPriorityShare ?? 0.1));
     const classes = this.dueByClass(now, o.limit);
     const out: QueuedMail[] = [];
     while (out.length < o.limit) {
-      const live = classes.filter((c) => c.items.length);
-      if (!live.length) break;
-      const [top, ...lower] = live;
-      // Capped at one pick: credit is not banked for a burst while nothing lower waits.
-      this.lowCredit = Math.min(1, this.lowCredit + share);
-      let from = top!;
-      if (lower.length && this.lowCredit >= 1 - 1e-9) {
-        from = lower.reduce((a, b) => (cmpDue(b.items[0]!, a.items[0]!) < 0 ? b : a));
-        this.lowCredit -= 1;
-      }
-      const pick = from.items.shift()!;
+      const pick = this.dueOrder.next(classes, o.lowPriorityShare, (a, b) => cmpDue(a, b) < 0);
+      if (!pick) break;
       const mail = this.mails.get(pick.id);
       if (!mail) continue;
       let after: QueuedMail;
