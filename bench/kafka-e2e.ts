@@ -22,14 +22,14 @@
  * (BENCH_NODE_ARGS="--cpu-prof --cpu-prof-dir=DIR" profiles the server processes.)
  * Prints one JSON object with the figures on stdout (progress on stderr).
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { decodeTime } from 'ulid';
-import { startBroker, stopBroker } from '../test/kafka/global-setup.js';
+import { benchBroker } from './kafka-broker.js';
 import { freePort, parseShapes, percentile, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
@@ -142,14 +142,7 @@ async function main(): Promise<void> {
   for (const tool of ['/usr/sbin/smtp-source', '/usr/sbin/smtp-sink']) {
     if (!existsSync(tool)) throw new Error(`${tool} is missing: apt-get install postfix`);
   }
-  let runDir: string | undefined;
-  let brokers = process.env.KAFKA_BROKERS;
-  if (!brokers) {
-    runDir = mkdtempSync(join(tmpdir(), 'spoolhouse-bench-kafka-e2e-'));
-    const t0 = Date.now();
-    brokers = await startBroker(runDir, await freePort(), await freePort());
-    console.error(`broker ${brokers} started in ${Date.now() - t0} ms`);
-  }
+  const kafka = await benchBroker();
   const sink = new Sink(await freePort());
   sink.start();
   const node = new Node();
@@ -158,23 +151,20 @@ async function main(): Promise<void> {
 
     const results: Partial<Record<Shape, Figures>> = {};
     for (const shape of SHAPES) {
-      results[shape] = await measure(node, sink, brokers.split(','), shape);
+      results[shape] = await measure(node, sink, kafka.brokers, shape);
       console.error(`${shape}: ${JSON.stringify(results[shape])}`);
     }
     console.log(JSON.stringify({
       bench: 'kafka-e2e',
       load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE, warmup: WARMUP, tool: 'smtp-source → Spoolhouse (kafka) → smtp-sink' },
       results,
-      broker: runDir ? 'test broker on this machine (test/kafka/start.sh)' : brokers,
+      broker: kafka.description,
       loadAverage: Number(loadavg()[0]!.toFixed(2)),
     }, null, 2));
   } finally {
     await node.stop().catch(() => undefined);
     sink.stop();
-    if (runDir) {
-      await stopBroker(runDir);
-      rmSync(runDir, { recursive: true, force: true });
-    }
+    await kafka.stop();
   }
 }
 

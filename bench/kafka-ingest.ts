@@ -6,15 +6,12 @@
  * Uses KAFKA_BROKERS when set; otherwise starts the test broker (test/kafka/start.sh) in a temp
  * dir and stops it afterwards. Usage: node dist/bench/kafka-ingest.js [--seconds 10] [--writers 20] [--size 5120]
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { KafkaQueue } from '../src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../src/queue/model.js';
-import { startBroker, stopBroker } from '../test/kafka/global-setup.js';
-import { freePort, percentile } from './lib.js';
+import { benchBroker } from './kafka-broker.js';
+import { percentile } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -27,16 +24,9 @@ const { values: args } = parseArgs({
 
 
 async function main(): Promise<void> {
-  let runDir: string | undefined;
-  let brokers = process.env.KAFKA_BROKERS;
-  if (!brokers) {
-    runDir = mkdtempSync(join(tmpdir(), 'spoolhouse-bench-kafka-'));
-    const t0 = Date.now();
-    brokers = await startBroker(runDir, await freePort(), await freePort());
-    console.log(`broker ${brokers} started in ${Date.now() - t0} ms`);
-  }
+  const kafka = await benchBroker();
   const q = new KafkaQueue({
-    brokers: brokers.split(','), clientId: 'bench', topicPrefix: `bench-${Date.now().toString(36)}`, partitions: 6,
+    brokers: kafka.brokers, clientId: 'bench', topicPrefix: `bench-${Date.now().toString(36)}`, partitions: 6,
     replicationFactor: 1, nodeId: 'bench', ssl: false, sasl: null, maxMessageSize: 50 * 1024 * 1024,
     priorities: { classes: { normal: 1 }, default: 'normal', lowPriorityShare: 0.1 }, logger: pino({ level: 'warn' }),
   });
@@ -67,10 +57,7 @@ async function main(): Promise<void> {
     }));
   } finally {
     await q.close();
-    if (runDir) {
-      await stopBroker(runDir);
-      rmSync(runDir, { recursive: true, force: true });
-    }
+    await kafka.stop();
   }
 }
 
