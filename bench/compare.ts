@@ -18,7 +18,9 @@
  *   mail and quitting; this adds connection set-up and the greeting to every mail.
  *
  * Usage: node dist/bench/compare.js [--messages 4000] [--sessions 20] [--size 5120] [--only postfix|spoolhouse]
- *        [--shape kept|per-mail|both]
+ *        [--shape kept|per-mail|both] [--rounds 3]
+ * With --rounds N both run N times, alternating, and the medians are reported (ratios of medians).
+ * BENCH_CONFIG='{"delivery":{...}}' overlays Spoolhouse's config (A/B runs).
  * Needs Debian's postfix package (postfix, smtp-source, smtp-sink); run as root.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -27,7 +29,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { freePort, parseShapes, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
+import { freePort, overlay, parseShapes, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -36,11 +38,14 @@ const { values: args } = parseArgs({
     size: { type: 'string', default: '5120' },
     only: { type: 'string' },
     shape: { type: 'string', default: 'both' },
+    rounds: { type: 'string', default: '3' },
   },
 });
 const MESSAGES = Number(args.messages);
 const SESSIONS = Number(args.sessions);
 const SIZE = Number(args.size);
+/** Rounds of both MTAs, alternating; the figures are the medians (this machine's throughput varies by ±15 % run to run). */
+const ROUNDS = Number(args.rounds);
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 
 interface Figures { ingestPerSec: number; endToEndPerSec: number }
@@ -128,13 +133,14 @@ function spoolhouse(): Mta {
         log: { level: 'warn', pretty: false },
       };
       const file = join(base, 'config.json');
-      writeFileSync(file, JSON.stringify(config));
-      proc = spawn(process.execPath, [join(ROOT, 'dist/src/main.js'), '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+      // BENCH_CONFIG: a JSON overlay on top (e.g. '{"delivery":{"threads":0}}'), for A/B runs.
+      writeFileSync(file, JSON.stringify(overlay(config, process.env.BENCH_CONFIG ? JSON.parse(process.env.BENCH_CONFIG) as Record<string, unknown> : {})));
+      proc = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : []), join(ROOT, 'dist/src/main.js'), '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
       await waitForPort(port, 60_000);
       return port;
     },
     async stop() {
-      proc?.kill('SIGKILL');
+      proc?.kill(process.env.BENCH_NODE_ARGS ? 'SIGINT' : 'SIGKILL');
       await sleep(300);
       rmSync(base, { recursive: true, force: true });
     },
@@ -142,6 +148,7 @@ function spoolhouse(): Mta {
 }
 
 const SHAPES = parseShapes(args.shape);
+
 
 async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const warmup = Math.min(200, MESSAGES);
@@ -163,6 +170,12 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   return { ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)), endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)) };
 }
 
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : Math.round((s[m - 1]! + s[m]!) / 2);
+}
+
 async function main(): Promise<void> {
   for (const tool of ['/usr/sbin/postfix', '/usr/sbin/smtp-source', '/usr/sbin/smtp-sink']) {
     if (!existsSync(tool)) throw new Error(`${tool} is missing: apt-get install postfix`);
@@ -170,14 +183,26 @@ async function main(): Promise<void> {
   const sink = new Sink(await freePort());
   sink.start();
   await waitForPort(sink.port);
+  const runs: Record<string, Record<string, Figures[]>> = {};
   const results: Record<string, Record<string, Figures>> = {};
   const ratio: Record<string, { ingest: number; endToEnd: number }> = {};
   try {
+    for (let round = 1; round <= ROUNDS; round++) {
+      for (const shape of SHAPES) {
+        for (const mta of [postfix(), spoolhouse()]) {
+          if (args.only && args.only !== mta.name) continue;
+          const f = await measure(mta, sink, shape);
+          ((runs[shape] ??= {})[mta.name] ??= []).push(f);
+          console.error(`round ${round} ${shape} ${mta.name}: ${JSON.stringify(f)}`);
+        }
+      }
+    }
     for (const shape of SHAPES) {
-      for (const mta of [postfix(), spoolhouse()]) {
-        if (args.only && args.only !== mta.name) continue;
-        (results[shape] ??= {})[mta.name] = await measure(mta, sink, shape);
-        console.error(`${shape} ${mta.name}: ${JSON.stringify(results[shape][mta.name])}`);
+      for (const [name, list] of Object.entries(runs[shape] ?? {})) {
+        (results[shape] ??= {})[name] = {
+          ingestPerSec: median(list.map((f) => f.ingestPerSec)),
+          endToEndPerSec: median(list.map((f) => f.endToEndPerSec)),
+        };
       }
       const p = results[shape]?.postfix;
       const s = results[shape]?.spoolhouse;
@@ -186,7 +211,7 @@ async function main(): Promise<void> {
   } finally {
     sink.stop();
   }
-  const summary = { load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE }, results, ratio };
+  const summary = { load: { messages: MESSAGES, sessions: SESSIONS, sizeBytes: SIZE, rounds: ROUNDS }, results, ratio, ...(ROUNDS > 1 ? { runs } : {}) };
   console.log(JSON.stringify(summary, null, 2));
 }
 

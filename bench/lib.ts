@@ -97,3 +97,13 @@ export function runBench(main: () => Promise<unknown>): void {
     process.exit(1);
   });
 }
+
+/** `top` deep-merged over `base` (objects merge, anything else replaces): BENCH_CONFIG overlays on a bench's server config. */
+export function overlay(base: Record<string, unknown>, top: Record<string, unknown>): Record<string, unknown> {
+  const out = { ...base };
+  for (const [k, v] of Object.entries(top)) {
+    const b = out[k];
+    out[k] = v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b) ? overlay(b as Record<string, unknown>, v as Record<string, unknown>) : v;
+  }
+  return out;
+}

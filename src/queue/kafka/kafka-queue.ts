@@ -228,6 +228,9 @@ export class KafkaQueue implements Queue {
   private readonly dueOrder = new DueOrder();
   private open = false;
   private timers: NodeJS.Timeout[] = [];
+  /** Write ids (`w` of a state record): unique per instance by a random prefix, then a counter (no random bytes per write). */
+  private readonly writePrefix = randomBytes(6).toString('hex');
+  private writeSeq = 0;
 
   constructor(private readonly opts: KafkaQueueOptions) {
     this.nodeId = opts.nodeId ?? hostname();
@@ -486,7 +489,7 @@ export class KafkaQueue implements Queue {
         await this.writer!.submit({ state: { key: id, value: null } });
         continue;
       }
-      const rec: StateRecord = { w: randomBytes(8).toString('hex'), prev: cur.generation, mail: cur, quiet: true };
+      const rec: StateRecord = { w: this.writeId(), prev: cur.generation, mail: cur, quiet: true };
       await this.writer!.submit({ state: { key: id, value: Buffer.from(JSON.stringify(rec)) } });
     }
   }
@@ -500,6 +503,10 @@ export class KafkaQueue implements Queue {
   }
 
   // ---------------------------------------------------------------- writes
+
+  private writeId(): string {
+    return `${this.writePrefix}${(++this.writeSeq).toString(36)}`;
+  }
 
   private withDeadline<T>(p: Promise<T>, what: string): Promise<T> {
     let timer: NodeJS.Timeout;
@@ -521,7 +528,7 @@ export class KafkaQueue implements Queue {
   ): Promise<WriteOutcome[]> {
     this.assertOpen();
     let timedOut = false;
-    const recs = items.map((it) => ({ ...it, w: randomBytes(8).toString('hex') }));
+    const recs = items.map((it) => ({ ...it, w: this.writeId() }));
     const outcomes = recs.map((r) => this.view.awaitWrite(r.w));
     const sent = Promise.all(recs.map((r) => {
       const value: StateRecord = { w: r.w, prev: r.prev, mail: r.mail, ...(r.quiet ? { quiet: true } : {}) };

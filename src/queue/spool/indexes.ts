@@ -63,9 +63,25 @@ export function counterKeys(m: QueuedMail): IndexKey[] {
   return keys;
 }
 
+function sameKey(a: IndexKey, b: IndexKey): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** Above this many keys a side, keyDiff matches keys through a Map instead of pairwise. */
+const PAIRWISE_MAX = 32;
+
 /** Keys to delete and to add to go from `before` to `after` (either may be absent). */
 export function keyDiff(before: IndexKey[], after: IndexKey[]): { remove: IndexKey[]; add: IndexKey[] } {
   if (!before.length) return { remove: [], add: after };
+  if (before.length <= PAIRWISE_MAX && after.length <= PAIRWISE_MAX) {
+    // The common case (a few recipients): comparing in place allocates nothing, unlike string keys.
+    return {
+      remove: before.filter((k) => !after.some((x) => sameKey(k, x))),
+      add: after.filter((k) => !before.some((x) => sameKey(k, x))),
+    };
+  }
   const b = new Map(before.map((k) => [JSON.stringify(k), k]));
   const a = new Map(after.map((k) => [JSON.stringify(k), k]));
   return {
