@@ -8,7 +8,13 @@
  *   only durable acceptance is measured: messages / second from first connect to last 250.
  * - end to end: both relay everything to the sink (Postfix relayhost, Spoolhouse smarthost);
  *   messages / second from first connect until the sink has them all.
- * Postfix runs as a private instance (its own config and queue dirs), durable as shipped.
+ * Postfix runs as a private instance (its own config and queue dirs), durable as shipped, logging
+ * each mail to a file (maillog_file); Spoolhouse logs at info to a file too.
+ *
+ * Beside messages / second, each phase reports the CPU time (user + system) of the MTA's whole
+ * process tree per mail (`cpuUsPerMail`, from /proc). On this 2-core machine the load generator,
+ * the sink and the MTA together use both cores, so throughput follows CPU per mail, and CPU per
+ * mail varies much less from run to run than throughput does.
  *
  * Two shapes of the same load, both reported:
  * - sessions kept (smtp-source -d): 20 SMTP sessions, each sending mail after mail over its own
@@ -24,12 +30,12 @@
  * Needs Debian's postfix package (postfix, smtp-source, smtp-sink); run as root.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { freePort, overlay, parseShapes, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
+import { freePort, overlay, parseShapes, treeCpuMs, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -48,12 +54,19 @@ const SIZE = Number(args.size);
 const ROUNDS = Number(args.rounds);
 const ROOT = join(fileURLToPath(new URL('.', import.meta.url)), '..', '..');
 
-interface Figures { ingestPerSec: number; endToEndPerSec: number }
+interface Figures {
+  ingestPerSec: number;
+  endToEndPerSec: number;
+  /** CPU (user + system) of the MTA's whole process tree per mail, in µs: its cost on a machine it saturates. */
+  cpuUsPerMail?: { ingest: number; endToEnd: number };
+}
 
 interface Mta {
   name: string;
   start(mode: 'ingest' | 'relay', sinkPort: number): Promise<number>;
   stop(): Promise<void>;
+  /** The root of its process tree (Postfix's master, Spoolhouse's node). */
+  pid(): number | undefined;
 }
 
 function postfix(): Mta {
@@ -105,6 +118,13 @@ function postfix(): Mta {
       await waitForPort(port);
       return port;
     },
+    pid() {
+      try {
+        return Number(readFileSync(join(base, 'queue', 'pid', 'master.pid'), 'utf8').trim());
+      } catch {
+        return undefined;
+      }
+    },
     async stop() {
       try { execFileSync('postfix', ['-c', join(base, 'conf'), 'abort'], { stdio: 'ignore' }); } catch { /* already down */ }
       await sleep(500);
@@ -130,14 +150,20 @@ function spoolhouse(): Mta {
           limits: { default: { connections: 20, messagesPerConnection: 100, rate: null } },
         },
         rules: mode === 'ingest' ? [{ name: 'bench-hold', match: { sender: '*' }, hold: true }] : [],
-        log: { level: 'warn', pretty: false },
+        // Info, to a file: every mail logged, as Postfix's maillog_file has it.
+        log: { level: 'info', pretty: false },
       };
       const file = join(base, 'config.json');
       // BENCH_CONFIG: a JSON overlay on top (e.g. '{"delivery":{"threads":0}}'), for A/B runs.
       writeFileSync(file, JSON.stringify(overlay(config, process.env.BENCH_CONFIG ? JSON.parse(process.env.BENCH_CONFIG) as Record<string, unknown> : {})));
-      proc = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(" ") : []), join(ROOT, 'dist/src/main.js'), '--config', file], { stdio: ['ignore', 'ignore', 'inherit'] });
+      const log = openSync(join(base, 'spoolhouse.log'), 'a');
+      proc = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ? process.env.BENCH_NODE_ARGS.split(' ') : []), join(ROOT, 'dist/src/main.js'), '--config', file], { stdio: ['ignore', log, 'inherit'] });
+      closeSync(log);
       await waitForPort(port, 60_000);
       return port;
+    },
+    pid() {
+      return proc?.pid;
     },
     async stop() {
       proc?.kill(process.env.BENCH_NODE_ARGS ? 'SIGINT' : 'SIGKILL');
@@ -152,9 +178,15 @@ const SHAPES = parseShapes(args.shape);
 
 async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const warmup = Math.min(200, MESSAGES);
+  const cpu = (): number => {
+    const c = treeCpuMs(mta.pid() ?? -1);
+    return c.user + c.system;
+  };
   let port = await mta.start('ingest', sink.port);
   await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
+  let cpu0 = cpu();
   const ingestMs = await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
+  const ingestCpuMs = cpu() - cpu0;
   await mta.stop();
 
   sink.clear();
@@ -162,12 +194,18 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
   await sink.untilHas(warmup);
   sink.clear();
+  cpu0 = cpu();
   const t0 = performance.now();
   await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
   await sink.untilHas(MESSAGES);
   const e2eMs = performance.now() - t0;
+  const e2eCpuMs = cpu() - cpu0;
   await mta.stop();
-  return { ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)), endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)) };
+  return {
+    ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)),
+    endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)),
+    cpuUsPerMail: { ingest: Math.round((ingestCpuMs * 1000) / MESSAGES), endToEnd: Math.round((e2eCpuMs * 1000) / MESSAGES) },
+  };
 }
 
 function median(xs: number[]): number {
@@ -185,7 +223,7 @@ async function main(): Promise<void> {
   await waitForPort(sink.port);
   const runs: Record<string, Record<string, Figures[]>> = {};
   const results: Record<string, Record<string, Figures>> = {};
-  const ratio: Record<string, { ingest: number; endToEnd: number }> = {};
+  const ratio: Record<string, { ingest: number; endToEnd: number; cpuPerMail: { ingest: number; endToEnd: number } }> = {};
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const shape of SHAPES) {
@@ -202,11 +240,19 @@ async function main(): Promise<void> {
         (results[shape] ??= {})[name] = {
           ingestPerSec: median(list.map((f) => f.ingestPerSec)),
           endToEndPerSec: median(list.map((f) => f.endToEndPerSec)),
+          cpuUsPerMail: { ingest: median(list.map((f) => f.cpuUsPerMail?.ingest ?? NaN)), endToEnd: median(list.map((f) => f.cpuUsPerMail?.endToEnd ?? NaN)) },
         };
       }
       const p = results[shape]?.postfix;
       const s = results[shape]?.spoolhouse;
-      if (p && s) ratio[shape] = { ingest: +(s.ingestPerSec / p.ingestPerSec).toFixed(2), endToEnd: +(s.endToEndPerSec / p.endToEndPerSec).toFixed(2) };
+      if (p && s) {
+        ratio[shape] = {
+          ingest: +(s.ingestPerSec / p.ingestPerSec).toFixed(2),
+          endToEnd: +(s.endToEndPerSec / p.endToEndPerSec).toFixed(2),
+          // Postfix's CPU per mail over Spoolhouse's: how many times less CPU a mail costs here.
+          cpuPerMail: { ingest: +(p.cpuUsPerMail!.ingest / s.cpuUsPerMail!.ingest).toFixed(2), endToEnd: +(p.cpuUsPerMail!.endToEnd / s.cpuUsPerMail!.endToEnd).toFixed(2) },
+        };
+      }
     }
   } finally {
     sink.stop();

@@ -107,3 +107,37 @@ export function overlay(base: Record<string, unknown>, top: Record<string, unkno
   }
   return out;
 }
+
+/**
+ * CPU time (user and system, ms) used so far by a process and all its descendants, those already
+ * reaped included (their time is in their parent's cutime/cstime): the cost of an MTA's whole
+ * process tree (Postfix's master, smtpd, cleanup, qmgr, smtp...; Spoolhouse's one process).
+ */
+export function treeCpuMs(root: number): { user: number; system: number } {
+  const TICK_MS = 10; // USER_HZ is 100 on Linux
+  const procs = new Map<number, { ppid: number; user: number; system: number }>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // Fields after the command name (which may hold spaces): state ppid ... utime(14) stime(15) cutime(16) cstime(17).
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    procs.set(Number(name), { ppid: Number(f[1]), user: Number(f[11]) + Number(f[13]), system: Number(f[12]) + Number(f[14]) });
+  }
+  let user = 0;
+  let system = 0;
+  const queue = [root];
+  while (queue.length) {
+    const pid = queue.pop()!;
+    const p = procs.get(pid);
+    if (!p) continue;
+    user += p.user;
+    system += p.system;
+    for (const [child, c] of procs) if (c.ppid === pid) queue.push(child);
+  }
+  return { user: user * TICK_MS, system: system * TICK_MS };
+}
