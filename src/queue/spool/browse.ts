@@ -16,6 +16,10 @@
  * among a million mails still fills its page (see selectorByPriority). The budget counts a probe as
  * PROBE_COST of a load.
  *
+ * Active mail is indexed under 'queued' (indexes.ts): the queued ranges yield it too and the filter
+ * check drops it when only queued is asked for (totals of sender / recipient / time-window ranges
+ * are then estimates); a filter on active alone lists the `a` family (the leases held) in memory.
+ *
  * `q` (subject or Message-ID contains) has no index: it is checked mail by mail. A mail's stored
  * bytes are first searched for the text (qPrefilter), which costs about half of decoding the mail,
  * so a page examines twice as many mails for the same time; only the mails that pass are decoded.
@@ -30,7 +34,7 @@ import { QueueError } from '../errors.js';
 import { matchesFilter } from '../model.js';
 import type { BrowseFilter, BrowseOptions, BrowsePage, MailState, QueuedMail, SortField } from '../types.js';
 import { MAIL_STATES } from '../types.js';
-import { HIGH, type IndexKey } from './indexes.js';
+import { HIGH, indexState, type IndexKey } from './indexes.js';
 
 export interface BrowseStore {
   ix: Database<Buffer, IndexKey>;
@@ -124,14 +128,24 @@ function selector(f: BrowseFilter): IndexKey | undefined {
   return undefined;
 }
 
+/** The states whose index ranges hold the mails of `states`: active mail is indexed under queued (indexes.ts). */
+function ixStates(states: readonly MailState[] | undefined): MailState[] {
+  return [...new Set((states ?? MAIL_STATES).map(indexState))];
+}
+
+/** The ranges of `states` also hold mail of another state (queued asked without active, or the reverse): range counts are upper bounds. */
+function rangesOverCount(states: readonly MailState[] | undefined): boolean {
+  return !!states && states.includes('active') !== states.includes('queued');
+}
+
 function selectorSources(sel: IndexKey, states: MailState[] | undefined, f: BrowseFilter): Source[] {
-  return (states ?? MAIL_STATES).map((s) => ({ prefix: [...sel, s], fixed: [], lo: f.since, hi: f.until }));
+  return ixStates(states).map((s) => ({ prefix: [...sel, s], fixed: [], lo: f.since, hi: f.until }));
 }
 
 /** Index ranges that yield the mails of the filter's states / priorities in `sort` order. */
 function sortSources(sort: SortField, states: MailState[] | undefined, prios: number[] | undefined, f: BrowseFilter): Source[] {
   const out: Source[] = [];
-  for (const s of states ?? MAIL_STATES) {
+  for (const s of ixStates(states)) {
     if (sort === 'received') {
       const t = { lo: f.since, hi: f.until };
       if (prios) for (const p of prios) out.push({ prefix: ['sp', s, p], fixed: [], ...t });
@@ -215,6 +229,7 @@ function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefi
   let exact = !residual && sels <= 1;
   if (f.sender !== undefined || f.recipient !== undefined) {
     count = 0;
+    if (rangesOverCount(states)) exact = false;
     for (const src of selectorSources(selector(f)!, states, {})) {
       const n = rangeCount(store.ix, src, COUNT_CAP);
       count += n;
@@ -241,7 +256,7 @@ function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefi
  */
 function windowCount(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): number | undefined {
   if (f.since === undefined && f.until === undefined) return undefined;
-  if (f.minSize !== undefined || f.maxSize !== undefined || f.q) return undefined;
+  if (f.minSize !== undefined || f.maxSize !== undefined || f.q || rangesOverCount(states)) return undefined;
   const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
   const sel = selector(f);
   if (sels > 1 || (sel && prios)) return undefined;
@@ -263,6 +278,8 @@ export function browseIndexed(store: BrowseStore, f: BrowseFilter, opts: BrowseO
   const states = listOf(f.state);
   const prios = listOf(f.priority);
   const sel = selector(f);
+  // Active mail only: the leases held, few, listed from the `a` family (not the queued ranges they are indexed in).
+  if (states && states.every((s) => s === 'active')) return pageInMemory(store, [{ prefix: ['a'], fixed: [] }], f, sort, order, limit, cursor);
   const estimate = total(store, f, states, prios);
 
   let entries: Iterable<Entry> | undefined;
@@ -307,7 +324,7 @@ export function browseIndexed(store: BrowseStore, f: BrowseFilter, opts: BrowseO
 /** The priority classes that have mail in any of `states`, found by seeking the `sp` index. */
 function classesPresent(ix: BrowseStore['ix'], states: readonly MailState[]): number[] {
   const found = new Set<number>();
-  for (const s of states) {
+  for (const s of ixStates(states)) {
     let start: IndexKey = ['sp', s];
     for (;;) {
       const first = [...ix.getKeys({ start, end: ['sp', s, HIGH], limit: 1 })][0];
@@ -343,7 +360,7 @@ function* selectorByPriority(
   store: BrowseStore, sel: IndexKey, states: readonly MailState[], classes: number[], f: BrowseFilter, desc: boolean, cursor: Tuple | undefined,
 ): Generator<Entry> {
   for (const p of classes) {
-    const sources: Source[] = states.map((s) => ({
+    const sources: Source[] = ixStates(states).map((s) => ({
       prefix: [...sel, s], fixed: [p], lo: f.since, hi: f.until,
       accept: (suffix: Tuple) => store.ix.doesExist(['sp', s, p, ...suffix] as IndexKey),
     }));

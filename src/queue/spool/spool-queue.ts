@@ -416,7 +416,15 @@ export class SpoolQueue implements Queue {
         run: (tx) => {
           for (const key of keys) {
             const mail = this.mails.get(String(key[2]));
-            if (mail?.state === 'active' && mail.lease) tx.write(mail, applyReleaseLease(mail, mail.lease.token, tx.now), { event: false });
+            if (mail?.state === 'active' && mail.lease) {
+              // A spool written before active mail was indexed as queued (indexes.ts) has its
+              // state-keyed entries under 'active': they are moved to 'queued' first (a no-op for
+              // mail reserved by this version), then the release changes q/a as usual.
+              const legacy = keyDiff(indexKeys(mail, true), indexKeys(mail));
+              for (const k of legacy.remove) this.ix.removeSync(k);
+              for (const k of legacy.add) this.ix.putSync(k, ONE);
+              tx.write(mail, applyReleaseLease(mail, mail.lease.token, tx.now), { event: false });
+            }
             // An entry that does not match its mail would otherwise be visited forever.
             if (this.ix.get(key)) this.ix.removeSync(key);
           }
