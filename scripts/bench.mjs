@@ -4,6 +4,7 @@
 //   ingest       Spoolhouse ingest: 1 and 20 sessions, 5 KB and 100 KB
 //   delivery     Spoolhouse end to end with latency p50/p99
 //   spool-scale  the embedded spool with a large queue (--count, default 1,000,000): recovery, browse, RSS
+//   spool-transitions  CPU per mail of the spool's enqueue, reserveDue and recordAttempt (no SMTP)
 //   kafka-ingest the Kafka backend's ingest (needs KAFKA_BROKERS or starts the test broker)
 //   kafka-e2e    one node on the Kafka backend: smtp-source → Spoolhouse → smtp-sink, ingest and end to end, latency p50/p99
 //   admin-browse the admin API over a large spool (--count, default 1,000,000): filtered pages p50/p99 over HTTP, /api/stats
@@ -14,7 +15,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { build, ensureNodeModules, root } from './setup.mjs';
 
-const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
+const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'spool-transitions', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
 const names = process.argv.slice(2).filter((a) => ALL.includes(a));
 ensureNodeModules();
 build();

@@ -3,6 +3,7 @@
  * 451 4.3.0), nothing accepted before is lost, and the same KafkaQueue instance works again once
  * the broker is back on the same data. Uses a broker of its own, since it stops it.
  */
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QueueUnavailableError } from '../../src/queue/errors.js';
 import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
@@ -13,11 +14,14 @@ import { bodyOf, mailRequest, openKafkaQueue, privateBroker, until, type Private
 describe('kafka backend with the broker down', () => {
   let broker: PrivateBroker;
   let q: KafkaQueue;
+  // The queue's own log lines (kafkajs included), printed when the recovery does not come in time.
+  const logLines: string[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void logLines.push(line.trimEnd()) });
 
   beforeAll(async () => {
     kafkaBrokers(); // this file needs Kafka like the others: fail rather than skip without it
     broker = await privateBroker();
-    q = await openKafkaQueue(broker.brokers, uniquePrefix('down'), { requestDeadlineMs: 5_000 });
+    q = await openKafkaQueue(broker.brokers, uniquePrefix('down'), { requestDeadlineMs: 5_000, logger });
   }, 120_000);
 
   afterAll(async () => {
@@ -56,8 +60,13 @@ describe('kafka backend with the broker down', () => {
     await expect(q.release(held.id)).rejects.toBeInstanceOf(QueueUnavailableError);
 
     await broker.restart();
+    const restarted = Date.now();
     // The same instance resumes: producer and view consumer reconnect by themselves.
-    const after = await until('enqueue accepted again', () => tryEnqueue().catch(() => undefined), 60_000, 500);
+    const after = await until('enqueue accepted again', () => tryEnqueue().catch(() => undefined), 60_000, 500).catch((err: unknown) => {
+      console.log(`no enqueue accepted ${Date.now() - restarted} ms after the broker restarted; the queue's log:\n${logLines.slice(-150).join('\n')}`);
+      throw err;
+    });
+    console.log(`enqueue accepted again ${Date.now() - restarted} ms after the broker restarted`);
     expect(after.state).toBe('queued');
     // A refused enqueue whose write landed late anyway is removed, never left to be delivered.
     for (const id of refused) {

@@ -201,6 +201,10 @@ export class KafkaQueue implements Queue {
   private admin?: Admin;
   private producer?: Producer;
   private consumer?: Consumer;
+  /** The view consumer's group: one per instance, kept when the consumer is replaced (its committed offsets carry over). */
+  private viewGroupId?: string;
+  /** Set while a replacement view consumer is being started (see onViewConsumerCrash). */
+  private consumerRestart?: NodeJS.Timeout;
   private writer?: GroupWriter;
   private dataDir?: string;
   /** Next offset to read per partition, per topic (what the view / body cache has applied). */
@@ -290,6 +294,8 @@ export class KafkaQueue implements Queue {
     this.open = false;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    if (this.consumerRestart) clearTimeout(this.consumerRestart);
+    this.consumerRestart = undefined;
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'consumer disconnect failed'));
     await this.producer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'producer disconnect failed'));
     await this.admin?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'admin disconnect failed'));
@@ -365,9 +371,9 @@ export class KafkaQueue implements Queue {
 
   private async startConsumer(): Promise<void> {
     // A group of its own per instance: every node reads every record of both topics.
-    const groupId = `${this.opts.topicPrefix}.view.${this.nodeId}.${randomBytes(4).toString('hex')}`;
-    this.consumer = this.kafka.consumer({
-      groupId,
+    this.viewGroupId ??= `${this.opts.topicPrefix}.view.${this.nodeId}.${randomBytes(4).toString('hex')}`;
+    const consumer = this.kafka.consumer({
+      groupId: this.viewGroupId,
       maxWaitTimeInMs: 250,
       sessionTimeout: 10_000,
       // The group has this one member. After a broker restart the coordinator may wait for the
@@ -379,14 +385,56 @@ export class KafkaQueue implements Queue {
       allowAutoTopicCreation: false,
       retry: { retries: 1_000_000, initialRetryTime: 200, maxRetryTime: 2_000 },
     });
-    await this.consumer.connect();
-    await this.consumer.subscribe({ topics: [this.stateTopic, this.contentTopic], fromBeginning: true });
-    this.consumer.on(this.consumer.events.CRASH, (e) => this.log.error({ err: e.payload.error }, 'kafka view consumer crashed; restarting'));
+    this.consumer = consumer;
+    await consumer.connect();
+    await consumer.subscribe({ topics: [this.stateTopic, this.contentTopic], fromBeginning: true });
+    consumer.on(consumer.events.CRASH, (e) => {
+      if (this.consumer === consumer) this.onViewConsumerCrash(e.payload);
+    });
     // State and content partitions are applied concurrently: a batch of bodies being written to
     // disk must not hold back the state records other writers are waiting for.
     // Offsets are committed to this instance's own group only so that a consumer restarted after
     // an outage resumes near where it was instead of re-reading both topics.
-    await this.consumer.run({ autoCommit: true, autoCommitInterval: 5_000, partitionsConsumedConcurrently: 2 * this.opts.partitions, eachBatch: (b) => this.applyBatch(b) });
+    await consumer.run({ autoCommit: true, autoCommitInterval: 5_000, partitionsConsumedConcurrently: 2 * this.opts.partitions, eachBatch: (b) => this.applyBatch(b) });
+  }
+
+  /**
+   * @internal (tests call it to simulate a crash) The view consumer crashed. kafkajs restarts it
+   * itself after a retriable error; after any other (a protocol error it does not retry, e.g.
+   * while a restarted broker settles) it leaves it disconnected for good, and without its view
+   * this node could not finish a single write again. So a new consumer is started in its place,
+   * in the same group (it resumes from the committed offsets), until one runs.
+   */
+  onViewConsumerCrash(payload: { error: Error; restart: boolean }): void {
+    if (payload.restart) {
+      this.log.error({ err: payload.error }, 'kafka view consumer crashed; kafkajs restarts it');
+      return;
+    }
+    this.log.error({ err: payload.error }, 'kafka view consumer stopped on an error kafkajs does not retry; starting a new one');
+    this.restartViewConsumer(1_000);
+  }
+
+  private restartViewConsumer(afterMs: number): void {
+    if (!this.open || this.consumerRestart) return;
+    this.consumerRestart = setTimeout(() => {
+      const old = this.consumer;
+      void (async () => {
+        try {
+          await old?.disconnect().catch(() => undefined);
+          if (!this.open) return;
+          await this.startConsumer();
+          // Closed meanwhile: close() may have disconnected the old consumer only.
+          if (!this.open) await this.consumer?.disconnect().catch(() => undefined);
+          this.consumerRestart = undefined;
+          this.log.info('kafka view consumer running again');
+        } catch (err) {
+          this.log.warn({ err }, 'starting a new kafka view consumer failed; trying again');
+          this.consumerRestart = undefined;
+          this.restartViewConsumer(Math.min(afterMs * 2, 10_000));
+        }
+      })();
+    }, afterMs);
+    this.consumerRestart.unref();
   }
 
   private async applyBatch({ batch }: EachBatchPayload): Promise<void> {
