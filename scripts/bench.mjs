@@ -13,11 +13,12 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { build, ensureNodeModules, root } from './setup.mjs';
+import { BENCH_APT_PACKAGES, build, ensureNodeModules, ensureSystemPackages, root } from './setup.mjs';
 
 const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'spool-transitions', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
 const names = process.argv.slice(2).filter((a) => ALL.includes(a));
 ensureNodeModules();
+ensureSystemPackages(BENCH_APT_PACKAGES);
 build();
 let failed = 0;
 for (const name of names.length ? names : ALL) {

@@ -26,9 +26,11 @@ export function ensureNodeModules() {
 }
 
 const APT_PACKAGES = { '/usr/bin/chromium': ['chromium', 'fonts-dejavu-core'] };
+/** For `npm run bench`: Postfix as the reference MTA, its smtp-source and smtp-sink as load and sink. */
+export const BENCH_APT_PACKAGES = { '/usr/sbin/postfix': ['postfix'], '/usr/sbin/smtp-source': ['postfix'] };
 
-export function ensureSystemPackages() {
-  const missing = Object.entries(APT_PACKAGES).filter(([file]) => !existsSync(file)).flatMap(([, pkgs]) => pkgs);
+export function ensureSystemPackages(packages = APT_PACKAGES) {
+  const missing = [...new Set(Object.entries(packages).filter(([file]) => !existsSync(file)).flatMap(([, pkgs]) => pkgs))];
   if (missing.length === 0) return;
   if (process.getuid?.() !== 0) {
     throw new Error(`setup: please install the Debian packages ${missing.join(' ')} (needs root)`);
