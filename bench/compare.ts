@@ -35,7 +35,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { freePort, overlay, parseShapes, treeCpuMs, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
+import { freePort, machineCpuMs, overlay, parseShapes, reapedChildrenCpuMs, treeCpuMs, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -59,6 +59,18 @@ interface Figures {
   endToEndPerSec: number;
   /** CPU (user + system) of the MTA's whole process tree per mail, in µs: its cost on a machine it saturates. */
   cpuUsPerMail?: { ingest: number; endToEnd: number };
+  /**
+   * The rest of the machine during each phase: CPU per mail of the load generator (smtp-source)
+   * and of the sink, and how busy both cores were (1 = both fully busy). With the MTA's own CPU,
+   * this shows where the cores went, and whether the MTA is waiting or the machine is full.
+   */
+  machine?: { ingest: MachineShare; endToEnd: MachineShare };
+}
+
+interface MachineShare {
+  loadUsPerMail: number;
+  sinkUsPerMail: number;
+  busy: number;
 }
 
 interface Mta {
@@ -178,6 +190,15 @@ const SHAPES = parseShapes(args.shape);
 
 async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const warmup = Math.min(200, MESSAGES);
+  const rest = () => {
+    const sinkCpu = treeCpuMs(sink.pid() ?? -1);
+    return { load: reapedChildrenCpuMs(), sink: sinkCpu.user + sinkCpu.system, machine: machineCpuMs() };
+  };
+  const share = (a: ReturnType<typeof rest>, b: ReturnType<typeof rest>): MachineShare => ({
+    loadUsPerMail: Math.round(((b.load - a.load) * 1000) / MESSAGES),
+    sinkUsPerMail: Math.round(((b.sink - a.sink) * 1000) / MESSAGES),
+    busy: +((b.machine.busy - a.machine.busy) / Math.max(1, b.machine.total - a.machine.total)).toFixed(2),
+  });
   const cpu = (): number => {
     const c = treeCpuMs(mta.pid() ?? -1);
     return c.user + c.system;
@@ -185,8 +206,10 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   let port = await mta.start('ingest', sink.port);
   await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
   let cpu0 = cpu();
+  let rest0 = rest();
   const ingestMs = await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
   const ingestCpuMs = cpu() - cpu0;
+  const ingestRest = share(rest0, rest());
   await mta.stop();
 
   sink.clear();
@@ -195,16 +218,19 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   await sink.untilHas(warmup);
   sink.clear();
   cpu0 = cpu();
+  rest0 = rest();
   const t0 = performance.now();
   await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
   await sink.untilHas(MESSAGES);
   const e2eMs = performance.now() - t0;
   const e2eCpuMs = cpu() - cpu0;
+  const e2eRest = share(rest0, rest());
   await mta.stop();
   return {
     ingestPerSec: Math.round(MESSAGES / (ingestMs / 1000)),
     endToEndPerSec: Math.round(MESSAGES / (e2eMs / 1000)),
     cpuUsPerMail: { ingest: Math.round((ingestCpuMs * 1000) / MESSAGES), endToEnd: Math.round((e2eCpuMs * 1000) / MESSAGES) },
+    machine: { ingest: ingestRest, endToEnd: e2eRest },
   };
 }
 

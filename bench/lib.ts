@@ -49,6 +49,9 @@ export class Sink {
     this.dir = mkdtempSync('/dev/shm/spoolhouse-sink-');
     chownSync(this.dir, Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), 0);
   }
+  pid(): number | undefined {
+    return this.proc?.pid;
+  }
   start(): void {
     this.proc = spawn('smtp-sink', ['-u', 'postfix', '-R', this.dir, '-d', 'm-', `127.0.0.1:${this.port}`, '512'], { stdio: 'ignore' });
   }
@@ -140,4 +143,19 @@ export function treeCpuMs(root: number): { user: number; system: number } {
     for (const [child, c] of procs) if (c.ppid === pid) queue.push(child);
   }
   return { user: user * TICK_MS, system: system * TICK_MS };
+}
+
+/** CPU (ms, user + system) of this process's children that have exited (smtp-source runs, once reaped). */
+export function reapedChildrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[13]) + Number(f[14])) * 10;
+}
+
+/** Machine-wide CPU time since boot (ms summed over cores): busy (everything but idle and iowait) and total. */
+export function machineCpuMs(): { busy: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!; // "cpu  user nice system idle iowait irq softirq steal ..."
+  const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = v.reduce((a, b) => a + b, 0);
+  return { busy: (total - v[3]! - v[4]!) * 10, total: total * 10 };
 }
