@@ -34,8 +34,11 @@ import { Readable } from 'node:stream';
 import { format } from 'node:util';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { Logger } from '../logger.js';
+import { installFastDotStuffing } from './dot-stuffing.js';
 import { describeHost, made, parseReply } from './replies.js';
 import type { OutboundMessage, RecipientResult, Reply } from './types.js';
+
+installFastDotStuffing();
 
 export type TlsMode = 'none' | 'opportunistic' | 'required' | 'implicit';
 

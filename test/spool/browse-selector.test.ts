@@ -160,10 +160,15 @@ describe('spool browse: q searches the stored bytes first, without missing anyth
     if (pre) for (const m of all) if (matchesFilter(m, { q: text })) expect(pre(q.mails.getBinary(m.id)!)).toBe(true);
   });
 
-  it('the byte check turns most other mail down without decoding it', () => {
+  it('the byte check turns other mail down without decoding it', () => {
     const pre = qPrefilter('invoice')!;
     const raws = [...q.ix.getKeys({ start: ['s', 'queued'], end: ['s', 'queued', '\u{10ffff}'], limit: 200 })].map((k) => q.mails.getBinary(String(k[3]))!);
-    expect(raws.filter((r) => pre(r)).length).toBe(0);
+    expect(raws).toHaveLength(200);
+    // A record's binary numbers (times, sizes) may hold the bytes of İ or the Kelvin sign by chance,
+    // for a whole run of mails received close together; those are let through to be decided on
+    // the decoded mail. Every other record without the text is turned down.
+    const mayPass = (r: Buffer) => /invoice/i.test(r.toString('latin1')) || r.includes(Buffer.from('\u0130')) || r.includes(Buffer.from('\u212a'));
+    for (const r of raws) expect(pre(r)).toBe(mayPass(r));
     expect(qPrefilter('\u00e9')).toBeUndefined();
   });
 });
