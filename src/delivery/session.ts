@@ -10,9 +10,11 @@
  * - `send` never throws for remote trouble. It returns per-recipient outcomes, or says the
  *   host failed before anything was decided (4xx to MAIL FROM, connection lost or timed out
  *   before the final "."), or that the transaction was aborted.
- * - The final "." of DATA is sent only after the whole body has been written and
- *   `message.stillWanted()` said yes. Otherwise the connection is destroyed without it, so the
- *   remote can never complete the transaction (RFC 5321 §4.1.1.4: only "." ends the data).
+ * - The final "." of DATA is sent only after `message.stillWanted()` said yes, with nothing
+ *   awaited in between. Otherwise the connection is destroyed without it, so the remote can never
+ *   complete the transaction (RFC 5321 §4.1.1.4: only "." ends the data). A body of up to
+ *   WHOLE_BODY_BYTES (nearly every mail) is read whole, asked about after the 354, then written
+ *   with the "." in one socket write; a larger one is streamed out first and asked about after.
  * - The body goes out byte for byte as stored (dot-stuffed on the wire, lines ending CRLF; a
  *   bare CR or LF, which the ingress never stores, would be sent as CRLF).
  * - Timeouts: the connect timeout (ours), the greeting timeout, the command timeout for each
@@ -90,6 +92,12 @@ interface Internals {
   _envelope?: { accepted?: string[]; rejectedErrors?: (SMTPConnection.SMTPError & { recipient?: string })[] } | false;
   allowsAuth?: boolean;
 }
+
+/**
+ * Bodies up to this size are read whole before they are sent, so that body and "." leave in one
+ * write; larger ones are streamed (memory stays bounded by this per session).
+ */
+export const WHOLE_BODY_BYTES = 256 * 1024;
 
 export function needsSmtpUtf8(message: Pick<OutboundMessage, 'smtputf8' | 'sender' | 'recipients'>): boolean {
   const nonAscii = /[^\x00-\x7f]/;
@@ -394,21 +402,39 @@ export class OutboundSession {
   #bodySource(body: NodeJS.ReadableStream | Buffer, message: OutboundMessage, state: { phase: 'envelope' | 'data' | 'dot'; aborted: boolean; bodyError: Error | undefined }, log: Logger): Readable {
     let started = false;
     let input: Readable | undefined;
-    const finish = async (): Promise<void> => {
-      let wanted = false;
+    /** stillWanted(); on no (or an error) the connection is dropped and false returned. */
+    const wanted = async (): Promise<boolean> => {
+      let yes = false;
       try {
-        wanted = await message.stillWanted();
+        yes = await message.stillWanted();
       } catch (err) {
         log.error({ err }, 'stillWanted() failed; aborting the transaction to be safe');
       }
-      if (wanted) {
-        state.phase = 'dot';
-        source.push(null);
-        return;
-      }
+      if (yes) return true;
       log.info({ remote: this.remote }, 'mail no longer wanted; dropping the connection before the final "."');
       state.aborted = true;
       this.destroy();
+      return false;
+    };
+    const finish = async (): Promise<void> => {
+      if (!(await wanted())) return;
+      state.phase = 'dot';
+      source.push(null);
+    };
+    /**
+     * The whole body at hand: asked about first, then the body and the final "." go to a corked
+     * socket in the same turn of the event loop and leave in one write (not two: a loopback
+     * write costs the receiver's side of TCP too). The "." counts as sent from here on.
+     */
+    const sendWhole = async (whole: Buffer): Promise<void> => {
+      if (!(await wanted())) return;
+      const socket = this.#conn._socket as net.Socket | undefined;
+      socket?.cork();
+      state.phase = 'dot';
+      if (whole.length > 0) source.push(whole);
+      source.push(null);
+      // The encoder's end (and its ".") runs on process.nextTick, before any setImmediate.
+      setImmediate(() => socket?.uncork());
     };
     const source = new Readable({
       read: () => {
@@ -417,11 +443,18 @@ export class OutboundSession {
           state.phase = 'data';
           this.#setSocketTimeout(this.#o.timeouts.data);
           if (Buffer.isBuffer(body)) {
-            if (body.length > 0) source.push(body);
-            void finish();
+            void sendWhole(body);
             return;
           }
           input = body instanceof Readable ? body : Readable.from(body as AsyncIterable<Buffer>);
+          if (message.size <= WHOLE_BODY_BYTES) {
+            readWhole(input).then((whole) => sendWhole(whole), (err: Error) => {
+              state.bodyError = err;
+              log.error({ err }, 'reading the stored message failed; dropping the connection');
+              this.destroy();
+            });
+            return;
+          }
           input.on('data', (chunk: Buffer) => {
             if (!source.push(chunk)) input!.pause();
           });
@@ -492,6 +525,13 @@ export class OutboundSession {
     socket?.destroy();
     this.#conn.close();
   }
+}
+
+/** Every chunk of a stream as one Buffer (the one chunk itself when there is only one, as from the queue's cache). */
+async function readWhole(input: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of input) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
+  return chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
 }
 
 /** nodemailer's bunyan-style logger calls, all sent to pino at trace level. */

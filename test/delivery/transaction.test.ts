@@ -3,7 +3,9 @@
  * outcomes, SIZE, SMTPUTF8, 8BITMIME, DSN parameters, connection reuse with RSET, timeouts on a
  * stalled server, the stillWanted() abort before the final ".", and byte-for-byte bodies.
  */
+import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { WHOLE_BODY_BYTES } from '../../src/delivery/session.js';
 import { outbound, receiversPerTest, routedTo } from './harness.js';
 
 const { receiver } = receiversPerTest();
@@ -282,13 +284,45 @@ describe('stillWanted() and the final "."', () => {
     expect(rx.completed().map((t) => t.rcptTo[0]!.address)).toEqual(['b@dest.test']);
   });
 
-  it('asks stillWanted() only once the body is out, and sends "." when it says yes', async () => {
+  it('asks stillWanted() once the whole body is read, and sends "." when it says yes', async () => {
     const rx = await receiver();
     const { deliverer, dest } = await routedTo(rx);
     const msg = outbound({ to: ['a@dest.test'], stream: true });
     await deliverer.deliver(dest, [msg]);
     expect(msg.stillWantedCalls).toBe(1);
     expect(rx.accepted()).toHaveLength(1);
+  });
+
+  it.each([
+    ['read whole, sent with the "."', 1000],
+    [`streamed (over ${WHOLE_BODY_BYTES} bytes)`, WHOLE_BODY_BYTES / 4],
+  ])('a body %s: asked after the last byte is read; yes delivers it byte for byte, no drops it before "."', async (_name, lines) => {
+    const rx = await receiver();
+    const { deliverer, dest } = await routedTo(rx);
+    const body = Buffer.from(`Subject: big\r\n\r\n${'.ine\r\n'.repeat(lines)}`);
+    let readSoFar = 0;
+    const readAtAsk: number[] = [];
+    const counted = (wanted: boolean) => {
+      const m = outbound({ to: [`${wanted ? 'yes' : 'no'}@dest.test`], body, wanted });
+      m.openBody = async () => {
+        readSoFar = 0;
+        const parts: Buffer[] = [];
+        for (let i = 0; i < body.length; i += 16_384) parts.push(body.subarray(i, i + 16_384));
+        return Readable.from((function* () { for (const p of parts) { readSoFar += p.length; yield p; } })());
+      };
+      const ask = m.stillWanted;
+      m.stillWanted = () => { readAtAsk.push(readSoFar); return ask(); };
+      return m;
+    };
+    const [no, yes] = await deliverer.deliver(dest, [counted(false), counted(true)]);
+    expect(no).toMatchObject({ aborted: true, recipients: [] });
+    expect(yes!.recipients[0]!.outcome).toBe('delivered');
+    expect(readAtAsk).toEqual([body.length, body.length]);
+    await rx.waitForCompleted(1);
+    expect(rx.transactions.find((t) => t.rcptTo[0]!.address === 'no@dest.test')!.complete).toBe(false);
+    const done = rx.completed();
+    expect(done.map((t) => t.rcptTo[0]!.address)).toEqual(['yes@dest.test']);
+    expect(done[0]!.data.equals(body)).toBe(true);
   });
 
   it('never asks stillWanted() when no recipient was accepted', async () => {

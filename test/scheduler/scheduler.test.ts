@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { startDnsServer, NULL_MX, type DnsServer } from '../helpers/dns-server.js';
 import type { Deliverer } from '../../src/delivery/deliverer.js';
+import { WHOLE_BODY_BYTES } from '../../src/delivery/session.js';
 import type { DeliveryAgent, OutboundMessage } from '../../src/delivery/types.js';
 import { startReceiver, type Receiver } from '../helpers/receiver.js';
 import { parseDsn } from '../bounce/parse-dsn.js';
@@ -68,9 +69,10 @@ function recordHandovers() {
 }
 
 /**
- * The real Deliverer, except that each message's stillWanted() — which the SMTP session asks after
- * it has written the whole body and before it writes the final "." — first waits until the test
- * opens the gate. Then the real check runs (the scheduler asks the queue whether the lease holds).
+ * The real Deliverer, except that each message's stillWanted() — which the SMTP session asks just
+ * before it writes the final "." (for a body over WHOLE_BODY_BYTES, once the whole body is out) —
+ * first waits until the test opens the gate. Then the real check runs (the scheduler asks the
+ * queue whether the lease holds).
  */
 function pauseBeforeTheDot() {
   let open!: () => void;
@@ -87,14 +89,18 @@ function pauseBeforeTheDot() {
   return { each, wrap: deliveryWith(each), asked, open };
 }
 
-/** About 200 KB, so the body reaches the receiver in many chunks; with a dot-stuffed line. */
+/**
+ * About 300 KB: over WHOLE_BODY_BYTES, so the session streams it out before asking stillWanted(),
+ * and it reaches the receiver in many chunks; with dot-stuffed lines. (A smaller body is asked
+ * about before any of it is written: test/delivery/transaction.test.ts.)
+ */
 function bigMessage(): Buffer {
-  const lines = Array.from({ length: 2_000 }, (_, i) => `${i % 50 === 0 ? '.' : ''}line ${i} ${'x'.repeat(90)}`);
+  const lines = Array.from({ length: 3_000 }, (_, i) => `${i % 50 === 0 ? '.' : ''}line ${i} ${'x'.repeat(90)}`);
   return Buffer.from(makeMessage({ body: `${lines.join('\r\n')}\r\nthe last line\r\n` }));
 }
 
 /**
- * A scheduler delivering one ~200 KB mail to a receiver, stopped where the SMTP session asks
+ * A scheduler delivering one ~300 KB mail to a receiver, stopped where the SMTP session asks
  * stillWanted() before the final ".". Resolves once the receiver has the whole body but for the
  * last bytes smtp-server holds back until it sees what follows them (at most 4: they could be
  * the start of "\r\n.\r\n"). A transaction that completes instead (a "." sent without asking)
@@ -105,6 +111,7 @@ async function deliveryAtTheDot() {
   const gate = pauseBeforeTheDot();
   const h = await scheduler({ delivery: { routes: { 'dest.test': rx.address } } }, { wrapDelivery: gate.wrap });
   const body = bigMessage();
+  expect(body.length).toBeGreaterThan(WHOLE_BODY_BYTES);
   const mail = await h.enqueue({ to: ['user@dest.test'], body });
   const tx = await rx.until(() => rx.transactions.find((t) => t.complete || (gate.asked.length > 0 && t.bytes >= body.length - 4)), 15_000);
   expect(tx.complete, 'the final "." was sent before stillWanted() was asked').toBe(false);
