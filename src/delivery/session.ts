@@ -417,7 +417,8 @@ export class OutboundSession {
       return false;
     };
     const finish = async (): Promise<void> => {
-      if (!(await wanted())) return;
+      // A connection lost while asking is settled by the 'end' handler, as lost before ".".
+      if (!(await wanted()) || !this.usable) return;
       state.phase = 'dot';
       source.push(null);
     };
@@ -427,7 +428,7 @@ export class OutboundSession {
      * write costs the receiver's side of TCP too). The "." counts as sent from here on.
      */
     const sendWhole = async (whole: Buffer): Promise<void> => {
-      if (!(await wanted())) return;
+      if (!(await wanted()) || !this.usable) return;
       const socket = this.#conn._socket as net.Socket | undefined;
       socket?.cork();
       state.phase = 'dot';

@@ -325,6 +325,20 @@ describe('stillWanted() and the final "."', () => {
     expect(done[0]!.data.equals(body)).toBe(true);
   });
 
+  it('a connection lost while stillWanted() is asked is lost before ".", not after', async () => {
+    const rx = await receiver();
+    const { deliverer, dest } = await routedTo(rx);
+    const msg = outbound({ to: ['a@dest.test'] });
+    msg.stillWanted = async () => {
+      await rx.close();
+      await new Promise((r) => setTimeout(r, 100));
+      return true;
+    };
+    const [r] = await deliverer.deliver(dest, [msg]);
+    expect(r!.recipients[0]).toMatchObject({ outcome: 'deferred', reply: { enhanced: '4.4.2', message: expect.stringMatching(/^lost connection .* while sending message content$/) } });
+    expect(rx.completed()).toEqual([]);
+  });
+
   it('never asks stillWanted() when no recipient was accepted', async () => {
     const rx = await receiver({ script: { rcpt: () => '550 5.1.1 Unknown' } });
     const { deliverer, dest } = await routedTo(rx);
