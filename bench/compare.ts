@@ -198,7 +198,6 @@ const SHAPES = parseShapes(args.shape);
 
 
 async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
-  const warmup = WARMUP;
   const rest = () => {
     const sinkCpu = treeCpuMs(sink.pid() ?? -1);
     return { load: reapedChildrenCpuMs(), sink: sinkCpu.user + sinkCpu.system, machine: machineCpuMs() };
@@ -213,7 +212,7 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
     return c.user + c.system;
   };
   let port = await mta.start('ingest', sink.port);
-  await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
+  await smtpSource(port, WARMUP, { sessions: SESSIONS, size: SIZE, shape });
   let cpu0 = cpu();
   let rest0 = rest();
   const ingestMs = await smtpSource(port, MESSAGES, { sessions: SESSIONS, size: SIZE, shape });
@@ -223,8 +222,8 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
 
   sink.clear();
   port = await mta.start('relay', sink.port);
-  await smtpSource(port, warmup, { sessions: SESSIONS, size: SIZE, shape });
-  await sink.untilHas(warmup);
+  await smtpSource(port, WARMUP, { sessions: SESSIONS, size: SIZE, shape });
+  await sink.untilHas(WARMUP);
   sink.clear();
   cpu0 = cpu();
   rest0 = rest();

@@ -111,13 +111,15 @@ export function overlay(base: Record<string, unknown>, top: Record<string, unkno
   return out;
 }
 
+/** /proc counts CPU time in ticks of 10 ms (USER_HZ is 100 on Linux). */
+const TICK_MS = 10;
+
 /**
  * CPU time (user and system, ms) used so far by a process and all its descendants, those already
  * reaped included (their time is in their parent's cutime/cstime): the cost of an MTA's whole
  * process tree (Postfix's master, smtpd, cleanup, qmgr, smtp...; Spoolhouse's one process).
  */
 export function treeCpuMs(root: number): { user: number; system: number } {
-  const TICK_MS = 10; // USER_HZ is 100 on Linux
   const procs = new Map<number, { ppid: number; user: number; system: number }>();
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -149,7 +151,7 @@ export function treeCpuMs(root: number): { user: number; system: number } {
 export function reapedChildrenCpuMs(): number {
   const stat = readFileSync('/proc/self/stat', 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[13]) + Number(f[14])) * 10;
+  return (Number(f[13]) + Number(f[14])) * TICK_MS;
 }
 
 /** Machine-wide CPU time since boot (ms summed over cores): busy (everything but idle and iowait) and total. */
@@ -157,5 +159,5 @@ export function machineCpuMs(): { busy: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!; // "cpu  user nice system idle iowait irq softirq steal ..."
   const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
-  return { busy: (total - v[3]! - v[4]!) * 10, total: total * 10 };
+  return { busy: (total - v[3]! - v[4]!) * TICK_MS, total: total * TICK_MS };
 }

@@ -55,7 +55,7 @@ function dotsToStuff(chunk: Buffer, lastByte: number | false): number[] | null {
   return dots;
 }
 
-const fastTransform: Transform = function (chunk, encoding, done) {
+export const fastDotStuffingTransform: Transform = function (chunk, encoding, done) {
   if (typeof chunk === 'string' || !chunk || chunk.length === 0) return nodemailerTransform.call(this, chunk, encoding, done);
   const dots = dotsToStuff(chunk, this.lastByte);
   if (dots === null) return nodemailerTransform.call(this, chunk, encoding, done);
@@ -80,7 +80,5 @@ const fastTransform: Transform = function (chunk, encoding, done) {
 
 /** Puts the fast path on nodemailer's DataStream (idempotent). */
 export function installFastDotStuffing(): void {
-  proto._transform = fastTransform;
+  proto._transform = fastDotStuffingTransform;
 }
-
-export { fastTransform as fastDotStuffingTransform };

@@ -437,6 +437,11 @@ export class OutboundSession {
       // The encoder's end (and its ".") runs on process.nextTick, before any setImmediate.
       setImmediate(() => socket?.uncork());
     };
+    const bodyFailed = (err: Error): void => {
+      state.bodyError = err;
+      log.error({ err }, 'reading the stored message failed mid-DATA; dropping the connection');
+      this.destroy();
+    };
     const source = new Readable({
       read: () => {
         if (!started) {
@@ -449,22 +454,14 @@ export class OutboundSession {
           }
           input = body instanceof Readable ? body : Readable.from(body as AsyncIterable<Buffer>);
           if (message.size <= WHOLE_BODY_BYTES) {
-            readWhole(input).then((whole) => sendWhole(whole), (err: Error) => {
-              state.bodyError = err;
-              log.error({ err }, 'reading the stored message failed; dropping the connection');
-              this.destroy();
-            });
+            readWhole(input).then((whole) => sendWhole(whole), bodyFailed);
             return;
           }
           input.on('data', (chunk: Buffer) => {
             if (!source.push(chunk)) input!.pause();
           });
           input.once('end', () => void finish());
-          input.once('error', (err: Error) => {
-            state.bodyError = err;
-            log.error({ err }, 'reading the stored message failed mid-DATA; dropping the connection');
-            this.destroy();
-          });
+          input.once('error', bodyFailed);
           return;
         }
         input?.resume();
