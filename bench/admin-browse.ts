@@ -34,6 +34,7 @@ import { newMailId } from '../src/queue/model.js';
 import { SpoolQueue } from '../src/queue/spool/spool-queue.js';
 import type { EnqueueRequest, QueuedMail } from '../src/queue/types.js';
 import { percentileOf, runBench } from './lib.js';
+import { seededRandom as rng } from '../test/helpers/rng.js';
 
 interface Args { count: number; dir?: string; keep: boolean; reuse: boolean; runs: number; depth: number; only?: RegExp }
 
@@ -64,17 +65,6 @@ function log(msg: string): void {
   process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 }
 
-/** A cheap deterministic PRNG (mulberry32), so two runs fill the same spool. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Index in [0, n) with a Zipf-like skew: index 0 is the most frequent, about 1/(i+1). */
 function skewed(r: number, n: number): number {

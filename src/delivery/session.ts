@@ -416,23 +416,19 @@ export class OutboundSession {
       this.destroy();
       return false;
     };
-    const finish = async (): Promise<void> => {
-      // A connection lost while asking is settled by the 'end' handler, as lost before ".".
-      if (!(await wanted()) || !this.usable) return;
-      state.phase = 'dot';
-      source.push(null);
-    };
     /**
-     * The whole body at hand: asked about first, then the body and the final "." go to a corked
-     * socket in the same turn of the event loop and leave in one write (not two: a loopback
-     * write costs the receiver's side of TCP too). The "." counts as sent from here on.
+     * Asks, then writes `rest` (the whole body, or nothing when it was streamed out already) and
+     * the final "." to a corked socket in the same turn of the event loop, so they leave in one
+     * write (not two: a loopback write costs the receiver's side of TCP too). A connection lost
+     * while asking is settled by the 'end' handler, as lost before "."; from here on the "."
+     * counts as sent.
      */
-    const sendWhole = async (whole: Buffer): Promise<void> => {
+    const endData = async (rest: Buffer): Promise<void> => {
       if (!(await wanted()) || !this.usable) return;
       const socket = this.#conn._socket as net.Socket | undefined;
       socket?.cork();
       state.phase = 'dot';
-      if (whole.length > 0) source.push(whole);
+      if (rest.length > 0) source.push(rest);
       source.push(null);
       // The encoder's end (and its ".") runs on process.nextTick, before any setImmediate.
       setImmediate(() => socket?.uncork());
@@ -449,18 +445,18 @@ export class OutboundSession {
           state.phase = 'data';
           this.#setSocketTimeout(this.#o.timeouts.data);
           if (Buffer.isBuffer(body)) {
-            void sendWhole(body);
+            void endData(body);
             return;
           }
           input = body instanceof Readable ? body : Readable.from(body as AsyncIterable<Buffer>);
           if (message.size <= WHOLE_BODY_BYTES) {
-            readWhole(input).then((whole) => sendWhole(whole), bodyFailed);
+            readWhole(input).then(endData, bodyFailed);
             return;
           }
           input.on('data', (chunk: Buffer) => {
             if (!source.push(chunk)) input!.pause();
           });
-          input.once('end', () => void finish());
+          input.once('end', () => void endData(Buffer.alloc(0)));
           input.once('error', bodyFailed);
           return;
         }

@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import DataStream from 'nodemailer/lib/smtp-connection/data-stream';
 import { fastDotStuffingTransform, nodemailerTransform } from '../../src/delivery/dot-stuffing.js';
+import { seededRandom } from '../helpers/rng.js';
 
 type Encoder = InstanceType<typeof DataStream> & { inByteCount: number; outByteCount: number };
 
@@ -21,14 +22,6 @@ async function encode(transform: typeof nodemailerTransform, chunks: Buffer[]): 
   return { out: Buffer.concat(parts), inBytes: s.inByteCount, outBytes: s.outByteCount };
 }
 
-/** A deterministic generator (tests must be repeatable). */
-function rng(seed: number): () => number {
-  let x = seed >>> 0;
-  return () => {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    return x / 2 ** 32;
-  };
-}
 
 function body(r: () => number, crlfOnly: boolean): Buffer {
   const pieces = ['.', '..', 'a', 'text ', '\r\n', '\r\n.', '\r\n..\r\n', '.\r\n', 'x.y', '\r\n\r\n'];
@@ -51,7 +44,7 @@ function split(r: () => number, b: Buffer): Buffer[] {
 
 describe('fast dot-stuffing', () => {
   it('gives what nodemailer gives for 3000 random bodies, CRLF-only and not, split anywhere', async () => {
-    const r = rng(20261203);
+    const r = seededRandom(20261203);
     for (let i = 0; i < 3000; i++) {
       const b = body(r, i % 2 === 0);
       const chunks = r() < 0.3 ? [b] : split(r, b);
