@@ -99,7 +99,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     metrics: o.metrics,
     audit: new AuditLog(o.dataDir),
     rates,
-    history: new DepthHistory({ queue: o.queue, rates: () => rates.rates(), logger, ...(o.historyEveryMs !== undefined ? { everyMs: o.historyEveryMs } : {}) }),
+    history: new DepthHistory({ queue: o.queue, rates: () => rates.rates(), logger, file: join(o.dataDir, 'depth-history.jsonl'), ...(o.historyEveryMs !== undefined ? { everyMs: o.historyEveryMs } : {}) }),
     heartbeatMs: o.heartbeatMs ?? 15_000,
     streams: new Set(),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
@@ -157,7 +157,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
 
   await app.ready();
   ctx.rates.start();
-  ctx.history.start();
+  await ctx.history.start();
 
   let closed = false;
   return {
@@ -176,7 +176,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
       if (closed) return;
       closed = true;
       ctx.rates.stop();
-      ctx.history.stop();
+      await ctx.history.stop();
       await app.close();
       await ctx.audit.close();
     },

@@ -57,10 +57,12 @@ export interface HarnessOptions {
   historyEveryMs?: number;
   /** What the admin server is given instead of the spool itself (e.g. a recording wrapper). */
   wrapQueue?: (queue: Queue) => Queue;
+  /** Start on this data directory (a restart) instead of a new one; close() then leaves it in place. */
+  dir?: string;
 }
 
 export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> {
-  const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-admin-'));
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'spoolhouse-admin-'));
   const overlayFile = join(dir, 'config.json');
   writeFileSync(overlayFile, JSON.stringify({
     smtp: { listen: ['127.0.0.1:0'] },
@@ -109,7 +111,7 @@ export async function startHarness(opts: HarnessOptions = {}): Promise<Harness> 
     async close() {
       await admin.close();
       await queue.close();
-      rmSync(dir, { recursive: true, force: true });
+      if (!opts.dir) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
