@@ -30,7 +30,7 @@ export class DepthHistory {
   #writes: Promise<void> = Promise.resolve();
   #warned = false;
 
-  constructor(private readonly o: { queue: Queue; rates: () => Promise<Rates>; logger: Logger; everyMs?: number; keepMs?: number; file?: string; now?: () => number }) {
+  constructor(private readonly o: { queue: Queue; rates: () => Promise<Rates>; logger: Logger; everyMs?: number; keepMs?: number; file?: string }) {
     this.everyMs = o.everyMs ?? 10_000;
     this.keepMs = o.keepMs ?? 24 * 3_600_000;
   }
@@ -84,7 +84,7 @@ export class DepthHistory {
       if (!['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '')) this.#warn(err, 'could not read the depth history; starting a new one');
       return [];
     }
-    const cutoff = (this.o.now ?? Date.now)() - this.keepMs;
+    const cutoff = Date.now() - this.keepMs;
     const out: DepthSample[] = [];
     for (const line of text.split('\n')) {
       if (!line) continue;
