@@ -1,24 +1,9 @@
 /**
- * Runs the queue contract against the Kafka backend on the run's real broker
- * (test/kafka/global-setup.ts): each test gets fresh topics (a unique prefix), and `reopen`
- * closes this node and opens a new instance on the same topics.
+ * Runs the queue contract against the Kafka backend on the run's real Kafka 4 broker
+ * (test/kafka/global-setup.ts).
  */
-import { silentLogger } from '../../src/logger.js';
-import { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
-import { kafkaBrokers, uniquePrefix } from '../kafka/broker.js';
-import { queueContract, reopenableHandle } from './queue-contract.js';
+import { kafkaBrokers } from '../kafka/broker.js';
+import { openKafkaContractQueue } from './kafka-handle.js';
+import { queueContract } from './queue-contract.js';
 
-const PRIORITIES = { classes: { bulk: 0, normal: 1, high: 2, urgent: 3 }, default: 'normal', lowPriorityShare: 0.1 };
-
-queueContract('kafka', async () => {
-  const brokers = kafkaBrokers();
-  const topicPrefix = uniquePrefix('contract');
-  return reopenableHandle(async () => {
-    const q = new KafkaQueue({
-      brokers, clientId: 'contract', topicPrefix, partitions: 3, replicationFactor: 1, nodeId: 'contract-node',
-      ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, priorities: PRIORITIES, logger: silentLogger(),
-    });
-    await q.start();
-    return q;
-  });
-});
+queueContract('kafka', () => openKafkaContractQueue(kafkaBrokers()));

@@ -5,10 +5,11 @@
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
 
-export function kafkaBrokers(): string[] {
-  const brokers = inject('kafkaBrokers');
+/** The run's Kafka 4 broker, or with `version` '3.9' its Kafka 3.9 one. */
+export function kafkaBrokers(version: '4' | '3.9' = '4'): string[] {
+  const brokers = version === '4' ? inject('kafkaBrokers') : inject('kafka39Brokers');
   if (!brokers) {
-    throw new Error('No Kafka broker for this run: unset SPOOLHOUSE_SKIP_KAFKA, or set KAFKA_BROKERS=host:port');
+    throw new Error(`No Kafka ${version} broker for this run: unset SPOOLHOUSE_SKIP_KAFKA, or set ${version === '4' ? 'KAFKA_BROKERS' : 'KAFKA39_BROKERS'}=host:port`);
   }
   return brokers.split(',');
 }

@@ -1,9 +1,12 @@
 /**
- * One real Apache Kafka broker (KRaft, single combined node, from Maven Central jars; see start.sh)
- * for the whole vitest run, in a temp run dir on free loopback ports. Test files read its bootstrap
- * address with `inject('kafkaBrokers')` (see ./broker.ts).
+ * Real Apache Kafka brokers (KRaft, single combined node, from Maven Central jars; see start.sh)
+ * for the whole vitest run, in temp run dirs on free loopback ports: Kafka 4 for every Kafka
+ * suite, and Kafka 3.9 (the previous line, still widely run) for the queue contract a second time
+ * (test/contract/kafka39.test.ts). Both start side by side. Test files read the bootstrap
+ * addresses with `kafkaBrokers()` (see ./broker.ts).
  *
- * - KAFKA_BROKERS set: that cluster is used and nothing is started.
+ * - KAFKA_BROKERS set: that cluster is used for the Kafka 4 suites and no Kafka 4 is started;
+ *   KAFKA39_BROKERS likewise for the 3.9 contract run.
  * - SPOOLHOUSE_SKIP_KAFKA=1: nothing is started and `kafkaBrokers` is ''; a Kafka test then fails
  *   (it never skips), so only use it for runs that select no Kafka test.
  * - No Kafka test selected by the CLI filters: nothing is started either (saves ~330 MB and ~3 s).
@@ -21,7 +24,7 @@ import { freePort } from '../helpers/ports.js';
 const here = fileURLToPath(new URL('.', import.meta.url));
 /** test/kafka in the source tree, also when this runs compiled from dist/test/kafka (benchmarks). */
 const kafkaDir = existsSync(join(here, 'start.sh')) ? here : join(here, '..', '..', '..', 'test', 'kafka');
-let runDir: string | undefined;
+const runDirs: string[] = [];
 
 
 function kafkaTestsSelected(project: TestProject): boolean {
@@ -31,15 +34,16 @@ function kafkaTestsSelected(project: TestProject): boolean {
   const files = [
     ...readdirSync(here).filter((f) => f.endsWith('.test.ts')).map((f) => join(here, f)),
     join(here, '..', 'contract', 'kafka.test.ts'),
+    join(here, '..', 'contract', 'kafka39.test.ts'),
   ];
   return files.some((file) => filters.some((f) => file.includes(f) || relative(root, file).includes(f.replace(/^\.\//, ''))));
 }
 
-/** Runs start.sh and returns the bootstrap address it prints. */
-export function startBroker(dir: string, port?: number, cport?: number): Promise<string> {
+/** Runs start.sh and returns the bootstrap address it prints. `profile` kafka3 is Kafka 3.9. */
+export function startBroker(dir: string, port?: number, cport?: number, profile: 'kafka4' | 'kafka3' = 'kafka4'): Promise<string> {
   return new Promise((resolve, reject) => {
     const args = [dir, ...(port ? [String(port), String(cport)] : [])];
-    const child = spawn(join(kafkaDir, 'start.sh'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(join(kafkaDir, 'start.sh'), args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KAFKA_PROFILE: profile } });
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
@@ -75,30 +79,34 @@ export async function stopBroker(dir: string, graceMs = 20_000): Promise<void> {
 }
 
 export async function setup(project: TestProject): Promise<void> {
-  if (process.env.KAFKA_BROKERS) {
-    project.provide('kafkaBrokers', process.env.KAFKA_BROKERS);
-    project.provide('kafkaRunDir', '');
-    return;
-  }
-  if (process.env.SPOOLHOUSE_SKIP_KAFKA === '1' || !kafkaTestsSelected(project)) {
-    project.provide('kafkaBrokers', '');
-    project.provide('kafkaRunDir', '');
-    return;
-  }
-  runDir = mkdtempSync(join(tmpdir(), 'spoolhouse-kafka-'));
+  const wanted = process.env.SPOOLHOUSE_SKIP_KAFKA !== '1' && kafkaTestsSelected(project);
+  const [kafka4, kafka39] = await Promise.all([
+    brokerFor('Kafka 4', process.env.KAFKA_BROKERS, wanted, 'kafka4'),
+    brokerFor('Kafka 3.9', process.env.KAFKA39_BROKERS, wanted, 'kafka3'),
+  ]);
+  project.provide('kafkaBrokers', kafka4.brokers);
+  project.provide('kafkaRunDir', kafka4.runDir);
+  project.provide('kafka39Brokers', kafka39.brokers);
+}
+
+/** The given cluster, or a broker started here (when Kafka tests run), or none. */
+async function brokerFor(name: string, given: string | undefined, wanted: boolean, profile: 'kafka4' | 'kafka3'): Promise<{ brokers: string; runDir: string }> {
+  if (given) return { brokers: given, runDir: '' };
+  if (!wanted) return { brokers: '', runDir: '' };
+  const dir = mkdtempSync(join(tmpdir(), `spoolhouse-${profile}-`));
+  runDirs.push(dir);
   const started = Date.now();
-  const brokers = await startBroker(runDir, await freePort(), await freePort());
+  const brokers = await startBroker(dir, await freePort(), await freePort(), profile);
   // eslint-disable-next-line no-console
-  console.log(`kafka broker ${brokers} ready in ${Date.now() - started} ms (run dir ${runDir})`);
-  project.provide('kafkaBrokers', brokers);
-  project.provide('kafkaRunDir', runDir);
+  console.log(`${name} broker ${brokers} ready in ${Date.now() - started} ms (run dir ${dir})`);
+  return { brokers, runDir: dir };
 }
 
 export async function teardown(): Promise<void> {
-  if (!runDir) return;
-  await stopBroker(runDir);
-  rmSync(runDir, { recursive: true, force: true });
-  runDir = undefined;
+  await Promise.all(runDirs.splice(0).map(async (dir) => {
+    await stopBroker(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }));
 }
 
 
@@ -106,5 +114,6 @@ declare module 'vitest' {
   export interface ProvidedContext {
     kafkaBrokers: string;
     kafkaRunDir: string;
+    kafka39Brokers: string;
   }
 }
