@@ -40,4 +40,21 @@ describe('kafka backend: local copies of bodies', () => {
     for (const req of [...small, big]) await q.remove(req.id, 'test');
     await until('local copies dropped', async () => files().length === 0 || undefined, 10_000);
   });
+
+  it('is one process\'s directory: a second instance on it is refused until the first closes', async () => {
+    const parent = await mkdtemp(join(tmpdir(), 'spoolhouse-kafka-bodies-'));
+    cleanups.push(() => rm(parent, { recursive: true, force: true }));
+    const prefix = uniquePrefix('lock');
+    const first: KafkaQueue = await openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent });
+    await expect(openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent })).rejects.toThrow(/spool\.dir.*already open/);
+    // The refused instance left the first one's files alone.
+    expect(readdirSync(parent).filter((d) => d.startsWith('kafka-bodies-'))).toHaveLength(1);
+    const req = mailRequest();
+    await first.enqueue(req);
+    await first.close();
+    expect(readdirSync(parent).filter((d) => d !== 'LOCK')).toEqual([]);
+    const second: KafkaQueue = await openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent });
+    cleanups.push(() => second.close());
+    expect((await bodyOf(second, req.id)).equals(req.body)).toBe(true);
+  });
 });

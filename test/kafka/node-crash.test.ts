@@ -4,7 +4,7 @@
  * mail is lost. The dead node is a real child process (test/kafka/node-child.mjs, on dist/).
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -49,7 +49,15 @@ describe('kafka backend: a node killed with kill -9', () => {
     expect(reserved).toHaveLength(MAILS);
     const inFlight = reserved.filter((id) => !delivered.includes(id));
 
-    b = await openKafkaQueue(brokers, prefix, { nodeId: 'node-b' });
+    // Node B starts on the dead node's directory: it takes over the lock of the dead pid and removes
+    // the body cache dir node A could not (a copy of every live body).
+    const leftBehind = readdirSync(dataDir).filter((d) => d.startsWith('kafka-bodies-'));
+    expect(leftBehind).toHaveLength(1);
+    expect(readdirSync(dataDir)).toContain('LOCK');
+    b = await openKafkaQueue(brokers, prefix, { nodeId: 'node-b', dataDir });
+    const now = readdirSync(dataDir).filter((d) => d.startsWith('kafka-bodies-'));
+    expect(now).toHaveLength(1);
+    expect(now).not.toContain(leftBehind[0]);
     const taken = new Map<string, number>();
     // Leases still live: node B must not take them yet.
     const early = await b.reserveDue({ owner: 'node-b', limit: MAILS, leaseMs: 60_000 });

@@ -40,7 +40,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { Readable } from 'node:stream';
 import { join } from 'node:path';
@@ -48,6 +48,7 @@ import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../logger.js';
 import { BodyCache } from '../body-cache.js';
+import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
   applyAttempt, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
@@ -75,7 +76,12 @@ export interface KafkaQueueOptions {
   maxMessageSize: number;
   priorities: Config['priorities'];
   logger: Logger;
-  /** Where the per-instance body cache dir (kafka-bodies-XXXXXX, removed on close) goes; default os.tmpdir(). */
+  /**
+   * This node's own directory (`spool.dir`), for the per-instance body cache dir (kafka-bodies-XXXXXX,
+   * removed on close). It is locked while the queue is open (one process per directory), and body
+   * cache dirs left there by a killed instance are removed at start. Default: a dir in os.tmpdir()
+   * (not locked, nothing removed: tests open several instances side by side).
+   */
   dataDir?: string;
   /** Finished mail is purged (state and body tombstoned) this long after it finished. Default 1 h. */
   retainFinishedMs?: number;
@@ -207,6 +213,7 @@ export class KafkaQueue implements Queue {
   private consumerRestart?: NodeJS.Timeout;
   private writer?: GroupWriter;
   private dataDir?: string;
+  private lock?: DirLock;
   /** Next offset to read per partition, per topic (what the view / body cache has applied). */
   private readonly positions = { state: new Map<number, number>(), content: new Map<number, number>() };
   private readonly progress = new Set<() => void>();
@@ -267,8 +274,10 @@ export class KafkaQueue implements Queue {
     // The body cache is rebuilt from the content topic at every start, so it is per instance.
     const parent = this.opts.dataDir ?? tmpdir();
     await mkdir(parent, { recursive: true });
-    this.dataDir = await mkdtemp(join(parent, 'kafka-bodies-'));
+    if (this.opts.dataDir) this.lock = await DirLock.acquire(this.opts.dataDir);
     try {
+      if (this.opts.dataDir) await this.removeStaleBodyDirs(this.opts.dataDir);
+      this.dataDir = await mkdtemp(join(parent, 'kafka-bodies-'));
       this.admin = this.kafka.admin();
       await this.admin.connect();
       // kafkajs's waitForLeaders retries LEADER_NOT_AVAILABLE only; 3.9 brokers may answer
@@ -303,6 +312,20 @@ export class KafkaQueue implements Queue {
     this.producer = undefined;
     this.admin = undefined;
     if (this.dataDir) await rm(this.dataDir, { recursive: true, force: true });
+    this.dataDir = undefined;
+    await this.lock?.release();
+    this.lock = undefined;
+  }
+
+  /**
+   * Body cache dirs of earlier instances on this directory: a node killed with kill -9 cannot
+   * remove its own, and each holds a copy of every live body. Under the lock no other process
+   * uses them, and the cache is rebuilt from the content topic anyway.
+   */
+  private async removeStaleBodyDirs(dir: string): Promise<void> {
+    const stale = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory() && e.name.startsWith('kafka-bodies-'));
+    for (const e of stale) await rm(join(dir, e.name), { recursive: true, force: true });
+    if (stale.length) this.log.info({ dirs: stale.map((e) => e.name) }, 'removed body cache dirs left by an earlier instance');
   }
 
   private assertOpen(): void {

@@ -50,7 +50,7 @@ import type {
 import { MAIL_STATES } from '../types.js';
 import { browseIndexed } from './browse.js';
 import { BodyCache } from '../body-cache.js';
-import { DirLock } from './dir-lock.js';
+import { DirLock } from '../dir-lock.js';
 import { HIGH, counterKeys, indexKeys, keyDiff, type IndexKey } from './indexes.js';
 import { SegmentStore, type BodyLocation } from './segments.js';
 

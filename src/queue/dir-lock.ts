@@ -1,5 +1,8 @@
 /**
- * One process owns a spool directory. The lock is a `LOCK` file holding the owner's pid, created
+ * One process owns a data directory (`spool.dir`): the spool's files, or with the Kafka backend the
+ * node's local body cache, its audit log, admin token and depth history. Two Spoolhouse processes
+ * on one directory would interleave those, so the second is refused at start. The lock is a
+ * `LOCK` file holding the owner's pid, created
  * with link(2) (atomic: fails if it exists). A lock whose pid no longer runs is stale (the owner
  * was killed) and is taken over. Within one process a second open of the same directory is
  * refused too.
@@ -9,7 +12,7 @@
  */
 import { link, readFile, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { QueueUnavailableError } from '../errors.js';
+import { QueueUnavailableError } from './errors.js';
 
 const heldInProcess = new Set<string>();
 
@@ -28,7 +31,7 @@ export class DirLock {
 
   static async acquire(dir: string): Promise<DirLock> {
     const key = resolve(dir);
-    if (heldInProcess.has(key)) throw new QueueUnavailableError(`Spool directory ${dir} is already open in this process`);
+    if (heldInProcess.has(key)) throw new QueueUnavailableError(`Directory ${dir} (spool.dir) is already open in this process`);
     const path = join(dir, 'LOCK');
     const tmp = join(dir, `LOCK.${process.pid}.${Date.now()}`);
     await writeFile(tmp, `${process.pid}\n`);
@@ -42,7 +45,7 @@ export class DirLock {
         }
         const owner = Number((await readFile(path, 'utf8').catch(() => '')).trim());
         if (owner !== process.pid && pidAlive(owner)) {
-          throw new QueueUnavailableError(`Spool directory ${dir} is locked by running process ${owner}`);
+          throw new QueueUnavailableError(`Directory ${dir} (spool.dir) is locked by running process ${owner}: each Spoolhouse process needs its own spool.dir`);
         }
         // Stale lock of a dead process (or of this pid from an earlier, crashed life): take it over.
         await unlink(path).catch(() => undefined);
