@@ -39,7 +39,7 @@ export class DepthHistory {
   async start(): Promise<void> {
     if (this.o.file) {
       this.#samples = await this.#load(this.o.file);
-      await this.#rewrite();
+      await this.#enqueue(() => this.#rewriteNow());
     }
     void this.sample();
     this.#timer = setInterval(() => void this.sample(), this.everyMs);
@@ -106,10 +106,6 @@ export class DepthHistory {
       this.#fileLines++;
       if (this.#fileLines > 2 * Math.max(this.#samples.length, 1) + 10) await this.#rewriteNow();
     });
-  }
-
-  #rewrite(): Promise<void> {
-    return this.#enqueue(() => this.#rewriteNow());
   }
 
   /** The kept samples to a temporary file, renamed over the old one; appends go on there. */

@@ -2,10 +2,9 @@
  * One process owns a data directory (`spool.dir`): the spool's files, or with the Kafka backend the
  * node's local body cache, its audit log, admin token and depth history. Two Spoolhouse processes
  * on one directory would interleave those, so the second is refused at start. The lock is a
- * `LOCK` file holding the owner's pid, created
- * with link(2) (atomic: fails if it exists). A lock whose pid no longer runs is stale (the owner
- * was killed) and is taken over. Within one process a second open of the same directory is
- * refused too.
+ * `LOCK` file holding the owner's pid, created with link(2) (atomic: fails if it exists). A lock
+ * whose pid no longer runs is stale (the owner was killed) and is taken over. Within one process a
+ * second open of the same directory is refused too.
  *
  * Why not flock: Node has no flock without a native addon. A pid lock is what Postfix-era tools
  * used; its weak spot (pid reuse after a crash) only causes a refusal to start, never two owners.
