@@ -29,6 +29,7 @@ export class DepthHistory {
   /** Appends and rewrites, one at a time and in order. */
   #writes: Promise<void> = Promise.resolve();
   #warned = false;
+  #stopped = false;
 
   constructor(private readonly o: { queue: Queue; rates: () => Promise<Rates>; logger: Logger; everyMs?: number; keepMs?: number; file?: string }) {
     this.everyMs = o.everyMs ?? 10_000;
@@ -37,6 +38,7 @@ export class DepthHistory {
 
   /** Reads the samples a previous run left (if `file`), then samples every `everyMs`. */
   async start(): Promise<void> {
+    this.#stopped = false;
     if (this.o.file) {
       this.#samples = await this.#load(this.o.file);
       await this.#enqueue(() => this.#rewriteNow());
@@ -47,6 +49,7 @@ export class DepthHistory {
   }
 
   async stop(): Promise<void> {
+    this.#stopped = true;
     clearInterval(this.#timer);
     await this.#writes;
     await this.#file?.close().catch(() => undefined);
@@ -62,6 +65,8 @@ export class DepthHistory {
   async sample(): Promise<DepthSample | undefined> {
     try {
       const [stats, rates] = await Promise.all([this.o.queue.stats({ topN: 1 }), this.o.rates()]);
+      // A sample that was under way when stop() ran is dropped: after stop, memory and file agree.
+      if (this.#stopped) return undefined;
       const s: DepthSample = { at: stats.at, byState: stats.byState, rates };
       this.#samples.push(s);
       const cutoff = s.at - this.keepMs;
