@@ -9,7 +9,7 @@
  */
 import { hostname } from 'node:os';
 import { ConfigError, overlayFileFromArgs } from './config/load.js';
-import { ConfigStore, chooseOverlay } from './config/store.js';
+import { ConfigStore, chooseOverlay, restartOnlyChanges } from './config/store.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { openQueue } from './queue/index.js';
@@ -81,8 +81,11 @@ async function main(argv: string[]): Promise<void> {
 
 function reload(store: ConfigStore, logger: Logger): void {
   try {
-    store.reload();
+    const previous = store.current;
+    const next = store.reload();
     logger.info({ file: store.overlayFile }, 'configuration reloaded');
+    const later = restartOnlyChanges(previous, next);
+    if (later.length) logger.warn({ keys: later }, 'configuration reloaded, but these settings take effect at the next restart');
   } catch (err) {
     logger.error({ err: (err as Error).message }, 'configuration reload failed; keeping the running configuration');
   }

@@ -83,6 +83,27 @@ export class ConfigStore extends EventEmitter {
   }
 }
 
+/**
+ * Settings read once, at start: the listeners, where and how mail is kept, the log format. A
+ * reload that changes one of them leaves it as it runs until the next restart; these are the
+ * paths (dotted) that differ, for a warning. (Everything else applies at once: rules, priorities,
+ * relay, auth, delivery, limits, admin tokens, the TLS certificate files.)
+ */
+export function restartOnlyChanges(previous: Config, next: Config): string[] {
+  const paths: [string, (c: Config) => unknown][] = [
+    ['smtp.listen', (c) => c.smtp.listen],
+    // STARTTLS is offered or not from the start; new certificate files are picked up live.
+    ['smtp.tls', (c) => c.smtp.tls === null],
+    ['admin.listen', (c) => c.admin.listen],
+    ['queue.backend', (c) => c.queue.backend],
+    ['spool', (c) => c.spool],
+    ['kafka', (c) => c.kafka],
+    // pino's child loggers (one per stage, taken at start) keep the level they were made with.
+    ['log', (c) => c.log],
+  ];
+  return paths.filter(([, get]) => JSON.stringify(get(previous)) !== JSON.stringify(get(next))).map(([path]) => path);
+}
+
 export interface UpdateOptions {
   replace?: string[][];
 }

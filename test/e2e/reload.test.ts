@@ -1,8 +1,8 @@
 /**
  * SIGHUP re-reads the config files of a running server (the built server as a child process, the
- * way an operator runs it): a rule added to the file applies to the next mail, and a broken file
- * is refused with a log line naming the file, the key and the problem while the running
- * configuration stays in force. Mail is held by a rule, so nothing needs delivering.
+ * way an operator runs it): a rule added to the file applies to the next mail, a changed setting
+ * that only a restart applies is named in a warning, and a broken file is refused with a log line
+ * naming the file, the key and the problem while the running configuration stays in force. Mail is held by a rule, so nothing needs delivering.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -68,8 +68,11 @@ describe('SIGHUP on a running server', () => {
     expect(first.priority).toBe('normal');
     expect((await mail(String(first.mailId))).state).toBe('held');
 
-    writeFileSync(file, JSON.stringify(base([VIP, HOLD_ALL])));
-    await hup(/^configuration reloaded$/);
+    // The rule applies at once; a new listener and log level only at the next restart, which is said.
+    const next = base([VIP, HOLD_ALL]);
+    writeFileSync(file, JSON.stringify({ ...next, smtp: { ...next.smtp, listen: ['127.0.0.2:0'] }, log: { ...next.log, level: 'debug' } }));
+    const warned = await hup(/take effect at the next restart/);
+    expect(warned.keys).toEqual(['smtp.listen', 'log']);
     const second = await send('a@vip.example', 'after reload');
     expect(second.priority).toBe('urgent');
     expect(second.rule).toBe('vip');
@@ -88,5 +91,8 @@ describe('SIGHUP on a running server', () => {
     const third = await send('b@vip.example', 'after a broken reload');
     expect(third.priority).toBe('urgent');
     expect(server.child.exitCode).toBeNull();
+    // Still on the listener it started with, and still at info.
+    expect(server.smtp).toHaveLength(1);
+    expect(server.logs.some((l) => l.level === 20)).toBe(false);
   });
 });

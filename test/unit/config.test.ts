@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ConfigError, defaultConfigFile, loadConfig, overlayFileFromArgs } from '../../src/config/load.js';
 import { networkList, parseDuration, parseHostPort, parseRate, parseSize } from '../../src/config/schema.js';
-import { ConfigStore } from '../../src/config/store.js';
+import { ConfigStore, restartOnlyChanges } from '../../src/config/store.js';
 
 let dir: string;
 beforeEach(() => { dir = mkdtempSync(join(tmpdir(), 'spoolhouse-config-')); });
@@ -140,5 +140,24 @@ describe('ConfigStore', () => {
     expect(store.current.smtp.maxRecipients).toBe(9);
     expect(store.current.rules).toEqual([]);
     expect(seen).toEqual([1, 0]);
+  });
+});
+
+describe('restartOnlyChanges', () => {
+  it('names the settings a reload cannot apply, and nothing for those it can', () => {
+    const a = loadConfig(undefined).config;
+    const same = structuredClone(a);
+    expect(restartOnlyChanges(a, same)).toEqual([]);
+    const live = { ...structuredClone(a), rules: [{ name: 'x', match: { sender: '*' }, hold: true }], delivery: { ...a.delivery, concurrency: 3 } } as typeof a;
+    expect(restartOnlyChanges(a, live)).toEqual([]);
+    const later = structuredClone(a);
+    later.smtp.listen = [{ address: '127.0.0.1:2626', submission: false, implicitTls: false }] as typeof a.smtp.listen;
+    later.spool.dir = '/elsewhere';
+    later.smtp.tls = { cert: 'c.pem', key: 'k.pem' } as typeof a.smtp.tls;
+    expect(restartOnlyChanges(a, later)).toEqual(['smtp.listen', 'smtp.tls', 'spool']);
+    // New certificate files for a TLS already on are picked up live.
+    const certs = structuredClone(later);
+    certs.smtp.tls = { cert: 'new.pem', key: 'new.key' } as typeof a.smtp.tls;
+    expect(restartOnlyChanges(later, certs)).toEqual([]);
   });
 });
