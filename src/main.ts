@@ -51,6 +51,13 @@ async function main(argv: string[]): Promise<void> {
   logger.info('spoolhouse ready');
 
   process.on('SIGHUP', () => reload(store, logger));
+  // A new log.level (SIGHUP) applies at once: the stages' child loggers have no level of their
+  // own, so they follow the root's.
+  store.on('change', (next, previous) => {
+    if (next.log.level === previous.log.level) return;
+    logger.level = next.log.level;
+    logger.info({ from: previous.log.level, to: next.log.level }, 'log level changed');
+  });
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

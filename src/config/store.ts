@@ -98,8 +98,8 @@ export function restartOnlyChanges(previous: Config, next: Config): string[] {
     ['queue.backend', (c) => c.queue.backend],
     ['spool', (c) => c.spool],
     ['kafka', (c) => c.kafka],
-    // pino's child loggers (one per stage, taken at start) keep the level they were made with.
-    ['log', (c) => c.log],
+    // The log's format is set up with its destination; its level applies at once (main.ts).
+    ['log.pretty', (c) => c.log.pretty],
   ];
   return paths.filter(([, get]) => JSON.stringify(get(previous)) !== JSON.stringify(get(next))).map(([path]) => path);
 }

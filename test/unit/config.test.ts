@@ -148,13 +148,14 @@ describe('restartOnlyChanges', () => {
     const a = loadConfig(undefined).config;
     const same = structuredClone(a);
     expect(restartOnlyChanges(a, same)).toEqual([]);
-    const live = { ...structuredClone(a), rules: [{ name: 'x', match: { sender: '*' }, hold: true }], delivery: { ...a.delivery, concurrency: 3 } } as typeof a;
+    const live = { ...structuredClone(a), rules: [{ name: 'x', match: { sender: '*' }, hold: true }], delivery: { ...a.delivery, concurrency: 3 }, log: { ...a.log, level: 'debug' } } as typeof a;
     expect(restartOnlyChanges(a, live)).toEqual([]);
     const later = structuredClone(a);
     later.smtp.listen = [{ address: '127.0.0.1:2626', submission: false, implicitTls: false }] as typeof a.smtp.listen;
     later.spool.dir = '/elsewhere';
     later.smtp.tls = { cert: 'c.pem', key: 'k.pem' } as typeof a.smtp.tls;
-    expect(restartOnlyChanges(a, later)).toEqual(['smtp.listen', 'smtp.tls', 'spool']);
+    later.log.pretty = !a.log.pretty;
+    expect(restartOnlyChanges(a, later)).toEqual(['smtp.listen', 'smtp.tls', 'spool', 'log.pretty']);
     // New certificate files for a TLS already on are picked up live.
     const certs = structuredClone(later);
     certs.smtp.tls = { cert: 'new.pem', key: 'new.key' } as typeof a.smtp.tls;

@@ -28,4 +28,23 @@ describe('logger', () => {
     expect(lines[2]).toMatchObject({ smarthost: { host: 'relay:587', auth: { user: 'u', pass: '[redacted]' } } });
     expect(lines[3]).toMatchObject({ kafka: { sasl: { username: 'k', password: '[redacted]' } } });
   });
+
+  it('a level set on the root reaches the child loggers made before it (the stages) and after it (per mail)', async () => {
+    // main.ts changes log.level on a reload by setting it on the root only.
+    const { lines, stream } = capture();
+    const root = createLogger({ level: 'info', pretty: null }, stream);
+    const stage = root.child({ stage: 'ingress' });
+    const nested = stage.child({ component: 'policy' });
+    stage.child({ mailId: 'm0' }).debug('before');
+    root.level = 'debug';
+    stage.debug('stage');
+    nested.debug('nested');
+    stage.child({ mailId: 'm1' }).debug('per mail');
+    root.level = 'warn';
+    stage.info('quiet again');
+    nested.info('quiet again');
+    await new Promise((r) => setImmediate(r));
+    expect(lines.map((l) => l.msg)).toEqual(['stage', 'nested', 'per mail']);
+    expect(lines[2]).toMatchObject({ stage: 'ingress', mailId: 'm1', level: 20 });
+  });
 });
