@@ -80,6 +80,8 @@ interface MachineShare {
   loadUsPerMail: number;
   sinkUsPerMail: number;
   busy: number;
+  /** Share of both cores the host (hypervisor) took away meanwhile (counted in busy). */
+  stolen: number;
 }
 
 interface Mta {
@@ -206,6 +208,7 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
     loadUsPerMail: Math.round(((b.load - a.load) * 1000) / MESSAGES),
     sinkUsPerMail: Math.round(((b.sink - a.sink) * 1000) / MESSAGES),
     busy: +((b.machine.busy - a.machine.busy) / Math.max(1, b.machine.total - a.machine.total)).toFixed(2),
+    stolen: +((b.machine.steal - a.machine.steal) / Math.max(1, b.machine.total - a.machine.total)).toFixed(2),
   });
   const cpu = (): number => {
     const c = treeCpuMs(mta.pid() ?? -1);

@@ -154,10 +154,14 @@ export function reapedChildrenCpuMs(): number {
   return (Number(f[13]) + Number(f[14])) * TICK_MS;
 }
 
-/** Machine-wide CPU time since boot (ms summed over cores): busy (everything but idle and iowait) and total. */
-export function machineCpuMs(): { busy: number; total: number } {
+/**
+ * Machine-wide CPU time since boot (ms summed over cores): busy (everything but idle and iowait),
+ * steal (time a virtual machine's cores wanted to run but the host ran something else; part of
+ * busy) and total. Steal is why one run on a shared host can be much slower than the next.
+ */
+export function machineCpuMs(): { busy: number; steal: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!; // "cpu  user nice system idle iowait irq softirq steal ..."
   const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
-  return { busy: (total - v[3]! - v[4]!) * TICK_MS, total: total * TICK_MS };
+  return { busy: (total - v[3]! - v[4]!) * TICK_MS, steal: v[7]! * TICK_MS, total: total * TICK_MS };
 }
