@@ -1,8 +1,9 @@
 /**
  * SIGHUP re-reads the config files of a running server (the built server as a child process, the
- * way an operator runs it): a rule added to the file and a new log level apply to the next mail, a changed setting
- * that only a restart applies is named in a warning, and a broken file is refused with a log line
- * naming the file, the key and the problem while the running configuration stays in force. Mail is held by a rule, so nothing needs delivering.
+ * way an operator runs it): a rule added to the file and a new log level apply to the next mail, a
+ * changed setting that only a restart applies is named in a warning, and a broken file is refused
+ * with a log line naming the file, the key and the problem while the running configuration stays
+ * in force. Mail is held by a rule, so nothing needs delivering.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
