@@ -7,6 +7,7 @@
  * queue cannot keep), let delivery finish or hand back its leases, close admin, close the queue.
  * SIGHUP re-reads the config files; a broken file is logged and the running config kept.
  */
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ConfigError, overlayFileFromArgs } from './config/load.js';
 import { ConfigStore, chooseOverlay, restartOnlyChanges } from './config/store.js';
@@ -33,7 +34,10 @@ async function main(argv: string[]): Promise<void> {
   }
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
-  logger.info({ files: [store.defaultsFile, store.overlayFile], backend: config.queue.backend }, 'starting spoolhouse');
+  // The overlay file is named only when it exists (without --config, config/local.json is where
+  // PUT /api/config would save changes, and it may not have been written yet).
+  const files = [store.defaultsFile, ...(existsSync(store.overlayFile) ? [store.overlayFile] : [])];
+  logger.info({ files, backend: config.queue.backend }, 'starting spoolhouse');
 
   const metrics = createMetrics();
   const queue = await openQueue(config, logger);

@@ -65,6 +65,9 @@ async function mail(id: string): Promise<{ state: string; classification: { prio
 
 describe('SIGHUP on a running server', () => {
   it('applies a rule added to the file to the next mail, and keeps the running config when the file is broken', async () => {
+    // The start-up line names the files the running config came from.
+    const started = server.logs.find((l) => l.msg === 'starting spoolhouse');
+    expect((started?.files as string[] | undefined)?.at(-1)).toBe(file);
     const first = await send('a@vip.example', 'before reload');
     expect(first.priority).toBe('normal');
     expect((await mail(String(first.mailId))).state).toBe('held');
