@@ -7,7 +7,6 @@
  * queue cannot keep), let delivery finish or hand back its leases, close admin, close the queue.
  * SIGHUP re-reads the config files; a broken file is logged and the running config kept.
  */
-import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { ConfigError, overlayFileFromArgs } from './config/load.js';
 import { ConfigStore, chooseOverlay, restartOnlyChanges } from './config/store.js';
@@ -23,8 +22,11 @@ const SHUTDOWN_TIMEOUT_MS = 30_000;
 
 async function main(argv: string[]): Promise<void> {
   let store: ConfigStore;
+  /** Without --config: config/local.json when it exists (where PUT /api/config saves changes). */
+  let overlay: string | undefined;
   try {
-    store = new ConfigStore(chooseOverlay(overlayFileFromArgs(argv)));
+    overlay = chooseOverlay(overlayFileFromArgs(argv));
+    store = new ConfigStore(overlay);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`spoolhouse: ${err.message}\n`);
@@ -34,10 +36,7 @@ async function main(argv: string[]): Promise<void> {
   }
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
-  // The overlay file is named only when it exists (without --config, config/local.json is where
-  // PUT /api/config would save changes, and it may not have been written yet).
-  const files = [store.defaultsFile, ...(existsSync(store.overlayFile) ? [store.overlayFile] : [])];
-  logger.info({ files, backend: config.queue.backend }, 'starting spoolhouse');
+  logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
 
   const metrics = createMetrics();
   const queue = await openQueue(config, logger);
