@@ -130,6 +130,34 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     for (const id of ids) expect((await q.get(id))?.recipients).toHaveLength(60);
   });
 
+  it('small bodies stored in LMDB: refused at the free-space floor, removals still work and make room, nothing acknowledged is lost', async () => {
+    const spool = join(mnt, 'spool');
+    const opts = { dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger(), bodyCacheBytes: 0, minFreeBytes: 512 * 1024 };
+    q = new SpoolQueue(opts);
+    await q.start();
+    const { ids, error } = await fillUp(q, 5_000);
+    expect(ids.length).toBeGreaterThan(100);
+    expect(error).toBeInstanceOf(SpoolFullError);
+    // Every body went to LMDB: no segment grew.
+    expect(segmentBytes(spool)).toBe(0);
+    const burst = await Promise.allSettled(Array.from({ length: 10 }, () => q!.enqueue(request(5_000))));
+    expect(burst.every((r) => r.status === 'rejected' && r.reason instanceof QueueError)).toBe(true);
+    // Below the floor there is still room for the transactions of delivery and removal; finished
+    // mail gives its pages back to LMDB, which reuses them for new mail (after the next measurement).
+    for (const id of ids.splice(0, 200)) await q.remove(id, 'make room');
+    await new Promise((r) => setTimeout(r, 300));
+    const again = await q.enqueue(request(5_000));
+    ids.push(again.id);
+    await q.close();
+    q = new SpoolQueue(opts);
+    await q.start();
+    for (const id of ids) {
+      const chunks: Buffer[] = [];
+      for await (const c of await q.readBody(id)) chunks.push(c as Buffer);
+      expect(Buffer.concat(chunks).equals(Buffer.alloc(5_000, 'm')), id).toBe(true);
+    }
+  });
+
   it('enforces maxSize on live body bytes', async () => {
     q = new SpoolQueue({ dir: join(mnt, 'spool'), retainFinishedMs: 3_600_000, maxSize: 1024 * 1024, logger: silentLogger() });
     await q.start();
