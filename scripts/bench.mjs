@@ -5,6 +5,7 @@
 //   delivery     Spoolhouse end to end with latency p50/p99
 //   spool-scale  the embedded spool with a large queue (--count, default 1,000,000): recovery, browse, RSS
 //   spool-transitions  CPU per mail of the spool's enqueue, reserveDue and recordAttempt (no SMTP)
+//   spool-churn  40 rounds of enqueue / deliver / defer / purge of mixed sizes: does the spool slow or grow as LMDB's free list fragments
 //   kafka-ingest the Kafka backend's ingest (needs KAFKA_BROKERS or starts the test broker)
 //   kafka-e2e    one node on the Kafka backend: smtp-source → Spoolhouse → smtp-sink, ingest and end to end, latency p50/p99
 //   admin-browse the admin API over a large spool (--count, default 1,000,000): filtered pages p50/p99 over HTTP, /api/stats
@@ -15,7 +16,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BENCH_APT_PACKAGES, build, ensureNodeModules, ensureSystemPackages, root } from './setup.mjs';
 
-const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'spool-transitions', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
+const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'spool-transitions', 'spool-churn', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
 const names = process.argv.slice(2).filter((a) => ALL.includes(a));
 ensureNodeModules();
 ensureSystemPackages(BENCH_APT_PACKAGES);

@@ -198,11 +198,7 @@ export const configSchema = z.strictObject({
     retainFinished: duration,
     /** LMDB map size upper bound. */
     maxSize: size,
-    /** Bodies up to this size are stored in the metadata store (LMDB) with their mail; 0: every body in a segment file. */
-    inlineMaxBody: size.pipe(z.number().max(1024 * 1024, 'must be at most 1MB')),
-    /** Live bytes of bodies stored in LMDB, at most; beyond it bodies go to segment files. */
-    inlineMaxTotal: size,
-    /** New mail is refused (452 4.3.1) when the spool's file system would have less than this free. */
+    /** New mail is refused (452 4.3.1) while storing it would leave less than this free on the spool's file system. */
     minFree: size,
   }),
   kafka: z.strictObject({

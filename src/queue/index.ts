@@ -21,7 +21,6 @@ export async function openQueue(config: Config, logger: Logger): Promise<Queue> 
   }
   const { SpoolQueue } = await import('./spool/spool-queue.js');
   return new SpoolQueue({
-    dir: config.spool.dir, retainFinishedMs: config.spool.retainFinished, maxSize: config.spool.maxSize, logger,
-    inlineMaxBody: config.spool.inlineMaxBody, inlineMaxTotal: config.spool.inlineMaxTotal, minFreeBytes: config.spool.minFree,
+    dir: config.spool.dir, retainFinishedMs: config.spool.retainFinished, maxSize: config.spool.maxSize, minFreeBytes: config.spool.minFree, logger,
   });
 }

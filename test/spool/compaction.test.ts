@@ -34,10 +34,10 @@ describe('spool segment compaction', () => {
   let tmp: TmpDir;
   let q: SpoolQueue;
   const open = async () => {
-    // No body cache and no inline bodies (every read comes from a segment), no timer: the test runs compaction.
+    // No body cache (every read comes from a segment) and no timer: the test runs compaction.
     q = new SpoolQueue({
       dir: tmp.path, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger(),
-      segmentBytes: SEGMENT_BYTES, purgeIntervalMs: 3_600_000, bodyCacheBytes: 0, inlineMaxBody: 0,
+      segmentBytes: SEGMENT_BYTES, purgeIntervalMs: 3_600_000, bodyCacheBytes: 0,
     });
     await q.start();
   };

@@ -94,7 +94,7 @@ describe('spool crash safety (kill -9)', () => {
   it('loses nothing acknowledged and tears nothing, across repeated crashes', async () => {
     const all = new Map<string, number>();
     for (const [round, acks] of [[1, 400], [2, 250], [3, 300]] as const) {
-      const acked = await runAndKill(tmp.path, acks, round === 2 ? { RESERVE: '1' } : round === 3 ? { INLINE_MAX_TOTAL: '60000' } : {});
+      const acked = await runAndKill(tmp.path, acks, round === 2 ? { RESERVE: '1' } : {});
       for (const [id, size] of acked) all.set(id, size);
       const q = new SpoolQueue({ dir: tmp.path, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
       await q.start();

@@ -34,7 +34,7 @@ describe('spool retention of finished mail', () => {
   beforeEach(async () => {
     tmp = await makeTmpDir('spool-retention-');
     q = new SpoolQueue({
-      dir: tmp.path, retainFinishedMs: 300, maxSize: 1024 ** 3, logger: silentLogger(), segmentBytes: 60_000, purgeIntervalMs: 50, inlineMaxBody: 0,
+      dir: tmp.path, retainFinishedMs: 300, maxSize: 1024 ** 3, logger: silentLogger(), segmentBytes: 60_000, purgeIntervalMs: 50,
     });
     await q.start();
   });

@@ -5,7 +5,6 @@
  *   LOCK             pid lock: a second process (or a second open in this one) is refused
  *   meta.mdb         LMDB: mails (id → QueuedMail), bodies (id → segment/offset/length),
  *                    ix (secondary indexes, see indexes.ts), meta (counters)
- *                    inline (id → body bytes, for small bodies: see "Small bodies" below)
  *   segments/*.seg   message bodies, append-only (see segments.ts)
  *
  * Guarantees:
@@ -32,22 +31,14 @@
  * - Finished mail: its body record goes in the same transaction that makes it terminal, and a
  *   segment file is deleted once none of its bodies is live; metadata stays `retainFinishedMs`,
  *   then is purged ('purged' event).
- * - `maxSize` bounds the LMDB map and, separately, the live body bytes.
- * - Small bodies (up to `inlineMaxBody`) are stored in LMDB itself, in the same transaction as
- *   their mail, instead of a segment: no segment write, no separate fdatasync, and the body is
- *   atomic with its metadata. Their live total is capped (`inlineMaxTotal`, checked per group, so
- *   it may be passed by one group's bodies): beyond it bodies go to segments again. The cap bounds
- *   what a backlog can add to meta.mdb, which LMDB reuses but never gives back to the file system,
- *   and the free pages LMDB searches for runs of contiguous pages (a 5 KB body takes two 4 KiB
- *   overflow pages). Their body record says segment 0 (segments are numbered from 1).
+ * - `maxSize` bounds the LMDB map and, separately, the live body bytes in segments.
  * - A free-space floor (`minFreeBytes`, like Postfix's queue_minfree): new mail is refused while
- *   storing it would leave less free than that, counting LMDB's free pages for inline bodies (LMDB
- *   reuses them; removing inline mail frees no disk space). The floor is what lets delivery and
- *   removals still commit, as every transaction needs a few new pages, when the disk is full.
+ *   storing it would leave less than that free on the file system. What is left lets delivery,
+ *   removals and the other transitions commit on a full disk (each LMDB transaction needs a few
+ *   new pages), and removals then give the space back as segments go.
  */
 import { mkdir, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import type { Logger } from '../../logger.js';
 import { InvalidTransitionError, MailNotFoundError, QueueError, QueueUnavailableError, SpoolFullError, storageError } from '../errors.js';
@@ -83,37 +74,22 @@ export interface SpoolQueueOptions {
   bodyCacheBytes?: number;
   /** How often finished mail past retention is purged. Default: retainFinishedMs/4, 1 s..60 s. */
   purgeIntervalMs?: number;
-  /** Bodies up to this size are stored in LMDB (see "Small bodies" above). Default 64 KiB; 0 stores every body in a segment. */
-  inlineMaxBody?: number;
-  /** Live bytes of bodies stored in LMDB, at most (about: see above). Default 256 MiB; 0 stores every body in a segment. */
-  inlineMaxTotal?: number;
-  /**
-   * New mail is refused (SpoolFullError) when storing it would leave less free than this: the file
-   * system's free space, plus LMDB's free pages for an inline body. The rest keeps the queue
-   * workable on a full disk: delivery, removal and other transitions need a few new pages. Default 0 (no floor).
-   */
+  /** New mail is refused (SpoolFullError) while storing it would leave less than this free. Default 0: no floor. */
   minFreeBytes?: number;
 }
 
-/** The segment number of a body stored in LMDB (segment files are numbered from 1). */
-const INLINE_SEG = 0;
-/** How often appendBodies measures free space (when minFreeBytes is set). */
+/** How often appendBodies measures the free space (with a floor), when far from it. */
 const SPACE_MEASURE_MS = 250;
-
-interface LmdbDbStats { treeBranchPageCount: number; treeLeafPageCount: number; overflowPages: number }
-interface LmdbEnvStats { pageSize: number; lastPageNumber: number; root: LmdbDbStats; free: LmdbDbStats }
-function lmdbPages(s: LmdbDbStats): number {
-  return s.treeBranchPageCount + s.treeLeafPageCount + s.overflowPages;
-}
+/** Counted per body on top of its bytes: its share of metadata pages (the estimate errs low). */
+const SPACE_PER_MAIL = 4096;
 
 type BodyTuple = [seg: number, off: number, len: number];
 
 interface WriteOp {
   /** Runs inside the write transaction; throws to fail only this op. */
   run(tx: WriteTx): unknown;
-  /** Set for enqueues: the body to store, in a segment before the transaction or inline in it. */
+  /** Set for enqueues: the body to append before the transaction. */
   body?: Buffer;
-  /** Where the writer stored `body` (seg INLINE_SEG: it is to be put in the transaction). */
   location?: BodyLocation;
   resolve(v: unknown): void;
   reject(err: unknown): void;
@@ -161,7 +137,7 @@ class WriteTx {
   }
 
   /** Persists `after` (replacing `before`), its indexes, counters and body bookkeeping. */
-  write(before: QueuedMail | undefined, after: QueuedMail, opts: { body?: BodyLocation; bytes?: Buffer; event?: boolean } = {}): void {
+  write(before: QueuedMail | undefined, after: QueuedMail, opts: { body?: BodyLocation; event?: boolean } = {}): void {
     if (before === after) return;
     const q = this.q;
     q.mails.putSync(after.id, after);
@@ -171,17 +147,10 @@ class WriteTx {
     if (before) for (const k of counterKeys(before)) this.count(k, -1);
     for (const k of counterKeys(after)) this.count(k, +1);
     if (opts.body) {
-      const loc = opts.body;
-      q.bodies.putSync(after.id, [loc.seg, loc.off, loc.len]);
-      if (loc.seg === INLINE_SEG) {
-        if (!opts.bytes) throw new Error(`inline body of ${after.id} without its bytes`);
-        q.inline.putSync(after.id, opts.bytes);
-        this.count(['c', 'inline'], loc.len);
-      } else {
-        q.ix.putSync(bodyKey(after.id, loc), ONE);
-        this.count(['c', 'seg', loc.seg], +1);
-      }
-      this.count(['c', 'bytes'], loc.len);
+      q.bodies.putSync(after.id, [opts.body.seg, opts.body.off, opts.body.len]);
+      q.ix.putSync(bodyKey(after.id, opts.body), ONE);
+      this.count(['c', 'seg', opts.body.seg], +1);
+      this.count(['c', 'bytes'], opts.body.len);
     }
     if (isTerminal(after.state)) this.dropBody(after.id);
     if (opts.event !== false) this.events.push(eventOf(before, after, this.now));
@@ -192,13 +161,8 @@ class WriteTx {
     const loc = this.q.bodies.get(id);
     if (!loc) return;
     this.q.bodies.removeSync(id);
-    if (loc[0] === INLINE_SEG) {
-      this.q.inline.removeSync(id);
-      this.count(['c', 'inline'], -loc[2]);
-    } else {
-      this.q.ix.removeSync(bodyKey(id, { seg: loc[0], off: loc[1], len: loc[2] }));
-      this.count(['c', 'seg', loc[0]], -1);
-    }
+    this.q.ix.removeSync(bodyKey(id, { seg: loc[0], off: loc[1], len: loc[2] }));
+    this.count(['c', 'seg', loc[0]], -1);
     this.count(['c', 'bytes'], -loc[2]);
   }
 
@@ -254,7 +218,6 @@ export class SpoolQueue implements Queue {
   bodies!: Database<BodyTuple, string>;
   ix!: Database<Buffer, IndexKey>;
   meta!: Database<number, IndexKey>;
-  inline!: Database<Buffer, string>;
 
   private readonly log: Logger;
   private readonly now: () => number;
@@ -267,8 +230,8 @@ export class SpoolQueue implements Queue {
   private readonly liveByDomain = new Map<string, number>();
   private readonly liveByPriority = new Map<string, number>();
   private pending: WriteOp[] = [];
-  /** Last measurement of free space (see freeSpace). */
-  private space?: { at: number; fs: number; lmdb: number };
+  /** Last measurement of the file system's free bytes, counted down by appendBodies (see freeSpace). */
+  private space?: { at: number; free: number };
   private flushing?: Promise<void>;
   private open = false;
   private closing = false;
@@ -306,7 +269,6 @@ export class SpoolQueue implements Queue {
       this.bodies = this.env.openDB<BodyTuple, string>('bodies', { encoding: 'msgpack' });
       this.ix = this.env.openDB<Buffer, IndexKey>('ix', { encoding: 'binary' });
       this.meta = this.env.openDB<number, IndexKey>('meta', { encoding: 'msgpack' });
-      this.inline = this.env.openDB<Buffer, string>('inline', { encoding: 'binary' });
       const tOpen = Date.now();
       this.loadCounters();
       const found = await this.segments.open();
@@ -318,7 +280,7 @@ export class SpoolQueue implements Queue {
       this.schedulePurge();
       this.log.info({
         ms: Date.now() - t0, lockAndOpenMs: tOpen - t0, countersAndSegmentsMs: tSegments - tOpen, leasesMs: Date.now() - tSegments,
-        mails: this.totalMails(), segments: found.length, inlineBodyBytes: this.counter(['c', 'inline']), releasedLeases: released,
+        mails: this.totalMails(), segments: found.length, releasedLeases: released,
       }, 'spool opened');
     } catch (err) {
       this.open = false;
@@ -390,7 +352,7 @@ export class SpoolQueue implements Queue {
       const batch = [...this.bodies.getRange({ ...(start === undefined ? {} : { start }), limit: 5000 })]
         .filter(({ key }) => key !== start);
       if (!batch.length) break;
-      await this.submit({ run: () => { for (const { key, value } of batch) if (value[0] !== INLINE_SEG) this.ix.putSync(bodyKey(key, { seg: value[0], off: value[1], len: value[2] }), ONE); } });
+      await this.submit({ run: () => { for (const { key, value } of batch) this.ix.putSync(bodyKey(key, { seg: value[0], off: value[1], len: value[2] }), ONE); } });
       start = batch[batch.length - 1]!.key;
     }
     await this.submit({ run: () => this.meta.putSync(marker, 1) });
@@ -588,9 +550,8 @@ export class SpoolQueue implements Queue {
   }
 
   /**
-   * Places the bodies of the group's enqueues: small ones inline (stored by the transaction), the
-   * others appended to the current segment in one write + fdatasync. Refuses (SpoolFullError)
-   * what would pass `maxSize` or leave less than `minFreeBytes` free. Returns the ops to commit.
+   * Appends the bodies of the group's enqueues in one write + fdatasync; returns the ops to commit.
+   * Refuses (SpoolFullError) what would pass `maxSize` or leave less than `minFreeBytes` free.
    */
   private async appendBodies(group: WriteOp[]): Promise<WriteOp[]> {
     const enqueues = group.filter((op) => op.body);
@@ -598,44 +559,30 @@ export class SpoolQueue implements Queue {
     let room = this.opts.maxSize - this.counter(['c', 'bytes']);
     const floor = this.opts.minFreeBytes ?? 0;
     const space = floor > 0 ? await this.freeSpace(floor) : undefined;
-    // Small bodies go in the transaction itself while the inline total is under its cap.
-    const maxBody = this.opts.inlineMaxBody ?? 64 * 1024;
-    let inlineRoom = (this.opts.inlineMaxTotal ?? 256 * 1024 * 1024) - this.counter(['c', 'inline']);
+    const accepted: WriteOp[] = [];
     const refused = new Set<WriteOp>();
-    const refuse = (op: WriteOp, err: QueueError) => { refused.add(op); op.reject(err); };
-    const toSegments: WriteOp[] = [];
     for (const op of enqueues) {
       const len = op.body!.length;
-      if (len > room) { refuse(op, new SpoolFullError('Spool size limit reached')); continue; }
-      const inline = len <= maxBody && len <= inlineRoom;
-      if (space) {
-        // An inline body may take LMDB's free pages; a segment needs room in the file system.
-        if ((inline ? space.fs + space.lmdb : space.fs) - len < floor) {
-          refuse(op, new SpoolFullError('Insufficient system storage'));
-          continue;
-        }
-        // Counted with a page of metadata: the estimate errs on the side of less room.
-        const cost = len + 4096;
-        const fromLmdb = inline ? Math.min(space.lmdb, cost) : 0;
-        space.lmdb -= fromLmdb;
-        space.fs -= cost - fromLmdb;
-      }
-      room -= len;
-      if (inline) {
-        inlineRoom -= len;
-        op.location = { seg: INLINE_SEG, off: 0, len };
+      if (len > room) {
+        refused.add(op);
+        op.reject(new SpoolFullError('Spool size limit reached'));
+      } else if (space && space.free - len - SPACE_PER_MAIL < floor) {
+        refused.add(op);
+        op.reject(new SpoolFullError('Insufficient system storage'));
       } else {
-        toSegments.push(op);
+        room -= len;
+        if (space) space.free -= len + SPACE_PER_MAIL;
+        accepted.push(op);
       }
     }
-    if (toSegments.length) {
+    if (accepted.length) {
       try {
-        const locs = await this.segments.appendGroup(toSegments.map((op) => op.body!));
-        toSegments.forEach((op, i) => { op.location = locs[i]; });
+        const locs = await this.segments.appendGroup(accepted.map((op) => op.body!));
+        accepted.forEach((op, i) => { op.location = locs[i]; });
       } catch (err) {
         const mapped = await this.mapStorageError(err);
-        this.log.error({ err, count: toSegments.length }, 'spool body append failed');
-        for (const op of toSegments) refuse(op, mapped);
+        this.log.error({ err, count: accepted.length }, 'spool body append failed');
+        for (const op of accepted) { refused.add(op); op.reject(mapped); }
         await this.rollSegmentAfterError();
       }
     }
@@ -643,33 +590,24 @@ export class SpoolQueue implements Queue {
   }
 
   /**
-   * Room for new bodies: the file system's free bytes and the bytes of LMDB's free pages, measured
-   * every SPACE_MEASURE_MS, and for every group once within `floor` (or 8 MiB) of the floor;
-   * appendBodies counts them down between measurements. A failed statfs counts as plenty (the
-   * write itself will then tell).
+   * The file system's free bytes: measured every SPACE_MEASURE_MS, and for every group once within
+   * `floor` (or 8 MiB) of the floor; counted down by appendBodies in between. A failed statfs counts
+   * as plenty (the write itself will then tell).
    */
-  private async freeSpace(floor: number): Promise<{ fs: number; lmdb: number }> {
+  private async freeSpace(floor: number): Promise<{ at: number; free: number }> {
     const now = performance.now();
-    const near = this.space && this.space.fs + this.space.lmdb - floor < Math.max(floor, 8 * 1024 * 1024);
+    const near = this.space && this.space.free - floor < Math.max(floor, 8 * 1024 * 1024);
     if (!this.space || near || now - this.space.at > SPACE_MEASURE_MS) {
-      let fs = Number.MAX_SAFE_INTEGER;
+      let free = Number.MAX_SAFE_INTEGER;
       try {
         const st = await statfs(this.opts.dir);
-        fs = st.bavail * st.bsize;
+        free = st.bavail * st.bsize;
       } catch (err) {
-        this.log.warn({ err }, 'statfs of the spool failed');
+        this.log.warn({ err }, 'statfs of the spool directory failed');
       }
-      this.space = { at: now, fs, lmdb: this.lmdbFreeBytes() };
+      this.space = { at: now, free };
     }
     return this.space;
-  }
-
-  /** Pages of meta.mdb that LMDB has freed and will reuse (the file never shrinks). */
-  private lmdbFreeBytes(): number {
-    const env = this.env.getStats() as LmdbEnvStats;
-    let used = 2 + lmdbPages(env.root) + lmdbPages(env.free); // 2: the meta pages
-    for (const db of [this.mails, this.bodies, this.ix, this.meta, this.inline]) used += lmdbPages(db.getStats() as LmdbDbStats);
-    return Math.max(0, env.lastPageNumber + 1 - used) * env.pageSize;
   }
 
   /**
@@ -718,7 +656,7 @@ export class SpoolQueue implements Queue {
         const existing = this.mails.get(req.id);
         if (existing) throw new InvalidTransitionError(req.id, existing.state, 'enqueue again');
         const mail = createMail(req, tx.now);
-        tx.write(undefined, mail, { body: op.location, bytes: req.body });
+        tx.write(undefined, mail, { body: op.location });
         // Before any event about it: readBody still checks the body record, so an entry left by a
         // commit that then failed is never served.
         this.bodyCache.put(mail.id, req.body);
@@ -874,11 +812,6 @@ export class SpoolQueue implements Queue {
     if (!loc) throw new MailNotFoundError(id);
     const cached = this.bodyCache.stream(id);
     if (cached) return cached;
-    if (loc[0] === INLINE_SEG) {
-      const bytes = this.inline.getBinary(id);
-      if (!bytes) throw new MailNotFoundError(id);
-      return Readable.from([bytes], { objectMode: false });
-    }
     try {
       return await this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
     } catch (err) {
