@@ -80,7 +80,7 @@ export interface SpoolQueueOptions {
 
 /** How often appendBodies measures the free space (with a floor), when far from it. */
 const SPACE_MEASURE_MS = 250;
-/** Counted per body on top of its bytes: its share of metadata pages (the estimate errs low). */
+/** Counted per body on top of its bytes, for its metadata pages: the estimate of what is left errs low. */
 const SPACE_PER_MAIL = 4096;
 
 type BodyTuple = [seg: number, off: number, len: number];
