@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, statSync } from 'node:fs';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/logger.js';
 import { QueueError, SpoolFullError } from '../../src/queue/errors.js';
@@ -132,13 +133,20 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
 
   it('refuses new mail at the free-space floor (minFreeBytes), keeps that room for delivery and removals, accepts again once they free space', async () => {
     const spool = join(mnt, 'spool');
-    const opts = { dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger(), segmentBytes: 256 * 1024, minFreeBytes: 1024 * 1024 };
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
+    const opts = { dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger, segmentBytes: 256 * 1024, minFreeBytes: 1024 * 1024 };
     q = new SpoolQueue(opts);
     await q.start();
     const { ids, error } = await fillUp(q, 50_000);
     expect(ids.length).toBeGreaterThan(20);
     expect(error).toBeInstanceOf(SpoolFullError);
     expect((error as Error).message).toMatch(/Insufficient system storage/);
+    await expect(q.enqueue(request(50_000))).rejects.toBeInstanceOf(SpoolFullError);
+    // The operator hears of it once, not once per refused mail.
+    const below = () => lines.filter((l) => l.includes('below spool.minFree'));
+    expect(below()).toHaveLength(1);
+    expect(JSON.parse(below()[0]!)).toMatchObject({ level: 40, minFreeBytes: 1024 * 1024 });
     // The floor was kept: the disk is not full, so every other transition can still commit.
     const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
     expect(free).toBeGreaterThan(900 * 1024);
@@ -155,6 +163,7 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     for (const id of rest.splice(0, rest.length - 3)) await q.remove(id, 'make room');
     await new Promise((r) => setTimeout(r, 300));
     const again = await q.enqueue(request(50_000));
+    expect(lines.filter((l) => l.includes('above spool.minFree again'))).toHaveLength(1);
     await q.close();
     q = new SpoolQueue(opts);
     await q.start();

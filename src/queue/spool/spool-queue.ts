@@ -232,6 +232,8 @@ export class SpoolQueue implements Queue {
   private pending: WriteOp[] = [];
   /** Last measurement of the file system's free bytes, counted down by appendBodies (see freeSpace). */
   private space?: { at: number; free: number };
+  /** Refusing new mail for the floor: logged once when it starts and once when it ends. */
+  private belowFloor = false;
   private flushing?: Promise<void>;
   private open = false;
   private closing = false;
@@ -569,7 +571,11 @@ export class SpoolQueue implements Queue {
       } else if (space && space.free - len - SPACE_PER_MAIL < floor) {
         refused.add(op);
         op.reject(new SpoolFullError('Insufficient system storage'));
+        if (!this.belowFloor) this.log.warn({ freeBytes: space.free, minFreeBytes: floor }, 'spool file system below spool.minFree: new mail refused (452 4.3.1) until space returns');
+        this.belowFloor = true;
       } else {
+        if (this.belowFloor && space) this.log.info({ freeBytes: space.free, minFreeBytes: floor }, 'spool file system above spool.minFree again: new mail accepted');
+        this.belowFloor = false;
         room -= len;
         if (space) space.free -= len + SPACE_PER_MAIL;
         accepted.push(op);
