@@ -1,24 +1,13 @@
 /**
  * Structured logs (pino): JSON lines, pretty when stdout is a terminal (or log.pretty says so).
  * Every line about a mail carries `mailId`; use `logger.child({ mailId })`.
- *
- * JSON lines are buffered (log.flushInterval): written when LOG_BUFFER_BYTES have gathered or
- * the interval has passed, and at exit. A write per line cost ingest 15–20 % of its CPU per mail
- * (one `write` to the log file for every line, on the main thread). A kill -9 loses at most the
- * last interval's lines; never a mail, whose durability does not depend on the log.
  */
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
 
-/** Lines gathered before a write, at most (the flush interval writes fewer). */
-export const LOG_BUFFER_BYTES = 8192;
-
-/**
- * `destination`: where lines go instead of stdout (tests). `flushMs`: buffer JSON lines on stdout
- * for up to this long (0 or absent: write each line at once).
- */
-export function createLogger(opts: { level: string; pretty: boolean | null; name?: string; flushMs?: number }, destination?: DestinationStream): Logger {
+/** `destination`: where lines go instead of stdout (tests). */
+export function createLogger(opts: { level: string; pretty: boolean | null; name?: string }, destination?: DestinationStream): Logger {
   const pretty = destination ? false : opts.pretty ?? process.stdout.isTTY === true;
   const options = {
     name: opts.name ?? 'spoolhouse',
@@ -33,18 +22,7 @@ export function createLogger(opts: { level: string; pretty: boolean | null; name
     },
     ...(pretty ? { transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:standard' } } } : {}),
   };
-  if (destination) return pino(options, destination);
-  if (pretty || !opts.flushMs) return pino(options);
-  // sonic-boom (pino's own destination): synchronous writes of whole buffers, a timer for the rest.
-  const dest = pino.destination({ dest: 1, sync: true, minLength: LOG_BUFFER_BYTES, periodicFlush: opts.flushMs });
-  process.on('exit', () => {
-    try {
-      dest.flushSync();
-    } catch {
-      // stdout gone (closed pipe): nothing left to write to.
-    }
-  });
-  return pino(options, dest);
+  return destination ? pino(options, destination) : pino(options);
 }
 
 /** A logger that writes nothing, for tests and tools. */

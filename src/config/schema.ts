@@ -255,8 +255,6 @@ export const configSchema = z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     /** Pretty logs; default: when stdout is a terminal. */
     pretty: z.union([z.null(), z.boolean()]),
-    /** JSON lines are buffered this long at most (or 8 KB); 0 writes each line at once. */
-    flushInterval: duration,
   }),
 }).superRefine((c, ctx) => {
   for (const [i, rule] of c.rules.entries()) {
