@@ -23,6 +23,7 @@ import { silentLogger } from '../src/logger.js';
 import { newMailId } from '../src/queue/model.js';
 import { SpoolQueue } from '../src/queue/spool/spool-queue.js';
 import type { EnqueueRequest } from '../src/queue/types.js';
+import { percentileOf } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -99,7 +100,7 @@ try {
     });
     console.error(JSON.stringify(rows[rows.length - 1]));
   }
-  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+  const med = (xs: number[]) => percentileOf(xs, 50);
   const summary = (rs: typeof rows) => ({ enqueuePerSec: med(rs.map((r) => r.enqueuePerSec)), cpuUsPerMail: med(rs.map((r) => r.cpuUsPerMail)), metaMB: rs[rs.length - 1]!.metaMB });
   console.log(JSON.stringify({
     bench: 'spool-churn', rounds: ROUNDS, perRound: PER_ROUND, mails: seq, sizes: SIZES,
