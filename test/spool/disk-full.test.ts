@@ -170,6 +170,30 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     for (const id of [...rest, again.id]) expect((await q.get(id))?.size).toBe(50_000);
   });
 
+  it('a commit that fails after storing a new record shape leaves every later record readable after a restart', async () => {
+    // Records share their structures (msgpackr, see SpoolQueue.start): the first record of a new
+    // shape stores that shape inside its own transaction. Here that transaction fails (disk full).
+    const spool = join(mnt, 'spool');
+    const opts = { dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() };
+    q = new SpoolQueue(opts);
+    await q.start();
+    const ids: string[] = [];
+    for (let i = 0; i < 40; i++) ids.push((await q.enqueue(request(200))).id);
+    const filler = join(mnt, 'filler');
+    const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+    await writeFile(filler, Buffer.alloc(free)).catch(() => undefined);
+    // Held mail has a shape no record had before (holdReason). The group of 40 holds needs new pages.
+    const reason = 'r'.repeat(400);
+    const failed = await Promise.allSettled(ids.map((id) => q!.hold(id, reason)));
+    expect(failed.every((r) => r.status === 'rejected' && r.reason instanceof QueueError)).toBe(true);
+    await rm(filler);
+    for (const id of ids) expect((await q.hold(id, reason)).state).toBe('held');
+    await q.close();
+    q = new SpoolQueue(opts);
+    await q.start();
+    for (const id of ids) expect(await q.get(id)).toMatchObject({ id, state: 'held', holdReason: reason, size: 200 });
+  });
+
   it('enforces maxSize on live body bytes', async () => {
     q = new SpoolQueue({ dir: join(mnt, 'spool'), retainFinishedMs: 3_600_000, maxSize: 1024 * 1024, logger: silentLogger() });
     await q.start();

@@ -96,6 +96,8 @@ interface WriteOp {
 }
 
 const ONE = Buffer.from([1]);
+/** Where the mails database keeps its shared record structures (never a mail id: ids are strings). */
+const MAIL_STRUCTURES_KEY = Symbol.for('structures');
 /** Below this much free space, an EIO from a write is taken for a full disk. */
 const LOW_SPACE_BYTES = 8 * 1024 * 1024;
 
@@ -267,7 +269,11 @@ export class SpoolQueue implements Queue {
         mapSize: this.opts.maxSize,
         compression: false,
       });
-      this.mails = this.env.openDB<QueuedMail, string>('mails', { encoding: 'msgpack' });
+      // Shared record structures (msgpackr): each record holds its values only, its keys are
+      // stored once under the structures key. A record is half the size and is decoded 2-3 times
+      // faster (spool-transitions: recordAttempt 57-61 vs 75-97 µs a mail). Records written
+      // before, as plain maps, still read. See forgetUnsavedStructures for a failed commit.
+      this.mails = this.env.openDB<QueuedMail, string>('mails', { encoding: 'msgpack', sharedStructuresKey: MAIL_STRUCTURES_KEY });
       this.bodies = this.env.openDB<BodyTuple, string>('bodies', { encoding: 'msgpack' });
       this.ix = this.env.openDB<Buffer, IndexKey>('ix', { encoding: 'binary' });
       this.meta = this.env.openDB<number, IndexKey>('meta', { encoding: 'msgpack' });
@@ -495,9 +501,22 @@ export class SpoolQueue implements Queue {
 
   /** A bug of ours while committing: every op of the group not settled yet fails (settled ones stay). */
   private failGroup(ops: WriteOp[], err: unknown): void {
+    this.forgetUnsavedStructures();
     this.log.error({ err, ops: ops.length }, 'spool group failed unexpectedly');
     const failure = err instanceof QueueError ? err : new QueueUnavailableError(`Spool write failed: ${(err as Error)?.message ?? String(err)}`);
     for (const op of ops) op.reject(failure);
+  }
+
+  /**
+   * After a transaction that did not commit. When a record of a new shape is written, lmdb-js
+   * stores the new structure inside that same transaction and msgpackr counts it as stored from
+   * then on; had the commit failed, later records of that shape would refer to a structure that
+   * is not on disk and could not be read after a restart. So the encoder reloads the structures
+   * from disk before its next record (and stores that shape again when it meets it).
+   */
+  private forgetUnsavedStructures(): void {
+    const structures = (this.mails as unknown as { encoder?: { structures?: { uninitialized?: boolean } } }).encoder?.structures;
+    if (structures) structures.uninitialized = true;
   }
 
   /** Commits one group's records in one LMDB transaction and settles each op. */
@@ -532,6 +551,7 @@ export class SpoolQueue implements Queue {
       await committed;
       this.log.trace({ ops: ops.length, appendMs: Math.round(appendMs), commitMs: Math.round(performance.now() - t1), waitMs: Math.round(tcb0 - t1), callbackMs: Math.round(tcb1 - tcb0) }, 'spool group committed');
     } catch (err) {
+      this.forgetUnsavedStructures();
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
       for (const [i, op] of ops.entries()) op.reject(results[i] && !results[i].ok ? results[i].value : mapped);
