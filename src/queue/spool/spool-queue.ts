@@ -272,7 +272,9 @@ export class SpoolQueue implements Queue {
       // Shared record structures (msgpackr): each record holds its values only, its keys are
       // stored once under the structures key. A record is half the size and is decoded 2-3 times
       // faster (spool-transitions: recordAttempt 57-61 vs 75-97 µs a mail). Records written
-      // before, as plain maps, still read. See forgetUnsavedStructures for a failed commit.
+      // before, as plain maps, still read. msgpackr shares at most 32 shapes (its default, kept:
+      // more switches to two-byte record ids); a rarer shape carries its keys in each record.
+      // See forgetUnsavedStructures for a failed commit.
       this.mails = this.env.openDB<QueuedMail, string>('mails', { encoding: 'msgpack', sharedStructuresKey: MAIL_STRUCTURES_KEY });
       this.bodies = this.env.openDB<BodyTuple, string>('bodies', { encoding: 'msgpack' });
       this.ix = this.env.openDB<Buffer, IndexKey>('ix', { encoding: 'binary' });
