@@ -29,6 +29,11 @@ function segmentBytes(dir: string): number {
   return readdirSync(segs).reduce((n, f) => n + statSync(join(segs, f)).size, 0);
 }
 
+/** Bytes available on the file system mounted at `mnt`, as df reports them. */
+function availableBytes(mnt: string): number {
+  return Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+}
+
 /** Enqueues until the spool refuses; returns the acknowledged ids and the first error. */
 async function fillUp(q: SpoolQueue, size: number): Promise<{ ids: string[]; error: unknown }> {
   const ids: string[] = [];
@@ -107,7 +112,7 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     await q.start();
     // Leave little room, then add metadata-heavy mail (many recipients, tiny bodies).
     const filler = join(mnt, 'filler');
-    const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+    const free = availableBytes(mnt);
     await writeFile(filler, Buffer.alloc(Math.max(0, free - 256 * 1024)));
     const ids: string[] = [];
     let error: unknown;
@@ -148,7 +153,7 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     expect(below()).toHaveLength(1);
     expect(JSON.parse(below()[0]!)).toMatchObject({ level: 40, minFreeBytes: 1024 * 1024 });
     // The floor was kept: the disk is not full, so every other transition can still commit.
-    const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+    const free = availableBytes(mnt);
     expect(free).toBeGreaterThan(900 * 1024);
     const held = await q.hold(ids[0]!, 'operator');
     expect(held.state).toBe('held');
@@ -180,7 +185,7 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     const ids: string[] = [];
     for (let i = 0; i < 40; i++) ids.push((await q.enqueue(request(200))).id);
     const filler = join(mnt, 'filler');
-    const free = Number(execFileSync('df', ['-B1', '--output=avail', mnt]).toString().split('\n')[1]);
+    const free = availableBytes(mnt);
     await writeFile(filler, Buffer.alloc(free)).catch(() => undefined);
     // Held mail has a shape no record had before (holdReason). The group of 40 holds needs new pages.
     const reason = 'r'.repeat(400);
