@@ -20,11 +20,11 @@
  * (from the main checkout's directory for $PWD). Prints one JSON object (medians per side) on stdout.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { freePort, machineCpuMs, overlay, parseShapes, percentileOf, runBench, Sink, smtpSource, treeCpuMs, waitForPort } from './lib.js';
+import { freePort, machineCpuMs, mainThreadCpuMs, overlay, parseShapes, percentileOf, runBench, Sink, smtpSource, treeCpuMs, waitForPort } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -64,13 +64,6 @@ interface Run {
   stolen: number;
 }
 
-/** CPU (ms) of one thread: the main thread of a process is the task with the process's own id. */
-function threadCpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-}
-
 async function run(side: Side, sink: Sink | undefined): Promise<Run> {
   const base = mkdtempSync(join(tmpdir(), 'bench-ab-'));
   const port = await freePort();
@@ -96,14 +89,14 @@ async function run(side: Side, sink: Sink | undefined): Promise<Run> {
     const pid = proc.pid!;
     const m0 = machineCpuMs();
     const c0 = treeCpuMs(pid);
-    const t0Main = threadCpuMs(pid);
+    const t0Main = mainThreadCpuMs(pid);
     const t0 = performance.now();
     await smtpSource(port, MESSAGES, LOAD);
     const backlog = sink ? MESSAGES - sink.count() : undefined;
     if (sink) await sink.untilHas(MESSAGES);
     const ms = performance.now() - t0;
     const c1 = treeCpuMs(pid);
-    const mainMs = threadCpuMs(pid) - t0Main;
+    const mainMs = mainThreadCpuMs(pid) - t0Main;
     const m1 = machineCpuMs();
     const share = (x: number) => +(x / Math.max(1, m1.total - m0.total)).toFixed(2);
     return {

@@ -147,6 +147,13 @@ export function treeCpuMs(root: number): { user: number; system: number } {
   return { user: user * TICK_MS, system: system * TICK_MS };
 }
 
+/** CPU time (ms, user + system) of a process's main thread: the task whose id is the process's own. */
+export function mainThreadCpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * TICK_MS;
+}
+
 /** CPU (ms, user + system) of this process's children that have exited (smtp-source runs, once reaped). */
 export function reapedChildrenCpuMs(): number {
   const stat = readFileSync('/proc/self/stat', 'utf8');
