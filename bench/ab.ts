@@ -24,7 +24,7 @@ import { mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { freePort, machineCpuMs, mainThreadCpuMs, overlay, parseShapes, percentileOf, runBench, Sink, smtpSource, treeCpuMs, waitForPort } from './lib.js';
+import { freePort, machineCpuMs, machineShare, mainThreadCpuMs, overlay, parseShapes, percentileOf, runBench, Sink, smtpSource, treeCpuMs, waitForPort } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -98,15 +98,15 @@ async function run(side: Side, sink: Sink | undefined): Promise<Run> {
     const c1 = treeCpuMs(pid);
     const mainMs = mainThreadCpuMs(pid) - t0Main;
     const m1 = machineCpuMs();
-    const share = (x: number) => +(x / Math.max(1, m1.total - m0.total)).toFixed(2);
+    const machine = machineShare(m0, m1);
     return {
       perSec: Math.round((MESSAGES * 1000) / ms),
       cpuUsPerMail: Math.round(((c1.user + c1.system - c0.user - c0.system) * 1000) / MESSAGES),
       mainThreadUsPerMail: Math.round((mainMs * 1000) / MESSAGES),
       mainThreadBusy: +(mainMs / ms).toFixed(2),
       ...(backlog === undefined ? {} : { backlogAtIngestEnd: backlog }),
-      machineBusy: share(m1.busy - m0.busy),
-      stolen: share(m1.steal - m0.steal),
+      machineBusy: machine.busy,
+      stolen: machine.stolen,
     };
   } finally {
     proc.kill('SIGTERM');

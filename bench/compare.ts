@@ -35,7 +35,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { freePort, machineCpuMs, overlay, parseShapes, reapedChildrenCpuMs, treeCpuMs, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
+import { freePort, machineCpuMs, machineShare, overlay, parseShapes, reapedChildrenCpuMs, treeCpuMs, Sink, sleep, smtpSource, waitForPort, type Shape } from './lib.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -207,8 +207,7 @@ async function measure(mta: Mta, sink: Sink, shape: Shape): Promise<Figures> {
   const share = (a: ReturnType<typeof rest>, b: ReturnType<typeof rest>): MachineShare => ({
     loadUsPerMail: Math.round(((b.load - a.load) * 1000) / MESSAGES),
     sinkUsPerMail: Math.round(((b.sink - a.sink) * 1000) / MESSAGES),
-    busy: +((b.machine.busy - a.machine.busy) / Math.max(1, b.machine.total - a.machine.total)).toFixed(2),
-    stolen: +((b.machine.steal - a.machine.steal) / Math.max(1, b.machine.total - a.machine.total)).toFixed(2),
+    ...machineShare(a.machine, b.machine),
   });
   const cpu = (): number => {
     const c = treeCpuMs(mta.pid() ?? -1);

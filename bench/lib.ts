@@ -114,6 +114,11 @@ export function overlay(base: Record<string, unknown>, top: Record<string, unkno
 /** /proc counts CPU time in ticks of 10 ms (USER_HZ is 100 on Linux). */
 const TICK_MS = 10;
 
+/** The fields of a /proc .../stat line after the command name (which may hold spaces): f[0] is state, f[1] ppid, f[11] utime. */
+function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /**
  * CPU time (user and system, ms) used so far by a process and all its descendants, those already
  * reaped included (their time is in their parent's cutime/cstime): the cost of an MTA's whole
@@ -130,7 +135,7 @@ export function treeCpuMs(root: number): { user: number; system: number } {
       continue; // exited meanwhile
     }
     // Fields after the command name (which may hold spaces): state ppid ... utime(14) stime(15) cutime(16) cstime(17).
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const f = statFields(stat);
     procs.set(Number(name), { ppid: Number(f[1]), user: Number(f[11]) + Number(f[13]), system: Number(f[12]) + Number(f[14]) });
   }
   let user = 0;
@@ -150,14 +155,14 @@ export function treeCpuMs(root: number): { user: number; system: number } {
 /** CPU time (ms, user + system) of a process's main thread: the task whose id is the process's own. */
 export function mainThreadCpuMs(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const f = statFields(stat);
   return (Number(f[11]) + Number(f[12])) * TICK_MS;
 }
 
 /** CPU (ms, user + system) of this process's children that have exited (smtp-source runs, once reaped). */
 export function reapedChildrenCpuMs(): number {
   const stat = readFileSync('/proc/self/stat', 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const f = statFields(stat);
   return (Number(f[13]) + Number(f[14])) * TICK_MS;
 }
 
@@ -171,4 +176,10 @@ export function machineCpuMs(): { busy: number; steal: number; total: number } {
   const v = line.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = v.reduce((a, b) => a + b, 0);
   return { busy: (total - v[3]! - v[4]!) * TICK_MS, steal: v[7]! * TICK_MS, total: total * TICK_MS };
+}
+
+/** Between two machineCpuMs() readings: the share of all cores that was busy, and the share the host took away (steal). */
+export function machineShare(a: ReturnType<typeof machineCpuMs>, b: ReturnType<typeof machineCpuMs>): { busy: number; stolen: number } {
+  const total = Math.max(1, b.total - a.total);
+  return { busy: +((b.busy - a.busy) / total).toFixed(2), stolen: +((b.steal - a.steal) / total).toFixed(2) };
 }
