@@ -14,7 +14,8 @@
  *
  * Usage: npx tsc -p . && node dist/bench/ab.js --a DIST_A/src/main.js --b DIST_B/src/main.js
  *        [--mode ingest|e2e] [--pairs 4] [--messages 8000] [--warmup 2000] [--shape kept|per-mail]
- *        [--config-a JSON] [--config-b JSON] [--node-a "FLAGS"] [--node-b "FLAGS"]
+ *        [--config-a JSON] [--config-b JSON] [--node-a="FLAGS"] [--node-b="FLAGS"]
+ * (node flags with `=`: parseArgs takes a value that starts with a dash only that way.)
  * (one build against itself with another config: --a and --b the same file, --config-b '{"spool":{...}}').
  * A second build: `git worktree add /tmp/b REF && cd /tmp/b && ln -s $PWD/node_modules . && npx tsc -p .`
  * (from the main checkout's directory for $PWD). Prints one JSON object (medians per side) on stdout.

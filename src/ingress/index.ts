@@ -397,7 +397,7 @@ export class SmtpIngress {
       ...(placement.mtPriority !== undefined ? { mtPriority: placement.mtPriority } : {}),
       receivedAt: now,
     };
-    await this.#queue.enqueue(req);
+    await this.#enqueue(req);
     this.#metrics.acceptedTotal.inc({ listener: `${listener.host}:${listener.port}` });
     this.#logger.info({
       mailId: id, sender, recipients: recipients.length, size: req.body.length, client: session.remoteAddress,
@@ -405,6 +405,21 @@ export class SmtpIngress {
       held: placement.hold ? true : undefined, normalized: scan.bareLf + scan.bareCr > 0 ? true : undefined,
     }, 'mail accepted');
     return id;
+  }
+
+  /**
+   * Resolves as soon as the queue says the mail is durable (onDurable; the spool: its segment
+   * frame is fdatasync'ed), or else when enqueue resolves. A failure after the mail became
+   * durable is the queue's to finish (it keeps the mail and indexes it later): logged, not answered.
+   */
+  #enqueue(req: EnqueueRequest): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let durable = false;
+      this.#queue.enqueue(req, { onDurable: () => { durable = true; resolve(); } }).then(() => resolve(), (err: unknown) => {
+        if (!durable) reject(err);
+        else this.#logger.warn({ mailId: req.id, err: (err as Error)?.message ?? String(err) }, 'mail is durable but its indexing failed; the queue keeps it and indexes it later');
+      });
+    });
   }
 
   #asReply(err: unknown, session: SMTPServerSession): ReplyError {

@@ -154,6 +154,18 @@ export interface EnqueueRequest {
   receivedAt?: Millis;
 }
 
+export interface EnqueueOptions {
+  /**
+   * Called at most once, as soon as the mail is durable: from then on it is never lost, by a
+   * crash either, even if it is not visible yet and even if `enqueue` later rejects for a storage
+   * error (the backend keeps it and makes it visible when it can, at the latest after a restart).
+   * The ingress answers 250 on it. The spool calls it once the mail's frame is fdatasync'ed in
+   * its segment, before the LMDB transaction that indexes it; a backend that has no earlier
+   * point need not call it (enqueue resolving says the same).
+   */
+  onDurable?: () => void;
+}
+
 export interface ReserveOptions {
   /** Who holds the lease (node or worker name), shown to operators. */
   owner: string;
@@ -260,8 +272,12 @@ export interface Queue {
   /** Flushes and closes; outstanding leases stay as they are (they expire). */
   close(): Promise<void>;
 
-  /** Stores a new mail; resolves once it is durable. Throws QueueUnavailableError / SpoolFullError. */
-  enqueue(req: EnqueueRequest): Promise<QueuedMail>;
+  /**
+   * Stores a new mail; resolves once it is durable and visible to every read (get, browse,
+   * reserveDue). Throws QueueUnavailableError / SpoolFullError. `opts.onDurable` may be called
+   * earlier, once the mail can no longer be lost (see EnqueueOptions).
+   */
+  enqueue(req: EnqueueRequest, opts?: EnqueueOptions): Promise<QueuedMail>;
 
   /** Leases due mail (state queued, notBefore <= now) by priority, then notBefore. */
   reserveDue(opts: ReserveOptions): Promise<QueuedMail[]>;

@@ -202,11 +202,10 @@ describe('ingress with default policy (loopback trusted)', () => {
   });
 
   it('enforces the size limit at the end of DATA when not declared (552 5.3.4), nothing queued', async () => {
-    const before = (await h.mails()).length;
     const c = await open();
-    const r = await c.sendMail('a@example.org', ['b@example.net'], makeMessage({ body: 'x'.repeat(76) + '\r\n'.repeat(1) + ('y'.repeat(76) + '\r\n').repeat(300) }));
+    const r = await c.sendMail('too-big@example.org', ['b@example.net'], makeMessage({ body: 'x'.repeat(76) + '\r\n'.repeat(1) + ('y'.repeat(76) + '\r\n').repeat(300) }));
     expect([r.code, r.enhanced]).toEqual([552, '5.3.4']);
-    expect((await h.mails()).length).toBe(before);
+    expect((await h.mails()).filter((m) => m.sender === 'too-big@example.org')).toEqual([]);
     // The session goes on.
     expect((await c.sendMail('a@example.org', ['b@example.net'], makeMessage())).code).toBe(250);
     expect(await counter(h.metrics, 'rejectedTotal', { reason: 'size' })).toBeGreaterThanOrEqual(1);
@@ -222,16 +221,16 @@ describe('ingress with default policy (loopback trusted)', () => {
   });
 
   it('leaves nothing queued when the client disconnects before the final dot', async () => {
-    const before = (await h.mails()).length;
     const c = await open();
-    expect((await c.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+    expect((await c.command('MAIL FROM:<gone-before-dot@example.org>')).code).toBe(250);
     expect((await c.command('RCPT TO:<b@example.net>')).code).toBe(250);
     expect((await c.command('DATA')).code).toBe(354);
     c.write(makeMessage({ body: 'partial\r\n.' }));
     await new Promise((r) => setTimeout(r, 100));
     c.destroy();
     await new Promise((r) => setTimeout(r, 300));
-    expect((await h.mails()).length).toBe(before);
+    // By its sender: a mail of an earlier test may become visible meanwhile (its 250 comes first).
+    expect((await h.mails()).filter((m) => m.sender === 'gone-before-dot@example.org')).toEqual([]);
   });
 
   const smuggling: [string, string][] = [
@@ -243,18 +242,24 @@ describe('ingress with default policy (loopback trusted)', () => {
   ];
   for (const [name, seq] of smuggling) {
     it(`never ends DATA at ${name}: the smuggled commands stay inside one message`, async () => {
-      const before = (await h.mails()).length;
+      // Counted by sender: a mail of an earlier test may become visible meanwhile (its 250 comes first).
+      const outer = `outer-${smuggling.findIndex(([n]) => n === name)}@example.org`;
+      const ours = async () => (await h.mails()).filter((m) => m.sender === outer || m.sender === 'admin@example.org');
+      expect(await ours()).toEqual([]);
       const c = await open();
-      expect((await c.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+      expect((await c.command(`MAIL FROM:<${outer}>`)).code).toBe(250);
       expect((await c.command('RCPT TO:<b@example.net>')).code).toBe(250);
       expect((await c.command('DATA')).code).toBe(354);
       const smuggled = `MAIL FROM:<admin@example.org>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil`;
       c.write(makeMessage({ subject: 'outer', body: `first${seq}${smuggled}` }) + '\r\n.\r\n');
       const r = await c.read();
       expect(r.code).toBe(250);
-      const after = await h.mails();
-      expect(after.length).toBe(before + 1);
-      const mail = after[after.length - 1]!;
+      // The 250 comes once the mail is durable; get() waits for it to be indexed, browse does not.
+      expect(await h.queue.get(r.text.split(' ').pop()!)).toBeDefined();
+      const after = await ours();
+      expect(after).toHaveLength(1);
+      const mail = after[0]!;
+      expect(mail.sender).toBe(outer);
       expect(mail.subject).toBe('outer');
       expect(mail.recipients.map((x) => x.address)).toEqual(['b@example.net']);
       const body = await h.body(mail.id);

@@ -14,6 +14,7 @@ import { silentLogger } from '../../src/logger.js';
 import { QueueError, SpoolFullError } from '../../src/queue/errors.js';
 import { newMailId } from '../../src/queue/model.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
+import { FRAME_HEADER_BYTES } from '../../src/queue/spool/segments.js';
 import type { EnqueueRequest } from '../../src/queue/types.js';
 import { makeTmpDir, type TmpDir } from '../helpers/tmp.js';
 
@@ -76,8 +77,8 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     expect(ids.length).toBeGreaterThan(0);
     expect(error).toBeInstanceOf(SpoolFullError);
     expect((error as QueueError).smtpCode).toBe(452);
-    // No partial body: the segments hold exactly the acknowledged bodies.
-    expect(segmentBytes(spool)).toBe(ids.length * 150_000);
+    // No partial body: the segments hold exactly the acknowledged bodies, each in its frame.
+    expect(segmentBytes(spool)).toBe(ids.length * (150_000 + FRAME_HEADER_BYTES));
     // Concurrent enqueues on a full disk all fail cleanly too.
     const burst = await Promise.allSettled(Array.from({ length: 10 }, () => q!.enqueue(request(150_000))));
     expect(burst.every((r) => r.status === 'rejected' && r.reason instanceof QueueError)).toBe(true);
@@ -134,6 +135,67 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
     await q.start();
     for (const id of ids) expect((await q.get(id))?.recipients).toHaveLength(60);
+  });
+
+  it('a mail durable in its frame whose LMDB commit fails (onDurable, then ENOSPC) is kept: a later commit does not move the checkpoint past it, the next start indexes it', async () => {
+    const spool = join(mnt, 'spool');
+    const open = () => new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: pino({ level: 'info' }, { write: (l: string) => void lines.push(l) }) });
+    const lines: string[] = [];
+    q = open();
+    await q.start();
+    const filler = join(mnt, 'filler');
+    await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
+    // Metadata-heavy mail with tiny bodies: LMDB runs out of room while the segment still takes frames.
+    const durableButFailed: string[] = [];
+    const acked: string[] = [];
+    for (let i = 0; i < 2000 && !durableButFailed.length; i++) {
+      const req = request(200);
+      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
+      let durable = false;
+      try {
+        await q.enqueue(req, { onDurable: () => { durable = true; } });
+        acked.push(req.id);
+      } catch (err) {
+        expect(err).toBeInstanceOf(QueueError);
+        if (durable) durableButFailed.push(req.id);
+      }
+    }
+    expect(durableButFailed).toHaveLength(1);
+    const [kept] = durableButFailed as [string];
+    expect(await q.get(kept)).toBeUndefined();
+    // Room again; a new mail commits (and writes a checkpoint) before the kept one is tried again.
+    await rm(filler);
+    const later = await q.enqueue(request(200), { onDurable: () => undefined });
+    expect(later.state).toBe('queued');
+    expect(await q.get(kept), 'tried again only after RETRY_UNINDEXED_MS').toBeUndefined();
+    await q.close();
+    lines.length = 0;
+    q = open();
+    await q.start();
+    expect(JSON.parse(lines.find((l) => l.includes('"spool opened"'))!)).toMatchObject({ replayedFromLog: 1 });
+    for (const id of [...acked, kept, later.id]) expect((await q.get(id))?.state, id).toBe('queued');
+    expect((await q.get(kept))?.recipients).toHaveLength(60);
+  });
+
+  it('a mail durable in its frame whose LMDB commit failed is indexed by a later try once there is room, without a restart', async () => {
+    const spool = join(mnt, 'spool');
+    q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
+    await q.start();
+    const filler = join(mnt, 'filler');
+    await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
+    let kept: string | undefined;
+    for (let i = 0; i < 2000 && !kept; i++) {
+      const req = request(200);
+      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
+      let durable = false;
+      await q.enqueue(req, { onDurable: () => { durable = true; } }).catch(() => { if (durable) kept = req.id; });
+    }
+    expect(kept).toBeDefined();
+    await rm(filler);
+    const until = Date.now() + 5000;
+    while (!(await q.get(kept!)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    expect((await q.get(kept!))?.state).toBe('queued');
+    expect((await q.stats()).byState.queued).toBe((await q.browse({}, { limit: 1000 })).items.length);
   });
 
   it('refuses new mail at the free-space floor (minFreeBytes), keeps that room for delivery and removals, accepts again once they free space', async () => {

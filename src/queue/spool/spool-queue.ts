@@ -4,14 +4,23 @@
  * Layout of `<dir>`:
  *   LOCK             pid lock: a second process (or a second open in this one) is refused
  *   meta.mdb         LMDB: mails (id → QueuedMail), bodies (id → segment/offset/length),
- *                    ix (secondary indexes, see indexes.ts), meta (counters)
- *   segments/*.seg   message bodies, append-only (see segments.ts)
+ *                    ix (secondary indexes, see indexes.ts), meta (counters, the write-ahead checkpoint)
+ *   segments/*.seg   message bodies in frames, append-only: also the write-ahead log of new mail (see segments.ts)
  *
  * Guarantees:
- * - Durability: `enqueue` resolves after (1) the body is written and fdatasync'ed in a segment and
- *   (2) the LMDB transaction that references it is committed with a synchronous flush
- *   (overlappingSync off). A crash between (1) and (2) leaves unreferenced bytes, reclaimed with
- *   their segment; nothing that was acknowledged can be missing or torn.
+ * - Durability: `enqueue` resolves after (1) the mail's frame (body, and for a caller that passes
+ *   onDurable the enqueue request itself) is written and fdatasync'ed in a segment and (2) the
+ *   LMDB transaction that indexes it is committed with a synchronous flush (overlappingSync
+ *   off). `onDurable` is called between the two: from (1) on the mail is never lost, and the
+ *   ingress answers 250 then, one flush after the data instead of three (the LMDB commit syncs
+ *   its pages, then its meta page). The segments are the write-ahead log of new mail: each
+ *   transaction also commits a checkpoint, the frame of the oldest new mail that is still not
+ *   indexed after it; at start, `replayLog` indexes every mail whose frame lies past it and is
+ *   not indexed (a crash between (1) and (2)). A transaction that fails (ENOSPC, EIO) is retried
+ *   for such mail with a later group, and the checkpoint never passes it until it commits.
+ *   Until then `get` and `readBody` of that id wait for its commit; browse and stats show it
+ *   once committed. A crash before (1) completes leaves at most a torn last frame, which
+ *   `readFrames` stops at; nothing that was acknowledged can be missing or torn.
  * - Group commit: every write (enqueue, reserve, attempt, operator action) goes through one
  *   writer loop. While one group is being flushed, new requests queue; the next group takes all
  *   of them: one writev + one fdatasync for the bodies, one LMDB commit for everything. There is
@@ -48,7 +57,7 @@ import {
   newLeaseToken,
 } from '../model.js';
 import type {
-  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, MailState, Millis, Queue, QueueEvent,
+  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueOptions, EnqueueRequest, MailId, MailState, Millis, Queue, QueueEvent,
   QueuedMail, QueueStats, ReserveOptions,
 } from '../types.js';
 import { MAIL_STATES } from '../types.js';
@@ -56,7 +65,7 @@ import { browseIndexed } from './browse.js';
 import { BodyCache } from '../body-cache.js';
 import { DirLock } from '../dir-lock.js';
 import { HIGH, counterKeys, indexKeys, keyDiff, type IndexKey } from './indexes.js';
-import { SegmentStore, type BodyLocation } from './segments.js';
+import { SegmentStore, comparePositions, type BodyLocation, type LogPosition } from './segments.js';
 
 export interface SpoolQueueOptions {
   dir: string;
@@ -88,14 +97,36 @@ type BodyTuple = [seg: number, off: number, len: number];
 interface WriteOp {
   /** Runs inside the write transaction; throws to fail only this op. */
   run(tx: WriteTx): unknown;
-  /** Set for enqueues: the body to append before the transaction. */
+  /** Set for enqueues (and compaction copies): the body to append before the transaction. */
   body?: Buffer;
+  /** Set for enqueues: the frame's record, from which replayLog enqueues the mail after a crash. */
+  record?: Buffer;
+  /** Called once the frame is on disk, before the transaction (see `enqueue`'s onDurable). */
+  onDurable?: () => void;
+  /** Where the body landed; set by the append (an op with a location is never appended again). */
   location?: BodyLocation;
+  /** Where the op's frame starts in the segments (ops with a record). */
+  frame?: LogPosition;
   resolve(v: unknown): void;
   reject(err: unknown): void;
 }
 
+/** A group whose commit failed is tried again after this long if it holds new mail already durable. */
+const RETRY_UNINDEXED_MS = 500;
+/** meta key of the write-ahead checkpoint: [segment, offset] of the first frame that may be unindexed. */
+const CHECKPOINT_KEY: IndexKey = ['w'];
+/** Frames replayed per transaction after a crash. */
+const REPLAY_BATCH = 500;
+
+/** What a frame's record holds: the enqueue request without its body, and the spool's clock then. */
+interface FrameRecord {
+  v: 1;
+  at: Millis;
+  req: Omit<EnqueueRequest, 'body'>;
+}
+
 const ONE = Buffer.from([1]);
+const EMPTY_BODY = Buffer.alloc(0);
 /** Where the mails database keeps its shared record structures (never a mail id: ids are strings). */
 const MAIL_STRUCTURES_KEY = Symbol.for('structures');
 /** Below this much free space, an EIO from a write is taken for a full disk. */
@@ -234,6 +265,17 @@ export class SpoolQueue implements Queue {
   private pending: WriteOp[] = [];
   /** Last measurement of the file system's free bytes, counted down by appendBodies (see freeSpace). */
   private space?: { at: number; free: number };
+  /** The end of the last group appended to the segments. */
+  private appendedEnd: LogPosition = { seg: 0, off: 0 };
+  /** The write-ahead checkpoint as last committed (undefined before the first, on an older spool). */
+  private checkpoint?: LogPosition;
+  /** New mail whose frame is durable (and maybe acknowledged) but whose transaction has not committed; in append order. */
+  private readonly unindexed = new Set<WriteOp>();
+  /** Such mail of a group whose commit failed, tried again with a later group (retryTimer). */
+  private readonly retry: WriteOp[] = [];
+  private retryTimer?: NodeJS.Timeout;
+  /** New mail given out by onDurable and not indexed yet, by id: settles when its enqueue does. */
+  private readonly indexing = new Map<MailId, Promise<void>>();
   /** Refusing new mail for the floor: logged once when it starts and once when it ends. */
   private belowFloor = false;
   private flushing?: Promise<void>;
@@ -282,15 +324,19 @@ export class SpoolQueue implements Queue {
       const tOpen = Date.now();
       this.loadCounters();
       const found = await this.segments.open();
+      this.appendedEnd = this.segments.end;
+      this.checkpoint = this.readCheckpoint();
+      this.open = true;
+      // Before reclaiming: a segment whose mail is only in its frames has no live body yet.
+      const replayed = await this.replayLog(found);
       await this.reclaimSegments(found);
       const tSegments = Date.now();
-      this.open = true;
       const released = await this.releaseOrphanLeases();
       await this.ensureBodyIndex();
       this.schedulePurge();
       this.log.info({
         ms: Date.now() - t0, lockAndOpenMs: tOpen - t0, countersAndSegmentsMs: tSegments - tOpen, leasesMs: Date.now() - tSegments,
-        mails: this.totalMails(), segments: found.length, releasedLeases: released,
+        mails: this.totalMails(), segments: found.length, releasedLeases: released, replayedFromLog: replayed,
       }, 'spool opened');
     } catch (err) {
       this.open = false;
@@ -305,7 +351,11 @@ export class SpoolQueue implements Queue {
     if (!this.open || this.closing) return;
     this.closing = true;
     if (this.purgeTimer) clearTimeout(this.purgeTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     while (this.flushing) await this.flushing;
+    // Durable in their frames, not indexed (commits kept failing): the next start replays them.
+    if (this.retry.length) this.log.warn({ mails: this.retry.splice(0).length }, 'spool closed with new mail durable but not indexed; the next start indexes it from its segment');
     this.open = false;
     this.bodyCache.clear();
     await this.segments.close();
@@ -506,7 +556,86 @@ export class SpoolQueue implements Queue {
     this.forgetUnsavedStructures();
     this.log.error({ err, ops: ops.length }, 'spool group failed unexpectedly');
     const failure = err instanceof QueueError ? err : new QueueUnavailableError(`Spool write failed: ${(err as Error)?.message ?? String(err)}`);
-    for (const op of ops) op.reject(failure);
+    for (const op of ops) {
+      op.reject(failure);
+      if (this.unindexed.has(op)) this.retryLater(op);
+    }
+  }
+
+  /**
+   * New mail that is durable in its frame (its sender may have its 250) but whose transaction did
+   * not commit is not given up: its enqueue rejects (the caller was told it is durable already),
+   * and it joins a later group until it commits; the checkpoint stays before its frame until
+   * then, so a crash meanwhile replays it.
+   */
+  private retryLater(op: WriteOp): void {
+    this.retry.push(op);
+    if (this.retryTimer || this.closing) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (!this.open || !this.retry.length) return;
+      this.pending.unshift(...this.retry.splice(0));
+      if (!this.flushing) this.flushing = this.flushLoop();
+    }, RETRY_UNINDEXED_MS);
+    this.retryTimer.unref();
+  }
+
+  private readCheckpoint(): LogPosition | undefined {
+    const v = this.meta.get(CHECKPOINT_KEY) as unknown;
+    return Array.isArray(v) && v.length === 2 ? { seg: Number(v[0]), off: Number(v[1]) } : undefined;
+  }
+
+  /**
+   * The checkpoint a transaction commits: the frame of the oldest new mail that stays unindexed
+   * after it (appended meanwhile, or waiting to be tried again), else the end of what was appended.
+   * Every frame before it is indexed; replayLog reads from there.
+   */
+  private checkpointAfter(ops: ReadonlySet<WriteOp>): LogPosition {
+    for (const op of this.unindexed) if (!ops.has(op)) return op.frame!;
+    return this.appendedEnd;
+  }
+
+  /**
+   * After a crash: enqueues the mail whose frames are past the checkpoint and that is not indexed
+   * (durable, maybe acknowledged, its transaction cut by the crash). Frames of segments written
+   * before frames existed are never read: such a spool has no checkpoint yet.
+   */
+  private async replayLog(found: number[]): Promise<number> {
+    const from = this.checkpoint;
+    if (!from) return 0;
+    let ops: Omit<WriteOp, 'resolve' | 'reject'>[] = [];
+    let replayed = 0;
+    const flush = async () => {
+      const batch = ops;
+      ops = [];
+      const results = await Promise.all(batch.map((op) => this.submit<boolean>(op)));
+      replayed += results.filter(Boolean).length;
+    };
+    for (const seg of found.filter((s) => s >= from.seg).sort((a, b) => a - b)) {
+      for (const frame of await this.segments.readFrames(seg, seg === from.seg ? from.off : 0)) {
+        if (!frame.record) continue;
+        let rec: FrameRecord;
+        try {
+          rec = JSON.parse(frame.record.toString('utf8')) as FrameRecord;
+        } catch (err) {
+          this.log.error({ err, seg, off: frame.start.off }, 'unreadable mail record in a segment frame; skipped');
+          continue;
+        }
+        ops.push({
+          location: frame.body,
+          run: (tx) => {
+            // Indexed after the checkpoint was written (a group committed after an older one failed).
+            if (this.mails.get(rec.req.id)) return false;
+            tx.write(undefined, { ...createMail({ ...rec.req, body: EMPTY_BODY }, rec.at), size: frame.body.len }, { body: frame.body });
+            return true;
+          },
+        });
+        if (ops.length >= REPLAY_BATCH) await flush();
+      }
+    }
+    await flush();
+    if (replayed) this.log.warn({ mails: replayed }, 'spool: new mail durable in its segment but not indexed at the crash was indexed again from the log');
+    return replayed;
   }
 
   /**
@@ -528,6 +657,7 @@ export class SpoolQueue implements Queue {
     const results: { ok: boolean; value: unknown }[] = [];
     let tcb0 = 0;
     let tcb1 = 0;
+    let checkpoint: LogPosition | undefined;
     try {
       const committed = this.env.transaction(() => {
         tcb0 = performance.now();
@@ -544,6 +674,12 @@ export class SpoolQueue implements Queue {
           if (v === 0) this.meta.removeSync(key);
           else this.meta.putSync(key, v);
         }
+        // Computed here, not before: a group appended while this one waited is unindexed too.
+        checkpoint = this.checkpointAfter(new Set(ops));
+        if (!this.checkpoint || comparePositions(checkpoint, this.checkpoint) !== 0) {
+          // The one meta entry that is not a counter.
+          (this.meta as unknown as Database<number[], IndexKey>).putSync(CHECKPOINT_KEY, [checkpoint.seg, checkpoint.off]);
+        }
         // lmdb-js keeps its own promise for this commit (awaited by env.close()); it exists only
         // once the transaction runs. Without a handler a failed commit would also surface as an
         // unhandled rejection; the failure itself is handled below, through `committed`.
@@ -556,9 +692,18 @@ export class SpoolQueue implements Queue {
       this.forgetUnsavedStructures();
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
-      for (const [i, op] of ops.entries()) op.reject(results[i] && !results[i].ok ? results[i].value : mapped);
+      for (const [i, op] of ops.entries()) {
+        if (results[i] && !results[i].ok) {
+          this.unindexed.delete(op);
+          op.reject(results[i].value);
+        } else {
+          op.reject(mapped);
+          if (this.unindexed.has(op)) this.retryLater(op);
+        }
+      }
       return;
     }
+    this.checkpoint = checkpoint;
     const freed: number[] = [];
     for (const { key, delta } of tx.deltas.values()) {
       const v = this.applyCounter(key, delta);
@@ -566,6 +711,7 @@ export class SpoolQueue implements Queue {
     }
     for (const [i, op] of ops.entries()) {
       const r = results[i]!;
+      this.unindexed.delete(op);
       if (r.ok) op.resolve(r.value);
       else op.reject(r.value);
     }
@@ -578,7 +724,8 @@ export class SpoolQueue implements Queue {
    * Refuses (SpoolFullError) what would pass `maxSize` or leave less than `minFreeBytes` free.
    */
   private async appendBodies(group: WriteOp[]): Promise<WriteOp[]> {
-    const enqueues = group.filter((op) => op.body);
+    // A retried op keeps the body it appended (`location`).
+    const enqueues = group.filter((op) => op.body && !op.location);
     if (!enqueues.length) return group;
     let room = this.opts.maxSize - this.counter(['c', 'bytes']);
     const floor = this.opts.minFreeBytes ?? 0;
@@ -605,8 +752,16 @@ export class SpoolQueue implements Queue {
     }
     if (accepted.length) {
       try {
-        const locs = await this.segments.appendGroup(accepted.map((op) => op.body!));
-        accepted.forEach((op, i) => { op.location = locs[i]; });
+        const { locations, starts, end } = await this.segments.appendGroup(accepted.map((op) => ({ body: op.body!, ...(op.record ? { record: op.record } : {}) })));
+        // In one synchronous step with appendedEnd (see checkpointAfter).
+        this.appendedEnd = end;
+        accepted.forEach((op, i) => {
+          op.location = locations[i];
+          if (!op.record) return;
+          op.frame = starts[i];
+          this.unindexed.add(op);
+        });
+        for (const op of accepted) op.onDurable?.();
       } catch (err) {
         const mapped = await this.mapStorageError(err);
         this.log.error({ err, count: accepted.length }, 'spool body append failed');
@@ -677,21 +832,35 @@ export class SpoolQueue implements Queue {
 
   // ---------------------------------------------------------------- writes
 
-  async enqueue(req: EnqueueRequest): Promise<QueuedMail> {
+  async enqueue(req: EnqueueRequest, opts: EnqueueOptions = {}): Promise<QueuedMail> {
+    const at = this.now();
+    const { body, ...rest } = req;
+    // Only a caller that acts on onDurable needs the mail replayable from its frame; for the
+    // others a crash before the commit loses nothing they were told was stored.
+    const durable = opts.onDurable ? { onDurable: opts.onDurable, record: Buffer.from(JSON.stringify({ v: 1, at, req: rest } satisfies FrameRecord)) } : {};
     const op: Omit<WriteOp, 'resolve' | 'reject'> = {
-      body: req.body,
+      body,
+      ...durable,
       run: (tx) => {
         const existing = this.mails.get(req.id);
         if (existing) throw new InvalidTransitionError(req.id, existing.state, 'enqueue again');
-        const mail = createMail(req, tx.now);
+        // The time of the frame's record, so that a mail indexed again by replayLog is the same.
+        const mail = createMail(req, at);
         tx.write(undefined, mail, { body: op.location });
         // Before any event about it: readBody still checks the body record, so an entry left by a
         // commit that then failed is never served.
-        this.bodyCache.put(mail.id, req.body);
+        this.bodyCache.put(mail.id, body);
         return mail;
       },
     };
-    const mail = await this.submit<QueuedMail>(op);
+    const done = this.submit<QueuedMail>(op);
+    if (opts.onDurable) {
+      // Its id is given out at onDurable (the 250 names it): get() and readBody() wait for this.
+      const settled = done.then(() => undefined, () => undefined);
+      this.indexing.set(req.id, settled);
+      void settled.then(() => this.indexing.delete(req.id));
+    }
+    const mail = await done;
     this.log.debug({ mailId: mail.id, size: mail.size }, 'mail spooled');
     return mail;
   }
@@ -831,11 +1000,15 @@ export class SpoolQueue implements Queue {
 
   async get(id: MailId): Promise<QueuedMail | undefined> {
     this.assertOpen();
+    const indexing = this.indexing.get(id);
+    if (indexing) await indexing;
     return this.mails.get(id);
   }
 
   async readBody(id: MailId): Promise<NodeJS.ReadableStream> {
     this.assertOpen();
+    const indexing = this.indexing.get(id);
+    if (indexing) await indexing;
     const loc = this.bodies.get(id);
     if (!loc) throw new MailNotFoundError(id);
     const cached = this.bodyCache.stream(id);
