@@ -276,6 +276,8 @@ export class SpoolQueue implements Queue {
   private retryTimer?: NodeJS.Timeout;
   /** New mail given out by onDurable and not indexed yet, by id: settles when its enqueue does. */
   private readonly indexing = new Map<MailId, Promise<void>>();
+  /** Set while replayLog runs: the checkpoint stays where it was until every frame is indexed. */
+  private replayFrom?: LogPosition;
   /** Refusing new mail for the floor: logged once when it starts and once when it ends. */
   private belowFloor = false;
   private flushing?: Promise<void>;
@@ -591,6 +593,8 @@ export class SpoolQueue implements Queue {
    * Every frame before it is indexed; replayLog reads from there.
    */
   private checkpointAfter(ops: ReadonlySet<WriteOp>): LogPosition {
+    // While replayLog runs, frames it has not indexed yet lie past the checkpoint it started from.
+    if (this.replayFrom) return this.replayFrom;
     for (const op of this.unindexed) if (!ops.has(op)) return op.frame!;
     return this.appendedEnd;
   }
@@ -603,6 +607,15 @@ export class SpoolQueue implements Queue {
   private async replayLog(found: number[]): Promise<number> {
     const from = this.checkpoint;
     if (!from) return 0;
+    this.replayFrom = from;
+    try {
+      return await this.replayFrames(found, from);
+    } finally {
+      this.replayFrom = undefined;
+    }
+  }
+
+  private async replayFrames(found: number[], from: LogPosition): Promise<number> {
     let ops: Omit<WriteOp, 'resolve' | 'reject'>[] = [];
     let replayed = 0;
     const flush = async () => {
