@@ -155,6 +155,15 @@ const ERRNO_NAMES: Record<number, string> = { 5: 'EIO', 28: 'ENOSPC', 122: 'EDQU
 const STATS_TOP_N = 20;
 const LIVE_STATES = ['queued', 'active', 'held'] as const;
 
+/**
+ * A counter key as a Map key, for the in-memory counters only (never stored). A counter key holds
+ * a family tag, states, a priority, a domain or a segment number: none contains U+0001, and each
+ * position always has the same type, so joining is as unique as JSON and several times cheaper.
+ */
+function counterId(key: IndexKey): string {
+  return key.join('\u0001');
+}
+
 /** What one write transaction changes besides the records: counter deltas, events, freed segments. */
 class WriteTx {
   readonly deltas = new Map<string, { key: IndexKey; delta: number }>();
@@ -163,7 +172,7 @@ class WriteTx {
   constructor(private readonly q: SpoolQueue, readonly now: Millis) {}
 
   count(key: IndexKey, delta: number): void {
-    const k = JSON.stringify(key);
+    const k = counterId(key);
     const e = this.deltas.get(k);
     if (e) e.delta += delta;
     else this.deltas.set(k, { key, delta });
@@ -375,7 +384,7 @@ export class SpoolQueue implements Queue {
 
   /** Adds to an in-memory counter (and the per-domain / per-priority views stats() reads). */
   private applyCounter(key: IndexKey, delta: number): number {
-    const k = JSON.stringify(key);
+    const k = counterId(key);
     const v = (this.counters.get(k) ?? 0) + delta;
     if (v === 0) this.counters.delete(k);
     else this.counters.set(k, v);
@@ -390,7 +399,7 @@ export class SpoolQueue implements Queue {
   }
 
   private counter(key: IndexKey): number {
-    return this.counters.get(JSON.stringify(key)) ?? 0;
+    return this.counters.get(counterId(key)) ?? 0;
   }
 
   private totalMails(): number {
