@@ -85,6 +85,8 @@ export interface SpoolQueueOptions {
   purgeIntervalMs?: number;
   /** New mail is refused (SpoolFullError) while storing it would leave less than this free. Default 0: no floor. */
   minFreeBytes?: number;
+  /** How long new mail durable in its frame waits before its failed commit is tried again. Default 500 ms. */
+  unindexedRetryMs?: number;
 }
 
 /** How often appendBodies measures the free space (with a floor), when far from it. */
@@ -111,8 +113,6 @@ interface WriteOp {
   reject(err: unknown): void;
 }
 
-/** A group whose commit failed is tried again after this long if it holds new mail already durable. */
-const RETRY_UNINDEXED_MS = 500;
 /** meta key of the write-ahead checkpoint: [segment, offset] of the first frame that may be unindexed. */
 const CHECKPOINT_KEY: IndexKey = ['w'];
 /** Frames replayed per transaction after a crash. */
@@ -410,6 +410,9 @@ export class SpoolQueue implements Queue {
   private async reclaimSegments(segs: number[]): Promise<void> {
     for (const seg of segs) {
       if (this.counter(['c', 'seg', seg]) > 0) continue;
+      // New mail durable in its frame but not indexed yet (its commit failed and waits for a
+      // retry) is not counted: its segment stays.
+      if (this.holdsUnindexed(seg)) continue;
       if (await this.segments.remove(seg)) this.log.debug({ seg }, 'segment reclaimed');
     }
   }
@@ -587,8 +590,13 @@ export class SpoolQueue implements Queue {
       if (!this.open || !this.retry.length) return;
       this.pending.unshift(...this.retry.splice(0));
       if (!this.flushing) this.flushing = this.flushLoop();
-    }, RETRY_UNINDEXED_MS);
+    }, this.opts.unindexedRetryMs ?? 500);
     this.retryTimer.unref();
+  }
+
+  private holdsUnindexed(seg: number): boolean {
+    for (const op of this.unindexed) if (op.location?.seg === seg) return true;
+    return false;
   }
 
   private readCheckpoint(): LogPosition | undefined {
