@@ -109,6 +109,8 @@ interface WriteOp {
   location?: BodyLocation;
   /** Where the op's frame starts in the segments (ops with a record). */
   frame?: LogPosition;
+  /** Its indexing failed once already (logged then). */
+  retried?: boolean;
   resolve(v: unknown): void;
   reject(err: unknown): void;
 }
@@ -594,6 +596,21 @@ export class SpoolQueue implements Queue {
     this.retryTimer.unref();
   }
 
+  /**
+   * Durable new mail whose transaction did not index it: given up only when its own run refused
+   * it as a duplicate (its id is indexed already); any other failure (the commit's, or a write
+   * inside its run such as a full map) is tried again.
+   */
+  private settleUnindexed(op: WriteOp, own: unknown): void {
+    if (own instanceof InvalidTransitionError) {
+      this.unindexed.delete(op);
+      return;
+    }
+    if (own !== undefined && !op.retried) this.log.error({ err: own, seg: op.frame?.seg, off: op.frame?.off }, 'indexing a durable new mail failed; trying again');
+    op.retried = true;
+    this.retryLater(op);
+  }
+
   private holdsUnindexed(seg: number): boolean {
     for (const op of this.unindexed) if (op.location?.seg === seg) return true;
     return false;
@@ -723,13 +740,9 @@ export class SpoolQueue implements Queue {
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
       for (const [i, op] of ops.entries()) {
-        if (results[i] && !results[i].ok) {
-          this.unindexed.delete(op);
-          op.reject(results[i].value);
-        } else {
-          op.reject(mapped);
-          if (this.unindexed.has(op)) this.retryLater(op);
-        }
+        const own = results[i] && !results[i].ok ? results[i].value : undefined;
+        op.reject(own ?? mapped);
+        if (this.unindexed.has(op)) this.settleUnindexed(op, own);
       }
       return;
     }
@@ -741,9 +754,13 @@ export class SpoolQueue implements Queue {
     }
     for (const [i, op] of ops.entries()) {
       const r = results[i]!;
-      this.unindexed.delete(op);
-      if (r.ok) op.resolve(r.value);
-      else op.reject(r.value);
+      if (r.ok) {
+        this.unindexed.delete(op);
+        op.resolve(r.value);
+      } else {
+        op.reject(r.value);
+        if (this.unindexed.has(op)) this.settleUnindexed(op, r.value);
+      }
     }
     this.emit(tx.events);
     if (freed.length) await this.reclaimSegments(freed).catch((err) => this.log.error({ err }, 'segment reclaim failed'));
@@ -791,12 +808,19 @@ export class SpoolQueue implements Queue {
           op.frame = starts[i];
           this.unindexed.add(op);
         });
-        for (const op of accepted) op.onDurable?.();
       } catch (err) {
         const mapped = await this.mapStorageError(err);
         this.log.error({ err, count: accepted.length }, 'spool body append failed');
         for (const op of accepted) { refused.add(op); op.reject(mapped); }
         await this.rollSegmentAfterError();
+      }
+      for (const op of accepted) {
+        if (refused.has(op) || !op.onDurable) continue;
+        try {
+          op.onDurable();
+        } catch (err) {
+          this.log.error({ err }, 'onDurable callback threw');
+        }
       }
     }
     return group.filter((op) => !refused.has(op));
