@@ -72,16 +72,20 @@ export const FRAME_HEADER_BYTES = 24;
 const KIND_BODY = 0;
 const KIND_MAIL = 1;
 
-/** The header of one frame; its CRC covers header bytes 0..15, the record and the body. */
+/** A frame's CRC: over header bytes 0..15 (magic, kind, lengths), the record and the body. */
+function frameCrc(head: Buffer, record: Buffer | undefined, body: Buffer): number {
+  let crc = crc32(head);
+  if (record?.length) crc = crc32(record, crc);
+  return crc32(body, crc);
+}
+
 function frameHeader(record: Buffer | undefined, body: Buffer): Buffer {
   const h = Buffer.alloc(FRAME_HEADER_BYTES);
   h.writeUInt32LE(FRAME_MAGIC, 0);
   h[4] = record ? KIND_MAIL : KIND_BODY;
   h.writeUInt32LE(record?.length ?? 0, 8);
   h.writeUInt32LE(body.length, 12);
-  let crc = crc32(h.subarray(0, 16));
-  if (record) crc = crc32(record, crc);
-  h.writeUInt32LE(crc32(body, crc), 16);
+  h.writeUInt32LE(frameCrc(h.subarray(0, 16), record, body), 16);
   return h;
 }
 
@@ -188,12 +192,7 @@ export class SegmentStore {
       const size = (await fh.stat()).size;
       if (size <= from) return [];
       const buf = Buffer.allocUnsafe(size - from);
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, from + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
+      const got = await readFully(fh, buf, from);
       const frames: Frame[] = [];
       let p = 0;
       while (p + FRAME_HEADER_BYTES <= got) {
@@ -203,12 +202,11 @@ export class SegmentStore {
         const bodyLen = buf.readUInt32LE(p + 12);
         const bodyAt = p + FRAME_HEADER_BYTES + recordLen;
         if ((kind !== KIND_MAIL && kind !== KIND_BODY) || bodyAt + bodyLen > got) break;
-        let crc = crc32(buf.subarray(p, p + 16));
-        if (recordLen) crc = crc32(buf.subarray(p + FRAME_HEADER_BYTES, bodyAt), crc);
-        if (crc32(buf.subarray(bodyAt, bodyAt + bodyLen), crc) !== buf.readUInt32LE(p + 16)) break;
+        const record = buf.subarray(p + FRAME_HEADER_BYTES, bodyAt);
+        if (frameCrc(buf.subarray(p, p + 16), record, buf.subarray(bodyAt, bodyAt + bodyLen)) !== buf.readUInt32LE(p + 16)) break;
         frames.push({
           start: { seg, off: from + p },
-          ...(kind === KIND_MAIL ? { record: Buffer.from(buf.subarray(p + FRAME_HEADER_BYTES, bodyAt)) } : {}),
+          ...(kind === KIND_MAIL ? { record: Buffer.from(record) } : {}),
           body: { seg, off: from + bodyAt, len: bodyLen },
         });
         p = bodyAt + bodyLen;
@@ -235,12 +233,7 @@ export class SegmentStore {
     const fh = await this.openForRead(id, loc.seg);
     try {
       const buf = Buffer.allocUnsafe(loc.len);
-      let got = 0;
-      while (got < loc.len) {
-        const { bytesRead } = await fh.read(buf, got, loc.len - got, loc.off + got);
-        if (bytesRead === 0) throw Object.assign(new Error(`segment ${loc.seg} ends inside the body of ${id}`), { code: 'EIO' });
-        got += bytesRead;
-      }
+      if (await readFully(fh, buf, loc.off) < loc.len) throw Object.assign(new Error(`segment ${loc.seg} ends inside the body of ${id}`), { code: 'EIO' });
       return buf;
     } finally {
       await fh.close();
@@ -310,6 +303,17 @@ export class SegmentStore {
     }
     seg.size = length;
   }
+}
+
+/** Reads into `buf` from `position` until it is full or the file ends; returns the bytes read. */
+async function readFully(fh: FileHandle, buf: Buffer, position: number): Promise<number> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, position + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
 }
 
 /**
