@@ -34,44 +34,43 @@ async function buildSpool(): Promise<void> {
   ], { cwd: root });
 }
 
+/** Starts the child and collects its acknowledgements ("ACK <id> <size>") as they come. */
+function startChild(dir: string, env: Record<string, string>) {
+  const p = spawn(process.execPath, [child, dir, built], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const run = { p, acked: new Map<string, number>(), stderr: '', onAck: () => {} };
+  p.stderr.on('data', (d: Buffer) => { run.stderr += d.toString(); });
+  createInterface({ input: p.stdout }).on('line', (line) => {
+    const [tag, id, size] = line.split(' ');
+    if (tag !== 'ACK') return;
+    run.acked.set(id!, Number(size));
+    run.onAck();
+  });
+  const exited = new Promise<[number | null, string | null]>((res) => p.on('exit', (c, sig) => res([c, sig])));
+  return { run, exited };
+}
+
 /** Runs the child until it has acknowledged `acks` mails, then kill -9. Returns what it acknowledged. */
 async function runAndKill(dir: string, acks: number, env: Record<string, string> = {}): Promise<Map<string, number>> {
-  const p = spawn(process.execPath, [child, dir, built], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  const acked = new Map<string, number>();
-  let stderr = '';
-  p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const exited = new Promise<void>((res) => p.on('exit', () => res()));
-  const lines = createInterface({ input: p.stdout });
+  const c = startChild(dir, env);
   await new Promise<void>((res, rej) => {
-    const timer = setTimeout(() => rej(new Error(`child too slow: ${acked.size} acks; ${stderr}`)), 60_000);
-    lines.on('line', (line) => {
-      const [tag, id, size] = line.split(' ');
-      if (tag === 'ACK') acked.set(id!, Number(size));
-      if (acked.size >= acks) { clearTimeout(timer); res(); }
-    });
-    p.on('exit', (code) => { clearTimeout(timer); rej(new Error(`child exited early (${code}): ${stderr}`)); });
+    const timer = setTimeout(() => rej(new Error(`child too slow: ${c.run.acked.size} acks; ${c.run.stderr}`)), 60_000);
+    c.run.onAck = () => { if (c.run.acked.size >= acks) { clearTimeout(timer); res(); } };
+    void c.exited.then(([code]) => { clearTimeout(timer); rej(new Error(`child exited early (${code}): ${c.run.stderr}`)); });
   });
-  p.kill('SIGKILL');
+  c.run.p.kill('SIGKILL');
   // Keep reading: acks printed before the kill landed still count as acknowledged.
-  await exited;
+  await c.exited;
   await new Promise((r) => setImmediate(r));
-  return acked;
+  return c.run.acked;
 }
 
 /** Runs the child until it kills itself (KILL_AT_DURABLE). Returns what it acknowledged. */
 async function runUntilItDies(dir: string, env: Record<string, string>): Promise<Map<string, number>> {
-  const p = spawn(process.execPath, [child, dir, built], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  const acked = new Map<string, number>();
-  let stderr = '';
-  p.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  createInterface({ input: p.stdout }).on('line', (line) => {
-    const [tag, id, size] = line.split(' ');
-    if (tag === 'ACK') acked.set(id!, Number(size));
-  });
-  const [code, signal] = await new Promise<[number | null, string | null]>((res) => p.on('exit', (c, s) => res([c, s])));
-  expect(signal, `child should have killed itself; exit ${code}: ${stderr}`).toBe('SIGKILL');
+  const c = startChild(dir, env);
+  const [code, signal] = await c.exited;
+  expect(signal, `child should have killed itself; exit ${code}: ${c.run.stderr}`).toBe('SIGKILL');
   await new Promise((r) => setImmediate(r));
-  return acked;
+  return c.run.acked;
 }
 
 async function readAll(q: SpoolQueue, id: string): Promise<Buffer> {
