@@ -48,6 +48,34 @@ async function fillUp(q: SpoolQueue, size: number): Promise<{ ids: string[]; err
   throw new Error('the disk never filled up');
 }
 
+/** A mail with 60 recipients and a 200-byte body: it fills LMDB, not the segments. */
+function metadataHeavy(i: number): EnqueueRequest {
+  const req = request(200);
+  req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
+  return req;
+}
+
+/**
+ * With the disk nearly full (`filler` leaves 256 KiB), enqueues metadata-heavy mail with onDurable
+ * until one is durable in its frame but its LMDB commit fails. Returns it and the mail indexed before.
+ */
+async function untilDurableButUnindexed(q: SpoolQueue, mnt: string, filler: string): Promise<{ kept: string; acked: string[] }> {
+  await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
+  const acked: string[] = [];
+  for (let i = 0; i < 2000; i++) {
+    const req = metadataHeavy(i);
+    let durable = false;
+    try {
+      await q.enqueue(req, { onDurable: () => { durable = true; } });
+      acked.push(req.id);
+    } catch (err) {
+      expect(err).toBeInstanceOf(QueueError);
+      if (durable) return { kept: req.id, acked };
+    }
+  }
+  throw new Error('no mail was durable with its commit failing');
+}
+
 describe('spool on a full disk (4 MiB tmpfs)', () => {
   let tmp: TmpDir;
   let mnt: string;
@@ -118,10 +146,8 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     const ids: string[] = [];
     let error: unknown;
     for (let i = 0; i < 2000 && !error; i++) {
-      const req = request(200);
-      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
       try {
-        ids.push((await q.enqueue(req)).id);
+        ids.push((await q.enqueue(metadataHeavy(i))).id);
       } catch (err) {
         error = err;
       }
@@ -145,24 +171,8 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     q = open();
     await q.start();
     const filler = join(mnt, 'filler');
-    await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
     // Metadata-heavy mail with tiny bodies: LMDB runs out of room while the segment still takes frames.
-    const durableButFailed: string[] = [];
-    const acked: string[] = [];
-    for (let i = 0; i < 2000 && !durableButFailed.length; i++) {
-      const req = request(200);
-      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
-      let durable = false;
-      try {
-        await q.enqueue(req, { onDurable: () => { durable = true; } });
-        acked.push(req.id);
-      } catch (err) {
-        expect(err).toBeInstanceOf(QueueError);
-        if (durable) durableButFailed.push(req.id);
-      }
-    }
-    expect(durableButFailed).toHaveLength(1);
-    const [kept] = durableButFailed as [string];
+    const { kept, acked } = await untilDurableButUnindexed(q, mnt, filler);
     expect(await q.get(kept)).toBeUndefined();
     // Room again; a new mail commits (and writes a checkpoint) before the kept one is tried again.
     await rm(filler);
@@ -186,16 +196,7 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     q = open();
     await q.start();
     const filler = join(mnt, 'filler');
-    await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
-    const acked: string[] = [];
-    let kept: string | undefined;
-    for (let i = 0; i < 2000 && !kept; i++) {
-      const req = request(200);
-      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
-      let durable = false;
-      await q.enqueue(req, { onDurable: () => { durable = true; } }).then(() => acked.push(req.id), () => { if (durable) kept = req.id; });
-    }
-    expect(kept).toBeDefined();
+    const { kept, acked } = await untilDurableButUnindexed(q, mnt, filler);
     await rm(filler);
     const segDir = join(spool, 'segments');
     const keptSegment = readdirSync(segDir).sort().at(-1)!;
@@ -212,10 +213,10 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     q = open();
     await q.start();
     expect(JSON.parse(lines.find((l) => l.includes('"spool opened"'))!)).toMatchObject({ replayedFromLog: 1 });
-    const mail = await q.get(kept!);
+    const mail = await q.get(kept);
     expect(mail?.recipients).toHaveLength(60);
     const chunks: Buffer[] = [];
-    for await (const c of await q.readBody(kept!)) chunks.push(c as Buffer);
+    for await (const c of await q.readBody(kept)) chunks.push(c as Buffer);
     expect(Buffer.concat(chunks)).toEqual(Buffer.alloc(200, 'm'));
   });
 
@@ -224,19 +225,11 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     q = new SpoolQueue({ dir: spool, retainFinishedMs: 3_600_000, maxSize: 1024 ** 3, logger: silentLogger() });
     await q.start();
     const filler = join(mnt, 'filler');
-    await writeFile(filler, Buffer.alloc(Math.max(0, availableBytes(mnt) - 256 * 1024)));
-    let kept: string | undefined;
-    for (let i = 0; i < 2000 && !kept; i++) {
-      const req = request(200);
-      req.recipients = Array.from({ length: 60 }, (_, j) => ({ address: `user${i}-${j}@domain${j}.example` }));
-      let durable = false;
-      await q.enqueue(req, { onDurable: () => { durable = true; } }).catch(() => { if (durable) kept = req.id; });
-    }
-    expect(kept).toBeDefined();
+    const { kept } = await untilDurableButUnindexed(q, mnt, filler);
     await rm(filler);
     const until = Date.now() + 5000;
-    while (!(await q.get(kept!)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-    expect((await q.get(kept!))?.state).toBe('queued');
+    while (!(await q.get(kept)) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    expect((await q.get(kept))?.state).toBe('queued');
     expect((await q.stats()).byState.queued).toBe((await q.browse({}, { limit: 1000 })).items.length);
   });
 
