@@ -18,8 +18,8 @@
  *   indexed after it; at start, `replayLog` indexes every mail whose frame lies past it and is
  *   not indexed (a crash between (1) and (2)). A transaction that fails (ENOSPC, EIO) is retried
  *   for such mail with a later group, and the checkpoint never passes it until it commits.
- *   Until then `get` and `readBody` of that id wait for its commit; browse and stats show it
- *   once committed. A crash before (1) completes leaves at most a torn last frame, which
+ *   Until then `get` and `readBody` of that id wait for its commit (up to a second); browse and
+ *   stats show it once committed. A crash before (1) completes leaves at most a torn last frame, which
  *   `readFrames` stops at; nothing that was acknowledged can be missing or torn.
  * - Group commit: every write (enqueue, reserve, attempt, operator action) goes through one
  *   writer loop. While one group is being flushed, new requests queue; the next group takes all
@@ -111,12 +111,16 @@ interface WriteOp {
   frame?: LogPosition;
   /** Its indexing failed once already (logged then). */
   retried?: boolean;
+  /** Called when it leaves `unindexed` (indexed, or found indexed already): get() waits for this. */
+  indexed?: () => void;
   resolve(v: unknown): void;
   reject(err: unknown): void;
 }
 
 /** meta key of the write-ahead checkpoint: [segment, offset] of the first frame that may be unindexed. */
 const CHECKPOINT_KEY: IndexKey = ['w'];
+/** How long get() and readBody() of an id handed out by onDurable wait for it to be indexed. */
+const INDEXING_WAIT_MS = 1000;
 /** Frames replayed per transaction after a crash. */
 const REPLAY_BATCH = 500;
 
@@ -285,7 +289,7 @@ export class SpoolQueue implements Queue {
   /** Such mail of a group whose commit failed, tried again with a later group (retryTimer). */
   private readonly retry: WriteOp[] = [];
   private retryTimer?: NodeJS.Timeout;
-  /** New mail given out by onDurable and not indexed yet, by id: settles when its enqueue does. */
+  /** New mail given out by onDurable and not indexed yet, by id: resolves once it is (leaveUnindexed). */
   private readonly indexing = new Map<MailId, Promise<void>>();
   /** Set while replayLog runs: the checkpoint stays where it was until every frame is indexed. */
   private replayFrom?: LogPosition;
@@ -603,12 +607,17 @@ export class SpoolQueue implements Queue {
    */
   private settleUnindexed(op: WriteOp, own: unknown): void {
     if (own instanceof InvalidTransitionError) {
-      this.unindexed.delete(op);
+      this.leaveUnindexed(op);
       return;
     }
     if (own !== undefined && !op.retried) this.log.error({ err: own, seg: op.frame?.seg, off: op.frame?.off }, 'indexing a durable new mail failed; trying again');
     op.retried = true;
     this.retryLater(op);
+  }
+
+  private leaveUnindexed(op: WriteOp): void {
+    if (!this.unindexed.delete(op)) return;
+    op.indexed?.();
   }
 
   private holdsUnindexed(seg: number): boolean {
@@ -755,7 +764,7 @@ export class SpoolQueue implements Queue {
     for (const [i, op] of ops.entries()) {
       const r = results[i]!;
       if (r.ok) {
-        this.unindexed.delete(op);
+        this.leaveUnindexed(op);
         op.resolve(r.value);
       } else {
         op.reject(r.value);
@@ -907,13 +916,19 @@ export class SpoolQueue implements Queue {
         return mail;
       },
     };
-    const done = this.submit<QueuedMail>(op);
     if (opts.onDurable) {
-      // Its id is given out at onDurable (the 250 names it): get() and readBody() wait for this.
-      const settled = done.then(() => undefined, () => undefined);
-      this.indexing.set(req.id, settled);
-      void settled.then(() => this.indexing.delete(req.id));
+      // Its id is given out at onDurable (the 250 names it): get() and readBody() wait until it is
+      // indexed, through a failed commit and its retries too.
+      let release!: () => void;
+      this.indexing.set(req.id, new Promise<void>((r) => { release = r; }));
+      op.indexed = () => {
+        this.indexing.delete(req.id);
+        release();
+      };
     }
+    const done = this.submit<QueuedMail>(op);
+    // Refused before it was durable: never indexed, nothing to wait for.
+    if (op.indexed) done.catch(() => { if (!op.frame) op.indexed!(); });
     const mail = await done;
     this.log.debug({ mailId: mail.id, size: mail.size }, 'mail spooled');
     return mail;
@@ -1054,15 +1069,25 @@ export class SpoolQueue implements Queue {
 
   async get(id: MailId): Promise<QueuedMail | undefined> {
     this.assertOpen();
-    const indexing = this.indexing.get(id);
-    if (indexing) await indexing;
+    await this.untilIndexed(id);
     return this.mails.get(id);
+  }
+
+  /**
+   * A mail handed out by onDurable and not indexed yet: wait for it, at most INDEXING_WAIT_MS (its
+   * commit is a millisecond away, unless the disk is full and it waits for a retry).
+   */
+  private async untilIndexed(id: MailId): Promise<void> {
+    const indexing = this.indexing.get(id);
+    if (!indexing) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([indexing, new Promise<void>((r) => { timer = setTimeout(r, INDEXING_WAIT_MS); })]);
+    clearTimeout(timer);
   }
 
   async readBody(id: MailId): Promise<NodeJS.ReadableStream> {
     this.assertOpen();
-    const indexing = this.indexing.get(id);
-    if (indexing) await indexing;
+    await this.untilIndexed(id);
     const loc = this.bodies.get(id);
     if (!loc) throw new MailNotFoundError(id);
     const cached = this.bodyCache.stream(id);
