@@ -19,8 +19,8 @@
  *   not indexed (a crash between (1) and (2)). A transaction that fails (ENOSPC, EIO) is retried
  *   for such mail with a later group, and the checkpoint never passes it until it commits.
  *   Until then `get` and `readBody` of that id wait for its commit (up to a second); browse and
- *   stats show it once committed. A crash before (1) completes leaves at most a torn last frame, which
- *   `readFrames` stops at; nothing that was acknowledged can be missing or torn.
+ *   stats show it once committed. A crash before (1) completes leaves at most a torn last frame,
+ *   which `readFrames` stops at; nothing that was acknowledged can be missing or torn.
  * - Group commit: every write (enqueue, reserve, attempt, operator action) goes through one
  *   writer loop. While one group is being flushed, new requests queue; the next group takes all
  *   of them: one writev + one fdatasync for the bodies, one LMDB commit for everything. There is
