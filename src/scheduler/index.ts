@@ -69,8 +69,15 @@ const IDLE_DESTINATION_MS = 10 * 60_000;
  */
 const CONNECTION_REUSE_WAIT_MS = 250;
 
-/** Queue events after which there may be due mail that was not due before. */
+/**
+ * Queue events after which there may be due mail that was not due before: only for a mail that is
+ * queued now (mail enqueued or changed while held, e.g. by a hold rule, is not due, and waking
+ * for it would cost a reserve transaction per RESERVE_GAP_MS while held mail streams in).
+ */
 const WAKE_EVENTS = new Set<QueueEvent['type']>(['enqueued', 'deferred', 'released', 'updated']);
+function mayMakeDue(event: QueueEvent): boolean {
+  return WAKE_EVENTS.has(event.type) && event.state === 'queued';
+}
 
 /** The most mails the scheduler holds reserved at once. */
 export function heldMailLimit(config: Pick<Config, 'delivery'>): number {
@@ -192,7 +199,7 @@ export class Scheduler {
     if (this.#started) return;
     this.#started = true;
     this.#unsubscribe = this.#queue.subscribe((event) => {
-      if (WAKE_EVENTS.has(event.type)) this.#wake();
+      if (mayMakeDue(event)) this.#wake();
     });
     this.#config.on('change', this.#onConfigChange);
     this.#scheduleRenewal();

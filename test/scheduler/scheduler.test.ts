@@ -400,6 +400,37 @@ describe('scheduler: priority of mail arriving while a backlog waits', () => {
   });
 });
 
+describe('scheduler: wake-ups', () => {
+  it('mail arriving held does not wake it to reserve; mail arriving queued does, and is delivered', async () => {
+    const rx = await receiver();
+    const h = await scheduler({ delivery: { routes: { 'dest.test': rx.address } } }, { start: false });
+    // The real queue, its reserveDue counted (the scheduler calls it through the same object).
+    let reserves = 0;
+    const reserveDue = h.queue.reserveDue.bind(h.queue);
+    h.queue.reserveDue = (o) => {
+      reserves++;
+      return reserveDue(o);
+    };
+    h.scheduler.start();
+    // Its first round finds nothing and sleeps until an event (nothing due at all).
+    await waitFor('the first round', () => reserves >= 1);
+    await sleep(100);
+    const idle = reserves;
+    for (let i = 0; i < 40; i++) {
+      await h.enqueue({ to: ['user@dest.test'], hold: { reason: 'held at the door' } });
+      if (i % 10 === 9) await sleep(15); // beyond the scheduler's 10 ms gap between two reserves
+    }
+    await sleep(100);
+    expect(reserves - idle, 'reserveDue calls after held mail arrived').toBe(0);
+
+    const mail = await h.enqueue({ to: ['user@dest.test'] });
+    await rx.waitForCompleted(1);
+    expect(reserves).toBeGreaterThan(idle);
+    await waitFor('delivered', async () => (await h.queue.get(mail.id))?.state === 'delivered');
+    expect(rx.completed()).toHaveLength(1);
+  });
+});
+
 describe('scheduler: removal and shutdown', () => {
   it('a mail removed when the receiver has its whole body but no final "." is never delivered', async () => {
     const { rx, gate, h, mail, tx } = await deliveryAtTheDot();
