@@ -121,6 +121,8 @@ interface WriteOp {
 const CHECKPOINT_KEY: IndexKey = ['w'];
 /** How long get() and readBody() of an id handed out by onDurable wait for it to be indexed. */
 const INDEXING_WAIT_MS = 1000;
+/** New mail due within this long of its enqueue keeps its body in the body cache (see enqueue). */
+const BODY_CACHE_DUE_WITHIN_MS = 5_000;
 /** Frames replayed per transaction after a crash. */
 const REPLAY_BATCH = 500;
 
@@ -911,8 +913,9 @@ export class SpoolQueue implements Queue {
         const mail = createMail(req, at);
         tx.write(undefined, mail, { body: op.location });
         // Before any event about it: readBody still checks the body record, so an entry left by a
-        // commit that then failed is never served.
-        this.bodyCache.put(mail.id, body);
+        // commit that then failed is never served. Only mail due now: held or delayed mail would
+        // push out the bodies delivery is about to read, for a read that is minutes away or never.
+        if (!req.hold && req.notBefore - at <= BODY_CACHE_DUE_WITHIN_MS) this.bodyCache.put(mail.id, body);
         return mail;
       },
     };
