@@ -289,6 +289,16 @@ export class SpoolhouseSmtpServer extends SMTPServer {
 
 export class SpoolhouseConnection extends SMTPConnection {
   #inEhlo = false;
+  /** The MAIL or RCPT command handler_MAIL/RCPT parsed last: smtp-server's handler parses it again. */
+  #lastPath?: { kind: 'MAIL FROM' | 'RCPT TO'; raw: string; parsed: ParsedPathCommand | undefined };
+
+  #parsePath(kind: 'MAIL FROM' | 'RCPT TO', raw: string): ParsedPathCommand | undefined {
+    const last = this.#lastPath;
+    if (last && last.kind === kind && last.raw === raw) return last.parsed;
+    const parsed = parsePathCommand(kind, raw);
+    this.#lastPath = { kind, raw, parsed };
+    return parsed;
+  }
 
   get hooks(): ProtocolHooks {
     return (this._server as SpoolhouseSmtpServer).hooks;
@@ -348,9 +358,11 @@ export class SpoolhouseConnection extends SMTPConnection {
 
   override _parseAddressCommand(rawName: string, rawCommand: Buffer | string): ReturnType<SMTPConnection['_parseAddressCommand']> {
     const kind = rawName.trim().toUpperCase() === 'MAIL FROM' ? 'MAIL FROM' : 'RCPT TO';
-    const parsed = parsePathCommand(kind, rawCommand.toString());
+    const parsed = this.#parsePath(kind, rawCommand.toString());
     if (!parsed) return false;
-    return parsed.duplicate ? { address: parsed.address, args: parsed.args, duplicate: parsed.duplicate } : { address: parsed.address, args: parsed.args };
+    // A copy of the parameters: the parse may be reused for the same command line sent again.
+    const args = parsed.args && { ...parsed.args };
+    return parsed.duplicate ? { address: parsed.address, args, duplicate: parsed.duplicate } : { address: parsed.address, args };
   }
 
   override handler_EHLO(command: Buffer, callback: () => void): void {
@@ -363,7 +375,7 @@ export class SpoolhouseConnection extends SMTPConnection {
   }
 
   override handler_MAIL(command: Buffer, callback: () => void): void {
-    const parsed = parsePathCommand('MAIL FROM', command.toString());
+    const parsed = this.#parsePath('MAIL FROM', command.toString());
     if (parsed && !this.session.envelope.mailFrom) {
       const problem = checkMailParameters(parsed);
       if (problem) return this.#refuse(problem, callback);
@@ -372,7 +384,7 @@ export class SpoolhouseConnection extends SMTPConnection {
   }
 
   override handler_RCPT(command: Buffer, callback: () => void): void {
-    const parsed = parsePathCommand('RCPT TO', command.toString());
+    const parsed = this.#parsePath('RCPT TO', command.toString());
     if (parsed && parsed.address && this.session.envelope.mailFrom) {
       const problem = checkRcptParameters(parsed, this.session.envelope.smtpUtf8 === true);
       if (problem) return this.#refuse(problem, callback);
