@@ -45,7 +45,7 @@ async function main(argv: string[]): Promise<void> {
   const nodeName = config.kafka.nodeId ?? hostname();
   const delivery = new Deliverer({ config: () => store.current, logger });
   const scheduler = new Scheduler({ config: store, queue, delivery, logger, metrics, nodeName });
-  const ingress = new SmtpIngress({ config: store, queue, logger, metrics });
+  const ingress = new SmtpIngress({ config: store, queue, logger, metrics, inFlow: (maxMs) => scheduler.inFlow(maxMs) });
   const admin = await createAdminServer({ config: store, queue, logger, metrics, dataDir: config.spool.dir });
 
   await ingress.listen();

@@ -16,6 +16,8 @@ export interface Metrics {
   deferredTotal: Counter<'reason'>;
   /** Recipients failed permanently (they get a DSN). */
   bouncedTotal: Counter<'reason'>;
+  /** New mail transactions made to wait at MAIL FROM because delivery was behind (smtp.inFlowDelay). */
+  inFlowWaits: Counter;
   /** Seconds from acceptance to delivery of a recipient. */
   deliverySeconds: Histogram<'priority'>;
   /** Queue depth by state and priority (set at scrape from queue stats). */
@@ -32,6 +34,7 @@ export function createMetrics(): Metrics {
     rejectedTotal: new Counter({ name: 'spoolhouse_rejected_total', help: 'SMTP commands or transactions refused, by reason', labelNames: ['reason'], registers }),
     deliveredTotal: new Counter({ name: 'spoolhouse_delivered_total', help: 'Recipients delivered', labelNames: ['via'], registers }),
     deferredTotal: new Counter({ name: 'spoolhouse_deferred_total', help: 'Recipient deliveries deferred, by reason', labelNames: ['reason'], registers }),
+    inFlowWaits: new Counter({ name: 'spoolhouse_in_flow_waits_total', help: 'New mail transactions that waited at MAIL FROM for deliveries to finish (smtp.inFlowDelay)', registers }),
     bouncedTotal: new Counter({ name: 'spoolhouse_bounced_total', help: 'Recipients failed permanently, by reason', labelNames: ['reason'], registers }),
     deliverySeconds: new Histogram({
       name: 'spoolhouse_delivery_seconds',

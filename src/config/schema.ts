@@ -165,6 +165,11 @@ export const configSchema = z.strictObject({
     idleTimeout: duration,
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */
     earlyTalkerDelay: duration,
+    /**
+     * Postfix's in_flow_delay: while delivery holds as much reserved mail as it may, a new mail
+     * transaction (MAIL FROM) waits for one delivery to finish, at most this long; 0 turns it off.
+     */
+    inFlowDelay: duration,
     tls: z.union([z.null(), tlsFiles]),
     /** RFC 4865 FUTURERELEASE: the longest HOLDFOR/HOLDUNTIL accepted. */
     maxFutureRelease: duration,

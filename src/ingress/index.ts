@@ -68,10 +68,13 @@ export class SmtpIngress {
   readonly #sessions = new WeakMap<object, SessionState>();
   #users: UsersFile = UsersFile.empty();
   #onChange = (next: Config) => this.#applyConfig(next);
+  /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
+  readonly #inFlow?: (maxMs: number) => Promise<void> | undefined;
 
-  constructor(o: { config: ConfigStore; queue: Queue; logger: Logger; metrics: Metrics }) {
+  constructor(o: { config: ConfigStore; queue: Queue; logger: Logger; metrics: Metrics; inFlow?: (maxMs: number) => Promise<void> | undefined }) {
     this.#store = o.config;
     this.#queue = o.queue;
+    if (o.inFlow) this.#inFlow = o.inFlow;
     this.#logger = o.logger.child({ stage: 'ingress' });
     this.#metrics = o.metrics;
     this.#loadUsers(this.#store.current);
@@ -274,7 +277,10 @@ export class SmtpIngress {
       trusted: state.trusted, authUser, maxFutureReleaseMs: state.config.smtp.maxFutureRelease, now: Date.now(),
     });
     if ('refusal' in decision) return cb(replyError(decision.refusal.code, decision.refusal.enhanced, decision.refusal.text, 'policy'));
-    cb();
+    // Delivery behind: the transaction waits (never refused) until a delivery finishes, at most smtp.inFlowDelay.
+    const wait = this.#inFlow?.(state.config.smtp.inFlowDelay);
+    if (!wait) return cb();
+    void wait.then(() => cb());
   }
 
   #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {

@@ -179,6 +179,10 @@ export class Scheduler {
   #rateTimerAt = Infinity;
   #renewTimer: NodeJS.Timeout | undefined;
   #idleWaiters: (() => void)[] = [];
+  /** New mail transactions waiting for a delivery to finish (inFlow), oldest first. */
+  readonly #flowWaiters: (() => void)[] = [];
+  /** inFlow is slowing new mail down (logged when it starts and when it ends). */
+  #inFlowSlowing = false;
   readonly #onConfigChange = () => {
     this.#wake();
     this.#dispatch();
@@ -217,6 +221,7 @@ export class Scheduler {
     clearTimeout(this.#renewTimer);
     this.#wake();
     for (const pool of this.#pools.values()) for (const wake of [...pool.lingering]) wake();
+    for (const go of [...this.#flowWaiters]) go();
     await this.#loopDone;
     this.#returnWaitingJobs();
     const finished = await this.#waitIdle(timeoutMs);
@@ -227,6 +232,44 @@ export class Scheduler {
   /** Reserved mails not yet recorded (for tests and /health). */
   get inFlight(): number {
     return this.#attempts.size;
+  }
+
+  /**
+   * Postfix's in_flow_delay, for the ingress at MAIL FROM. While delivery holds as many reserved
+   * mails as it may (heldMailLimit), mail arrives faster than it leaves: a new mail transaction
+   * then waits until one delivery finishes (each finished attempt lets one waiting transaction
+   * go, oldest first), at most `maxMs`; it is never refused. So arrivals follow deliveries, plus
+   * at most one mail per session per `maxMs`. Undefined when there is no need to wait.
+   */
+  inFlow(maxMs: number): Promise<void> | undefined {
+    if (maxMs <= 0 || !this.#started || this.#stopping) return undefined;
+    const limit = heldMailLimit(this.#config.current);
+    if (this.#attempts.size < limit) return undefined;
+    if (!this.#inFlowSlowing) {
+      this.#inFlowSlowing = true;
+      this.#log.info({ held: this.#attempts.size, limit, inFlowDelayMs: maxMs }, 'delivery is behind: new mail waits for deliveries to finish (smtp.inFlowDelay)');
+    }
+    this.#metrics.inFlowWaits.inc();
+    return new Promise<void>((resolve) => {
+      const go = () => {
+        clearTimeout(timer);
+        const i = this.#flowWaiters.indexOf(go);
+        if (i >= 0) this.#flowWaiters.splice(i, 1);
+        resolve();
+      };
+      const timer = setTimeout(go, maxMs);
+      this.#flowWaiters.push(go);
+    });
+  }
+
+  /** One delivery finished: the oldest waiting transaction goes on. */
+  #flowToken(): void {
+    this.#flowWaiters[0]?.();
+    // Logged once the held mail is well below the limit (not at every finish that dips under it).
+    if (this.#inFlowSlowing && !this.#flowWaiters.length && this.#attempts.size <= (heldMailLimit(this.#config.current) * 3) / 4) {
+      this.#inFlowSlowing = false;
+      this.#log.info({ held: this.#attempts.size }, 'delivery caught up: new mail no longer waits');
+    }
   }
 
   // ---- the reservation loop -------------------------------------------------------------
@@ -637,6 +680,7 @@ export class Scheduler {
       attempt.log.error({ err }, 'recording the attempt failed; the lease will run out and the mail be tried again');
     } finally {
       this.#forget(attempt);
+      this.#flowToken();
       this.#wake();
       if (this.#attempts.size === 0) for (const resolve of this.#idleWaiters.splice(0)) resolve();
     }
