@@ -11,6 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { deliveringServerOverlay, sendNumbered } from '../helpers/e2e.js';
 import { startReceiver } from '../helpers/receiver.js';
 import { startServer } from '../helpers/server-process.js';
+import { waitFor } from '../scheduler/harness.js';
 
 const TOKEN = 'in-flow-test-operator-token-0123456789';
 const cleanups: (() => Promise<unknown> | void)[] = [];
@@ -50,10 +51,7 @@ describe('ingress: in-flow control', () => {
       const res = await fetch(`${server.adminUrl}/api/stats`, { headers: { authorization: `Bearer ${TOKEN}` } });
       return ((await res.json()) as { byState: Record<string, number> }).byState.active ?? 0;
     };
-    for (const deadline = Date.now() + 15_000; (await active()) < 100;) {
-      if (Date.now() > deadline) throw new Error('delivery never held 100 mails');
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitFor('delivery holding 100 mails', async () => (await active()) >= 100);
 
     const t = nodemailer.createTransport({ host: '127.0.0.1', port, secure: false, ignoreTLS: true });
     const t1 = Date.now();
