@@ -493,6 +493,10 @@ export class SpoolQueue implements Queue {
         }));
       }
       if (this.counter(['c', 'seg', seg]) === 0) {
+        // The writer reclaims a segment after the commit that emptied it, but after that commit's
+        // ops have resolved: delete it here too (a no-op if that was first), so that a segment
+        // counted as emptied is gone when this returns.
+        await this.reclaimSegments([seg]);
         emptied++;
         this.log.info({ seg, moved: bodies.length, liveBytes, segmentBytes: size }, 'segment compacted');
       }
