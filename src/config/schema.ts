@@ -245,6 +245,11 @@ export const configSchema = z.strictObject({
       verify: z.boolean(),
     }),
     timeouts: z.strictObject({ connect: duration, greeting: duration, command: duration, data: duration }),
+    /**
+     * How long a connection that has sent all it had waits for more mail to the same destination
+     * before QUIT (Postfix's smtp_connection_cache_time_limit, 2 s there).
+     */
+    connectionReuseWait: duration,
     /** How long a worker holds a mail before another may take it (crash recovery). */
     leaseTime: duration,
     /** Where double bounces go; null drops them with a log line. */

@@ -61,13 +61,6 @@ const RESOLVE_FAILURE_TTL_MS = 5_000;
 /** Idle destination pools (and their rate buckets) are forgotten after this long. */
 const IDLE_DESTINATION_MS = 10 * 60_000;
 
-/**
- * How long a connection that has sent all it had waits for more mail to the same destination
- * before QUIT (Postfix's smtp_connection_cache_time_limit is 2 s). Under a stream of arrivals a
- * connection then carries up to messagesPerConnection mails instead of the few that happened to
- * be waiting when it opened; it still counts against the destination's connection limit.
- */
-const CONNECTION_REUSE_WAIT_MS = 250;
 
 /**
  * Queue events after which there may be due mail that was not due before: only for a mail that is
@@ -128,7 +121,7 @@ class DestinationPool {
   readonly domains = new Set<string>();
   readonly jobs: Job[] = [];
   active = 0;
-  /** Connections that sent their mail and wait (up to CONNECTION_REUSE_WAIT_MS) for more: woken by new jobs. */
+  /** Connections that sent their mail and wait (up to delivery.connectionReuseWait) for more: woken by new jobs. */
   readonly lingering = new Set<() => void>();
   idleSince: number;
   constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number) {
@@ -617,9 +610,15 @@ export class Scheduler {
     return batch;
   }
 
-  /** Waits up to CONNECTION_REUSE_WAIT_MS for a job in `pool`; false when none came (or stopping). */
+  /**
+   * Waits up to delivery.connectionReuseWait for a job in `pool`; false when none came (or
+   * stopping). Under a stream of arrivals a connection then carries up to messagesPerConnection
+   * mails instead of the few that happened to be waiting when it opened; it still counts against
+   * the destination's connection limit.
+   */
   #lingerFor(pool: DestinationPool): Promise<boolean> {
-    if (this.#stopping) return Promise.resolve(false);
+    const waitMs = this.#config.current.delivery.connectionReuseWait;
+    if (this.#stopping || waitMs <= 0) return Promise.resolve(false);
     return new Promise((resolve) => {
       const wake = () => {
         clearTimeout(timer);
@@ -629,7 +628,7 @@ export class Scheduler {
       const timer = setTimeout(() => {
         pool.lingering.delete(wake);
         resolve(false);
-      }, CONNECTION_REUSE_WAIT_MS);
+      }, waitMs);
       pool.lingering.add(wake);
     });
   }

@@ -13,10 +13,10 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function setUp(limits: Record<string, unknown>): Promise<{ rx: Receiver; h: SchedulerHarness }> {
+async function setUp(limits: Record<string, unknown>, delivery: Record<string, unknown> = {}): Promise<{ rx: Receiver; h: SchedulerHarness }> {
   const rx = await startReceiver();
   cleanups.push(() => rx.close());
-  const h = await startScheduler({ delivery: { routes: { 'dest.test': rx.address }, limits: { domains: { 'dest.test': limits } } } });
+  const h = await startScheduler({ delivery: { routes: { 'dest.test': rx.address }, limits: { domains: { 'dest.test': limits } }, ...delivery } });
   cleanups.push(() => h.close());
   return { rx, h };
 }
@@ -25,7 +25,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('connection reuse', () => {
   it('carries mail arriving one by one over one connection, up to messagesPerConnection, then QUITs when idle', async () => {
-    const { rx, h } = await setUp({ connections: 1, messagesPerConnection: 4 });
+    // Postfix's 2 s: each next arrival fits in it even on a loaded machine (the default 250 ms
+    // is shorter than an enqueue's synced commit can take there).
+    const { rx, h } = await setUp({ connections: 1, messagesPerConnection: 4 }, { connectionReuseWait: '2s' });
     const count = 8;
     for (let i = 0; i < count; i++) {
       await h.enqueue({ to: [`u${i}@dest.test`] });
@@ -44,7 +46,9 @@ describe('connection reuse', () => {
   });
 
   it('a waiting connection takes new mail instead of a second connection being opened', async () => {
-    const { rx, h } = await setUp({ connections: 3, messagesPerConnection: 100 });
+    // A wait (5 s) that each next arrival fits in even on a loaded machine, where an enqueue's
+    // synced commit alone has taken longer than the default 250 ms.
+    const { rx, h } = await setUp({ connections: 3, messagesPerConnection: 100 }, { connectionReuseWait: '5s' });
     for (let i = 0; i < 6; i++) {
       await h.enqueue({ to: [`u${i}@dest.test`] });
       await rx.waitForCompleted(i + 1, 10_000);
