@@ -61,7 +61,6 @@ const RESOLVE_FAILURE_TTL_MS = 5_000;
 /** Idle destination pools (and their rate buckets) are forgotten after this long. */
 const IDLE_DESTINATION_MS = 10 * 60_000;
 
-
 /**
  * Queue events after which there may be due mail that was not due before: only for a mail that is
  * queued now (mail enqueued or changed while held, e.g. by a hold rule, is not due, and waking
