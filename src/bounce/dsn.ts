@@ -73,12 +73,19 @@ const CRLF = '\r\n';
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
-/** RFC 5322 date-time in UTC: "Wed, 25 Nov 2026 05:53:54 +0000". */
+/** The second formatted last: the Received: header of every mail accepted in one second has this date. */
+let lastDate = { second: NaN, text: '' };
+
+/** RFC 5322 date-time in UTC, to the second: "Wed, 25 Nov 2026 05:53:54 +0000". */
 export function rfc5322Date(ms: number): string {
-  const d = new Date(ms);
+  const second = Math.floor(ms / 1000);
+  if (second === lastDate.second) return lastDate.text;
+  const d = new Date(second * 1000);
   const two = (n: number) => String(n).padStart(2, '0');
-  return `${DAYS[d.getUTCDay()]}, ${two(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} `
+  const text = `${DAYS[d.getUTCDay()]}, ${two(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} `
     + `${two(d.getUTCHours())}:${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} +0000`;
+  lastDate = { second, text };
+  return text;
 }
 
 const isAscii = (s: string) => /^[\x00-\x7f]*$/.test(s);

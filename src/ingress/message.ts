@@ -7,6 +7,7 @@
  * The stored message is exactly what `finalizeMessage` returns; nothing changes it afterwards.
  */
 import { isAscii } from 'node:buffer';
+import { rfc5322Date } from '../bounce/dsn.js';
 
 export interface LineEndingScan {
   bareLf: number;
@@ -120,15 +121,6 @@ export function decodeEncodedWords(value: string): string {
 
 export function hasEightBit(buf: Buffer): boolean {
   return !isAscii(buf);
-}
-
-/** RFC 5322 date-time, e.g. "Wed, 25 Nov 2026 06:00:00 +0000". */
-export function rfc5322Date(ms: number): string {
-  const d = new Date(ms);
-  const days = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-  const months = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-  const p = (n: number) => String(n).padStart(2, '0');
-  return `${days[d.getUTCDay()]}, ${d.getUTCDate()} ${months[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
 }
 
 export interface ReceivedInfo {

@@ -17,6 +17,7 @@
  * - AUTH is refused while a mail transaction is open (RFC 4954 §4: 503 5.5.1) and, through
  *   `hooks.authRefusal`, when the policy wants TLS first (538 5.7.11).
  */
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
@@ -270,12 +271,30 @@ export interface ProtocolHooks {
   onRejection(code: number, enhanced: string, conn: SpoolhouseConnection): void;
 }
 
+/** Session ids: random per process, then counted (smtp-server draws 80 random bits for each). */
+const SESSION_ID_PREFIX = randomBytes(6).toString('hex');
+let sessionCount = 0;
+
 export class SpoolhouseSmtpServer extends SMTPServer {
   readonly hooks: ProtocolHooks;
 
   constructor(options: SMTPServerOptions, hooks: ProtocolHooks) {
     super(options);
     this.hooks = hooks;
+  }
+
+  /**
+   * smtp-server's, with a session id that costs no call into the system's random source, per
+   * connection (ids name sessions in logs; they need to be unique, not secret). A listener that
+   * expects a PROXY header goes through smtp-server's own.
+   */
+  override _handleProxy(socket: Socket, callback: (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void): void {
+    if (this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
+    const socketOptions = {
+      id: `${SESSION_ID_PREFIX}${(++sessionCount).toString(32).padStart(4, '0')}`,
+      ignore: !!this.options.ignoredHosts?.includes(socket.remoteAddress ?? ''),
+    };
+    setImmediate(() => callback(null, socketOptions));
   }
 
   override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
@@ -302,6 +321,27 @@ export class SpoolhouseConnection extends SMTPConnection {
 
   get hooks(): ProtocolHooks {
     return (this._server as SpoolhouseSmtpServer).hooks;
+  }
+
+  /** smtp-server's answers per command name, for the session's disabled list they were computed with. */
+  #supported?: { disabled: unknown; answers: Map<string, boolean> };
+
+  /**
+   * smtp-server asks this two or three times a command (the command, then AUTH twice), each time
+   * normalising every entry of the session's disabled list. The answer only changes when that list
+   * does, and the ingress replaces the list (never edits it in place), so it is kept per list.
+   */
+  override _isSupported(command: string): boolean {
+    const disabled = this.session?.disabledCommands;
+    let memo = this.#supported;
+    if (!memo || memo.disabled !== disabled) memo = this.#supported = { disabled, answers: new Map() };
+    let answer = memo.answers.get(command);
+    if (answer === undefined) {
+      answer = super._isSupported(command);
+      // Only names we answer to are worth keeping; a client sending junk does not grow the map.
+      if (answer || memo.answers.size < 32) memo.answers.set(command, answer);
+    }
+    return answer;
   }
 
   /** smtp-server's init with our admission check and a configurable early-talker wait. */
@@ -390,6 +430,19 @@ export class SpoolhouseConnection extends SMTPConnection {
       if (problem) return this.#refuse(problem, callback);
     }
     super.handler_RCPT(command, callback);
+  }
+
+  /**
+   * After the 221 the connection is closed at once (as Postfix does), not half-closed to wait for
+   * the client's FIN: a client that resets the connection after 221 (smtp-source does) then costs
+   * no read error, and nothing the client sends after QUIT is read. Only when the 221 has left
+   * Node's queue (it is in the kernel's, which sends it before the FIN) and only without TLS
+   * (there end() sends the close_notify alert first).
+   */
+  override handler_QUIT(command: Buffer, callback: () => void): void {
+    super.handler_QUIT(command, callback);
+    const socket = this._socket;
+    if (!this.secure && !socket.destroyed && socket.writableLength === 0) socket.destroy();
   }
 
   override handler_AUTH(command: Buffer, callback: () => void): void {

@@ -89,6 +89,16 @@ describe('RFC 3464 DSN', () => {
   });
 });
 
+describe('rfc5322Date', () => {
+  it('formats each second, also one asked for again right after another', () => {
+    expect(rfc5322Date(Date.UTC(2026, 11, 3, 20, 15, 7, 10))).toBe('Thu, 03 Dec 2026 20:15:07 +0000');
+    expect(rfc5322Date(Date.UTC(2026, 11, 3, 20, 15, 7, 990))).toBe('Thu, 03 Dec 2026 20:15:07 +0000');
+    expect(rfc5322Date(Date.UTC(2026, 11, 3, 20, 15, 8, 0))).toBe('Thu, 03 Dec 2026 20:15:08 +0000');
+    expect(rfc5322Date(NOW)).toBe('Wed, 25 Nov 2026 06:00:00 +0000');
+    expect(rfc5322Date(Date.UTC(2026, 11, 3, 20, 15, 8, 500))).toBe('Thu, 03 Dec 2026 20:15:08 +0000');
+  });
+});
+
 describe('DSN plan (NOTIFY, null sender, delay warnings)', () => {
   const fail = (address: string): RecipientOutcome => ({ address, outcome: 'failed', reply: { code: 550, message: 'no' } });
   const defer = (address: string): RecipientOutcome => ({ address, outcome: 'deferred', reply: { code: 451, message: 'later' } });

@@ -3,6 +3,7 @@
  * the real spool queue: EHLO, relay control, limits and their codes, RFC 5321 paths and
  * parameters, DSN, header additions, smuggling, disconnects, rules, MT-PRIORITY, FUTURERELEASE.
  */
+import net from 'node:net';
 import nodemailer from 'nodemailer';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SmtpClient, makeMessage } from '../helpers/smtp-client.js';
@@ -231,6 +232,24 @@ describe('ingress with default policy (loopback trusted)', () => {
     await new Promise((r) => setTimeout(r, 300));
     // By its sender: a mail of an earlier test may become visible meanwhile (its 250 comes first).
     expect((await h.mails()).filter((m) => m.sender === 'gone-before-dot@example.org')).toEqual([]);
+  });
+
+  it('closes the connection right after 221 to QUIT: nothing the client sends afterwards is read', async () => {
+    // Half-open on our side, so that the client can still write once the server's FIN is in.
+    const socket = net.connect({ port: h.port, host: '127.0.0.1', allowHalfOpen: true });
+    let text = '';
+    socket.setEncoding('utf8').on('data', (chunk: string) => { text += chunk; });
+    const ended = new Promise<void>((resolve) => socket.once('end', resolve));
+    const failed = new Promise<string>((resolve) => socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message)));
+    await waitFor(async () => (text.includes('220 ') ? true : undefined), 5000);
+    socket.write('EHLO client.example\r\nQUIT\r\n');
+    await ended;
+    expect(text).toMatch(/\r\n221 [^\r]*\r\n$/);
+    // A server that only half-closed (smtp-server's own QUIT) would read and drop this.
+    socket.write('NOOP\r\n');
+    setTimeout(() => socket.write('NOOP\r\n'), 100).unref();
+    expect(await Promise.race([failed, new Promise<string>((r) => setTimeout(() => r('no reset'), 3000))])).toMatch(/^(ECONNRESET|EPIPE)$/);
+    socket.destroy();
   });
 
   const smuggling: [string, string][] = [

@@ -82,6 +82,10 @@ describe('STARTTLS, implicit TLS and AUTH', () => {
     expect(c.isTls).toBe(true);
     expect(ehlo.lines).toContain('AUTH PLAIN LOGIN');
     expect(ehlo.lines).not.toContain('STARTTLS');
+    // Neither offered nor available once TLS is on (RFC 3207 §4.2): the session's disabled
+    // commands changed at STARTTLS, and what the connection knew about them went with the change.
+    const again = await c.command('STARTTLS');
+    expect([again.code, again.text]).toEqual([500, 'Error: command not recognized']);
     const mail = await c.command('MAIL FROM:<alice@example.org>');
     expect([mail.code, mail.enhanced]).toEqual([530, '5.7.0']);
     const bad = await c.command(`AUTH PLAIN ${b64('\0alice\0wrong')}`);
