@@ -16,6 +16,8 @@
  *   fixed 100 ms), and connection admission (`hooks.admit`) answers 421 4.7.0 before the greeting.
  * - AUTH is refused while a mail transaction is open (RFC 4954 §4: 503 5.5.1) and, through
  *   `hooks.authRefusal`, when the policy wants TLS first (538 5.7.11).
+ * - After 221 to QUIT a plain connection is closed at once (smtp-server half-closes and keeps
+ *   reading until the client closes).
  */
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
