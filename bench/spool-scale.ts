@@ -6,7 +6,9 @@
  * 1. Fills `count` mails (20 recipient domains, 5000 senders, 4 priorities, ~5% held, ~20% deferred
  *    into the future, received over the last 3 days, small bodies) through the public enqueue API.
  * 2. Closes, then measures reopen (recovery) time and RSS.
- * 3. Lets a child process open the spool, lease 1000 mails and get killed with SIGKILL, then
+ * 3. Lets a fresh process open the full spool, browse, read stats and reserve, and reports its RSS
+ *    (what a restarted server holds). Then lets a child process open the spool, lease 1000 mails
+ *    and get killed with SIGKILL, then
  *    measures recovery after that crash (leases given back).
  * 4. Measures filtered browse pages (p50/p99 per filter and sort, first page and a cursor page),
  *    stats(), and reserveDue.
@@ -123,11 +125,13 @@ async function fill(q: SpoolQueue, count: number): Promise<{ seconds: number; pe
   async function worker(): Promise<void> {
     while (next < count) {
       const i = next++;
-      await q.enqueue(fillRequest(i, now));
+      // As the ingress enqueues: with onDurable, so each frame carries its record (the write-ahead log).
+      await q.enqueue(fillRequest(i, now), { onDurable: () => undefined });
       if (i % 100_000 === 0 && i) log(`filled ${i} (rss ${rssMb()} MB)`);
     }
   }
   await Promise.all(Array.from({ length: inFlight }, worker));
+  log(`filled ${count} (rss ${rssMb()} MB)`);
   const seconds = (performance.now() - t0) / 1000;
   return { seconds: Math.round(seconds * 10) / 10, perSecond: Math.round(count / seconds) };
 }
@@ -200,6 +204,42 @@ async function throughput(q: SpoolQueue, writers: number, size: number, seconds:
   return rate;
 }
 
+/**
+ * What a server restarted on the full spool holds in memory: a fresh process opens it, reads the
+ * stats, browses a few pages and reserves (and hands back) 5 × 50 due mails, then reports its RSS,
+ * split as rssDetail() does (this process's own RSS carries everything the fill left behind).
+ */
+async function freshProcessMemory(dir: string): Promise<Record<string, number>> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const spoolModule = resolve(here, '../src/queue/spool/spool-queue.js');
+  const code = `
+    const { SpoolQueue } = await import(${JSON.stringify(spoolModule)});
+    const { pino } = await import('pino');
+    const { readFileSync } = await import('node:fs');
+    const t0 = performance.now();
+    const q = new SpoolQueue({ dir: ${JSON.stringify(dir)}, retainFinishedMs: 1e9, maxSize: 64 * 2 ** 30, logger: pino({ level: 'silent' }) });
+    await q.start();
+    const openMs = performance.now() - t0;
+    await q.stats();
+    for (const [f, o] of [[{}, { sort: 'received', order: 'desc' }], [{ state: 'queued' }, { sort: 'priority', order: 'desc' }],
+      [{ domain: 'dest0.example' }, { sort: 'received' }], [{ sender: 'sender42@source0.example' }, {}]]) await q.browse(f, { ...o, limit: 50 });
+    for (let i = 0; i < 5; i++) {
+      const got = await q.reserveDue({ owner: 'fresh', limit: 50, leaseMs: 60000 });
+      await Promise.all(got.map((m) => q.releaseLease(m.id, m.lease.token)));
+    }
+    const status = readFileSync('/proc/self/status', 'utf8');
+    const kb = (k) => parseInt(status.split(String.fromCharCode(10)).find((l) => l.startsWith(k + ':'))?.slice(k.length + 1) ?? '0', 10);
+    process.stdout.write(JSON.stringify({ openMs: Math.round(openMs), rssMb: Math.round(kb('VmRSS') / 1024), anonMb: Math.round(kb('RssAnon') / 1024),
+      fileMb: Math.round(kb('RssFile') / 1024), peakMb: Math.round(kb('VmHWM') / 1024), heapUsedMb: Math.round(process.memoryUsage().heapUsed / 2 ** 20) }));
+    await q.close();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: resolve(here, '../..'), stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const code_ = await new Promise<number | null>((r) => child.on('exit', r));
+  if (code_ !== 0) throw new Error(`fresh-process child exited with ${code_}`);
+  return JSON.parse(out) as Record<string, number>;
+}
+
 /** A child opens the spool, leases 1000 mails and is killed with SIGKILL mid-write. */
 async function crashChild(dir: string): Promise<void> {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -244,6 +284,8 @@ async function main(): Promise<void> {
   ({ q, ms: summary.reopenMs } = await open(dir, true) as unknown as { q: SpoolQueue; ms: number });
   summary.memoryAfterReopen = rssDetail();
   await q.close();
+  summary.freshProcess = await freshProcessMemory(dir);
+  log(`fresh process on the full spool: ${JSON.stringify(summary.freshProcess)}`);
 
   log('crash test: child leases 1000 mails and is killed -9');
   await crashChild(dir);
