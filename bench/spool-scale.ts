@@ -127,11 +127,11 @@ async function fill(q: SpoolQueue, count: number): Promise<{ seconds: number; pe
       const i = next++;
       // As the ingress enqueues: with onDurable, so each frame carries its record (the write-ahead log).
       await q.enqueue(fillRequest(i, now), { onDurable: () => undefined });
-      if (i % 100_000 === 0 && i) log(`filled ${i} (rss ${rssMb()} MB)`);
+      if (i % 100_000 === 0 && i) log(`filled ${i} (rss ${JSON.stringify(rssDetail())})`);
     }
   }
   await Promise.all(Array.from({ length: inFlight }, worker));
-  log(`filled ${count} (rss ${rssMb()} MB)`);
+  log(`filled ${count} (rss ${JSON.stringify(rssDetail())})`);
   const seconds = (performance.now() - t0) / 1000;
   return { seconds: Math.round(seconds * 10) / 10, perSecond: Math.round(count / seconds) };
 }
