@@ -8,18 +8,18 @@
  * 2. Closes, then measures reopen (recovery) time and RSS.
  * 3. Lets a fresh process open the full spool, browse, read stats and reserve, and reports its RSS
  *    (what a restarted server holds). Then lets a child process open the spool, lease 1000 mails
- *    and get killed with SIGKILL, then
- *    measures recovery after that crash (leases given back).
+ *    and get killed with SIGKILL, and measures recovery after that crash (leases given back).
  * 4. Measures filtered browse pages (p50/p99 per filter and sort, first page and a cursor page),
  *    stats(), and reserveDue.
  * 5. Measures durable enqueue throughput with 1 and 20 concurrent writers, 5 KB and 100 KB bodies.
  * Prints one JSON summary on stdout (progress on stderr). --keep keeps the directory.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { silentLogger } from '../src/logger.js';
@@ -205,21 +205,31 @@ async function throughput(q: SpoolQueue, writers: number, size: number, seconds:
 }
 
 /**
- * What a server restarted on the full spool holds in memory: a fresh process opens it, reads the
- * stats, browses a few pages and reserves (and hands back) 5 × 50 due mails, then reports its RSS,
- * split as rssDetail() does (this process's own RSS carries everything the fill left behind).
+ * A child process that opens the spool in `dir` (as `q`, started; `openMs` is how long that took)
+ * and then runs `body`, an ES module body with `newMailId` and `readFileSync` at hand.
  */
-async function freshProcessMemory(dir: string): Promise<Record<string, number>> {
+function spoolChild(dir: string, body: string): ChildProcessByStdio<null, Readable, null> {
   const here = dirname(fileURLToPath(import.meta.url));
-  const spoolModule = resolve(here, '../src/queue/spool/spool-queue.js');
   const code = `
-    const { SpoolQueue } = await import(${JSON.stringify(spoolModule)});
+    const { SpoolQueue } = await import(${JSON.stringify(resolve(here, '../src/queue/spool/spool-queue.js'))});
+    const { newMailId } = await import(${JSON.stringify(resolve(here, '../src/queue/model.js'))});
     const { pino } = await import('pino');
     const { readFileSync } = await import('node:fs');
     const t0 = performance.now();
     const q = new SpoolQueue({ dir: ${JSON.stringify(dir)}, retainFinishedMs: 1e9, maxSize: 64 * 2 ** 30, logger: pino({ level: 'silent' }) });
     await q.start();
     const openMs = performance.now() - t0;
+    ${body}`;
+  return spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: resolve(here, '../..'), stdio: ['ignore', 'pipe', 'inherit'] });
+}
+
+/**
+ * What a server restarted on the full spool holds in memory: a fresh process opens it, reads the
+ * stats, browses a few pages and reserves (and hands back) 5 × 50 due mails, then reports its RSS,
+ * split as rssDetail() does (this process's own RSS carries everything the fill left behind).
+ */
+async function freshProcessMemory(dir: string): Promise<Record<string, number>> {
+  const child = spoolChild(dir, `
     await q.stats();
     for (const [f, o] of [[{}, { sort: 'received', order: 'desc' }], [{ state: 'queued' }, { sort: 'priority', order: 'desc' }],
       [{ domain: 'dest0.example' }, { sort: 'received' }], [{ sender: 'sender42@source0.example' }, {}]]) await q.browse(f, { ...o, limit: 50 });
@@ -231,34 +241,24 @@ async function freshProcessMemory(dir: string): Promise<Record<string, number>> 
     const kb = (k) => parseInt(status.split(String.fromCharCode(10)).find((l) => l.startsWith(k + ':'))?.slice(k.length + 1) ?? '0', 10);
     process.stdout.write(JSON.stringify({ openMs: Math.round(openMs), rssMb: Math.round(kb('VmRSS') / 1024), anonMb: Math.round(kb('RssAnon') / 1024),
       fileMb: Math.round(kb('RssFile') / 1024), peakMb: Math.round(kb('VmHWM') / 1024), heapUsedMb: Math.round(process.memoryUsage().heapUsed / 2 ** 20) }));
-    await q.close();`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: resolve(here, '../..'), stdio: ['ignore', 'pipe', 'inherit'] });
+    await q.close();`);
   let out = '';
   child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  const code_ = await new Promise<number | null>((r) => child.on('exit', r));
-  if (code_ !== 0) throw new Error(`fresh-process child exited with ${code_}`);
+  const exitCode = await new Promise<number | null>((r) => child.on('exit', r));
+  if (exitCode !== 0) throw new Error(`fresh-process child exited with ${exitCode}`);
   return JSON.parse(out) as Record<string, number>;
 }
 
 /** A child opens the spool, leases 1000 mails and is killed with SIGKILL mid-write. */
 async function crashChild(dir: string): Promise<void> {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const spoolModule = resolve(here, '../src/queue/spool/spool-queue.js');
-  const modelModule = resolve(here, '../src/queue/model.js');
-  const code = `
-    const { SpoolQueue } = await import(${JSON.stringify(spoolModule)});
-    const { newMailId } = await import(${JSON.stringify(modelModule)});
-    const { pino } = await import('pino');
-    const q = new SpoolQueue({ dir: ${JSON.stringify(dir)}, retainFinishedMs: 1e9, maxSize: 64 * 2 ** 30, logger: pino({ level: 'silent' }) });
-    await q.start();
+  const child = spoolChild(dir, `
     await q.reserveDue({ owner: 'doomed', limit: 1000, leaseMs: 3600000 });
     process.stdout.write('LEASED\\n');
     for (let i = 0; ; i++) {
       await Promise.all(Array.from({ length: 20 }, () => q.enqueue({ id: newMailId(), sender: 'c@x', recipients: [{ address: 'd@dest1.example' }],
         body: Buffer.alloc(5000, 'c'), priority: 1, notBefore: 0, client: { address: '1' }, classification: { priority: { source: 'default' } } })));
       if (i === 5) process.stdout.write('WRITING\\n');
-    }`;
-  const child = spawn(process.execPath, ['--input-type=module', '-e', code], { cwd: resolve(here, '../..'), stdio: ['ignore', 'pipe', 'inherit'] });
+    }`);
   await new Promise<void>((res, rej) => {
     child.stdout.on('data', (d: Buffer) => { if (d.toString().includes('WRITING')) res(); });
     child.on('exit', (c) => rej(new Error(`crash child exited early (${c})`)));
