@@ -12,6 +12,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError } from '../../src/queue/errors.js';
 import { newMailId } from '../../src/queue/model.js';
 import type { EnqueueRequest, Queue, QueuedMail, QueueEvent, SortField } from '../../src/queue/types.js';
+import { bodyOf } from '../helpers/body.js';
 
 export interface ContractHandle {
   queue: Queue;
@@ -58,11 +59,6 @@ function request(o: Partial<EnqueueRequest> = {}): EnqueueRequest {
   };
 }
 
-async function bodyOf(q: Queue, id: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of await q.readBody(id)) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
-  return Buffer.concat(chunks);
-}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;

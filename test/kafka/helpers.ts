@@ -9,9 +9,10 @@ import { silentLogger } from '../../src/logger.js';
 import type { Logger } from '../../src/logger.js';
 import { KafkaQueue, type KafkaQueueOptions } from '../../src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../../src/queue/model.js';
-import type { EnqueueRequest, Queue } from '../../src/queue/types.js';
+import type { EnqueueRequest } from '../../src/queue/types.js';
 import { startBroker, stopBroker } from './global-setup.js';
 import { freePort } from '../helpers/ports.js';
+export { bodyOf } from '../helpers/body.js';
 
 export const PRIORITIES = { classes: { bulk: 0, normal: 1, high: 2, urgent: 3 }, default: 'normal', lowPriorityShare: 0.1 };
 
@@ -40,11 +41,6 @@ export function mailRequest(o: Partial<EnqueueRequest> = {}): EnqueueRequest {
   };
 }
 
-export async function bodyOf(q: Queue, id: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of await q.readBody(id)) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
-  return Buffer.concat(chunks);
-}
 
 export async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -9,6 +9,7 @@ import { newMailId } from '../../src/queue/model.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
 import type { EnqueueRequest } from '../../src/queue/types.js';
 import { makeTmpDir, type TmpDir } from '../helpers/tmp.js';
+import { bodyOf } from '../helpers/body.js';
 
 function request(o: Partial<EnqueueRequest> = {}): EnqueueRequest {
   const id = newMailId();
@@ -18,11 +19,6 @@ function request(o: Partial<EnqueueRequest> = {}): EnqueueRequest {
   };
 }
 
-async function read(q: SpoolQueue, id: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const c of (await q.readBody(id)) as AsyncIterable<Buffer>) chunks.push(Buffer.from(c));
-  return Buffer.concat(chunks).toString();
-}
 
 describe('spool body cache', () => {
   let tmp: TmpDir;
@@ -49,6 +45,6 @@ describe('spool body cache', () => {
     expect(q.bodyCache.has(soon.id)).toBe(true);
     expect(q.bodyCache.has(held.id)).toBe(false);
     expect(q.bodyCache.has(delayed.id)).toBe(false);
-    for (const r of [due, held, delayed, soon]) expect(await read(q, r.id)).toBe(r.body.toString());
+    for (const r of [due, held, delayed, soon]) expect((await bodyOf(q, r.id)).toString()).toBe(r.body.toString());
   });
 });

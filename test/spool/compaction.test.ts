@@ -10,8 +10,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/logger.js';
 import { newMailId } from '../../src/queue/model.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
-import type { EnqueueRequest, Queue } from '../../src/queue/types.js';
+import type { EnqueueRequest } from '../../src/queue/types.js';
 import { makeTmpDir, type TmpDir } from '../helpers/tmp.js';
+import { bodyOf } from '../helpers/body.js';
 
 const SEGMENT_BYTES = 64 * 1024;
 
@@ -24,11 +25,6 @@ function request(seq: number): EnqueueRequest {
   };
 }
 
-async function bodyOf(q: Queue, id: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of await q.readBody(id)) chunks.push(Buffer.from(c as Buffer));
-  return Buffer.concat(chunks);
-}
 
 describe('spool segment compaction', () => {
   let tmp: TmpDir;

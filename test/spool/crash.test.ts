@@ -21,6 +21,7 @@ import { FRAME_HEADER_BYTES } from '../../src/queue/spool/segments.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
 import type { QueuedMail } from '../../src/queue/types.js';
 import { makeTmpDir, withTmpDir, type TmpDir } from '../helpers/tmp.js';
+import { bodyOf } from '../helpers/body.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const built = join(root, 'dist/src/queue/spool/spool-queue.js');
@@ -73,11 +74,6 @@ async function runUntilItDies(dir: string, env: Record<string, string>): Promise
   return c.run.acked;
 }
 
-async function readAll(q: SpoolQueue, id: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of await q.readBody(id)) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 function intact(body: Buffer): boolean {
   const nl = body.indexOf('\r\n');
@@ -124,7 +120,7 @@ describe('spool crash safety (kill -9)', () => {
         }
         const mails = await everyMail(q);
         for (const m of mails) {
-          const body = await readAll(q, m.id);
+          const body = await bodyOf(q, m.id);
           expect(body.length, m.id).toBe(m.size);
           expect(intact(body), `body of ${m.id}`).toBe(true);
           // The dead process's leases were given back at start.
@@ -151,7 +147,7 @@ describe('spool crash safety (kill -9)', () => {
             const m = await q.get(id);
             expect(m, `acknowledged mail ${id}`).toBeDefined();
             expect(m!.size).toBe(size);
-            expect(intact(await readAll(q, id)), `body of ${id}`).toBe(true);
+            expect(intact(await bodyOf(q, id)), `body of ${id}`).toBe(true);
           }
         } finally {
           await q.close();
@@ -194,7 +190,7 @@ describe('spool crash safety (kill -9)', () => {
           expect(m, `acknowledged mail ${id}`).toBeDefined();
           expect(m!.size).toBe(size);
           expect(m!.state).toBe('queued');
-          expect(intact(await readAll(q, id)), `body of ${id}`).toBe(true);
+          expect(intact(await bodyOf(q, id)), `body of ${id}`).toBe(true);
         }
         const mails = await everyMail(q);
         expect(mails.some((m) => m.sender === 'torn@crash.example')).toBe(false);
