@@ -18,12 +18,16 @@
  *   `hooks.authRefusal`, when the policy wants TLS first (538 5.7.11).
  * - After 221 to QUIT a plain connection is closed at once (smtp-server half-closes and keeps
  *   reading until the client closes).
+ * - The end of the data is found with indexOf rather than a loop over every byte (data-stream.ts;
+ *   same semantics, checked against smtp-server's own parser).
  */
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
+import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { feedDataStream } from './data-stream.js';
 
 /** An SMTP reply we decided on: code, enhanced code (RFC 3463) and text. */
 export interface Reply {
@@ -344,6 +348,13 @@ export class SpoolhouseConnection extends SMTPConnection {
       if (answer || memo.answers.size < 32) memo.answers.set(command, answer);
     }
     return answer;
+  }
+
+  /** smtp-server's parser, finding the end of the data with indexOf (data-stream.ts). */
+  override _createParser(): SMTPStream {
+    const parser = super._createParser();
+    parser._feedDataStream = feedDataStream;
+    return parser;
   }
 
   /** smtp-server's init with our admission check and a configurable early-talker wait. */
