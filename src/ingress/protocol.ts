@@ -19,7 +19,8 @@
  * - After 221 to QUIT a plain connection is closed at once (smtp-server half-closes and keeps
  *   reading until the client closes).
  * - The end of the data is found with indexOf rather than a loop over every byte (data-stream.ts;
- *   same semantics, checked against smtp-server's own parser).
+ *   same semantics, checked against smtp-server's own parser), and a client that sends a second
+ *   whole message without waiting for the first one's reply no longer hangs its session.
  */
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
@@ -27,7 +28,7 @@ import type { TLSSocket } from 'node:tls';
 import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
 import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
-import { feedDataStream } from './data-stream.js';
+import { continueAfterData, feedDataStream } from './data-stream.js';
 
 /** An SMTP reply we decided on: code, enhanced code (RFC 3463) and text. */
 export interface Reply {
@@ -350,10 +351,11 @@ export class SpoolhouseConnection extends SMTPConnection {
     return answer;
   }
 
-  /** smtp-server's parser, finding the end of the data with indexOf (data-stream.ts). */
+  /** smtp-server's parser, finding the end of the data with indexOf and continuing after it right (data-stream.ts). */
   override _createParser(): SMTPStream {
     const parser = super._createParser();
     parser._feedDataStream = feedDataStream;
+    parser.continue = continueAfterData;
     return parser;
   }
 
