@@ -8,6 +8,7 @@
 import { describe, expect, it } from 'vitest';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { continueAfterData, feedDataStream } from '../../src/ingress/data-stream.js';
+import { seededRandom } from '../helpers/rng.js';
 
 type Make = () => SMTPStream;
 
@@ -47,18 +48,6 @@ async function parse(make: Make, pieces: Buffer[][], opts: { maxBytes?: number; 
   // A message whose reader is slow may end after the input did.
   if (opts.slowReader) await new Promise((r) => setTimeout(r, 5));
   return events;
-}
-
-/** mulberry32: a small seeded generator, so that a failing case can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const TOKENS = ['a', 'Subject: x', '\r', '\n', '\r\n', '.', '..', '...', '\r\n.', '\r\n..', '.\r\n', '\n.\r\n', '\r.\r', '\n.\n', '\r\n.\r\n', '\r\n..\r\n', '\r\n.\r', '\n..'];
@@ -158,7 +147,7 @@ describe('the data-mode parser (data-stream.ts) against smtp-server\'s', () => {
   });
 
   it('gives the same commands, bytes and counts for random streams cut at random places', async () => {
-    const r = rng(0x5eed);
+    const r = seededRandom(0x5eed);
     let messages = 0;
     for (let n = 0; n < 1000; n++) {
       const input = randomStream(r);
