@@ -35,7 +35,7 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
   const config = store.current;
-  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty });
+  const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, flushMs: config.log.flushInterval });
   logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
 
   const metrics = createMetrics();

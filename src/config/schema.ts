@@ -265,6 +265,8 @@ export const configSchema = z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     /** Pretty logs; default: when stdout is a terminal. */
     pretty: z.union([z.null(), z.boolean()]),
+    /** Lines are written in batches of up to 4 KB, at the latest this long after they were logged; 0 writes each at once. */
+    flushInterval: duration,
   }),
 }).superRefine((c, ctx) => {
   for (const [i, rule] of c.rules.entries()) {

@@ -98,8 +98,9 @@ export function restartOnlyChanges(previous: Config, next: Config): string[] {
     ['queue.backend', (c) => c.queue.backend],
     ['spool', (c) => c.spool],
     ['kafka', (c) => c.kafka],
-    // The log's format is set up with its destination; its level applies at once (main.ts).
+    // The log's format and batching are set up with its destination; its level applies at once (main.ts).
     ['log.pretty', (c) => c.log.pretty],
+    ['log.flushInterval', (c) => c.log.flushInterval],
   ];
   return paths.filter(([, get]) => JSON.stringify(get(previous)) !== JSON.stringify(get(next))).map(([path]) => path);
 }
