@@ -28,6 +28,8 @@ export class DepthHistory {
   #fileLines = 0;
   /** Appends and rewrites, one at a time and in order. */
   #writes: Promise<void> = Promise.resolve();
+  /** Samples kept in memory whose append is still queued: a rewrite leaves them to it. */
+  #unwritten = new Set<DepthSample>();
   #warned = false;
   #stopped = false;
 
@@ -105,7 +107,9 @@ export class DepthHistory {
   }
 
   #persist(s: DepthSample): void {
+    this.#unwritten.add(s);
     this.#enqueue(async () => {
+      this.#unwritten.delete(s);
       if (!this.#file) return;
       await this.#file.appendFile(JSON.stringify(s) + '\n');
       this.#fileLines++;
@@ -113,16 +117,21 @@ export class DepthHistory {
     });
   }
 
-  /** The kept samples to a temporary file, renamed over the old one; appends go on there. */
+  /**
+   * The kept samples to a temporary file, renamed over the old one; appends go on there. Samples
+   * taken meanwhile, whose appends are queued behind this, are left to those appends (written here
+   * too, they would be in the file twice).
+   */
   async #rewriteNow(): Promise<void> {
     const file = this.o.file!;
     await this.#file?.close().catch(() => undefined);
     this.#file = undefined;
     const tmp = `${file}.tmp`;
     await mkdir(dirname(file), { recursive: true });
-    await writeFile(tmp, this.#samples.map((x) => JSON.stringify(x) + '\n').join(''), { mode: 0o600 });
+    const written = this.#samples.filter((x) => !this.#unwritten.has(x));
+    await writeFile(tmp, written.map((x) => JSON.stringify(x) + '\n').join(''), { mode: 0o600 });
     await rename(tmp, file);
-    this.#fileLines = this.#samples.length;
+    this.#fileLines = written.length;
     this.#file = await open(file, 'a', 0o600);
   }
 

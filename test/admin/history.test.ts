@@ -156,6 +156,27 @@ describe('the depth history survives a restart', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('writes no sample twice when samples are taken while the file is being rewritten', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-history-'));
+    const file = join(dir, 'h.jsonl');
+    // No timer: bursts of samples taken at once, each told apart by its rates; keepMs 0 keeps only
+    // the newest millisecond, so the file is rewritten every few appends, with appends queued behind.
+    let n = 0;
+    const history = new DepthHistory({ queue: h.queue, rates: async () => ({ n: n++ }) as unknown as DepthSample['rates'], logger: captureLogger([]), everyMs: 3_600_000, keepMs: 0, file });
+    await history.start();
+    try {
+      for (let burst = 0; burst < 20; burst++) await Promise.all(Array.from({ length: 15 }, () => history.sample()));
+    } finally {
+      await history.stop();
+    }
+    const onFile = readFileSync(file, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { rates: { n: number } }).rates.n);
+    expect(onFile.length).toBeGreaterThan(0);
+    expect(new Set(onFile).size).toBe(onFile.length);
+    const kept = history.since().map((x) => (x.rates as unknown as { n: number }).n);
+    expect(onFile.slice(-kept.length)).toEqual(kept);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('goes on in memory, with one warning, when the file cannot be written', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-history-'));
     writeFileSync(join(dir, 'not-a-dir'), '');
