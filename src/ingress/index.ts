@@ -324,7 +324,10 @@ export class SmtpIngress {
         cb(replyError(552, '5.3.4', `Message size exceeds fixed maximum message size of ${max} bytes`, 'size'));
         return;
       }
-      this.#accept(Buffer.concat(chunks, size), session, state).then(
+      // A message usually comes as one chunk (a buffer of its own: socket reads are never reused),
+      // which needs no copy here; finalizeMessage makes the one copy that is stored.
+      const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+      this.#accept(data, session, state).then(
         (id) => cb(null, `2.0.0 Ok: queued as ${id}`),
         (err: unknown) => cb(this.#asReply(err, session)),
       );
