@@ -9,7 +9,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
 import { silentLogger } from '../../src/logger.js';
 import { newMailId } from '../../src/queue/model.js';
-import { FRAME_HEADER_BYTES } from '../../src/queue/spool/segments.js';
+import { FRAME_HEADER_BYTES, SegmentStore } from '../../src/queue/spool/segments.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
 import type { QueuedMail } from '../../src/queue/types.js';
 import { makeTmpDir, withTmpDir, type TmpDir } from '../helpers/tmp.js';
@@ -174,7 +174,12 @@ describe('spool crash safety (kill -9)', () => {
       header.writeUInt32LE(0xdeadbeef, 16);
       const cut = Buffer.from(header);
       cut.writeUInt32LE(100_000, 12);
-      appendFileSync(join(segDir, last), Buffer.concat([header, record, body, cut, record, body]));
+      // Where the last whole frame ends, not the file's end: a preallocated segment has zeros behind its data.
+      const frames = await new SegmentStore(dir, 512 * 1024).readFrames(Number(last.slice(0, 8)), 0);
+      const dataEnd = frames.length ? frames.at(-1)!.body.off + frames.at(-1)!.body.len : 0;
+      const fd = openSync(join(segDir, last), 'r+');
+      writeSync(fd, Buffer.concat([header, record, body, cut, record, body]), 0, undefined, dataEnd);
+      closeSync(fd);
 
       const lines: string[] = [];
       let mailsAtFirstStart = -1;

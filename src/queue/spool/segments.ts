@@ -28,13 +28,24 @@
  *   into the current one like any new body (a frame without a record, append + fdatasync before
  *   the metadata points at them), so the old file can go; it is never written to.
  *
+ * - Preallocation: once the current segment is half full, the next one is made ahead of time
+ *   (`<dir>/segment.spare`: zero-filled to the segment size and fdatasync'ed, then renamed into
+ *   segments/ when it is needed, its directory entry synced like any new segment's). Writing into
+ *   blocks that are already allocated and on disk, a group's fdatasync flushes only its data; on an
+ *   append that grows the file it also commits the new size and blocks through the file system's
+ *   journal (ext4 here: about 150 against 300 µs a group, and a writev a third as dear). Zeros are
+ *   never a frame (the magic does not hold), so `readFrames` stops where the data ends. A sealed or
+ *   closed segment is cut back to its data; a spare left by a crash is deleted at open. Skipped
+ *   while the file system has less than SPARE_MIN_FREE (or 8 segments) free, so a nearly full disk
+ *   behaves as without it.
+ *
  * Plain read/write syscalls only (no mmap), so a full disk is an error code, never a SIGBUS.
  * Segments written before frames existed (raw bodies back to back) are still read by location;
  * they are never replayed (see SpoolQueue.replayLog).
  */
 import { writevSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { mkdir, open, readdir, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, stat, statfs, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MailNotFoundError } from '../errors.js';
 
@@ -103,18 +114,38 @@ export function segmentFileName(seg: number): string {
   return `${String(seg).padStart(8, '0')}.seg`;
 }
 
+/** No spare segment is made while the file system has less than this (or 8 segments) free. */
+const SPARE_MIN_FREE = 64 * 1024 * 1024;
+/** The zeros of a spare are written this much at a time. */
+const ZERO_CHUNK = 1024 * 1024;
+
+interface OpenSegment {
+  id: number;
+  fh: FileHandle;
+  /** Where the data ends: the next frame goes here. */
+  size: number;
+  /** Bytes from the start that are allocated and zero-filled on disk ahead of the data (0: none). */
+  allocated: number;
+}
+
 export class SegmentStore {
   readonly dir: string;
-  private current?: { id: number; fh: FileHandle; size: number };
+  private readonly sparePath: string;
+  private current?: OpenSegment;
+  /** The next segment being made ready (see preallocation above); undefined once it could not be. */
+  private spare?: Promise<{ fh: FileHandle; bytes: number } | undefined>;
   private nextId = 1;
 
-  constructor(spoolDir: string, private readonly segmentBytes: number) {
+  constructor(spoolDir: string, private readonly segmentBytes: number, private readonly preallocate = true) {
     this.dir = join(spoolDir, 'segments');
+    this.sparePath = join(spoolDir, 'segment.spare');
   }
 
   /** Lists the segments on disk and starts a new current one. Returns the ids found before that. */
   async open(): Promise<number[]> {
     await mkdir(this.dir, { recursive: true });
+    // A crash may have cut its zero-filling short: made again when needed.
+    await unlink(this.sparePath).catch(() => undefined);
     const found = await this.list();
     this.nextId = (found.length ? Math.max(...found) : 0) + 1;
     await this.roll();
@@ -168,7 +199,33 @@ export class SegmentStore {
       throw err;
     }
     seg.size = off;
+    if (this.preallocate && !this.spare && off >= this.segmentBytes / 2) this.spare = this.makeSpare();
     return { locations, starts, end: { seg: seg.id, off } };
+  }
+
+  /** The next segment, zero-filled and synced, at `sparePath`; undefined when there is no room for it or it failed. */
+  private async makeSpare(): Promise<{ fh: FileHandle; bytes: number } | undefined> {
+    try {
+      const fs = await statfs(this.dir);
+      if (fs.bavail * fs.bsize < Math.max(SPARE_MIN_FREE, 8 * this.segmentBytes)) return undefined;
+    } catch {
+      return undefined;
+    }
+    let fh: FileHandle | undefined;
+    try {
+      fh = await open(this.sparePath, 'w');
+      const zeros = Buffer.alloc(Math.min(ZERO_CHUNK, this.segmentBytes));
+      for (let off = 0; off < this.segmentBytes; off += zeros.length) {
+        await writeAllAt(fh, [zeros.subarray(0, Math.min(zeros.length, this.segmentBytes - off))], off, false);
+      }
+      await fh.datasync();
+      return { fh, bytes: this.segmentBytes };
+    } catch {
+      // ENOSPC, EIO: the next segment is made as a plain file instead.
+      await fh?.close().catch(() => undefined);
+      await unlink(this.sparePath).catch(() => undefined);
+      return undefined;
+    }
   }
 
   /** Where the next frame will go (the start of the current segment right after open). */
@@ -275,26 +332,54 @@ export class SegmentStore {
   async close(): Promise<void> {
     const seg = this.current;
     this.current = undefined;
-    if (seg) await seg.fh.close();
+    if (seg) await this.seal(seg);
+    const spare = await this.spare;
+    this.spare = undefined;
+    if (spare) {
+      await spare.fh.close().catch(() => undefined);
+      await unlink(this.sparePath).catch(() => undefined);
+    }
   }
 
-  /** Starts a new segment file and makes its directory entry durable. */
+  /**
+   * Starts a new segment file (the spare when there is one) and makes its directory entry durable.
+   */
   async roll(): Promise<void> {
     const id = this.nextId++;
-    const fh = await open(join(this.dir, segmentFileName(id)), 'wx');
+    const path = join(this.dir, segmentFileName(id));
+    const spare = await this.spare;
+    this.spare = undefined;
+    let next: { fh: FileHandle; allocated: number } | undefined;
+    if (spare) {
+      try {
+        await rename(this.sparePath, path);
+        next = { fh: spare.fh, allocated: spare.bytes };
+      } catch {
+        await spare.fh.close().catch(() => undefined);
+        await unlink(this.sparePath).catch(() => undefined);
+      }
+    }
+    next ??= { fh: await open(path, 'wx'), allocated: 0 };
     try {
       await syncDir(this.dir);
     } catch (err) {
-      await fh.close();
-      await unlink(join(this.dir, segmentFileName(id))).catch(() => undefined);
+      await next.fh.close();
+      await unlink(path).catch(() => undefined);
       throw err;
     }
     const old = this.current;
-    this.current = { id, fh, size: 0 };
-    if (old) await old.fh.close();
+    this.current = { id, fh: next.fh, size: 0, allocated: next.allocated };
+    if (old) await this.seal(old);
   }
 
-  private async cutBack(seg: { fh: FileHandle; size: number }, length: number): Promise<void> {
+  /** Closes a segment that is no longer written to, cutting off the zeros behind its data. */
+  private async seal(seg: OpenSegment): Promise<void> {
+    // Not synced: should the cut be lost to a crash, the zeros stay, which readFrames stops at.
+    if (seg.allocated > seg.size) await seg.fh.truncate(seg.size).catch(() => undefined);
+    await seg.fh.close();
+  }
+
+  private async cutBack(seg: OpenSegment, length: number): Promise<void> {
     try {
       await seg.fh.truncate(length);
     } catch {
@@ -302,6 +387,7 @@ export class SegmentStore {
       // anyway (EIO), the stray bytes are unreferenced and go with the segment when it is reclaimed.
     }
     seg.size = length;
+    seg.allocated = Math.min(seg.allocated, length);
   }
 }
 

@@ -6,6 +6,7 @@
  *   meta.mdb         LMDB: mails (id → QueuedMail), bodies (id → segment/offset/length),
  *                    ix (secondary indexes, see indexes.ts), meta (counters, the write-ahead checkpoint)
  *   segments/*.seg   message bodies in frames, append-only: also the write-ahead log of new mail (see segments.ts)
+ *   segment.spare    the next segment, zero-filled ahead of time (see segments.ts)
  *
  * Guarantees:
  * - Durability: `enqueue` resolves after (1) the mail's frame (body, and for a caller that passes
@@ -79,6 +80,8 @@ export interface SpoolQueueOptions {
    * enough that compaction (compactSegments) has little to copy when a few bodies outlive the rest.
    */
   segmentBytes?: number;
+  /** Make the next segment ahead of time, zero-filled (see segments.ts). Default true. */
+  preallocateSegments?: boolean;
   /** Memory for bodies of recently enqueued mail (read back by delivery without disk I/O). Default 32 MiB; 0 disables. */
   bodyCacheBytes?: number;
   /** How often finished mail past retention is purged. Default: retainFinishedMs/4, 1 s..60 s. */
@@ -308,7 +311,7 @@ export class SpoolQueue implements Queue {
   constructor(private readonly opts: SpoolQueueOptions) {
     this.log = opts.logger.child({ component: 'spool' });
     this.now = opts.now ?? Date.now;
-    this.segments = new SegmentStore(opts.dir, opts.segmentBytes ?? 16 * 1024 * 1024);
+    this.segments = new SegmentStore(opts.dir, opts.segmentBytes ?? 16 * 1024 * 1024, opts.preallocateSegments ?? true);
     this.bodyCache = new BodyCache(opts.bodyCacheBytes ?? 32 * 1024 * 1024);
   }
 
