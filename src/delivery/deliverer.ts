@@ -12,6 +12,8 @@
  *   failed, what is left is deferred with the last host's reply (made temporary: a host-level 5xx
  *   such as a 554 greeting is not a verdict on the mail). Each try of a host is kept in
  *   `MessageResult.hosts`.
+ * - A call that opened no SMTP session with any host marks what it deferred `unreachable` (the
+ *   scheduler then suspends the destination); a call that reached a host never does.
  * - One connection per host carries all the messages of the call (the scheduler bounds them by
  *   messagesPerConnection); RSET is sent between messages when a transaction did not end with a
  *   reply to "." (a completed transaction needs none, RFC 5321 §4.1.1.5). A connection that was
@@ -57,6 +59,10 @@ interface MessageState {
 interface Call {
   states: MessageState[];
   options: DeliverOptions;
+  /** An SMTP session was opened with some host of the destination during this call. */
+  connected: boolean;
+  /** A bug of ours ended the call: what it left undecided says nothing about the destination. */
+  failed?: boolean;
 }
 
 export class Deliverer implements DeliveryAgent {
@@ -86,16 +92,17 @@ export class Deliverer implements DeliveryAgent {
   }
 
   async deliver(destination: HostsDestination, messages: OutboundMessage[], options: DeliverOptions = {}): Promise<MessageResult[]> {
-    const call: Call = { states: messages.map(newState), options };
+    const call: Call = { states: messages.map(newState), options, connected: false };
     try {
       await this.#deliverAll(destination, call);
     } catch (err) {
       // A bug of ours, not remote trouble: whatever is undecided is deferred, nothing is lost.
       this.#log.error({ err, destination: destination.key }, 'delivery failed unexpectedly; deferring what is left');
+      call.failed = true;
       for (const s of call.states) this.#deferRest(s, made.local((err as Error).message));
     }
     for (const s of call.states) this.#report(call, s);
-    return call.states.map((s) => this.#result(s));
+    return call.states.map((s) => this.#result(s, call));
   }
 
   async close(): Promise<void> {
@@ -170,6 +177,7 @@ export class Deliverer implements DeliveryAgent {
               return this.#giveUpHost(target, waiting, err.reply, opened);
             }
           }
+          call.connected = true;
         }
         const started = this.#now();
         const outcome = await session.send(state.message, state.pending);
@@ -225,7 +233,7 @@ export class Deliverer implements DeliveryAgent {
     if (state.reported || isUndecided(state) || !call.options.onResult) return;
     state.reported = true;
     try {
-      call.options.onResult(this.#result(state));
+      call.options.onResult(this.#result(state, call));
     } catch (err) {
       this.#log.error({ err, mailId: state.message.id }, 'onResult threw');
     }
@@ -313,8 +321,11 @@ export class Deliverer implements DeliveryAgent {
     state.pending = [];
   }
 
-  #result(s: MessageState): MessageResult {
-    return { id: s.message.id, aborted: s.aborted, recipients: s.aborted ? [] : s.results, hosts: s.hosts };
+  #result(s: MessageState, call: Call): MessageResult {
+    const result: MessageResult = { id: s.message.id, aborted: s.aborted, recipients: s.aborted ? [] : s.results, hosts: s.hosts };
+    // Set once the call is over (onResult before that comes from a session, so it is never set there).
+    if (!call.connected && !call.failed && !s.aborted && s.results.length > 0) result.unreachable = true;
+    return result;
   }
 }
 

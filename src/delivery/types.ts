@@ -80,6 +80,13 @@ export interface MessageResult {
   recipients: RecipientResult[];
   /** Each host tried for this message, in order. */
   hosts: HostAttempt[];
+  /**
+   * Deferred because no host of the destination could be reached in this call: no SMTP session
+   * was opened with any of them (connection refused or timed out, greeting refused, EHLO, TLS or
+   * AUTH failed, no address). The scheduler then suspends the destination (Postfix's dead
+   * destination).
+   */
+  unreachable?: boolean;
 }
 
 /** How the scheduler keeps a connection busy and learns outcomes early (both optional). */

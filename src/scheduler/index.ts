@@ -16,6 +16,10 @@
  *   groups domains sharing MX hosts) `connections`, `messagesPerConnection` and a token-bucket
  *   `rate` (limits.ts). Config is read through `ConfigStore.current` every round, so a reload
  *   applies to the next reservation and the next batch.
+ * - Dead destinations (Postfix's): a delivery call that reached no host (MessageResult.unreachable)
+ *   suspends its destination for `delivery.retry.min`; its mail meanwhile is deferred at once,
+ *   without a connection ("delivery temporarily suspended: <last reply>"), and then one
+ *   connection at a time probes it until a host is reached.
  * - Order: the queue hands out higher priority first (with `lowPriorityShare` for the others);
  *   within a destination, batches are formed by priority, then not-before.
  * - No busy polling: the loop sleeps until `queue.nextDueAt()` or a queue event (enqueued,
@@ -123,6 +127,14 @@ class DestinationPool {
   /** Connections that sent their mail and wait (up to delivery.connectionReuseWait) for more: woken by new jobs. */
   readonly lingering = new Set<() => void>();
   idleSince: number;
+  /**
+   * Dead destination (Postfix's): no host could be reached. Until this moment its mail is
+   * deferred without a connection, with `suspendedReply`.
+   */
+  suspendedUntil = 0;
+  suspendedReply: Reply | undefined;
+  /** Suspended before and not reached since: one connection at a time (a probe). */
+  probing = false;
   constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number) {
     this.idleSince = now;
   }
@@ -459,6 +471,10 @@ export class Scheduler {
       .sort((a, b) => b.jobs[0]!.attempt.mail.priority - a.jobs[0]!.attempt.mail.priority);
     let nextToken = Infinity;
     for (const pool of waiting) {
+      if (pool.suspendedUntil > now) {
+        this.#deferSuspended(pool);
+        continue;
+      }
       const limits = limitsFor(pool.domains, config);
       pool.bucket.setRate(limits.ratePerSecond, now);
       if (pool.lingering.size > 0) {
@@ -467,7 +483,8 @@ export class Scheduler {
         pool.lingering.clear();
         continue;
       }
-      while (pool.jobs.length > 0 && pool.active < limits.connections && this.#activeConnections < config.delivery.concurrency) {
+      const connections = pool.probing ? 1 : limits.connections;
+      while (pool.jobs.length > 0 && pool.active < connections && this.#activeConnections < config.delivery.concurrency) {
         const wanted = Math.min(limits.messagesPerConnection, pool.jobs.length);
         const granted = pool.bucket.take(wanted, now);
         if (granted === 0) {
@@ -492,9 +509,51 @@ export class Scheduler {
     }, Math.max(1, at - this.#now()));
   }
 
+  /**
+   * A delivery call reached no host of its destination: its mail waits `delivery.retry.min`
+   * (Postfix's minimal_backoff_time, for which it marks a destination dead) before the next try,
+   * and mail for it meanwhile is deferred without connecting. Any call that reaches a host ends
+   * the suspension.
+   */
+  #noteReachability(pool: DestinationPool, results: MessageResult[]): void {
+    const unreachable = results.find((r) => r.unreachable);
+    if (unreachable && results.every((r) => r.unreachable)) {
+      const reply = unreachable.recipients[0]?.reply;
+      const ms = this.#config.current.delivery.retry.min;
+      if (!reply || ms <= 0) return;
+      const wasProbing = pool.probing;
+      pool.suspendedUntil = this.#now() + ms;
+      pool.suspendedReply = reply;
+      pool.probing = true;
+      this.#log.warn({
+        destination: pool.destination.key, domains: [...pool.domains], reply, resumesAt: new Date(pool.suspendedUntil).toISOString(), probe: wasProbing,
+      }, 'destination unreachable: its mail is deferred without connecting until it resumes (delivery.retry.min)');
+    } else if (results.some((r) => !r.aborted && !r.unreachable) && (pool.probing || pool.suspendedUntil > 0)) {
+      pool.probing = false;
+      pool.suspendedUntil = 0;
+      pool.suspendedReply = undefined;
+      this.#log.info({ destination: pool.destination.key, domains: [...pool.domains] }, 'destination reachable again');
+    }
+  }
+
+  /** Finishes every waiting job of a suspended destination as deferred, without a connection. */
+  #deferSuspended(pool: DestinationPool): void {
+    const last = pool.suspendedReply!;
+    const reply: Reply = { ...last, message: `delivery temporarily suspended: ${last.message}` };
+    for (const job of pool.jobs.splice(0)) {
+      const result: MessageResult = {
+        id: job.attempt.mail.id,
+        aborted: false,
+        recipients: job.recipients.map((r) => ({ address: r.address, outcome: 'deferred' as const, reply })),
+        hosts: [],
+      };
+      this.#jobDone(job, result, pool.destination, 'suspended');
+    }
+  }
+
   #forgetIdlePools(now: number): void {
     for (const [key, pool] of this.#pools) {
-      if (pool.jobs.length > 0 || pool.active > 0) pool.idleSince = now;
+      if (pool.jobs.length > 0 || pool.active > 0 || pool.suspendedUntil > now) pool.idleSince = now;
       else if (now - pool.idleSince > IDLE_DESTINATION_MS) this.#pools.delete(key);
     }
   }
@@ -580,6 +639,7 @@ export class Scheduler {
       pool.active--;
       this.#activeConnections--;
     }
+    this.#noteReachability(pool, results);
     try {
       for (const r of results) onResult(r);
       // A message the delivery stage gave no result for: finished as "no result" (deferred).
@@ -632,7 +692,8 @@ export class Scheduler {
     });
   }
 
-  #jobDone(job: Job, result: MessageResult | undefined, destination: HostsDestination): void {
+  /** `label`: the metrics reason for every outcome of `result` (default: from each reply). */
+  #jobDone(job: Job, result: MessageResult | undefined, destination: HostsDestination, label?: string): void {
     const attempt = job.attempt;
     if (!result && !attempt.lost) {
       // The delivery stage gave no result for this message: nothing is known to be sent.
@@ -648,7 +709,7 @@ export class Scheduler {
       for (const r of result.recipients) {
         seen.add(r.address.toLowerCase());
         attempt.outcomes.push({ address: r.address, outcome: r.outcome, reply: r.reply, ...(r.remoteHost ? { remoteHost: r.remoteHost } : {}) });
-        attempt.labels.set(r.address, r.outcome === 'delivered' ? destination.via : reasonOf(r.reply));
+        attempt.labels.set(r.address, label ?? (r.outcome === 'delivered' ? destination.via : reasonOf(r.reply)));
       }
       for (const r of job.recipients) {
         if (seen.has(r.address.toLowerCase())) continue;
