@@ -3,7 +3,7 @@
  * Every line about a mail carries `mailId`; use `logger.child({ mailId })`.
  *
  * JSON lines to stdout are written in batches (`flushMs`, log.flushInterval): up to 4 KB at a
- * time, and at the latest `flushMs` after a line was logged. Each write is handed to a libuv thread
+ * time, and at the latest `flushMs` after a line was logged (an idle server has no timer running). Each write is handed to a libuv thread
  * and comes back; a write a line (a mail logs one) cost about a tenth of the main thread at full
  * ingest (ab.js: 204 against 182 µs a mail with batches). pino writes what is left synchronously
  * when the process exits (a signal, a fatal error); a kill -9 or a crash of the machine can lose
@@ -12,6 +12,9 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
 
 export type { Logger };
+
+/** pino.destination's stream (sonic-boom). */
+type FileDestination = ReturnType<typeof pino.destination>;
 
 /** Bytes of log lines gathered before a write (when log.flushInterval is not 0). */
 const LOG_BATCH_BYTES = 4096;
@@ -34,7 +37,30 @@ export function createLogger(opts: { level: string; pretty: boolean | null; name
   };
   if (destination) return pino(options, destination);
   if (pretty || !opts.flushMs) return pino(options);
-  return pino(options, pino.destination({ dest: process.stdout.fd || 1, sync: false, minLength: LOG_BATCH_BYTES, periodicFlush: opts.flushMs }));
+  return pino(options, flushedAfter(pino.destination({ dest: process.stdout.fd || 1, sync: false, minLength: LOG_BATCH_BYTES }), opts.flushMs));
+}
+
+/**
+ * Lines still gathered are written `ms` after the first of them, by a timer armed by that line.
+ * (sonic-boom's own periodicFlush is an interval: an idle server woke every `ms` and handed an
+ * empty write to libuv's pool each time.)
+ */
+function flushedAfter(dest: FileDestination, ms: number): FileDestination {
+  const write = dest.write.bind(dest);
+  let timer: NodeJS.Timeout | undefined;
+  const flush = () => {
+    timer = undefined;
+    dest.flush();
+  };
+  dest.write = (line: string) => {
+    const ok = write(line);
+    if (!timer) {
+      timer = setTimeout(flush, ms);
+      timer.unref();
+    }
+    return ok;
+  };
+  return dest;
 }
 
 /** A logger that writes nothing, for tests and tools. */

@@ -26,7 +26,9 @@ export interface Metrics {
 
 export function createMetrics(): Metrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'spoolhouse_process_' });
+  // The event-loop lag is sampled every 100 ms, not prom-client's 10 ms: an idle server would
+  // otherwise wake a hundred times a second to take the sample.
+  collectDefaultMetrics({ register: registry, prefix: 'spoolhouse_process_', eventLoopMonitoringPrecision: 100 });
   const registers = [registry];
   return {
     registry,
