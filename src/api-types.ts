@@ -41,7 +41,7 @@ export interface AttemptRecord {
 }
 
 /** Why a mail got its priority, delay or hold. */
-export interface Classification { source: string; rule?: string; detail?: string }
+export interface Classification { source: string; rule?: string; detail?: string; at?: number }
 
 /** A mail in a list (GET /api/messages) and the answer of every single-mail action. */
 export interface MailSummary {

@@ -52,7 +52,7 @@ const recipient = {
 
 const classification = {
   type: 'object',
-  properties: { source: { type: 'string' }, rule: { type: 'string' }, detail: { type: 'string' } },
+  properties: { source: { type: 'string' }, rule: { type: 'string' }, detail: { type: 'string' }, at: { type: 'number' } },
 } as const;
 
 const mailStates = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];

@@ -196,7 +196,7 @@ export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {
   }
   return changed(mail, {
     notBefore: Math.min(mail.notBefore, now),
-    classification: { ...mail.classification, delay: { source: 'operator', detail: 'retry now' } },
+    classification: { ...mail.classification, delay: { source: 'operator', detail: 'retry now', at: now } },
   }, now);
 }
 

@@ -72,6 +72,8 @@ export interface Classification {
   source: 'default' | 'rule' | 'mt-priority' | 'futurerelease' | 'operator';
   rule?: string;
   detail?: string;
+  /** When an operator set it (retry now). */
+  at?: Millis;
 }
 
 export interface ClientInfo {

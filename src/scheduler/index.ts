@@ -19,7 +19,8 @@
  * - Dead destinations (Postfix's): a delivery call that reached no host (MessageResult.unreachable)
  *   suspends its destination for `delivery.retry.min`; its mail meanwhile is deferred at once,
  *   without a connection ("delivery temporarily suspended: <last reply>"), and then one
- *   connection at a time probes it until a host is reached.
+ *   connection at a time probes it until a host is reached. A mail an operator retried since its
+ *   last attempt lifts the suspension for that probe at once.
  * - Order: the queue hands out higher priority first (with `lowPriorityShare` for the others);
  *   within a destination, batches are formed by priority, then not-before.
  * - No busy polling: the loop sleeps until `queue.nextDueAt()` or a queue event (enqueued,
@@ -421,6 +422,11 @@ export class Scheduler {
     const now = this.#now();
     for (const job of jobs) {
       const pool = this.#poolFor(job.destination, now);
+      if (pool.suspendedUntil > now && operatorRetrySinceLastAttempt(mail)) {
+        // An operator asked for a try now (Postfix's flush revives dead destinations too): one probe.
+        pool.suspendedUntil = 0;
+        attempt.log.info({ destination: pool.destination.key }, 'retry now by an operator: the destination\'s suspension is lifted for a probe');
+      }
       pool.domains.add(job.domain);
       pool.insert({ attempt, recipients: job.recipients, seq: this.#jobSeq++ });
     }
@@ -926,6 +932,15 @@ export class Scheduler {
     // Attempts already writing their outcome get a moment to finish.
     await this.#waitIdle(1_000);
   }
+}
+
+/** The mail's last "retry now" (model.applyRetryNow) came after its last attempt. */
+function operatorRetrySinceLastAttempt(mail: QueuedMail): boolean {
+  const delay = mail.classification.delay;
+  if (delay?.source !== 'operator' || delay.detail !== 'retry now' || delay.at === undefined) return false;
+  let last = 0;
+  for (const h of mail.history) last = Math.max(last, h.at);
+  return delay.at > last;
 }
 
 function count(outcomes: RecipientOutcome[], outcome: RecipientOutcome['outcome']): number {

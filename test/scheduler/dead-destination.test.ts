@@ -16,13 +16,13 @@ afterEach(async () => {
 /** Suspension and retry both `retry.min`: long enough to see, short enough for a test. */
 const RETRY_MS = 2_500;
 
-async function setUp(): Promise<{ rx: Receiver; h: SchedulerHarness }> {
+async function setUp(retryMs = RETRY_MS): Promise<{ rx: Receiver; h: SchedulerHarness }> {
   const rx = await startReceiver({ script: { greeting: '421 4.3.2 Service not available' } });
   cleanups.push(() => rx.close());
   const h = await startScheduler({
     delivery: {
       routes: { 'dead.test': rx.address },
-      retry: { min: `${RETRY_MS}ms`, max: `${RETRY_MS}ms`, lifetime: '1h' },
+      retry: { min: `${retryMs}ms`, max: `${retryMs}ms`, lifetime: '1h' },
       limits: { domains: { 'dead.test': { connections: 5, messagesPerConnection: 2 } } },
     },
   });
@@ -82,5 +82,26 @@ describe('a destination that cannot be reached', () => {
     // Each batch connected (greeting and EHLO fine): none was deferred as suspended.
     expect(rx.acceptedConnections).toBeGreaterThanOrEqual(2);
     for (const m of await h.mails()) expect(m.recipients[0]!.lastReply?.message).not.toMatch(/suspended/);
+  });
+
+  it('an operator\'s "retry now" lifts the suspension for one probe at once', async () => {
+    const { rx, h } = await setUp(60_000);
+    await h.enqueue({ to: ['a@dead.test'] });
+    await waitFor('the first mail deferred', deferredAfter(h, 1));
+    const second = await h.enqueue({ to: ['b@dead.test'] });
+    await waitFor('the second deferred as suspended', async () => {
+      const m = await h.queue.get(second.id);
+      return m?.state === 'queued' && m.attempts === 1 && /suspended/.test(m.recipients[0]!.lastReply?.message ?? '');
+    });
+    expect(rx.acceptedConnections).toBe(1);
+    // The remote is repaired; the operator retries one mail: it goes now, not in a minute.
+    rx.script = {};
+    const asked = Date.now();
+    await h.queue.retryNow(second.id);
+    await waitFor('the retried mail delivered', async () => (await h.queue.get(second.id))?.state === 'delivered', 10_000);
+    expect(Date.now() - asked).toBeLessThan(10_000);
+    expect(rx.completed().map((t) => t.rcptTo.map((r) => r.address)).flat()).toEqual(['b@dead.test']);
+    // The other mail keeps its own retry time.
+    expect((await h.mails()).find((m) => m.id !== second.id)?.state).toBe('queued');
   });
 });
