@@ -3,9 +3,10 @@
  * Every line about a mail carries `mailId`; use `logger.child({ mailId })`.
  *
  * JSON lines to stdout are written in batches (`flushMs`, log.flushInterval): up to 4 KB at a
- * time, and at the latest `flushMs` after a line was logged (an idle server has no timer running). Each write is handed to a libuv thread
- * and comes back; a write a line (a mail logs one) cost about a tenth of the main thread at full
- * ingest (ab.js: 204 against 182 µs a mail with batches). pino writes what is left synchronously
+ * time, and at the latest `flushMs` after a line was logged (an idle server has no timer
+ * running). Each write is handed to a libuv thread and comes back; a write a line (a mail logs
+ * one) cost about a tenth of the main thread at full ingest (ab.js: 204 against 182 µs a mail
+ * with batches). pino writes what is left synchronously
  * when the process exits (a signal, a fatal error); a kill -9 or a crash of the machine can lose
  * the lines of the last `flushMs`, never mail.
  */
