@@ -33,6 +33,7 @@
  * - `stop(timeoutMs)`: no new reservations or batches; not-started work is handed back at once;
  *   deliveries in flight get up to the timeout, then their leases are released too.
  */
+import { Gauge } from 'prom-client';
 import type { ConfigStore } from '../config/store.js';
 import type { Config } from '../config/schema.js';
 import type { DeliveryAgent, Destination, MessageResult, OutboundMessage, Reply } from '../delivery/types.js';
@@ -199,6 +200,16 @@ export class Scheduler {
     this.#delivery = o.delivery;
     this.#log = o.logger.child({ stage: 'scheduler' });
     this.#metrics = o.metrics;
+    // Counted at scrape: a suspension ends by the clock, not by an event.
+    const scheduler = this;
+    new Gauge({
+      name: 'spoolhouse_destinations_suspended',
+      help: 'Destinations suspended because no host could be reached: their mail is deferred without connecting',
+      registers: [o.metrics.registry],
+      collect() {
+        this.set(scheduler.suspendedDestinations().length);
+      },
+    });
     this.#owner = o.nodeName;
     this.#now = o.clock ?? Date.now;
     this.#random = o.random ?? Math.random;
@@ -237,6 +248,13 @@ export class Scheduler {
   /** Reserved mails not yet recorded (for tests and /health). */
   get inFlight(): number {
     return this.#attempts.size;
+  }
+
+  /** Destinations suspended now (dead: no host could be reached), with when they resume and why. */
+  suspendedDestinations(): { destination: string; domains: string[]; until: number; reply: Reply }[] {
+    const now = this.#now();
+    return [...this.#pools.values()].filter((p) => p.suspendedUntil > now && p.suspendedReply)
+      .map((p) => ({ destination: p.destination.key, domains: [...p.domains], until: p.suspendedUntil, reply: p.suspendedReply! }));
   }
 
   /**

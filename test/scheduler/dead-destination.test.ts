@@ -58,6 +58,10 @@ describe('a destination that cannot be reached', () => {
     }
     const suspended = await h.metrics.registry.getSingleMetricAsString('spoolhouse_deferred_total');
     expect(suspended).toMatch(/reason="suspended"\} 10/);
+    expect(await h.metrics.registry.getSingleMetricAsString('spoolhouse_destinations_suspended')).toMatch(/^spoolhouse_destinations_suspended 1$/m);
+    expect(h.scheduler.suspendedDestinations()).toEqual([
+      expect.objectContaining({ domains: ['dead.test'], reply: expect.objectContaining({ code: 421 }) }),
+    ]);
 
     // The suspension ends as the mail comes due: one connection probes (not five), and fails.
     await waitFor('the probe', () => rx.acceptedConnections >= 2, RETRY_MS * 4);
@@ -70,6 +74,8 @@ describe('a destination that cannot be reached', () => {
     rx.script = {};
     await waitFor('all delivered', async () => (await h.mails()).every((m) => m.state === 'delivered') || undefined, RETRY_MS * 6);
     expect(rx.completed().length).toBe(11);
+    expect(h.scheduler.suspendedDestinations()).toEqual([]);
+    expect(await h.metrics.registry.getSingleMetricAsString('spoolhouse_destinations_suspended')).toMatch(/^spoolhouse_destinations_suspended 0$/m);
   });
 
   it('a destination that was reached is not suspended by a failed transaction (only by reaching no host)', async () => {
