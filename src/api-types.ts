@@ -147,6 +147,21 @@ export interface Stats {
   };
   rates: Rates;
   ratesWindowSeconds: number;
+  /**
+   * Destinations this node's delivery has suspended because no host could be reached (Postfix's
+   * dead destinations): their mail is deferred without connecting until `until`.
+   */
+  suspendedDestinations: SuspendedDestination[];
+}
+
+export interface SuspendedDestination {
+  /** The destination's key: its hosts (MX names, or the route or smarthost). */
+  destination: string;
+  domains: string[];
+  /** When the next try may connect (ms since the epoch). */
+  until: number;
+  /** The last host's reply (or the made-up one for a connection failure). */
+  reply: { code: number; enhanced?: string; message: string };
 }
 
 export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority';

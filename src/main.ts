@@ -46,7 +46,9 @@ async function main(argv: string[]): Promise<void> {
   const delivery = new Deliverer({ config: () => store.current, logger });
   const scheduler = new Scheduler({ config: store, queue, delivery, logger, metrics, nodeName });
   const ingress = new SmtpIngress({ config: store, queue, logger, metrics, inFlow: (maxMs) => scheduler.inFlow(maxMs) });
-  const admin = await createAdminServer({ config: store, queue, logger, metrics, dataDir: config.spool.dir });
+  const admin = await createAdminServer({
+    config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
+  });
 
   await ingress.listen();
   scheduler.start();

@@ -3,6 +3,7 @@
  * this), and the audit helper that records an operator action however it ends.
  */
 import type { FastifyRequest } from 'fastify';
+import type { SuspendedDestination } from '../api-types.js';
 import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -24,6 +25,8 @@ export interface AdminContext {
   heartbeatMs: number;
   /** Open event streams, ended when the server closes. */
   streams: Set<() => void>;
+  /** This node's dead destinations (Scheduler.suspendedDestinations); none without a scheduler. */
+  suspendedDestinations: () => SuspendedDestination[];
   /** Mails per step of a bulk action (tests make it small to exercise the paging). */
   bulkPageSize?: number;
 }

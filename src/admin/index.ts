@@ -21,6 +21,7 @@ import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import type { SuspendedDestination } from '../api-types.js';
 import { projectRoot } from '../config/load.js';
 import { parseHostPort } from '../config/schema.js';
 import type { ConfigStore } from '../config/store.js';
@@ -69,6 +70,8 @@ export interface AdminServerOptions {
   bulkPageSize?: number;
   /** How often queue depth is sampled for GET /api/stats/history; default 10 s. */
   historyEveryMs?: number;
+  /** This node's dead destinations for GET /api/stats (Scheduler.suspendedDestinations). */
+  suspendedDestinations?: () => SuspendedDestination[];
 }
 
 export interface AdminServer {
@@ -102,6 +105,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     history: new DepthHistory({ queue: o.queue, rates: () => rates.rates(), logger, file: join(o.dataDir, 'depth-history.jsonl'), ...(o.historyEveryMs !== undefined ? { everyMs: o.historyEveryMs } : {}) }),
     heartbeatMs: o.heartbeatMs ?? 15_000,
     streams: new Set(),
+    suspendedDestinations: o.suspendedDestinations ?? (() => []),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });

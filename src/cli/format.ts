@@ -129,5 +129,10 @@ export function showStats(s: Stats): string {
   const totals = labels.map((_, i) => rows.reduce((sum, r) => sum + (r.counts[i] ?? 0), 0));
   out.push('TOTAL'.padEnd(dw) + String(rows.reduce((a, r) => a + r.total, 0)).padStart(7) + totals.map((n) => String(n).padStart(cw)).join(''));
   for (const r of rows) out.push(r.domain.padEnd(dw) + String(r.total).padStart(7) + r.counts.map((n) => String(n).padStart(cw)).join(''));
+  const dead = s.suspendedDestinations ?? [];
+  if (dead.length) {
+    out.push('', 'Suspended destinations (no host reachable; mail deferred without connecting):');
+    for (const d of dead) out.push(`  ${d.domains.join(',')} [${d.destination}] until ${arrival(d.until)}: ${replyText(d.reply)}`);
+  }
   return out.join('\n') + '\n';
 }

@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createAdminServer } from '../../src/admin/index.js';
 import { ConfigStore } from '../../src/config/store.js';
+import { Deliverer } from '../../src/delivery/deliverer.js';
+import { Scheduler } from '../../src/scheduler/index.js';
 import { silentLogger } from '../../src/logger.js';
 import { createMetrics } from '../../src/metrics.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
@@ -28,13 +30,23 @@ export interface ConsoleServer {
   /** Subject → mail id of the mails put in at start. */
   ids: Map<string, string>;
   enqueue(m: MailSpec): Promise<QueuedMail>;
+  /** With deliveryRoutes: the running scheduler. */
+  scheduler: Scheduler | undefined;
   close(): Promise<void>;
 }
 
 /** A mail for the console tests: the shared spec (test/helpers/test-mail.ts), always with a subject. */
 export type MailSpec = BaseMailSpec & { subject: string };
 
-export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServer> {
+export interface ConsoleServerOptions {
+  /**
+   * Also run the real scheduler and delivery, with these routes (domain → host:port): mail that is
+   * due is delivered (the console's usual mails are not due for an hour).
+   */
+  deliveryRoutes?: Record<string, string>;
+}
+
+export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerOptions = {}): Promise<ConsoleServer> {
   const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-browser-'));
   const overlayFile = join(dir, 'config.json');
   writeFileSync(overlayFile, JSON.stringify({
@@ -42,6 +54,7 @@ export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServ
     spool: { dir: join(dir, 'spool') },
     admin: { listen: '127.0.0.1:0', token: TOKEN, tokens: [{ name: 'auditor', token: VIEWER_TOKEN, role: 'viewer' }] },
     log: { level: 'silent', pretty: false },
+    ...(opts.deliveryRoutes ? { delivery: { routes: opts.deliveryRoutes, tls: { opportunistic: false, verify: false }, retry: { min: '10m', max: '1h', lifetime: '5d' } } } : {}),
   }, null, 2));
   const config = new ConfigStore(overlayFile);
   const logger = silentLogger();
@@ -52,7 +65,17 @@ export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServ
   const enqueue = (m: MailSpec): Promise<QueuedMail> => queue.enqueue(enqueueRequestFor(m));
   const ids = new Map<string, string>();
   for (const m of mails) ids.set(m.subject, (await enqueue(m)).id);
-  const admin = await createAdminServer({ config, queue, logger, metrics: createMetrics(), dataDir: dir });
+  const metrics = createMetrics();
+  let scheduler: Scheduler | undefined;
+  let delivery: Deliverer | undefined;
+  if (opts.deliveryRoutes) {
+    delivery = new Deliverer({ config: () => config.current, logger });
+    scheduler = new Scheduler({ config, queue, delivery, logger, metrics, nodeName: 'console-node' });
+    scheduler.start();
+  }
+  const admin = await createAdminServer({
+    config, queue, logger, metrics, dataDir: dir, ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations() } : {}),
+  });
   const url = await admin.listen();
   return {
     url: url.replace(/\/$/, ''),
@@ -61,8 +84,11 @@ export async function startConsoleServer(mails: MailSpec[]): Promise<ConsoleServ
     dir,
     ids,
     enqueue,
+    scheduler,
     async close() {
       await admin.close();
+      await scheduler?.stop(2_000);
+      await delivery?.close();
       await queue.close();
       rmSync(dir, { recursive: true, force: true });
     },

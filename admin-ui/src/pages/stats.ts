@@ -1,13 +1,13 @@
 /**
  * Statistics: counts by state, queue depth over time (the server's own history of the last day
  * from GET /api/stats/history, then this page's samples of GET /api/stats every few seconds),
- * the qshape age-by-destination heatmap, priorities, top destinations and the ingress/delivery
- * rates the server reports.
+ * the qshape age-by-destination heatmap, priorities, top destinations, the ingress/delivery
+ * rates the server reports, and the destinations this node has suspended (dead: unreachable).
  */
 import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPage, type Stats } from '../api';
 import { barChart, heatmap, lineChart, type Series } from '../charts';
 import { h, mount } from '../dom';
-import { ageText, absoluteTime } from '../format';
+import { ageText, absoluteTime, replyText, timeEl } from '../format';
 import { errorState, loading, priorityLabel, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
@@ -96,10 +96,21 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
       rows: st.ageByDestination?.rows ?? [],
       empty: 'No mail is waiting, so there is nothing to shape.',
     });
+    const suspended = st.suspendedDestinations ?? [];
+    const dead = suspended.length
+      ? h('section', { class: 'table-area suspended', 'aria-label': 'Suspended destinations' },
+        h('h2', null, 'Suspended destinations'),
+        h('p', { class: 'muted' }, "No host of these could be reached: this node defers their mail without connecting until they resume. An operator's retry now of one of their mails probes at once."),
+        h('table', { 'aria-label': 'Suspended destinations' },
+          h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Domains'), h('th', { scope: 'col' }, 'Hosts'), h('th', { scope: 'col' }, 'Resumes'), h('th', { scope: 'col' }, 'Last reply'))),
+          h('tbody', null, suspended.map((d) => h('tr', null,
+            h('td', null, d.domains.join(', ')), h('td', null, d.destination), h('td', null, timeEl(d.until)), h('td', { class: 'reply' }, replyText(d.reply)))))))
+      : null;
     mount(body,
       failed ? errorState('The last sample failed; showing the one before', failed) : null,
       cards,
       h('p', { class: 'muted' }, `${live.toLocaleString()} mails waiting (queued, active or held).`),
+      dead,
       h('div', { class: 'grid2' }, depth, rates),
       qshape,
       h('div', { class: 'grid2' }, byPriority, top));

@@ -60,6 +60,19 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
               },
             },
             ratesWindowSeconds: { type: 'number' },
+            suspendedDestinations: {
+              type: 'array',
+              description: "Destinations this node's delivery suspended because no host could be reached: their mail is deferred without connecting until `until`",
+              items: {
+                type: 'object',
+                properties: {
+                  destination: { type: 'string' },
+                  domains: { type: 'array', items: { type: 'string' } },
+                  until: { type: 'number' },
+                  reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } },
+                },
+              },
+            },
           },
         },
         ...errorResponses,
@@ -89,6 +102,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       },
       rates,
       ratesWindowSeconds: ctx.rates.windowMs / 1000,
+      suspendedDestinations: ctx.suspendedDestinations(),
     };
   });
 

@@ -1,0 +1,60 @@
+/**
+ * A dead destination in the console (real Chromium; the real admin server, spool, scheduler and
+ * delivery; a receiving SMTP server on loopback that refuses every session with a 421 greeting
+ * whose text is hostile markup): the Statistics page lists the suspended destination with its
+ * reply, shown as text.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { chromium, type Browser } from 'playwright-core';
+import { startReceiver, type Receiver } from '../helpers/receiver.js';
+import { waitFor } from '../scheduler/harness.js';
+import { startConsoleServer, TOKEN, type ConsoleServer } from './console-server.js';
+
+const HOSTILE = '<img src=x onerror=alert(7)>';
+
+let server: ConsoleServer;
+let rx: Receiver;
+let browser: Browser;
+
+beforeAll(async () => {
+  const ws = inject('browserWs');
+  if (!ws) throw new Error('no browser: test/browser/global-setup.ts did not start Chromium');
+  rx = await startReceiver({ script: { greeting: `421 4.3.2 ${HOSTILE} down` } });
+  server = await startConsoleServer([{ subject: 'To a dead host', to: ['x@dead.example'], dueInMs: 0 }], { deliveryRoutes: { 'dead.example': rx.address } });
+  await waitFor('the destination suspended', () => server.scheduler!.suspendedDestinations().length === 1);
+  browser = await chromium.connect(ws);
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  await rx?.close();
+});
+
+describe('console: dead destinations', () => {
+  it('lists the suspended destination on the Statistics page, its reply as text', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 }, locale: 'en-GB', timezoneId: 'UTC' });
+    const page = await ctx.newPage();
+    const dialogs: string[] = [];
+    page.on('dialog', (d) => {
+      dialogs.push(d.message());
+      void d.dismiss();
+    });
+    page.setDefaultTimeout(15_000);
+    await page.goto(`${server.url}/#/stats`);
+    await page.getByLabel('Admin token').fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    const table = page.getByRole('table', { name: 'Suspended destinations' });
+    await table.waitFor();
+    const row = table.locator('tbody tr');
+    expect(await row.count()).toBe(1);
+    const cells = await row.locator('td').allTextContents();
+    expect(cells[0]).toBe('dead.example');
+    expect(cells[1]).toContain(rx.address.split(':')[0]);
+    expect(cells[3]).toBe(`421 4.3.2 ${HOSTILE} down`);
+    // Shown as characters: no element was made of it, no script ran.
+    expect(await page.locator('section.suspended img').count()).toBe(0);
+    expect(dialogs).toEqual([]);
+    await ctx.close();
+  });
+});

@@ -1,0 +1,77 @@
+/**
+ * An operator sees a dead destination: the built server as a child process, a mail relayed to a
+ * route whose server refuses every session (421 greeting), then GET /api/stats lists the
+ * destination as suspended with the remote's reply, the Prometheus gauge counts it, and
+ * `spoolhouse queue stats` prints it.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import nodemailer from 'nodemailer';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Stats } from '../../src/api-types.js';
+import { startReceiver, type Receiver } from '../helpers/receiver.js';
+import { projectRoot, startServer, type ServerProcess } from '../helpers/server-process.js';
+
+const TOKEN = 'suspended-destinations-test-token-0123';
+let dir: string;
+let rx: Receiver;
+let server: ServerProcess;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'spoolhouse-suspended-'));
+  rx = await startReceiver({ script: { greeting: '421 4.3.2 Closed for maintenance' } });
+  server = await startServer({
+    config: {
+      dir,
+      overlay: {
+        smtp: { listen: ['127.0.0.1:0'], earlyTalkerDelay: '0ms' },
+        spool: { dir: join(dir, 'spool') },
+        admin: { listen: '127.0.0.1:0', token: TOKEN },
+        log: { level: 'info', pretty: false },
+        delivery: {
+          routes: { 'dead.example': rx.address },
+          tls: { opportunistic: false, verify: false },
+          retry: { min: '10m', max: '1h', lifetime: '5d' },
+        },
+      },
+    },
+  });
+});
+afterAll(async () => {
+  await server?.kill9();
+  await rx?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+describe('dead destinations in the admin API', () => {
+  it('GET /api/stats lists the suspended destination with its reply; the gauge counts it', async () => {
+    const t = nodemailer.createTransport({ host: server.smtp[0]!.host, port: server.smtp[0]!.port, secure: false, ignoreTLS: true });
+    await t.sendMail({ from: 'ops@example.org', to: 'someone@dead.example', subject: 'to a dead destination', text: 'hello' });
+    t.close();
+    await server.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('destination unreachable'), 15_000);
+    const res = await fetch(`${server.adminUrl}/api/stats`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(res.status).toBe(200);
+    const stats = (await res.json()) as Stats;
+    expect(stats.suspendedDestinations).toHaveLength(1);
+    const [d] = stats.suspendedDestinations;
+    expect(d!.domains).toEqual(['dead.example']);
+    expect(d!.reply.code).toBe(421);
+    expect(d!.reply.message).toMatch(/Closed for maintenance/);
+    // Ten minutes (retry.min) from the failure, give or take the test's own time.
+    expect(d!.until - Date.now()).toBeGreaterThan(9 * 60_000);
+    expect(d!.until - Date.now()).toBeLessThanOrEqual(10 * 60_000);
+    const metrics = await (await fetch(`${server.adminUrl}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+    expect(metrics).toMatch(/^spoolhouse_destinations_suspended 1$/m);
+    expect(rx.acceptedConnections).toBe(1);
+
+    const cli = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [join(projectRoot, 'dist', 'src', 'cli', 'main.js'), 'queue', 'stats'], {
+        env: { PATH: process.env.PATH ?? '', HOME: dir, SPOOLHOUSE_URL: server.adminUrl!, SPOOLHOUSE_TOKEN: TOKEN },
+      }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+    });
+    expect(cli).toMatch(/^Suspended destinations/m);
+    expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);
+  });
+});
