@@ -9,6 +9,17 @@ import type { MailDetail, MailSummary, SmtpReply, Stats } from '../api-types.js'
 
 const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
 
+/**
+ * What is printed to a terminal: control characters (ESC, BEL, a lone CR, C1 controls, …) and the
+ * bidirectional overrides shown as `\uXXXX` instead of being interpreted. A subject, a header, a
+ * body or a remote server's reply can hold them, and a terminal would act on them (move the
+ * cursor, rewrite a line, set the title or the clipboard). Newlines and tabs stay. The escape is
+ * also a JSON escape, so --json output stays valid JSON and parses to the same strings.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 function arrival(ms: number): string {
   const d = new Date(ms);
   const day = d.toLocaleString('en-US', { weekday: 'short' });

@@ -20,7 +20,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
 import type { BrowsePage, BulkResult, MailDetail, MailSummary, Stats } from '../api-types.js';
-import { queueTable, showMail, showStats } from './format.js';
+import { queueTable, showMail, showStats, terminalSafe } from './format.js';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
 
@@ -47,8 +47,9 @@ export function parseFilterArgs(args: string[] = []): Record<string, string> {
   return filter;
 }
 
+/** Everything but `show --raw` goes out through here: control characters from mail are escaped. */
 function out(text: string): void {
-  process.stdout.write(text);
+  process.stdout.write(terminalSafe(text));
 }
 
 function printJson(value: unknown): void {

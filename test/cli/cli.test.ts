@@ -111,6 +111,22 @@ describe('queue show', () => {
     expect(raw.stdout).toContain('Subject: with attachment');
   });
 
+  it('prints control characters from a mail escaped, never raw to the terminal; --json parses to the same text', async () => {
+    const title = '\u001b]0;pwned\u0007';
+    const subject = `Invoice ${title} due`;
+    const m = await h.enqueue({ subject, to: ['term@example.com'], text: 'Line one\u001b[2J\u001b[H cleared?\r\nfake\rover\r\n' });
+    const r = await cli(['queue', 'show', m.id]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/);
+    expect(r.stdout).toContain('Invoice \\u001b]0;pwned\\u0007 due');
+    expect(r.stdout).toContain('Line one\\u001b[2J\\u001b[H cleared?');
+    expect(r.stdout).toContain('fake\\u000dover');
+    const list = await cli(['queue', 'list', '--filter', 'recipient=term@example.com']);
+    expect(list.stdout).not.toMatch(/\u001b/);
+    const j = JSON.parse((await cli(['queue', 'show', m.id, '--json'])).stdout) as { subject: string };
+    expect(j.subject).toBe(subject);
+  });
+
   it('exit 3 for an unknown id, 2 for a malformed one', async () => {
     const r = await cli(['queue', 'show', '01ARZ3NDEKTSV4RRFFQ69G5FAV']);
     expect(r.code).toBe(3);
