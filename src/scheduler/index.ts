@@ -540,9 +540,8 @@ export class Scheduler {
    * the suspension.
    */
   #noteReachability(pool: DestinationPool, results: MessageResult[]): void {
-    const unreachable = results.find((r) => r.unreachable);
-    if (unreachable && results.every((r) => r.unreachable)) {
-      const reply = unreachable.recipients[0]?.reply;
+    if (results.length > 0 && results.every((r) => r.unreachable)) {
+      const reply = results[0]!.recipients[0]?.reply;
       const ms = this.#config.current.delivery.retry.min;
       if (!reply || ms <= 0) return;
       const wasProbing = pool.probing;
