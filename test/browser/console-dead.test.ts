@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { chromium, type Browser } from 'playwright-core';
 import { startReceiver, type Receiver } from '../helpers/receiver.js';
 import { waitFor } from '../scheduler/harness.js';
-import { startConsoleServer, TOKEN, type ConsoleServer } from './console-server.js';
+import { openConsolePage, startConsoleServer, TOKEN, type ConsoleServer } from './console-server.js';
 
 const HOSTILE = '<img src=x onerror=alert(7)>';
 
@@ -33,14 +33,7 @@ afterAll(async () => {
 
 describe('console: dead destinations', () => {
   it('lists the suspended destination on the Statistics page, its reply as text', async () => {
-    const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 }, locale: 'en-GB', timezoneId: 'UTC' });
-    const page = await ctx.newPage();
-    const dialogs: string[] = [];
-    page.on('dialog', (d) => {
-      dialogs.push(d.message());
-      void d.dismiss();
-    });
-    page.setDefaultTimeout(15_000);
+    const { ctx, page, dialogs } = await openConsolePage(browser);
     await page.goto(`${server.url}/#/stats`);
     await page.getByLabel('Admin token').fill(TOKEN);
     await page.getByRole('button', { name: 'Sign in' }).click();

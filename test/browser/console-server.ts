@@ -15,6 +15,7 @@ import { silentLogger } from '../../src/logger.js';
 import { createMetrics } from '../../src/metrics.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
 import type { Queue, QueuedMail } from '../../src/queue/types.js';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { enqueueRequestFor, type MailSpec as BaseMailSpec } from '../helpers/test-mail.js';
 
 export const TOKEN = 'browser-test-operator-token-0123456789';
@@ -93,4 +94,17 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A fresh context and page; `dialogs` collects any alert()/confirm() a page opens (there must be none). */
+export async function openConsolePage(browser: Browser): Promise<{ ctx: BrowserContext; page: Page; dialogs: string[] }> {
+  const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 }, locale: 'en-GB', timezoneId: 'UTC' });
+  const page = await ctx.newPage();
+  const dialogs: string[] = [];
+  page.on('dialog', (d) => {
+    dialogs.push(d.message());
+    void d.dismiss();
+  });
+  page.setDefaultTimeout(15_000);
+  return { ctx, page, dialogs };
 }

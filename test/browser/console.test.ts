@@ -9,7 +9,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
-import { startConsoleServer, TOKEN, VIEWER_TOKEN, XSS_SUBJECT, type ConsoleServer } from './console-server.js';
+import { openConsolePage, startConsoleServer, TOKEN, VIEWER_TOKEN, XSS_SUBJECT, type ConsoleServer } from './console-server.js';
 
 const SHOTS = join(import.meta.dirname, '..', 'screenshots');
 
@@ -47,17 +47,9 @@ async function stateOf(subject: string): Promise<string | undefined> {
   return (await server.queue.get(idOf(subject)))?.state;
 }
 
-/** A fresh context per test; `dialogs` collects any alert()/confirm() a page opens (there must be none). */
-async function openPage(): Promise<{ ctx: BrowserContext; page: Page; dialogs: string[] }> {
-  const ctx = await browser.newContext({ viewport: { width: 1440, height: 900 }, locale: 'en-GB', timezoneId: 'UTC' });
-  const page = await ctx.newPage();
-  const dialogs: string[] = [];
-  page.on('dialog', (d) => {
-    dialogs.push(d.message());
-    void d.dismiss();
-  });
-  page.setDefaultTimeout(15_000);
-  return { ctx, page, dialogs };
+/** A fresh context per test (see openConsolePage). */
+function openPage(): Promise<{ ctx: BrowserContext; page: Page; dialogs: string[] }> {
+  return openConsolePage(browser);
 }
 
 async function signIn(page: Page, hash = '#/queue', token = TOKEN): Promise<void> {
