@@ -740,7 +740,7 @@ export class Scheduler {
         attempt.outcomes.push({ address: r.address, outcome: 'deferred', reply });
         attempt.labels.set(r.address, 'other');
       }
-      attempt.history.push(...historyOf(result, job.recipients.map((r) => r.address)));
+      attempt.history.push(...historyOf(result, job.recipients.map((r) => r.address), this.#now()));
     }
     attempt.jobsLeft--;
     if (attempt.jobsLeft === 0) void this.#finish(attempt);
@@ -983,7 +983,7 @@ function outcomeOfReply(reply: Reply | undefined): AttemptRecord['outcome'] {
  * History records for one message: every host given up on (fail-over) as deferred with its
  * reply, then the host that answered last split by recipient outcome.
  */
-function historyOf(result: MessageResult, addresses: string[]): AttemptRecord[] {
+function historyOf(result: MessageResult, addresses: string[], now: number): AttemptRecord[] {
   const records: AttemptRecord[] = [];
   const hosts = result.hosts;
   for (const h of hosts.slice(0, -1)) {
@@ -998,7 +998,7 @@ function historyOf(result: MessageResult, addresses: string[]): AttemptRecord[] 
   }
   for (const [outcome, g] of groups) {
     records.push({
-      at: last?.at ?? Date.now(),
+      at: last?.at ?? now,
       ...(last ? { host: last.host } : {}),
       recipients: g.recipients,
       outcome,
