@@ -104,6 +104,11 @@ function reload(store: ConfigStore, logger: Logger): void {
 }
 
 main(process.argv.slice(2)).catch((err) => {
+  // A file the config names (relay.recipients) found broken when a stage starts.
+  if (err instanceof ConfigError) {
+    process.stderr.write(`spoolhouse: ${err.message}\n`);
+    process.exit(78); // EX_CONFIG
+  }
   process.stderr.write(`spoolhouse: fatal: ${(err as Error).stack ?? String(err)}\n`);
   process.exit(1);
 });

@@ -185,6 +185,11 @@ export const configSchema = z.strictObject({
   relay: z.strictObject({
     networks: z.array(cidr),
     domains: z.array(domainName),
+    /**
+     * File of the addresses of relay.domains that exist ("user@domain" or "@domain" per line,
+     * Postfix's relay_recipient_maps); others are refused 550 5.1.1 at RCPT. null: any address.
+     */
+    recipients: z.union([z.null(), z.string().min(1)]),
   }),
   auth: z.strictObject({
     /** File of "user:bcrypt-hash" lines; null disables AUTH. */

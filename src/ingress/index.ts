@@ -31,11 +31,14 @@ import type { Metrics } from '../metrics.js';
 import { QueueError } from '../queue/errors.js';
 import { newMailId } from '../queue/model.js';
 import type { DsnNotify, EnqueueRequest, Queue } from '../queue/types.js';
+import { ConfigError } from '../config/load.js';
 import { UsersFile } from './auth.js';
 import { buildReceivedHeader, finalizeMessage, hasEightBit, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
   admissionDecision, isTrustedAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
+  unlistedRecipientDecision,
 } from './policy.js';
+import { RecipientTable } from './recipients.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
 export interface ListenerInfo {
@@ -67,6 +70,8 @@ export class SmtpIngress {
   readonly #servers: { server: SpoolhouseSmtpServer; listener: ListenerInfo }[] = [];
   readonly #sessions = new WeakMap<object, SessionState>();
   #users: UsersFile = UsersFile.empty();
+  /** relay.recipients, when set. */
+  #recipients: RecipientTable | undefined;
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
   readonly #inFlow?: (maxMs: number) => Promise<void> | undefined;
@@ -78,6 +83,7 @@ export class SmtpIngress {
     this.#logger = o.logger.child({ stage: 'ingress' });
     this.#metrics = o.metrics;
     this.#loadUsers(this.#store.current);
+    this.#loadRecipients(this.#store.current, true);
   }
 
   async listen(): Promise<ListenerInfo[]> {
@@ -297,6 +303,11 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'relay denied');
       return cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'relay'));
     }
+    const unlisted = unlistedRecipientDecision({ recipient: address.address, relayDomains: state.config.relay.domains, table: this.#recipients });
+    if (unlisted) {
+      this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'recipient not in relay.recipients');
+      return cb(replyError(unlisted.code, unlisted.enhanced, unlisted.text, 'unknown_recipient'));
+    }
     cb();
   }
 
@@ -460,6 +471,33 @@ export class SmtpIngress {
       }
     }
     this.#loadUsers(next);
+    this.#loadRecipients(next, false);
+  }
+
+  /**
+   * relay.recipients: read at start (a broken file stops the start: accepting every address or
+   * none would both be wrong) and at every configuration change (a broken file keeps the table
+   * that was running, as for auth.users).
+   */
+  #loadRecipients(config: Config, atStart: boolean): void {
+    const file = config.relay.recipients;
+    if (!file) {
+      this.#recipients = undefined;
+      return;
+    }
+    let table: RecipientTable;
+    try {
+      table = RecipientTable.load(file);
+    } catch (err) {
+      const problem = (err as Error).message;
+      if (atStart) throw new ConfigError(`relay.recipients: ${problem}`, [{ file, key: 'relay.recipients', problem }]);
+      this.#logger.error({ file, err: problem }, 'cannot read relay.recipients; keeping the previous table');
+      return;
+    }
+    this.#recipients = table;
+    const outside = [...table.entryDomains()].filter((d) => !config.relay.domains.includes(d));
+    this.#logger.info({ file, entries: table.size }, 'relay recipients loaded');
+    if (outside.length) this.#logger.warn({ file, domains: outside.slice(0, 10), count: outside.length }, 'relay.recipients lists domains that are not in relay.domains; those entries are not used');
   }
 
   #loadUsers(config: Config): void {

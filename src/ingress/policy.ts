@@ -7,7 +7,8 @@
  *   from trusted or authenticated clients and bounded by smtp.mtPriority / smtp.maxFutureRelease;
  * - how rule classification and those requests combine into the queued mail's priority and delay;
  * - which counter a refusal increments.
- * Never an open relay: a recipient outside relay.domains needs a trusted address or AUTH.
+ * Never an open relay: a recipient outside relay.domains needs a trusted address or AUTH. With
+ * relay.recipients, a recipient in relay.domains must also be listed there (no backscatter).
  */
 import { BlockList, isIPv4 } from 'node:net';
 import { domainToASCII } from 'node:url';
@@ -65,6 +66,15 @@ export function relayDecision(o: { recipient: string; trusted: boolean; authUser
   if (domain && o.relayDomains.includes(domain)) return undefined;
   if (o.trusted || o.authUser) return undefined;
   return RELAY_DENIED;
+}
+
+/**
+ * The relay recipient table at RCPT (Postfix's reject_unlisted_recipient with relay_recipient_maps):
+ * with a table, a recipient in relay.domains must be listed, whoever the client is.
+ */
+export function unlistedRecipientDecision(o: { recipient: string; relayDomains: string[]; table: { has(address: string): boolean } | undefined }): Reply | undefined {
+  if (!o.table || !o.relayDomains.includes(recipientDomain(o.recipient)) || o.table.has(o.recipient)) return undefined;
+  return { code: 550, enhanced: '5.1.1', text: `<${o.recipient}>: Recipient address rejected: User unknown in relay recipient table` };
 }
 
 /** Admission of a new connection, given how many are open (this one included). */
@@ -171,6 +181,7 @@ export function rejectionReason(code: number, enhanced: string): string {
   if (enhanced === '4.5.3') return 'recipients';
   if (enhanced.startsWith('4.3.')) return 'storage';
   if (code === 550 && enhanced === '5.5.2') return 'bare_line_ending';
+  if (code === 550 && enhanced === '5.1.1') return 'unknown_recipient';
   if (enhanced === '5.6.7') return 'smtputf8';
   if (enhanced === '5.4.6') return 'loop';
   if (code === 555) return 'parameter';
