@@ -190,6 +190,11 @@ export const configSchema = z.strictObject({
      * Postfix's relay_recipient_maps); others are refused 550 5.1.1 at RCPT. null: any address.
      */
     recipients: z.union([z.null(), z.string().min(1)]),
+    /**
+     * Characters that start an address extension (Postfix's recipient_delimiter, e.g. "+"): with
+     * relay.recipients, "user+tag@domain" is accepted when "user@domain" is listed. null: none.
+     */
+    recipientDelimiter: z.union([z.null(), z.string().min(1).max(8).regex(/^[^\s@"<>]+$/, 'must be characters other than blanks, @, ", < and >')]),
   }),
   auth: z.strictObject({
     /** File of "user:bcrypt-hash" lines; null disables AUTH. */

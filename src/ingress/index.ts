@@ -303,7 +303,8 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'relay denied');
       return cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'relay'));
     }
-    const unlisted = unlistedRecipientDecision({ recipient: address.address, relayDomains: state.config.relay.domains, table: this.#recipients });
+    const relay = state.config.relay;
+    const unlisted = unlistedRecipientDecision({ recipient: address.address, relayDomains: relay.domains, table: this.#recipients, delimiters: relay.recipientDelimiter });
     if (unlisted) {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'recipient not in relay.recipients');
       return cb(replyError(unlisted.code, unlisted.enhanced, unlisted.text, 'unknown_recipient'));

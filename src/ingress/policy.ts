@@ -72,8 +72,13 @@ export function relayDecision(o: { recipient: string; trusted: boolean; authUser
  * The relay recipient table at RCPT (Postfix's reject_unlisted_recipient with relay_recipient_maps):
  * with a table, a recipient in relay.domains must be listed, whoever the client is.
  */
-export function unlistedRecipientDecision(o: { recipient: string; relayDomains: string[]; table: { has(address: string): boolean } | undefined }): Reply | undefined {
-  if (!o.table || !o.relayDomains.includes(recipientDomain(o.recipient)) || o.table.has(o.recipient)) return undefined;
+export function unlistedRecipientDecision(o: {
+  recipient: string;
+  relayDomains: string[];
+  table: { has(address: string, delimiters?: string | null): boolean } | undefined;
+  delimiters?: string | null;
+}): Reply | undefined {
+  if (!o.table || !o.relayDomains.includes(recipientDomain(o.recipient)) || o.table.has(o.recipient, o.delimiters)) return undefined;
   return { code: 550, enhanced: '5.1.1', text: `<${o.recipient}>: Recipient address rejected: User unknown in relay recipient table` };
 }
 

@@ -9,7 +9,8 @@
  * domain); anything after the first blank on a line is ignored, so a Postfix relay_recipients
  * source file ("user@domain  OK") can be used as it is. Blank lines and lines starting with "#"
  * are ignored. Lookups ignore case, and a domain is compared in its ASCII (A-label) form, as
- * relay.domains are. Read at start (a broken file stops the start) and again at every
+ * relay.domains are. With relay.recipientDelimiter (Postfix's recipient_delimiter), an address
+ * with an extension, "user+tag@domain", is also found as "user@domain". Read at start (a broken file stops the start) and again at every
  * configuration change (SIGHUP or an API update; a broken file then keeps the previous table).
  */
 import { readFileSync } from 'node:fs';
@@ -59,12 +60,25 @@ export class RecipientTable {
     return out;
   }
 
-  /** Is this recipient listed, by its address or by its whole domain? */
-  has(address: string): boolean {
+  /**
+   * Is this recipient listed, by its address, by its address without the extension (the local
+   * part up to the first of the `delimiters` characters, when it is not the first), or by its
+   * whole domain?
+   */
+  has(address: string, delimiters?: string | null): boolean {
     const domain = recipientDomain(address);
     if (this.domains.has(domain)) return true;
     const at = address.lastIndexOf('@');
-    return at > 0 && this.addresses.has(key(address.slice(0, at), domain));
+    if (at <= 0) return false;
+    const local = address.slice(0, at);
+    if (this.addresses.has(key(local, domain))) return true;
+    if (!delimiters) return false;
+    let cut = -1;
+    for (const d of delimiters) {
+      const i = local.indexOf(d);
+      if (i > 0 && (cut < 0 || i < cut)) cut = i;
+    }
+    return cut > 0 && this.addresses.has(key(local.slice(0, cut), domain));
   }
 }
 

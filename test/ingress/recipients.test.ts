@@ -37,6 +37,21 @@ describe('the relay recipient table', () => {
     expect([...table.entryDomains()].sort()).toEqual(['catchall.example', 'local.example', 'xn--bcher-kva.example']);
   });
 
+  it('finds an address with an extension by its base address, with a recipient delimiter only', () => {
+    const t = RecipientTable.parse('alice@local.example\nbob+list@local.example\n');
+    expect(t.has('alice+news@local.example')).toBe(false);
+    expect(t.has('alice+news@local.example', '+')).toBe(true);
+    expect(t.has('Alice-news+x@local.example', '+-')).toBe(true);
+    expect(t.has('alice-news@local.example', '+')).toBe(false);
+    // A delimiter in first place is no extension: "+alice" is not "".
+    expect(t.has('+alice@local.example', '+')).toBe(false);
+    // An exact entry with an extension is found as it is, with or without a delimiter.
+    expect(t.has('bob+list@local.example')).toBe(true);
+    expect(t.has('bob+list@local.example', '+')).toBe(true);
+    expect(t.has('bob+other@local.example', '+')).toBe(false);
+    expect(t.has('mallory+alice@local.example', '+')).toBe(false);
+  });
+
   it('names the file and line of a malformed entry', () => {
     expect(() => RecipientTable.parse('ok@local.example\njust-a-name\n', '/etc/rcpt')).toThrow('/etc/rcpt:2: expected "user@domain" or "@domain", not "just-a-name"');
     expect(() => RecipientTable.parse('user@bad_domain!', 'f')).toThrow('f:1:');
@@ -82,7 +97,7 @@ describe.each([
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-rcpt-'));
     file = join(dir, 'relay_recipients');
     writeFileSync(file, 'alice@local.example\n@catchall.example\n');
-    h = await startIngress({ relay: { networks, domains: ['local.example', 'catchall.example'], recipients: file } });
+    h = await startIngress({ relay: { networks, domains: ['local.example', 'catchall.example'], recipients: file, recipientDelimiter: '+' } });
   });
   afterEach(async () => {
     await Promise.all(clients.splice(0).map((c) => c.quit()));
@@ -101,12 +116,14 @@ describe.each([
     expect([refused.code, refused.enhanced]).toEqual([550, '5.1.1']);
     expect(refused.text).toContain('User unknown in relay recipient table');
     expect((await c.command('RCPT TO:<whoever@catchall.example>')).code).toBe(250);
+    expect((await c.command('RCPT TO:<alice+lists@local.example>')).code).toBe(250);
+    expect((await c.command('RCPT TO:<mallory+alice@local.example>')).code).toBe(550);
     expect((await c.command('DATA')).code).toBe(354);
     const done = await c.command('Subject: t\r\n\r\nhello\r\n.');
     expect(done.code).toBe(250);
     const mail = await h.queue.get(done.text.split(' ').pop()!);
-    expect(mail!.recipients.map((r) => r.address)).toEqual(['Alice@LOCAL.example', 'whoever@catchall.example']);
-    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'unknown_recipient' })).toBe(before + 1);
+    expect(mail!.recipients.map((r) => r.address)).toEqual(['Alice@LOCAL.example', 'whoever@catchall.example', 'alice+lists@local.example']);
+    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'unknown_recipient' })).toBe(before + 2);
   });
 
   it('reads the table again on reload; a broken file keeps the table that was running', async () => {
