@@ -89,8 +89,14 @@ const listener = z.union([
     submission: z.boolean().optional(),
     /** TLS from the first byte (SMTPS, port 465) instead of STARTTLS. Needs smtp.tls. */
     implicitTls: z.boolean().optional(),
+    /**
+     * Load balancers (CIDRs) in front of this listener that open each connection with a PROXY
+     * protocol v1 header (HAProxy's send-proxy): from them the header is required, and the client
+     * address it carries is the one relay.networks, the connection limits and Received: see.
+     */
+    proxyProtocol: z.array(cidr).min(1).optional(),
   }),
-]).transform((l) => ({ submission: false, implicitTls: false, ...l }));
+]).transform((l) => ({ submission: false, implicitTls: false, proxyProtocol: [] as string[], ...l }));
 
 const priorityName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as "bulk"');
 

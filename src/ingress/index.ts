@@ -46,6 +46,8 @@ export interface ListenerInfo {
   port: number;
   submission: boolean;
   implicitTls: boolean;
+  /** Load balancers (CIDRs) that must send a PROXY header; empty: none. */
+  proxyFrom: string[];
 }
 
 interface SessionState {
@@ -91,7 +93,7 @@ export class SmtpIngress {
     const tls = config.smtp.tls ? { key: readFileSync(config.smtp.tls.key), cert: readFileSync(config.smtp.tls.cert) } : undefined;
     for (const l of config.smtp.listen) {
       const hp = parseHostPort(l.address)!;
-      const listener: ListenerInfo = { host: hp.host, port: hp.port, submission: l.submission, implicitTls: l.implicitTls };
+      const listener: ListenerInfo = { host: hp.host, port: hp.port, submission: l.submission, implicitTls: l.implicitTls, proxyFrom: l.proxyProtocol };
       const server = new SpoolhouseSmtpServer(this.#serverOptions(config, listener, tls), this.#hooks(listener));
       server.on('error', (err: Error & { code?: string }) => this.#logger.debug({ err: err.message, code: err.code }, 'smtp connection error'));
       let address: AddressInfo;
@@ -113,7 +115,10 @@ export class SmtpIngress {
       if (listener.submission && !config.auth.users) this.#logger.warn({ port: listener.port }, 'submission listener without auth.users: every MAIL will be refused (530)');
       if (listener.submission && !tls && !config.auth.allowInsecure) this.#logger.warn({ port: listener.port }, 'submission listener without smtp.tls and auth.allowInsecure false: AUTH is impossible');
       this.#servers.push({ server, listener });
-      this.#logger.info({ host: listener.host, port: listener.port, submission: listener.submission, implicitTls: listener.implicitTls }, 'smtp listening');
+      this.#logger.info({
+        host: listener.host, port: listener.port, submission: listener.submission, implicitTls: listener.implicitTls,
+        ...(listener.proxyFrom.length ? { proxyProtocolFrom: listener.proxyFrom } : {}),
+      }, 'smtp listening');
     }
     this.#store.on('change', this.#onChange);
     return this.#servers.map((s) => ({ ...s.listener }));
@@ -202,6 +207,7 @@ export class SmtpIngress {
       onRejection: (code: number, enhanced: string) => {
         this.#metrics.rejectedTotal.inc({ reason: rejectionReason(code, enhanced) });
       },
+      expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };
   }
 

@@ -276,6 +276,8 @@ export interface ProtocolHooks {
   authRefusal(conn: SpoolhouseConnection): Reply | undefined;
   /** Called for every reply of 400 or more, with its enhanced code, for metrics. */
   onRejection(code: number, enhanced: string, conn: SpoolhouseConnection): void;
+  /** Must a connection from this peer open with a PROXY protocol header (a trusted load balancer)? */
+  expectsProxyHeader(peerAddress: string): boolean;
 }
 
 /** Session ids: random per process, then counted (smtp-server draws 80 random bits for each). */
@@ -288,6 +290,16 @@ export class SpoolhouseSmtpServer extends SMTPServer {
   constructor(options: SMTPServerOptions, hooks: ProtocolHooks) {
     super(options);
     this.hooks = hooks;
+  }
+
+  /**
+   * Whether a PROXY header is required from this peer: the listener's `proxyProtocol` networks
+   * (smtp-server's `useProxy` takes single addresses only). smtp-server then reads the header
+   * (before the TLS handshake of an implicit-TLS listener) and makes its source address the
+   * session's `remoteAddress`; a peer that sends something else is answered "* BAD" and closed.
+   */
+  override _expectsProxyHeader(socket: Socket): boolean {
+    return this.hooks.expectsProxyHeader(socket.remoteAddress ?? '');
   }
 
   /**

@@ -29,7 +29,7 @@ function problemsOf(fn: () => unknown): ConfigError['problems'] {
 describe('config loading', () => {
   it('loads the documented defaults', () => {
     const { config } = loadConfig();
-    expect(config.smtp.listen).toEqual([{ address: '127.0.0.1:2525', submission: false, implicitTls: false }]);
+    expect(config.smtp.listen).toEqual([{ address: '127.0.0.1:2525', submission: false, implicitTls: false, proxyProtocol: [] }]);
     expect(config.relay.networks).toEqual(['127.0.0.0/8', '::1/128']);
     expect(config.delivery.retry).toEqual({ min: 300_000, max: 4_000_000, lifetime: 5 * 86_400_000 });
     expect(config.smtp.maxMessageSize).toBe(50 * 1024 * 1024);
@@ -42,7 +42,7 @@ describe('config loading', () => {
     const file = overlay('o.json', JSON.stringify({ smtp: { listen: ['0.0.0.0:25', { address: '0.0.0.0:587', submission: true }], maxRecipients: 5 }, relay: { domains: ['Example.ORG'] } }));
     const { config } = loadConfig(file);
     expect(config.smtp.listen).toHaveLength(2);
-    expect(config.smtp.listen[1]).toEqual({ address: '0.0.0.0:587', submission: true, implicitTls: false });
+    expect(config.smtp.listen[1]).toEqual({ address: '0.0.0.0:587', submission: true, implicitTls: false, proxyProtocol: [] });
     expect(config.smtp.maxRecipients).toBe(5);
     expect(config.smtp.maxConnections).toBe(500); // untouched default
     expect(config.relay.domains).toEqual(['example.org']);
@@ -151,7 +151,7 @@ describe('restartOnlyChanges', () => {
     const live = { ...structuredClone(a), rules: [{ name: 'x', match: { sender: '*' }, hold: true }], delivery: { ...a.delivery, concurrency: 3 }, log: { ...a.log, level: 'debug' } } as typeof a;
     expect(restartOnlyChanges(a, live)).toEqual([]);
     const later = structuredClone(a);
-    later.smtp.listen = [{ address: '127.0.0.1:2626', submission: false, implicitTls: false }] as typeof a.smtp.listen;
+    later.smtp.listen = [{ address: '127.0.0.1:2626', submission: false, implicitTls: false, proxyProtocol: [] }] as typeof a.smtp.listen;
     later.spool.dir = '/elsewhere';
     later.smtp.tls = { cert: 'c.pem', key: 'k.pem' } as typeof a.smtp.tls;
     later.log.pretty = !a.log.pretty;
