@@ -40,7 +40,8 @@ export function tokenFromConfig(config: Config): string {
 
 function readConfig(flags: ConnectionFlags, env: NodeJS.ProcessEnv): Config {
   try {
-    return loadConfig(chooseOverlay(flags.config ?? (env.SPOOLHOUSE_CONFIG || undefined))).config;
+    // The server's own config (its environment's keys too), for the admin address and token.
+    return loadConfig(chooseOverlay(flags.config ?? (env.SPOOLHOUSE_CONFIG || undefined)), undefined, env).config;
   } catch (err) {
     if (err instanceof ConfigError) throw new CliError(err.message, EXIT.error);
     throw err;

@@ -1,8 +1,9 @@
 /**
  * Loads the configuration: `config/default.json` (the documented defaults), then one overlay
  * file (`--config FILE` or `SPOOLHOUSE_CONFIG`), JSON or YAML, deep-merged over it (objects
- * merge key by key; arrays and scalars replace). The result is validated once against
- * `configSchema`; an error names the file, the key and the problem.
+ * merge key by key; arrays and scalars replace), then single keys from the environment
+ * (`SPOOLHOUSE_ADMIN__TOKEN=…`, see `envLayers`). The result is validated once against
+ * `configSchema`; an error names the file (or the environment variable), the key and the problem.
  *
  * Relative paths in the config (spool.dir, auth.users, smtp.tls) resolve against the current
  * working directory, as `npm start` runs from the project root.
@@ -118,12 +119,76 @@ export interface LoadedConfig {
   overlay: Plain;
 }
 
-/** Loads defaults plus an optional overlay file. Throws ConfigError. */
-export function loadConfig(overlayFile?: string, defaultsFile = defaultConfigFile()): LoadedConfig {
-  const layers = [{ file: defaultsFile, doc: readConfigFile(defaultsFile) }];
-  if (overlayFile) layers.push({ file: resolve(overlayFile), doc: readConfigFile(overlayFile) });
+/** Loads defaults plus an optional overlay file, plus the environment's keys. Throws ConfigError. */
+export function loadConfig(overlayFile?: string, defaultsFile = defaultConfigFile(), env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const defaults = { file: defaultsFile, doc: readConfigFile(defaultsFile) };
+  const overlay = overlayFile ? { file: resolve(overlayFile), doc: readConfigFile(overlayFile) } : undefined;
+  const layers = [defaults, ...(overlay ? [overlay] : []), ...envLayers(env, defaults.doc)];
   const merged = layers.reduce<unknown>((acc, l) => deepMerge(acc, l.doc), {});
-  return { config: validateConfig(merged, layers), files: layers.map((l) => l.file), overlay: layers[1]?.doc ?? {} };
+  return { config: validateConfig(merged, layers), files: [defaults.file, ...(overlay ? [overlay.file] : [])], overlay: overlay?.doc ?? {} };
+}
+
+const ENV_PREFIX = 'SPOOLHOUSE_';
+
+/** `maxMessageSize`, `MAX_MESSAGE_SIZE` and `maxmessagesize` name the same key. */
+function keyName(segment: string): string {
+  return segment.replace(/_/g, '').toLowerCase();
+}
+
+/**
+ * Config keys set in the environment, one layer each (so an error names the variable), applied
+ * over the files: `SPOOLHOUSE_` and the key's path, its levels joined by `__`, each level in
+ * upper snake case or as written: `SPOOLHOUSE_ADMIN__TOKEN`, `SPOOLHOUSE_KAFKA__NODE_ID`,
+ * `SPOOLHOUSE_DELIVERY__RETRY__LIFETIME`. Only keys of config/default.json (two levels deep or
+ * more) can be set; another `SPOOLHOUSE_X__Y` is an error, so a typo does not pass unnoticed.
+ * Names without `__` are not keys (`SPOOLHOUSE_CONFIG`, the CLI's `SPOOLHOUSE_URL` and `_TOKEN`).
+ * The value is read by the default's type: a list as comma-separated items (or JSON/YAML
+ * `[...]`), a number or a boolean as one, an object as JSON/YAML `{...}`, `null` as null, and
+ * anything else as the string it is (an admin token of digits stays a string).
+ */
+export function envLayers(env: NodeJS.ProcessEnv, defaults: Plain): { file: string; doc: Plain }[] {
+  const layers: { file: string; doc: Plain }[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (!name.startsWith(ENV_PREFIX) || !name.includes('__', ENV_PREFIX.length)) continue;
+    const raw = env[name]!;
+    const file = `environment variable ${name}`;
+    const path: string[] = [];
+    let node: unknown = defaults;
+    for (const segment of name.slice(ENV_PREFIX.length).split('__')) {
+      const key = isPlain(node) ? Object.keys(node).find((k) => keyName(k) === keyName(segment)) : undefined;
+      if (key === undefined) {
+        const problem = `no configuration key ${[...path, segment.toLowerCase()].join('.')}`;
+        throw new ConfigError(`${file}: ${problem}`, [{ file, key: [...path, segment.toLowerCase()].join('.'), problem }]);
+      }
+      path.push(key);
+      node = (node as Plain)[key];
+    }
+    let value: unknown;
+    try {
+      value = envValue(raw, node);
+    } catch (err) {
+      const problem = `not valid JSON or YAML: ${(err as Error).message}`;
+      throw new ConfigError(`${file}: ${problem}`, [{ file, key: path.join('.'), problem }]);
+    }
+    const doc: Plain = {};
+    let at = doc;
+    path.forEach((k, i) => {
+      if (i === path.length - 1) at[k] = value;
+      else at = (at[k] = {}) as Plain;
+    });
+    layers.push({ file, doc });
+  }
+  return layers;
+}
+
+function envValue(raw: string, fallback: unknown): unknown {
+  const text = raw.trim();
+  if (/^[[{]/.test(text)) return parseYaml(text) as unknown;
+  if (text === 'null') return null;
+  if (Array.isArray(fallback)) return text ? text.split(',').map((s) => s.trim()).filter(Boolean) : [];
+  if (typeof fallback === 'number' && /^-?\d+(\.\d+)?$/.test(text)) return Number(text);
+  if (typeof fallback === 'boolean' && (text === 'true' || text === 'false')) return text === 'true';
+  return raw;
 }
 
 /** `--config FILE` from argv, else SPOOLHOUSE_CONFIG. */

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, extname, join } from 'node:path';
 import { stringify as stringifyYaml } from 'yaml';
-import { deepMerge, defaultConfigFile, loadConfig, projectRoot, readConfigFile, validateConfig } from './load.js';
+import { deepMerge, defaultConfigFile, envLayers, loadConfig, projectRoot, readConfigFile, validateConfig } from './load.js';
 import type { Config } from './schema.js';
 
 export function localOverlayFile(): string {
@@ -31,12 +31,15 @@ export class ConfigStore extends EventEmitter {
   #overlay: Record<string, unknown>;
   readonly overlayFile: string;
   readonly defaultsFile: string;
+  /** The environment whose SPOOLHOUSE_…__… keys apply over the files (load.ts envLayers). */
+  readonly #env: NodeJS.ProcessEnv;
 
-  constructor(overlayFile: string | undefined, defaultsFile = defaultConfigFile()) {
+  constructor(overlayFile: string | undefined, defaultsFile = defaultConfigFile(), env: NodeJS.ProcessEnv = process.env) {
     super();
     this.defaultsFile = defaultsFile;
     this.overlayFile = overlayFile ?? localOverlayFile();
-    const loaded = loadConfig(overlayFile, defaultsFile);
+    this.#env = env;
+    const loaded = loadConfig(overlayFile, defaultsFile, env);
     this.#config = loaded.config;
     this.#overlay = loaded.overlay;
   }
@@ -53,10 +56,8 @@ export class ConfigStore extends EventEmitter {
   validate(patch: Record<string, unknown>, opts: UpdateOptions = {}): Config {
     const overlay = mergeOverlay(this.#overlay, patch, opts);
     const defaults = readConfigFile(this.defaultsFile);
-    return validateConfig(deepMerge(defaults, overlay), [
-      { file: this.defaultsFile, doc: defaults },
-      { file: this.overlayFile, doc: overlay },
-    ]);
+    const layers = [{ file: this.defaultsFile, doc: defaults }, { file: this.overlayFile, doc: overlay }, ...envLayers(this.#env, defaults)];
+    return validateConfig(layers.reduce<unknown>((acc, l) => deepMerge(acc, l.doc), {}), layers);
   }
 
   /** Validates, saves to the overlay file, applies. Arrays in the patch replace (e.g. the rule list). */
@@ -70,7 +71,7 @@ export class ConfigStore extends EventEmitter {
 
   /** Re-reads the files (SIGHUP). A broken file throws and leaves the running config as it was. */
   reload(): Config {
-    const loaded = loadConfig(existsSync(this.overlayFile) ? this.overlayFile : undefined, this.defaultsFile);
+    const loaded = loadConfig(existsSync(this.overlayFile) ? this.overlayFile : undefined, this.defaultsFile, this.#env);
     this.#overlay = loaded.overlay;
     return this.#apply(loaded.config);
   }

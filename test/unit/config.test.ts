@@ -162,3 +162,56 @@ describe('restartOnlyChanges', () => {
     expect(restartOnlyChanges(later, certs)).toEqual([]);
   });
 });
+
+describe('config keys from the environment', () => {
+  const defaults = defaultConfigFile();
+
+  it('sets keys by path, reads values by the default type, and wins over the overlay file', () => {
+    const file = overlay('o.json', JSON.stringify({ admin: { token: 'from-the-file-0123456' }, smtp: { maxRecipients: 7 } }));
+    const { config } = loadConfig(file, defaults, {
+      SPOOLHOUSE_ADMIN__TOKEN: '01234567890123456789',
+      SPOOLHOUSE_KAFKA__BROKERS: 'k1:9092, k2:9092',
+      SPOOLHOUSE_KAFKA__NODE_ID: 'node-a',
+      SPOOLHOUSE_SMTP__MAX_RECIPIENTS: '50',
+      SPOOLHOUSE_AUTH__ALLOW_INSECURE: 'true',
+      SPOOLHOUSE_DELIVERY__RETRY__LIFETIME: '2d',
+      SPOOLHOUSE_SMTP__TLS: '{ cert: /etc/ssl/c.pem, key: /etc/ssl/k.pem }',
+      SPOOLHOUSE_SMTP__LISTEN: '["0.0.0.0:25", { address: "0.0.0.0:587", submission: true }]',
+      SPOOLHOUSE_smtp__hostname: 'mx.example.org',
+      // Not config keys: no "__" after the prefix.
+      SPOOLHOUSE_CONFIG: '/nonexistent.json', SPOOLHOUSE_TOKEN: 'cli', SPOOLHOUSE_URL: 'http://x', SPOOLHOUSE_SKIP_KAFKA: '1',
+    });
+    expect(config.admin.token).toBe('01234567890123456789');
+    expect(config.kafka.brokers).toEqual(['k1:9092', 'k2:9092']);
+    expect(config.kafka.nodeId).toBe('node-a');
+    expect(config.smtp.maxRecipients).toBe(50);
+    expect(config.auth.allowInsecure).toBe(true);
+    expect(config.delivery.retry.lifetime).toBe(2 * 86_400_000);
+    expect(config.smtp.tls).toEqual({ cert: '/etc/ssl/c.pem', key: '/etc/ssl/k.pem' });
+    expect(config.smtp.listen.map((l) => [l.address, l.submission])).toEqual([['0.0.0.0:25', false], ['0.0.0.0:587', true]]);
+    expect(config.smtp.hostname).toBe('mx.example.org');
+  });
+
+  it('names the variable of an unknown key or a bad value', () => {
+    expect(problemsOf(() => loadConfig(undefined, defaults, { SPOOLHOUSE_ADMIN__TOKN: 'x' }))).toEqual([
+      { file: 'environment variable SPOOLHOUSE_ADMIN__TOKN', key: 'admin.tokn', problem: 'no configuration key admin.tokn' },
+    ]);
+    const bad = problemsOf(() => loadConfig(undefined, defaults, { SPOOLHOUSE_SMTP__MAX_RECIPIENTS: 'lots', SPOOLHOUSE_LOG__LEVEL: 'loud' }));
+    expect(bad.map((p) => [p.file, p.key])).toEqual(expect.arrayContaining([
+      ['environment variable SPOOLHOUSE_SMTP__MAX_RECIPIENTS', 'smtp.maxRecipients'],
+      ['environment variable SPOOLHOUSE_LOG__LEVEL', 'log.level'],
+    ]));
+    expect(problemsOf(() => loadConfig(undefined, defaults, { SPOOLHOUSE_SMTP__TLS: '{ cert: [' }))[0]).toMatchObject({
+      file: 'environment variable SPOOLHOUSE_SMTP__TLS', key: 'smtp.tls',
+    });
+  });
+
+  it('keeps applying over what the API saves and what a reload reads', () => {
+    const file = overlay('o.json', '{}');
+    const store = new ConfigStore(file, defaults, { SPOOLHOUSE_PRIORITIES__LOW_PRIORITY_SHARE: '0.25' });
+    store.update({ priorities: { lowPriorityShare: 0.5 } });
+    expect(store.current.priorities.lowPriorityShare).toBe(0.25);
+    expect(JSON.parse(readFileSync(file, 'utf8')).priorities.lowPriorityShare).toBe(0.5);
+    expect(store.reload().priorities.lowPriorityShare).toBe(0.25);
+  });
+});
