@@ -205,6 +205,11 @@ export const configSchema = z.strictObject({
   auth: z.strictObject({
     /** File of "user:bcrypt-hash" lines; null disables AUTH. */
     users: z.union([z.null(), z.string().min(1)]),
+    /**
+     * File of sender addresses (or "@domain") and the users who own them; when set, an
+     * authenticated user may use only its own (Postfix's smtpd_sender_login_maps). null: any.
+     */
+    senders: z.union([z.null(), z.string().min(1)]),
     /** Allow AUTH without TLS (only sensible on loopback/test setups). */
     allowInsecure: z.boolean(),
     /** Failed AUTH attempts a session may make; the next failure is answered 421 4.7.0 and the connection closed. */

@@ -39,6 +39,7 @@ import {
   unlistedRecipientDecision,
 } from './policy.js';
 import { RecipientTable } from './recipients.js';
+import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
 export interface ListenerInfo {
@@ -74,6 +75,8 @@ export class SmtpIngress {
   #users: UsersFile = UsersFile.empty();
   /** relay.recipients, when set. */
   #recipients: RecipientTable | undefined;
+  /** auth.senders, when set. */
+  #senders: SenderOwners | undefined;
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
   readonly #inFlow?: (maxMs: number) => Promise<void> | undefined;
@@ -85,7 +88,7 @@ export class SmtpIngress {
     this.#logger = o.logger.child({ stage: 'ingress' });
     this.#metrics = o.metrics;
     this.#loadUsers(this.#store.current);
-    this.#loadRecipients(this.#store.current, true);
+    this.#loadTables(this.#store.current, true);
   }
 
   async listen(): Promise<ListenerInfo[]> {
@@ -285,6 +288,10 @@ export class SmtpIngress {
     const state = this.#state(session, listener);
     const authUser = authUserOf(session);
     if (listener.submission && !authUser) return cb(replyError(530, '5.7.0', 'Authentication required', 'auth'));
+    if (authUser && this.#senders && !this.#senders.mayUse(authUser, address.address)) {
+      this.#logger.warn({ user: authUser, sender: address.address, client: session.remoteAddress }, 'sender address not owned by the authenticated user (auth.senders)');
+      return cb(replyError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${authUser}`, 'sender_login'));
+    }
     const decision = senderRequestDecision(address.args, {
       trusted: state.trusted, authUser, maxFutureReleaseMs: state.config.smtp.maxFutureRelease, now: Date.now(),
     });
@@ -478,33 +485,36 @@ export class SmtpIngress {
       }
     }
     this.#loadUsers(next);
-    this.#loadRecipients(next, false);
+    this.#loadTables(next, false);
   }
 
   /**
-   * relay.recipients: read at start (a broken file stops the start: accepting every address or
-   * none would both be wrong) and at every configuration change (a broken file keeps the table
-   * that was running, as for auth.users).
+   * The tables the config names (relay.recipients, auth.senders): read at start (a broken file
+   * stops the start: accepting every address or none would both be wrong) and at every
+   * configuration change (a broken file keeps the table that was running, as for auth.users).
    */
-  #loadRecipients(config: Config, atStart: boolean): void {
-    const file = config.relay.recipients;
-    if (!file) {
-      this.#recipients = undefined;
-      return;
+  #loadTables(config: Config, atStart: boolean): void {
+    const recipients = this.#loadTable('relay.recipients', config.relay.recipients, RecipientTable.load, this.#recipients, atStart);
+    if (recipients && recipients !== this.#recipients) {
+      const outside = [...recipients.entryDomains()].filter((d) => !config.relay.domains.includes(d));
+      if (outside.length) this.#logger.warn({ file: recipients.file, domains: outside.slice(0, 10), count: outside.length }, 'relay.recipients lists domains that are not in relay.domains; those entries are not used');
     }
-    let table: RecipientTable;
+    this.#recipients = recipients;
+    this.#senders = this.#loadTable('auth.senders', config.auth.senders, SenderOwners.load, this.#senders, atStart);
+  }
+
+  #loadTable<T extends { size: number }>(key: string, file: string | null, load: (file: string) => T, previous: T | undefined, atStart: boolean): T | undefined {
+    if (!file) return undefined;
     try {
-      table = RecipientTable.load(file);
+      const table = load(file);
+      this.#logger.info({ file, entries: table.size }, `${key} loaded`);
+      return table;
     } catch (err) {
       const problem = (err as Error).message;
-      if (atStart) throw new ConfigError(`relay.recipients: ${problem}`, [{ file, key: 'relay.recipients', problem }]);
-      this.#logger.error({ file, err: problem }, 'cannot read relay.recipients; keeping the previous table');
-      return;
+      if (atStart) throw new ConfigError(`${key}: ${problem}`, [{ file, key, problem }]);
+      this.#logger.error({ file, err: problem }, `cannot read ${key}; keeping the previous table`);
+      return previous;
     }
-    this.#recipients = table;
-    const outside = [...table.entryDomains()].filter((d) => !config.relay.domains.includes(d));
-    this.#logger.info({ file, entries: table.size }, 'relay recipients loaded');
-    if (outside.length) this.#logger.warn({ file, domains: outside.slice(0, 10), count: outside.length }, 'relay.recipients lists domains that are not in relay.domains; those entries are not used');
   }
 
   #loadUsers(config: Config): void {
