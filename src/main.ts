@@ -6,6 +6,8 @@
  * reserve. Shutdown runs the other way: stop accepting SMTP (so no 250 is promised that the
  * queue cannot keep), let delivery finish or hand back its leases, close admin, close the queue.
  * SIGHUP re-reads the config files; a broken file is logged and the running config kept.
+ * `--check` only checks the configuration and the files it names, then exits (0, or 78 with the
+ * problems), as `postfix check` or `nginx -t` do: before a reload or a restart.
  */
 import { hostname } from 'node:os';
 import { ConfigError, overlayFileFromArgs } from './config/load.js';
@@ -13,7 +15,7 @@ import { ConfigStore, chooseOverlay, restartOnlyChanges } from './config/store.j
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics } from './metrics.js';
 import { openQueue } from './queue/index.js';
-import { SmtpIngress } from './ingress/index.js';
+import { SmtpIngress, checkIngressFiles } from './ingress/index.js';
 import { Scheduler } from './scheduler/index.js';
 import { Deliverer } from './delivery/deliverer.js';
 import { createAdminServer } from './admin/index.js';
@@ -34,6 +36,7 @@ async function main(argv: string[]): Promise<void> {
     }
     throw err;
   }
+  if (argv.includes('--check')) process.exit(checkConfiguration(store, overlay));
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, flushMs: config.log.flushInterval });
   logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
@@ -89,6 +92,17 @@ async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** `--check`: the config is valid (or the store would not exist); now the files it names. */
+function checkConfiguration(store: ConfigStore, overlay: string | undefined): number {
+  const files = checkIngressFiles(store.current);
+  const problems = files.filter((f) => f.problem);
+  for (const p of problems) process.stderr.write(`spoolhouse: ${p.key}: ${p.problem}\n`);
+  if (problems.length) return 78;
+  const read = [store.defaultsFile, ...(overlay ? [overlay] : []), ...files.map((f) => `${f.file} (${f.key}${f.entries === undefined ? '' : `, ${f.entries} entries`})`)];
+  process.stdout.write(`spoolhouse: configuration OK\n${read.map((f) => `  ${f}\n`).join('')}`);
+  return 0;
 }
 
 function reload(store: ConfigStore, logger: Logger): void {

@@ -22,6 +22,7 @@
 import dns from 'node:dns';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { classify } from '../config/rules.js';
 import { parseHostPort, type Config } from '../config/schema.js';
@@ -87,13 +88,12 @@ export class SmtpIngress {
     if (o.inFlow) this.#inFlow = o.inFlow;
     this.#logger = o.logger.child({ stage: 'ingress' });
     this.#metrics = o.metrics;
-    this.#loadUsers(this.#store.current);
     this.#loadTables(this.#store.current, true);
   }
 
   async listen(): Promise<ListenerInfo[]> {
     const config = this.#store.current;
-    const tls = config.smtp.tls ? { key: readFileSync(config.smtp.tls.key), cert: readFileSync(config.smtp.tls.cert) } : undefined;
+    const tls = config.smtp.tls ? readTls(config.smtp.tls) : undefined;
     for (const l of config.smtp.listen) {
       const hp = parseHostPort(l.address)!;
       const listener: ListenerInfo = { host: hp.host, port: hp.port, submission: l.submission, implicitTls: l.implicitTls, proxyFrom: l.proxyProtocol };
@@ -478,22 +478,23 @@ export class SmtpIngress {
       });
       if (next.smtp.tls) {
         try {
-          server.updateSecureContext({ key: readFileSync(next.smtp.tls.key), cert: readFileSync(next.smtp.tls.cert) });
+          server.updateSecureContext(readTls(next.smtp.tls));
         } catch (err) {
           this.#logger.error({ err: (err as Error).message }, 'cannot reload TLS certificate; keeping the old one');
         }
       }
     }
-    this.#loadUsers(next);
     this.#loadTables(next, false);
   }
 
   /**
-   * The tables the config names (relay.recipients, auth.senders): read at start (a broken file
-   * stops the start: accepting every address or none would both be wrong) and at every
-   * configuration change (a broken file keeps the table that was running, as for auth.users).
+   * The tables the config names (auth.users, relay.recipients, auth.senders): read at start (a
+   * broken file stops the start: accepting every address or none, or locking every user out,
+   * would all be wrong) and at every configuration change (a broken file keeps the table that was
+   * running: a typo must not lock everybody out or let anybody in).
    */
   #loadTables(config: Config, atStart: boolean): void {
+    this.#users = this.#loadTable('auth.users', config.auth.users, UsersFile.load, this.#users, atStart) ?? UsersFile.empty();
     const recipients = this.#loadTable('relay.recipients', config.relay.recipients, RecipientTable.load, this.#recipients, atStart);
     if (recipients && recipients !== this.#recipients) {
       const outside = [...recipients.entryDomains()].filter((d) => !config.relay.domains.includes(d));
@@ -516,23 +517,51 @@ export class SmtpIngress {
       return previous;
     }
   }
-
-  #loadUsers(config: Config): void {
-    if (!config.auth.users) {
-      this.#users = UsersFile.empty();
-      return;
-    }
-    try {
-      this.#users = UsersFile.load(config.auth.users);
-      this.#logger.info({ file: config.auth.users, users: this.#users.size }, 'smtp auth users loaded');
-    } catch (err) {
-      // Keep the users we had: a broken file must not lock everybody out (or let anybody in).
-      this.#logger.error({ file: config.auth.users, err: (err as Error).message }, 'cannot read auth users file; keeping the previous users');
-    }
-  }
 }
 
 function authUserOf(session: SMTPServerSession): string | undefined {
   const user: unknown = session.user;
   return typeof user === 'string' && user ? user : undefined;
+}
+
+/** smtp.tls's files, checked as a pair (readable, PEM, the key matching the certificate). Throws ConfigError. */
+function readTls(files: { key: string; cert: string }): { key: Buffer; cert: Buffer } {
+  try {
+    const pair = { key: readFileSync(files.key), cert: readFileSync(files.cert) };
+    createSecureContext(pair);
+    return pair;
+  } catch (err) {
+    const problem = (err as Error).message;
+    throw new ConfigError(`smtp.tls: ${problem}`, [{ file: `${files.cert}, ${files.key}`, key: 'smtp.tls', problem }]);
+  }
+}
+
+/**
+ * The files the ingress reads, each checked as at start (`main.js --check`): the TLS pair and
+ * the tables. One entry per file the config names, with its entries or its problem.
+ */
+export function checkIngressFiles(config: Config): { key: string; file: string; entries?: number; problem?: string }[] {
+  const out: { key: string; file: string; entries?: number; problem?: string }[] = [];
+  const tables: [string, string | null, (file: string) => { size: number }][] = [
+    ['auth.users', config.auth.users, UsersFile.load],
+    ['relay.recipients', config.relay.recipients, RecipientTable.load],
+    ['auth.senders', config.auth.senders, SenderOwners.load],
+  ];
+  if (config.smtp.tls) {
+    try {
+      readTls(config.smtp.tls);
+      out.push({ key: 'smtp.tls', file: `${config.smtp.tls.cert}, ${config.smtp.tls.key}` });
+    } catch (err) {
+      out.push({ ...(err as ConfigError).problems[0]! });
+    }
+  }
+  for (const [key, file, load] of tables) {
+    if (!file) continue;
+    try {
+      out.push({ key, file, entries: load(file).size });
+    } catch (err) {
+      out.push({ key, file, problem: (err as Error).message });
+    }
+  }
+  return out;
 }
