@@ -98,6 +98,8 @@ const listener = z.union([
   }),
 ]).transform((l) => ({ submission: false, implicitTls: false, proxyProtocol: [] as string[], ...l }));
 
+const rateText = z.union([z.null(), z.string().regex(/^[1-9]\d*\/(s|m|h)$/, 'must be a whole number of mails per unit, such as "100/m" or "3600/h"')]);
+
 const priorityName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as "bulk"');
 
 const limits = z.strictObject({
@@ -168,6 +170,11 @@ export const configSchema = z.strictObject({
     maxRecipients: z.number().int().min(1).max(100_000),
     maxConnections: z.number().int().min(1),
     maxConnectionsPerClient: z.number().int().min(1),
+    /**
+     * Transactions (MAIL FROM) per client address outside relay.networks and per authenticated
+     * user, as "100/m"; over it, 450 4.7.1 (ingress/rate-limit.ts). null: no limit.
+     */
+    rateLimits: z.strictObject({ perClient: rateText, perUser: rateText }),
     idleTimeout: duration,
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */
     earlyTalkerDelay: duration,

@@ -36,10 +36,11 @@ import { ConfigError } from '../config/load.js';
 import { UsersFile } from './auth.js';
 import { buildReceivedHeader, finalizeMessage, hasEightBit, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
-  admissionDecision, isTrustedAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
+  admissionDecision, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
   unlistedRecipientDecision,
 } from './policy.js';
 import { RecipientTable } from './recipients.js';
+import { RateLimiter, parseLimit } from './rate-limit.js';
 import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
@@ -78,6 +79,9 @@ export class SmtpIngress {
   #recipients: RecipientTable | undefined;
   /** auth.senders, when set. */
   #senders: SenderOwners | undefined;
+  /** smtp.rateLimits: buckets per client address and per authenticated user. */
+  readonly #clientRates = new RateLimiter();
+  readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
   readonly #inFlow?: (maxMs: number) => Promise<void> | undefined;
@@ -292,6 +296,11 @@ export class SmtpIngress {
       this.#logger.warn({ user: authUser, sender: address.address, client: session.remoteAddress }, 'sender address not owned by the authenticated user (auth.senders)');
       return cb(replyError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${authUser}`, 'sender_login'));
     }
+    const over = this.#overRate(state, session.remoteAddress, authUser);
+    if (over) {
+      this.#logger.info({ client: session.remoteAddress, user: authUser }, `message rate limit exceeded (smtp.rateLimits.${over.limit})`);
+      return cb(replyError(450, '4.7.1', `Error: too much mail from ${over.who}, try again later`, 'rate'));
+    }
     const decision = senderRequestDecision(address.args, {
       trusted: state.trusted, authUser, maxFutureReleaseMs: state.config.smtp.maxFutureRelease, now: Date.now(),
     });
@@ -300,6 +309,17 @@ export class SmtpIngress {
     const wait = this.#inFlow?.(state.config.smtp.inFlowDelay);
     if (!wait) return cb();
     void wait.then(() => cb());
+  }
+
+  /** smtp.rateLimits: per client address (not for relay.networks, as Postfix's anvil) and per authenticated user. */
+  #overRate(state: SessionState, client: string, authUser: string | undefined): { limit: string; who: string } | undefined {
+    const { perClient, perUser } = state.config.smtp.rateLimits;
+    const now = Date.now();
+    const clientRate = state.trusted ? null : parseLimit(perClient);
+    if (clientRate && !this.#clientRates.take(normalizeClientAddress(client), clientRate, now)) return { limit: 'perClient', who: `[${normalizeClientAddress(client)}]` };
+    const userRate = authUser ? parseLimit(perUser) : null;
+    if (userRate && !this.#userRates.take(authUser!, userRate, now)) return { limit: 'perUser', who: `user ${authUser}` };
+    return undefined;
   }
 
   #onRcptTo(address: SMTPServerAddress, session: SMTPServerSession, listener: ListenerInfo, cb: (err?: Error | null) => void): void {

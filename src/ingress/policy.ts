@@ -182,6 +182,7 @@ export function placeMail(rules: ClassifyResult, requests: SenderRequests, confi
 export function rejectionReason(code: number, enhanced: string): string {
   if (code === 421) return enhanced === '4.7.0' ? 'connections' : enhanced === '4.4.2' ? 'timeout' : 'protocol';
   if (code === 553 && enhanced === '5.7.1') return 'sender_login';
+  if (code === 450 && enhanced === '4.7.1') return 'rate';
   if (enhanced === '5.7.1') return code === 554 ? 'relay' : 'policy';
   if (enhanced === '5.3.4') return 'size';
   if (enhanced === '4.5.3') return 'recipients';
