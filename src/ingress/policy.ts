@@ -70,7 +70,8 @@ export function relayDecision(o: { recipient: string; trusted: boolean; authUser
 
 /**
  * The relay recipient table at RCPT (Postfix's reject_unlisted_recipient with relay_recipient_maps):
- * with a table, a recipient in relay.domains must be listed, whoever the client is.
+ * with a table, a recipient in relay.domains must be listed, whoever the client is; but for
+ * postmaster@ each of them, which RFC 5321 §4.5.1 requires a domain's mail servers to accept.
  */
 export function unlistedRecipientDecision(o: {
   recipient: string;
@@ -79,6 +80,7 @@ export function unlistedRecipientDecision(o: {
   delimiters?: string | null;
 }): Reply | undefined {
   if (!o.table || !o.relayDomains.includes(recipientDomain(o.recipient)) || o.table.has(o.recipient, o.delimiters)) return undefined;
+  if (/^postmaster@/i.test(o.recipient)) return undefined;
   return { code: 550, enhanced: '5.1.1', text: `<${o.recipient}>: Recipient address rejected: User unknown in relay recipient table` };
 }
 

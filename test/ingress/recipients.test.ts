@@ -67,6 +67,8 @@ describe('the relay recipient table', () => {
     });
     // A relay domain with no entry at all: none of its addresses exists.
     expect(unlistedRecipientDecision({ recipient: 'alice@other.example', relayDomains, table })).toMatchObject({ code: 550 });
+    // postmaster@ a relay domain is always accepted (RFC 5321 §4.5.1), listed or not.
+    expect(unlistedRecipientDecision({ recipient: 'PostMaster@other.example', relayDomains, table })).toBeUndefined();
     // Outside relay.domains the table has no say (relay control decides there).
     expect(unlistedRecipientDecision({ recipient: 'mallory@outside.example', relayDomains, table })).toBeUndefined();
     expect(unlistedRecipientDecision({ recipient: 'mallory@local.example', relayDomains, table: undefined })).toBeUndefined();
