@@ -37,6 +37,8 @@ async function main(argv: string[]): Promise<void> {
     throw err;
   }
   if (argv.includes('--check')) process.exit(checkConfiguration(store, overlay));
+  // The files the config names, before the queue is opened: a broken one stops the start here.
+  if (reportFileProblems(store)) process.exit(78);
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, flushMs: config.log.flushInterval });
   logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
@@ -94,12 +96,17 @@ async function main(argv: string[]): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
+/** Writes one line per file of the config that cannot be used; true when there was one. */
+function reportFileProblems(store: ConfigStore): boolean {
+  const problems = checkIngressFiles(store.current).filter((f) => f.problem);
+  for (const p of problems) process.stderr.write(`spoolhouse: ${p.key}: ${p.problem}\n`);
+  return problems.length > 0;
+}
+
 /** `--check`: the config is valid (or the store would not exist); now the files it names. */
 function checkConfiguration(store: ConfigStore, overlay: string | undefined): number {
+  if (reportFileProblems(store)) return 78;
   const files = checkIngressFiles(store.current);
-  const problems = files.filter((f) => f.problem);
-  for (const p of problems) process.stderr.write(`spoolhouse: ${p.key}: ${p.problem}\n`);
-  if (problems.length) return 78;
   const read = [store.defaultsFile, ...(overlay ? [overlay] : []), ...files.map((f) => `${f.file} (${f.key}${f.entries === undefined ? '' : `, ${f.entries} entries`})`)];
   process.stdout.write(`spoolhouse: configuration OK\n${read.map((f) => `  ${f}\n`).join('')}`);
   return 0;

@@ -316,7 +316,10 @@ export class SmtpIngress {
     const { perClient, perUser } = state.config.smtp.rateLimits;
     const now = Date.now();
     const clientRate = state.trusted ? null : parseLimit(perClient);
-    if (clientRate && !this.#clientRates.take(normalizeClientAddress(client), clientRate, now)) return { limit: 'perClient', who: `[${normalizeClientAddress(client)}]` };
+    if (clientRate) {
+      const address = normalizeClientAddress(client);
+      if (!this.#clientRates.take(address, clientRate, now)) return { limit: 'perClient', who: `[${address}]` };
+    }
     const userRate = authUser ? parseLimit(perUser) : null;
     if (userRate && !this.#userRates.take(authUser!, userRate, now)) return { limit: 'perUser', who: `user ${authUser}` };
     return undefined;
