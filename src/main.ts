@@ -38,7 +38,7 @@ async function main(argv: string[]): Promise<void> {
   }
   if (argv.includes('--check')) process.exit(checkConfiguration(store, overlay));
   // The files the config names, before the queue is opened: a broken one stops the start here.
-  if (reportFileProblems(store)) process.exit(78);
+  if (reportFileProblems(checkIngressFiles(store.current))) process.exit(78);
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, flushMs: config.log.flushInterval });
   logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
@@ -97,16 +97,16 @@ async function main(argv: string[]): Promise<void> {
 }
 
 /** Writes one line per file of the config that cannot be used; true when there was one. */
-function reportFileProblems(store: ConfigStore): boolean {
-  const problems = checkIngressFiles(store.current).filter((f) => f.problem);
+function reportFileProblems(files: ReturnType<typeof checkIngressFiles>): boolean {
+  const problems = files.filter((f) => f.problem);
   for (const p of problems) process.stderr.write(`spoolhouse: ${p.key}: ${p.problem}\n`);
   return problems.length > 0;
 }
 
 /** `--check`: the config is valid (or the store would not exist); now the files it names. */
 function checkConfiguration(store: ConfigStore, overlay: string | undefined): number {
-  if (reportFileProblems(store)) return 78;
   const files = checkIngressFiles(store.current);
+  if (reportFileProblems(files)) return 78;
   const read = [store.defaultsFile, ...(overlay ? [overlay] : []), ...files.map((f) => `${f.file} (${f.key}${f.entries === undefined ? '' : `, ${f.entries} entries`})`)];
   process.stdout.write(`spoolhouse: configuration OK\n${read.map((f) => `  ${f}\n`).join('')}`);
   return 0;
@@ -125,7 +125,7 @@ function reload(store: ConfigStore, logger: Logger): void {
 }
 
 main(process.argv.slice(2)).catch((err) => {
-  // A file the config names (relay.recipients) found broken when a stage starts.
+  // A file the config names found broken when a stage starts (changed since it was checked).
   if (err instanceof ConfigError) {
     process.stderr.write(`spoolhouse: ${err.message}\n`);
     process.exit(78); // EX_CONFIG
