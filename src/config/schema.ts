@@ -175,6 +175,16 @@ export const configSchema = z.strictObject({
      * user, as "100/m"; over it, 450 4.7.1 (ingress/rate-limit.ts). null: no limit.
      */
     rateLimits: z.strictObject({ perClient: rateText, perUser: rateText }),
+    /**
+     * DKIM keys for outgoing mail (ingress/dkim.ts): mail from relay.networks or authenticated
+     * clients whose From: is in `domain` (or below it) is signed before it is stored.
+     */
+    dkim: z.array(z.strictObject({
+      domain: domainName,
+      selector: z.string().regex(/^[a-z0-9]([a-z0-9._-]{0,62})$/i, 'must be a DKIM selector such as "mail2026"'),
+      /** File of the RSA private key (PEM). */
+      privateKey: z.string().min(1),
+    })),
     idleTimeout: duration,
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */
     earlyTalkerDelay: duration,

@@ -34,7 +34,8 @@ import { newMailId } from '../queue/model.js';
 import type { DsnNotify, EnqueueRequest, Queue } from '../queue/types.js';
 import { ConfigError } from '../config/load.js';
 import { UsersFile } from './auth.js';
-import { buildReceivedHeader, finalizeMessage, hasEightBit, normalizeLineEndings, scanLineEndings } from './message.js';
+import { DkimSigner } from './dkim.js';
+import { buildReceivedHeader, finalizeMessage, hasEightBit, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
   admissionDecision, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
   unlistedRecipientDecision,
@@ -79,6 +80,8 @@ export class SmtpIngress {
   #recipients: RecipientTable | undefined;
   /** auth.senders, when set. */
   #senders: SenderOwners | undefined;
+  /** smtp.dkim's keys, when there are any. */
+  #dkim: DkimSigner | undefined;
   /** smtp.rateLimits: buckets per client address and per authenticated user. */
   readonly #clientRates = new RateLimiter();
   readonly #userRates = new RateLimiter();
@@ -418,6 +421,9 @@ export class SmtpIngress {
       at: now,
     });
     const message = finalizeMessage(data, received, id, config.smtp.hostname);
+    // Outgoing mail only (trusted or authenticated), once it has its Message-ID: see dkim.ts.
+    const dkimKey = (state.trusted || authUser) && this.#dkim ? this.#dkim.keyFor(headerValue(message.headers, 'from')) : undefined;
+    if (dkimKey) message.body = await this.#dkim!.sign(message.body, dkimKey);
     const hops = message.headers.reduce((n, hdr) => (hdr.name.toLowerCase() === 'received' ? n + 1 : n), 0);
     // A mail loop (Postfix's hopcount_limit): refuse rather than queue it once more.
     if (hops >= MAX_HOPS) throw replyError(554, '5.4.6', `Too many hops (${hops} Received: headers): mail loop?`, 'loop');
@@ -525,12 +531,16 @@ export class SmtpIngress {
     }
     this.#recipients = recipients;
     this.#senders = this.#loadTable('auth.senders', config.auth.senders, SenderOwners.load, this.#senders, atStart);
+    const dkim = config.smtp.dkim.length ? this.#loadTable('smtp.dkim', config.smtp.dkim, DkimSigner.load, this.#dkim, atStart) : undefined;
+    this.#dkim = dkim;
   }
 
-  #loadTable<T extends { size: number }>(key: string, file: string | null, load: (file: string) => T, previous: T | undefined, atStart: boolean): T | undefined {
-    if (!file) return undefined;
+  #loadTable<T extends { size: number }, S>(key: string, source: S | null, load: (source: S) => T, previous: T | undefined, atStart: boolean): T | undefined {
+    if (!source) return undefined;
+    // A file name, or the key for what is not one (smtp.dkim's list: its errors name the file).
+    const file = typeof source === 'string' ? source : key;
     try {
-      const table = load(file);
+      const table = load(source);
       this.#logger.info({ file, entries: table.size }, `${key} loaded`);
       return table;
     } catch (err) {
@@ -584,6 +594,14 @@ export function checkIngressFiles(config: Config): { key: string; file: string; 
       out.push({ key, file, entries: load(file).size });
     } catch (err) {
       out.push({ key, file, problem: (err as Error).message });
+    }
+  }
+  for (const k of config.smtp.dkim) {
+    try {
+      DkimSigner.load([k]);
+      out.push({ key: 'smtp.dkim', file: `${k.privateKey} (d=${k.domain}; s=${k.selector})` });
+    } catch (err) {
+      out.push({ key: 'smtp.dkim', file: k.privateKey, problem: (err as Error).message });
     }
   }
   return out;
