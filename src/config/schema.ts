@@ -271,6 +271,11 @@ export const configSchema = z.strictObject({
     })]),
     /** Transport map: domain → "host:port". */
     routes: z.record(domainName, hostOptionalPort),
+    /**
+     * Recipient domains whose delivery is paused ("*": all), Postfix's defer_transports by
+     * domain: each attempt defers them at once (4.3.2), without a lookup or a connection.
+     */
+    paused: z.array(z.union([z.literal('*'), domainName])),
     dns: z.strictObject({ servers: z.array(z.string()), timeout: duration }),
     retry: z.strictObject({ min: duration, max: duration, lifetime: duration }),
     /** Send a "delayed" DSN after this long; null for never. */

@@ -416,6 +416,14 @@ export class Scheduler {
       const d = domainOf(r.address);
       byDomain.set(d, [...(byDomain.get(d) ?? []), r]);
     }
+    // delivery.paused: deferred at once, looked up and connected to by no one.
+    const paused = this.#config.current.delivery.paused;
+    for (const [domain, recipients] of byDomain) {
+      if (!paused.includes('*') && !paused.includes(domain.toLowerCase())) continue;
+      const reply: Reply = { code: 451, enhanced: '4.3.2', message: `delivery to ${domain || 'this destination'} is paused by the operator (delivery.paused)` };
+      this.#recordDestinationFailure(attempt, { kind: 'failure', domain, key: domain, permanent: false, reply }, recipients, 'paused');
+      byDomain.delete(domain);
+    }
     const resolved = await Promise.all([...byDomain.keys()].map(async (domain) => ({ domain, destination: await this.#resolveSafely(domain) })));
     const jobs: { destination: HostsDestination; domain: string; recipients: Recipient[] }[] = [];
     for (const { domain, destination } of resolved) {
@@ -463,11 +471,11 @@ export class Scheduler {
     }
   }
 
-  #recordDestinationFailure(attempt: Attempt, destination: Extract<Destination, { kind: 'failure' }>, recipients: Recipient[]): void {
+  #recordDestinationFailure(attempt: Attempt, destination: Extract<Destination, { kind: 'failure' }>, recipients: Recipient[], label = 'dns'): void {
     const outcome = destination.permanent ? 'failed' : 'deferred';
     for (const r of recipients) {
       attempt.outcomes.push({ address: r.address, outcome, reply: destination.reply });
-      attempt.labels.set(r.address, 'dns');
+      attempt.labels.set(r.address, label);
     }
     attempt.history.push({ at: this.#now(), recipients: recipients.map((r) => r.address), outcome, reply: destination.reply, durationMs: 0 });
     attempt.log.info({ domain: destination.domain, reply: destination.reply, outcome }, 'destination unavailable');

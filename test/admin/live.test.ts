@@ -204,6 +204,21 @@ describe('config', () => {
     expect(empty.status).toBe(400);
   });
 
+  it('PUT pauses and resumes delivery to domains (delivery.paused), validated like the rest', async () => {
+    const r = await h.json('PUT', '/api/config', { body: { delivery: { paused: ['gmail.com', '*'] } } });
+    expect(r.status).toBe(200);
+    expect(r.body.delivery.paused).toEqual(['gmail.com', '*']);
+    expect(h.config.current.delivery.paused).toEqual(['gmail.com', '*']);
+    // The limits stay as they were when only the pause changes.
+    expect(r.body.delivery.limits.default).toMatchObject({ connections: 20 });
+    const bad = await h.json('PUT', '/api/config', { body: { delivery: { paused: ['not a domain!'] } } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.problems).toEqual(expect.arrayContaining([expect.objectContaining({ key: 'delivery.paused.0' })]));
+    const resumed = await h.json('PUT', '/api/config', { body: { delivery: { paused: [] } } });
+    expect(resumed.body.delivery.paused).toEqual([]);
+    expect((await h.json('GET', '/api/config')).body.delivery.paused).toEqual([]);
+  });
+
   it('PUT saves and applies rules and limits at once; a domain left out is removed', async () => {
     const rules = [
       { name: 'newsletters', match: { header: { name: 'Precedence', value: 'bulk' } }, priority: 'bulk', delay: '10m' },

@@ -1,6 +1,6 @@
 /**
- * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules and
- * per-destination delivery limits) and POST /api/rules/test.
+ * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules,
+ * per-destination delivery limits and the paused domains) and POST /api/rules/test.
  *
  * PUT validates through ConfigStore (the one config schema), saves the overlay file atomically
  * and applies it at once (stages listen for the store's 'change'). A section given replaces the
@@ -62,6 +62,7 @@ const configView = {
       type: 'object',
       properties: {
         limits: { type: 'object', properties: { default: limitsSchema, domains: { type: 'object', additionalProperties: limitsSchema } } },
+        paused: { type: 'array', items: { type: 'string' }, description: 'Recipient domains whose delivery is paused ("*": all): deferred at once, no connection' },
       },
     },
     file: { type: 'string', description: 'The overlay file changes are saved to' },
@@ -69,13 +70,13 @@ const configView = {
 } as const;
 
 function viewOf(ctx: AdminContext, c: Config) {
-  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits }, file: ctx.config.overlayFile };
+  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused }, file: ctx.config.overlayFile };
 }
 
 interface PutBody {
   priorities?: Record<string, unknown>;
   rules?: unknown[];
-  delivery?: { limits?: Record<string, unknown> };
+  delivery?: { limits?: Record<string, unknown>; paused?: string[] };
 }
 
 interface RulesTestBody {
@@ -110,14 +111,14 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
 
   app.put<{ Body: PutBody }>('/config', {
     schema: {
-      summary: 'Change priorities, rules and/or per-destination limits; saved and applied without restart',
+      summary: 'Change priorities, rules, per-destination limits and/or the paused domains; saved and applied without restart',
       tags: ['config'],
       body: {
         type: 'object',
         properties: {
           priorities: anyObject,
           rules: { type: 'array', items: anyObject },
-          delivery: { type: 'object', properties: { limits: anyObject }, additionalProperties: false },
+          delivery: { type: 'object', properties: { limits: anyObject, paused: { type: 'array', items: { type: 'string' } } }, additionalProperties: false },
         },
         additionalProperties: false,
         minProperties: 1,
@@ -129,7 +130,12 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     const patch: Record<string, unknown> = {};
     if (body.priorities !== undefined) patch.priorities = body.priorities;
     if (body.rules !== undefined) patch.rules = body.rules;
-    if (body.delivery?.limits !== undefined) patch.delivery = { limits: body.delivery.limits };
+    if (body.delivery?.limits !== undefined || body.delivery?.paused !== undefined) {
+      patch.delivery = {
+        ...(body.delivery.limits !== undefined ? { limits: body.delivery.limits } : {}),
+        ...(body.delivery.paused !== undefined ? { paused: body.delivery.paused } : {}),
+      };
+    }
     const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
     const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } },
       async () => ctx.config.update(patch, { replace }));
