@@ -9,6 +9,8 @@
  *   spoolhouse queue remove|hold|release|retry ID… | --filter key=value … [--dry-run]
  *   spoolhouse queue priority ID… LEVEL | --filter key=value … LEVEL [--dry-run]
  *   spoolhouse queue stats [--json]
+ *   spoolhouse pause [DOMAIN…]          (no domain: list the paused ones; "*" pauses all delivery)
+ *   spoolhouse resume DOMAIN… | --all
  *
  * Filter keys: state, priority, sender, recipient, domain, since, until, minSize, maxSize, q.
  * Exit codes: 0 ok, 1 error (server or network), 2 usage (bad arguments or input the API
@@ -219,7 +221,38 @@ export function buildProgram(): Command {
       else out(showStats(stats));
     });
 
+  program.command('pause')
+    .description('pause delivery to recipient domains ("*": all) until resumed (delivery.paused); without a domain, list the paused ones')
+    .argument('[domains...]', 'recipient domains, or "*"')
+    .action(async (domains: string[], _o: unknown, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const paused = await changePaused(api, (current) => [...new Set([...current, ...domains.map((d) => d.toLowerCase())])], domains.length > 0);
+      if (opts.json) printJson({ paused });
+      else out(paused.length ? `Delivery paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
+    });
+
+  program.command('resume')
+    .description('resume delivery to recipient domains paused with "pause" (their mail goes at its next retry, or now with "queue retry --filter domain=…")')
+    .argument('[domains...]', 'recipient domains, or "*"')
+    .option('--all', 'resume every paused domain')
+    .action(async (domains: string[], o: { all?: boolean }, cmd: Command) => {
+      if (!o.all && domains.length === 0) throw new CliError('resume: give domains, or --all', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const gone = new Set(domains.map((d) => d.toLowerCase()));
+      const paused = await changePaused(api, (current) => (o.all ? [] : current.filter((d) => !gone.has(d))), true);
+      if (opts.json) printJson({ paused });
+      else out(paused.length ? `Delivery still paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
+    });
+
   return program;
+}
+
+/** Reads delivery.paused through the API and, when `write`, saves `change(current)` (PUT /api/config). */
+async function changePaused(api: ApiClient, change: (current: string[]) => string[], write: boolean): Promise<string[]> {
+  const current = (await api.json<{ delivery: { paused: string[] } }>('GET', 'api/config')).delivery.paused;
+  if (!write) return current;
+  const next = change(current);
+  return (await api.json<{ delivery: { paused: string[] } }>('PUT', 'api/config', { delivery: { paused: next } })).delivery.paused;
 }
 
 export async function run(argv: string[]): Promise<number> {

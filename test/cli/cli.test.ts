@@ -219,6 +219,29 @@ describe('queue stats', () => {
   });
 });
 
+describe('pause and resume', () => {
+  it('pauses delivery to domains through the API, lists them, resumes them; a bad domain is a usage error', async () => {
+    expect((await cli(['pause'])).stdout).toBe('No delivery is paused.\n');
+    const p = await cli(['pause', 'Gmail.com', 'example.net']);
+    expect(p.code).toBe(0);
+    expect(p.stdout).toBe('Delivery paused for: gmail.com, example.net\n');
+    expect(h.config.current.delivery.paused).toEqual(['gmail.com', 'example.net']);
+    expect(JSON.parse((await cli(['--json', 'pause'])).stdout)).toEqual({ paused: ['gmail.com', 'example.net'] });
+    const r = await cli(['resume', 'gmail.com']);
+    expect(r.stdout).toBe('Delivery still paused for: example.net\n');
+    expect(h.config.current.delivery.paused).toEqual(['example.net']);
+    const bad = await cli(['pause', 'not a domain!']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/delivery\.paused/);
+    expect((await cli(['resume'])).code).toBe(2);
+    expect((await cli(['resume', '--all'])).stdout).toBe('No delivery is paused.\n');
+    expect(h.config.current.delivery.paused).toEqual([]);
+    // A viewer may look but not pause.
+    const viewer = await cli(['pause', 'x.example'], { SPOOLHOUSE_TOKEN: VIEWER });
+    expect(viewer.code).toBe(4);
+  });
+});
+
 describe('connection and auth', () => {
   it('exit 4 for a wrong token and for a viewer\'s change', async () => {
     const r = await cli(['queue', 'list'], { SPOOLHOUSE_TOKEN: 'wrong-token-0123456789abcdef' });
