@@ -124,7 +124,7 @@ export interface Priorities { classes: Record<string, number>; default: string; 
 export interface ConsoleConfig {
   priorities: Priorities;
   rules: Rule[];
-  delivery: { limits: { default: Limits; domains: Record<string, Limits> } };
+  delivery: { limits: { default: Limits; domains: Record<string, Limits> }; paused: string[] };
   /** The overlay file changes are saved to. */
   file?: string;
 }

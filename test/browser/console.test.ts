@@ -345,6 +345,29 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('pauses and resumes delivery to a domain', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    const form = page.getByRole('form', { name: 'Pause delivery' });
+    await expectText(form, 'No delivery is paused.');
+    await form.getByLabel('Domain to pause').fill('bad domain!');
+    await form.getByRole('button', { name: 'Pause delivery' }).click();
+    await expectText(form.getByRole('alert'), 'delivery.paused');
+    expect(server.config.current.delivery.paused).toEqual([]);
+
+    await form.getByLabel('Domain to pause').fill('Gmail.com');
+    await form.getByRole('button', { name: 'Pause delivery' }).click();
+    await page.getByRole('status').filter({ hasText: 'Delivery to gmail.com paused' }).first().waitFor();
+    expect(server.config.current.delivery.paused).toEqual(['gmail.com']);
+    const list = page.getByRole('list', { name: 'Paused domains' });
+    await expectText(list, 'gmail.com');
+    await list.getByRole('button', { name: 'Resume gmail.com' }).click();
+    await page.getByRole('status').filter({ hasText: 'Delivery to gmail.com resumed' }).first().waitFor();
+    expect(server.config.current.delivery.paused).toEqual([]);
+    await expectText(page.getByRole('form', { name: 'Pause delivery' }), 'No delivery is paused.');
+    await ctx.close();
+  });
+
   it('shows the XSS subject, header, body and file name as literal text and runs no script', async () => {
     const { ctx, page, dialogs } = await openPage();
     await signIn(page);

@@ -1,6 +1,6 @@
 /**
  * The running configuration an operator may change without a restart: priority classes, the
- * classification rules (with a tester) and per-destination delivery limits. Each section saves
+ * classification rules (with a tester), per-destination delivery limits and paused domains. Each section saves
  * on its own with PUT /api/config; the server validates, and its message (naming the key and
  * the problem) is shown next to the section.
  */
@@ -283,6 +283,32 @@ function limitsEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
   return sectionBox('Per-destination limits', 'Concurrent connections, messages per connection and sending rate, per destination domain. Empty rate means no rate limit.', form);
 }
 
+// ---- paused delivery ----
+
+function pausedEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const paused = config.delivery.paused ?? [];
+  const status = h('div', { class: 'form-error', role: 'alert' });
+  const domain = h('input', { type: 'text', name: 'pause-domain', placeholder: 'example.com, or * for all' });
+  const put = (next: string[], done: string) => void save({ delivery: { paused: next } }, status, done, reload);
+  const list = paused.length
+    ? h('ul', { class: 'paused-list', 'aria-label': 'Paused domains' }, paused.map((d) => h('li', null,
+      h('code', null, d), ' ',
+      h('button', { type: 'button', class: 'link', onclick: () => put(paused.filter((x) => x !== d), `Delivery to ${d} resumed.`) }, `Resume ${d}`))))
+    : h('p', { class: 'muted' }, 'No delivery is paused.');
+  const form = h('form', { 'aria-label': 'Pause delivery' },
+    list,
+    h('div', { class: 'inline-fields' }, field('Domain to pause', domain)),
+    h('div', { class: 'save-row' }, h('button', { type: 'submit', class: 'primary' }, 'Pause delivery'), status));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const d = domain.value.trim().toLowerCase();
+    if (d) put([...new Set([...paused, d])], `Delivery to ${d} paused.`);
+  });
+  return sectionBox('Paused delivery',
+    'Mail to a paused domain is deferred at each attempt without a connection, and retried with the usual backoff; resuming lets its next retry go (or retry it now from the queue).',
+    form);
+}
+
 export function renderConfig(main: HTMLElement): Cleanup {
   mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), loading('Loading the running configuration…'));
   const load = async () => {
@@ -293,7 +319,8 @@ export function renderConfig(main: HTMLElement): Cleanup {
           h('p', { class: 'summary muted' }, 'Changes are validated, saved to ', config.file ? h('code', null, config.file) : 'the configuration file', ' and applied at once, without a restart.')),
         prioritiesEditor(config, () => void load()),
         rulesEditor(config, () => void load()),
-        limitsEditor(config, () => void load()));
+        limitsEditor(config, () => void load()),
+        pausedEditor(config, () => void load()));
     } catch (err) {
       mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), errorState('Could not load the configuration', err, () => void load()));
     }
