@@ -5,11 +5,14 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import bcrypt from 'bcryptjs';
+import { expect } from 'vitest';
 import { ConfigStore } from '../../src/config/store.js';
 import { SmtpIngress, type ListenerInfo } from '../../src/ingress/index.js';
 import { silentLogger } from '../../src/logger.js';
 import { createMetrics, type Metrics } from '../../src/metrics.js';
 import type { Queue, QueuedMail } from '../../src/queue/types.js';
+import { SmtpClient } from '../helpers/smtp-client.js';
 
 export interface Harness {
   dir: string;
@@ -85,4 +88,25 @@ export async function counter(metrics: Metrics, name: 'acceptedTotal' | 'rejecte
   const data = await metrics[name].get();
   const v = data.values.find((x) => Object.entries(labels).every(([k, val]) => (x.labels as Record<string, string | number | undefined>)[k] === val));
   return v?.value ?? 0;
+}
+
+/**
+ * A raw client past the greeting and EHLO (and AUTH PLAIN when `auth` is given, with allowInsecure
+ * on the server), pushed onto `track` so that the test's afterEach can QUIT it.
+ */
+export async function greetedClient(port: number, o: { host?: string; auth?: { user: string; pass: string }; track?: SmtpClient[] } = {}): Promise<SmtpClient> {
+  const c = await SmtpClient.connect({ port, ...(o.host ? { host: o.host } : {}) });
+  o.track?.push(c);
+  const greeting = await c.read();
+  expect(greeting.code).toBe(220);
+  expect((await c.ehlo()).code).toBe(250);
+  if (o.auth) expect((await c.command(`AUTH PLAIN ${Buffer.from(`\0${o.auth.user}\0${o.auth.pass}`).toString('base64')}`)).code).toBe(235);
+  return c;
+}
+
+/** An auth.users file in `dir`: bcrypt hashes (cost 4, quick) of the given passwords. */
+export function writeUsersFile(dir: string, users: Record<string, string>): string {
+  const file = join(dir, 'users');
+  writeFileSync(file, Object.entries(users).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 4)}`).join('\n') + '\n');
+  return file;
 }

@@ -2,14 +2,13 @@
  * smtp.rateLimits: the token bucket, and the real ingress over loopback refusing MAIL FROM with
  * 450 4.7.1 once a client (outside relay.networks) or an authenticated user is over its rate.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import bcrypt from 'bcryptjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RateLimiter, parseLimit } from '../../src/ingress/rate-limit.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, startIngress, type Harness } from './harness.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
+import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
 
 describe('the rate limiter', () => {
   it('lets a key start its count at once, then one per unit/count', () => {
@@ -36,20 +35,11 @@ describe('the rate limiter', () => {
   });
 });
 
-const b64 = (s: string) => Buffer.from(s).toString('base64');
-
 describe('ingress with smtp.rateLimits', () => {
   let h: Harness;
   let dir: string;
   const clients: SmtpClient[] = [];
-  async function session(user?: string): Promise<SmtpClient> {
-    const c = await SmtpClient.connect({ port: h.port });
-    clients.push(c);
-    expect((await c.read()).code).toBe(220);
-    expect((await c.ehlo()).code).toBe(250);
-    if (user) expect((await c.command(`AUTH PLAIN ${b64(`\0${user}\0pw-${user}`)}`)).code).toBe(235);
-    return c;
-  }
+  const session = (user?: string) => greetedClient(h.port, { track: clients, ...(user ? { auth: { user, pass: `pw-${user}` } } : {}) });
   async function mailFrom(c: SmtpClient): Promise<{ code: number; enhanced?: string; text: string }> {
     const r = await c.command('MAIL FROM:<someone@example.org>');
     if (r.code === 250) expect((await c.command('RSET')).code).toBe(250);
@@ -57,8 +47,7 @@ describe('ingress with smtp.rateLimits', () => {
   }
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-rate-'));
-    const users = join(dir, 'users');
-    writeFileSync(users, ['alice', 'bob'].map((u) => `${u}:${bcrypt.hashSync(`pw-${u}`, 4)}`).join('\n'));
+    const users = writeUsersFile(dir, { alice: 'pw-alice', bob: 'pw-bob' });
     h = await startIngress({
       smtp: { rateLimits: { perClient: '3/h', perUser: '2/h' } },
       relay: { networks: ['10.0.0.0/8'], domains: ['local.example'] },

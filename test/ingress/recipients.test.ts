@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { unlistedRecipientDecision } from '../../src/ingress/policy.js';
 import { RecipientTable } from '../../src/ingress/recipients.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
 import { mainScript } from '../helpers/server-process.js';
-import { counter, startIngress, type Harness } from './harness.js';
+import { counter, greetedClient, startIngress, type Harness } from './harness.js';
 
 describe('the relay recipient table', () => {
   const table = RecipientTable.parse([
@@ -75,13 +75,6 @@ describe('the relay recipient table', () => {
   });
 });
 
-async function ready(port: number): Promise<SmtpClient> {
-  const c = await SmtpClient.connect({ port });
-  expect((await c.read()).code).toBe(220);
-  expect((await c.ehlo()).code).toBe(250);
-  return c;
-}
-
 describe.each([
   { who: 'an untrusted client', networks: ['10.0.0.0/8'] },
   { who: 'a trusted client', networks: ['127.0.0.0/8', '::1/128'] },
@@ -90,11 +83,7 @@ describe.each([
   let dir: string;
   let file: string;
   const clients: SmtpClient[] = [];
-  const open = async () => {
-    const c = await ready(h.port);
-    clients.push(c);
-    return c;
-  };
+  const open = () => greetedClient(h.port, { track: clients });
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-rcpt-'));
     file = join(dir, 'relay_recipients');

@@ -7,11 +7,10 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import bcrypt from 'bcryptjs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SenderOwners } from '../../src/ingress/senders.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, startIngress, type Harness } from './harness.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
+import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
 
 describe('the sender owners table', () => {
   const owners = SenderOwners.parse([
@@ -48,24 +47,14 @@ describe('the sender owners table', () => {
   });
 });
 
-const b64 = (s: string) => Buffer.from(s).toString('base64');
-
 describe('ingress with auth.senders', () => {
   let h: Harness;
   let dir: string;
   const clients: SmtpClient[] = [];
-  async function session(user?: string): Promise<SmtpClient> {
-    const c = await SmtpClient.connect({ port: h.port });
-    clients.push(c);
-    expect((await c.read()).code).toBe(220);
-    expect((await c.ehlo()).code).toBe(250);
-    if (user) expect((await c.command(`AUTH PLAIN ${b64(`\0${user}\0secret-${user}`)}`)).code).toBe(235);
-    return c;
-  }
+  const session = (user?: string) => greetedClient(h.port, { track: clients, ...(user ? { auth: { user, pass: `secret-${user}` } } : {}) });
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-senders-'));
-    const users = join(dir, 'users');
-    writeFileSync(users, ['alice', 'bob'].map((u) => `${u}:${bcrypt.hashSync(`secret-${u}`, 4)}`).join('\n'));
+    const users = writeUsersFile(dir, { alice: 'secret-alice', bob: 'secret-bob' });
     const senders = join(dir, 'senders');
     writeFileSync(senders, 'alice@example.org alice\n@team.example alice,bob\n');
     h = await startIngress({ auth: { users, senders, allowInsecure: true } });

@@ -7,16 +7,9 @@ import net from 'node:net';
 import nodemailer from 'nodemailer';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SmtpClient, makeMessage } from '../helpers/smtp-client.js';
-import { counter, startIngress, type Harness } from './harness.js';
+import { counter, greetedClient, startIngress, type Harness } from './harness.js';
 
-async function ready(port: number, host?: string): Promise<SmtpClient> {
-  const c = await SmtpClient.connect({ port, ...(host ? { host } : {}) });
-  const greeting = await c.read();
-  expect(greeting.code).toBe(220);
-  const ehlo = await c.ehlo();
-  expect(ehlo.code).toBe(250);
-  return c;
-}
+const ready = (port: number, host?: string) => greetedClient(port, host ? { host } : {});
 
 async function waitFor<T>(fn: () => Promise<T | undefined>, timeoutMs = 5000): Promise<T> {
   const until = Date.now() + timeoutMs;
