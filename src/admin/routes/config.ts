@@ -130,12 +130,8 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     const patch: Record<string, unknown> = {};
     if (body.priorities !== undefined) patch.priorities = body.priorities;
     if (body.rules !== undefined) patch.rules = body.rules;
-    if (body.delivery?.limits !== undefined || body.delivery?.paused !== undefined) {
-      patch.delivery = {
-        ...(body.delivery.limits !== undefined ? { limits: body.delivery.limits } : {}),
-        ...(body.delivery.paused !== undefined ? { paused: body.delivery.paused } : {}),
-      };
-    }
+    // The body schema allows only delivery.limits and delivery.paused.
+    if (body.delivery !== undefined) patch.delivery = body.delivery;
     const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
     const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } },
       async () => ctx.config.update(patch, { replace }));
