@@ -173,6 +173,8 @@ describe('spool on a full disk (4 MiB tmpfs)', () => {
     const filler = join(mnt, 'filler');
     // Metadata-heavy mail with tiny bodies: LMDB runs out of room while the segment still takes frames.
     const { kept, acked } = await untilDurableButUnindexed(q, mnt, filler);
+    // The body cache holds only bodies of stored mail: the failed commit took its entry back.
+    expect(q.bodyCache.has(kept)).toBe(false);
     expect(await q.get(kept)).toBeUndefined();
     // Room again; a new mail commits (and writes a checkpoint) before the kept one is tried again.
     await rm(filler);

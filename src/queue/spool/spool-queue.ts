@@ -58,7 +58,7 @@ import {
   newLeaseToken,
 } from '../model.js';
 import type {
-  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueOptions, EnqueueRequest, MailId, MailState, Millis, Queue, QueueEvent,
+  AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueOptions, EnqueueRequest, Lease, MailId, MailState, Millis, Queue, QueueEvent,
   QueuedMail, QueueStats, ReserveOptions,
 } from '../types.js';
 import { MAIL_STATES } from '../types.js';
@@ -179,6 +179,10 @@ function counterId(key: IndexKey): string {
 class WriteTx {
   readonly deltas = new Map<string, { key: IndexKey; delta: number }>();
   readonly events: QueueEvent[] = [];
+  /** Leases taken, renewed (a Lease) or ended (undefined), applied to SpoolQueue.leases on commit. */
+  readonly leases = new Map<MailId, Lease | undefined>();
+  /** Bodies put in the body cache by this transaction: dropped again if it does not commit. */
+  readonly cached: MailId[] = [];
 
   constructor(private readonly q: SpoolQueue, readonly now: Millis) {}
 
@@ -199,6 +203,8 @@ class WriteTx {
     for (const k of diff.add) q.ix.putSync(k, ONE);
     if (before) for (const k of counterKeys(before)) this.count(k, -1);
     for (const k of counterKeys(after)) this.count(k, +1);
+    if (after.state === 'active' && after.lease) this.leases.set(after.id, after.lease);
+    else if (before?.lease) this.leases.set(after.id, undefined);
     if (opts.body) {
       q.bodies.putSync(after.id, [opts.body.seg, opts.body.off, opts.body.len]);
       q.ix.putSync(bodyKey(after.id, opts.body), ONE);
@@ -233,6 +239,7 @@ class WriteTx {
     this.q.mails.removeSync(mail.id);
     for (const k of indexKeys(mail)) this.q.ix.removeSync(k);
     for (const k of counterKeys(mail)) this.count(k, -1);
+    if (mail.lease) this.leases.set(mail.id, undefined);
     this.dropBody(mail.id);
     this.events.push({ type: 'purged', id: mail.id, state: mail.state, at: this.now });
   }
@@ -279,6 +286,12 @@ export class SpoolQueue implements Queue {
   readonly bodyCache: BodyCache;
   private lock?: DirLock;
   private readonly counters = new Map<string, number>();
+  /**
+   * The lease of each active mail as committed, so that checkLease (asked before every final "."
+   * of DATA) needs no read and decoding of the record. Empty at start: releaseOrphanLeases ends
+   * every lease a crash left, through WriteTx like any change.
+   */
+  private readonly leases = new Map<MailId, Lease>();
   /** Non-terminal mail per recipient domain and per priority, kept with the counters. */
   private readonly liveByDomain = new Map<string, number>();
   private readonly liveByPriority = new Map<string, number>();
@@ -755,6 +768,7 @@ export class SpoolQueue implements Queue {
       this.log.trace({ ops: ops.length, appendMs: Math.round(appendMs), commitMs: Math.round(performance.now() - t1), waitMs: Math.round(tcb0 - t1), callbackMs: Math.round(tcb1 - tcb0) }, 'spool group committed');
     } catch (err) {
       this.forgetUnsavedStructures();
+      for (const id of tx.cached) this.bodyCache.delete(id);
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
       for (const [i, op] of ops.entries()) {
@@ -765,6 +779,10 @@ export class SpoolQueue implements Queue {
       return;
     }
     this.checkpoint = checkpoint;
+    for (const [id, lease] of tx.leases) {
+      if (lease) this.leases.set(id, lease);
+      else this.leases.delete(id);
+    }
     const freed: number[] = [];
     for (const { key, delta } of tx.deltas.values()) {
       const v = this.applyCounter(key, delta);
@@ -919,10 +937,13 @@ export class SpoolQueue implements Queue {
         // The time of the frame's record, so that a mail indexed again by replayLog is the same.
         const mail = createMail(req, at);
         tx.write(undefined, mail, { body: op.location });
-        // Before any event about it: readBody still checks the body record, so an entry left by a
-        // commit that then failed is never served. Only mail due now: held or delayed mail would
-        // push out the bodies delivery is about to read, for a read that is minutes away or never.
-        if (!req.hold && req.notBefore - at <= BODY_CACHE_DUE_WITHIN_MS) this.bodyCache.put(mail.id, body);
+        // Before any event about it; dropped again by commitGroup if the commit fails, so a body
+        // in the cache is always one of a stored mail. Only mail due now: held or delayed mail
+        // would push out the bodies delivery is about to read, for a read minutes away or never.
+        if (!req.hold && req.notBefore - at <= BODY_CACHE_DUE_WITHIN_MS) {
+          this.bodyCache.put(mail.id, body);
+          tx.cached.push(mail.id);
+        }
         return mail;
       },
     };
@@ -1027,7 +1048,8 @@ export class SpoolQueue implements Queue {
 
   async checkLease(id: MailId, token: string): Promise<boolean> {
     this.assertOpen();
-    return leaseValid(this.mails.get(id), token, this.now());
+    const lease = this.leases.get(id);
+    return lease !== undefined && lease.token === token && lease.until > this.now();
   }
 
   async recordAttempt(id: MailId, token: string, result: AttemptResult): Promise<QueuedMail> {
@@ -1098,10 +1120,11 @@ export class SpoolQueue implements Queue {
   async readBody(id: MailId): Promise<NodeJS.ReadableStream> {
     this.assertOpen();
     await this.untilIndexed(id);
-    const loc = this.bodies.get(id);
-    if (!loc) throw new MailNotFoundError(id);
+    // A cached body is one of a stored mail (see enqueue) that still has it (dropBody).
     const cached = this.bodyCache.stream(id);
     if (cached) return cached;
+    const loc = this.bodies.get(id);
+    if (!loc) throw new MailNotFoundError(id);
     try {
       return await this.segments.openBody(id, { seg: loc[0], off: loc[1], len: loc[2] });
     } catch (err) {
