@@ -182,11 +182,11 @@ export class Deliverer implements DeliveryAgent {
         const started = this.#now();
         const outcome = await session.send(state.message, state.pending);
         const attempt: HostAttempt = { at: started, host: session.remote, durationMs: this.#now() - started };
-        const log = this.#log.child({ mailId: state.message.id });
+        const log = (): Logger => this.#log.child({ mailId: state.message.id });
         if (outcome.kind === 'aborted') {
           state.aborted = true;
           state.hosts.push(attempt);
-          log.info({ remote: session.remote }, 'delivery aborted before the final "." (mail no longer wanted)');
+          log().info({ remote: session.remote }, 'delivery aborted before the final "." (mail no longer wanted)');
           this.#report(call, state);
           continue;
         }
@@ -194,19 +194,22 @@ export class Deliverer implements DeliveryAgent {
         state.lastReply = outcome.reply;
         state.lastRemote = session.remote;
         if (outcome.kind === 'host-failure') {
-          log.info({ remote: session.remote, reply: outcome.reply }, 'host failed during the transaction; trying the next host');
+          log().info({ remote: session.remote, reply: outcome.reply }, 'host failed during the transaction; trying the next host');
           return outcome.reply;
         }
         this.#record(state, outcome.recipients);
         this.#report(call, state);
-        log.info({
-          remote: session.remote,
-          delivered: outcome.recipients.filter((r) => r.outcome === 'delivered').map((r) => r.address),
-          deferred: outcome.recipients.filter((r) => r.outcome === 'deferred').map((r) => r.address),
-          failed: outcome.recipients.filter((r) => r.outcome === 'failed').map((r) => r.address),
-          reply: outcome.reply,
-          durationMs: attempt.durationMs,
-        }, 'delivery transaction done');
+        // Debug: the scheduler logs each attempt once, with every recipient's host and reply.
+        if (this.#log.isLevelEnabled('debug')) {
+          log().debug({
+            remote: session.remote,
+            delivered: outcome.recipients.filter((r) => r.outcome === 'delivered').map((r) => r.address),
+            deferred: outcome.recipients.filter((r) => r.outcome === 'deferred').map((r) => r.address),
+            failed: outcome.recipients.filter((r) => r.outcome === 'failed').map((r) => r.address),
+            reply: outcome.reply,
+            durationMs: attempt.durationMs,
+          }, 'delivery transaction done');
+        }
       }
       return undefined;
     } finally {

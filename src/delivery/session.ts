@@ -276,7 +276,8 @@ export class OutboundSession {
    * were decided on an earlier host), DATA, body, stillWanted(), ".".
    */
   async send(message: OutboundMessage, recipients: OutboundMessage['recipients']): Promise<TransactionOutcome> {
-    const log = this.#o.logger.child({ mailId: message.id });
+    // Made only when something is logged: a pino child per mail is not free.
+    const log = (): Logger => this.#o.logger.child({ mailId: message.id });
     const caps = this.capabilities;
     const everyone = (outcome: RecipientResult['outcome'], reply: Reply): TransactionOutcome => ({
       kind: 'done', reply, recipients: recipients.map((r) => ({ address: r.address, outcome, reply, remoteHost: this.remote })),
@@ -295,7 +296,7 @@ export class OutboundSession {
     try {
       body = await message.openBody();
     } catch (err) {
-      log.error({ err }, 'cannot read the stored message; deferring');
+      log().error({ err }, 'cannot read the stored message; deferring');
       return everyone('deferred', made.local(`cannot read the message: ${(err as Error).message}`));
     }
 
@@ -399,7 +400,7 @@ export class OutboundSession {
    * DATA (after 354), and withholds its end — which is what makes nodemailer write the final
    * "." — until stillWanted() said yes.
    */
-  #bodySource(body: NodeJS.ReadableStream | Buffer, message: OutboundMessage, state: { phase: 'envelope' | 'data' | 'dot'; aborted: boolean; bodyError: Error | undefined }, log: Logger): Readable {
+  #bodySource(body: NodeJS.ReadableStream | Buffer, message: OutboundMessage, state: { phase: 'envelope' | 'data' | 'dot'; aborted: boolean; bodyError: Error | undefined }, log: () => Logger): Readable {
     let started = false;
     let input: Readable | undefined;
     /** stillWanted(); on no (or an error) the connection is dropped and false returned. */
@@ -408,10 +409,10 @@ export class OutboundSession {
       try {
         yes = await message.stillWanted();
       } catch (err) {
-        log.error({ err }, 'stillWanted() failed; aborting the transaction to be safe');
+        log().error({ err }, 'stillWanted() failed; aborting the transaction to be safe');
       }
       if (yes) return true;
-      log.info({ remote: this.remote }, 'mail no longer wanted; dropping the connection before the final "."');
+      log().info({ remote: this.remote }, 'mail no longer wanted; dropping the connection before the final "."');
       state.aborted = true;
       this.destroy();
       return false;
@@ -435,7 +436,7 @@ export class OutboundSession {
     };
     const bodyFailed = (err: Error): void => {
       state.bodyError = err;
-      log.error({ err }, 'reading the stored message failed mid-DATA; dropping the connection');
+      log().error({ err }, 'reading the stored message failed mid-DATA; dropping the connection');
       this.destroy();
     };
     const source = new Readable({

@@ -826,10 +826,14 @@ export class Scheduler {
       throw err;
     }
     this.#count(attempt, outcomes, config, now);
+    // The one line per attempt (as Postfix's status=sent/deferred/bounced line): each recipient
+    // with its outcome, the host that answered and its reply. The delivery stage's own line per
+    // SMTP transaction is at debug level.
     attempt.log.info({
       state: updated.state,
       delivered: count(outcomes, 'delivered'), deferred: count(outcomes, 'deferred'),
       failed: count(outcomes, 'failed'), expired: count(outcomes, 'expired'),
+      recipients: outcomes.map(describeOutcome),
       ...(updated.state === 'queued' ? { retryAt: new Date(updated.notBefore).toISOString() } : {}),
     }, 'delivery attempt recorded');
   }
@@ -970,6 +974,14 @@ function operatorRetrySinceLastAttempt(mail: QueuedMail): boolean {
 
 function count(outcomes: RecipientOutcome[], outcome: RecipientOutcome['outcome']): number {
   return outcomes.filter((o) => o.outcome === outcome).length;
+}
+
+/** A recipient's outcome for the log: `{ to, outcome, relay, reply: "250 2.0.0 text" }`. */
+function describeOutcome(o: RecipientOutcome): { to: string; outcome: string; relay?: string; reply?: string } {
+  const d: { to: string; outcome: string; relay?: string; reply?: string } = { to: o.address, outcome: o.outcome };
+  if (o.remoteHost) d.relay = o.remoteHost;
+  if (o.reply) d.reply = o.reply.enhanced ? `${o.reply.code} ${o.reply.enhanced} ${o.reply.message}` : `${o.reply.code} ${o.reply.message}`;
+  return d;
 }
 
 /** Deferral reason for metrics: "network" for connection trouble we made up, else "4xx". */

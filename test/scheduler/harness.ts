@@ -53,6 +53,8 @@ export interface SchedulerHarnessOptions {
    * observe or pause a step of a real delivery (e.g. the stillWanted() before the final ".").
    */
   wrapDelivery?: (real: Deliverer) => DeliveryAgent;
+  /** Collects every log line at info level and above (JSON), for tests of what is logged. */
+  logLines?: string[];
 }
 
 export async function startScheduler(overlay: Plain, o: SchedulerHarnessOptions = {}): Promise<SchedulerHarness> {
@@ -73,7 +75,8 @@ export async function startScheduler(overlay: Plain, o: SchedulerHarnessOptions 
   const overlayFile = join(dir, 'config.json');
   writeFileSync(overlayFile, JSON.stringify(merge(base, overlay)));
   const store = new ConfigStore(overlayFile);
-  const logger = testLogger();
+  const lines = o.logLines;
+  const logger = lines ? pino({ level: 'info' }, { write: (l: string) => void lines.push(l) }) : testLogger();
   const queue = new SpoolQueue({ dir: join(dir, 'spool'), retainFinishedMs: 86_400_000, maxSize: 256 * 1024 * 1024, logger });
   await queue.start();
   const metrics = createMetrics();

@@ -171,7 +171,8 @@ describe('scheduler: retries and bounces', () => {
   it('4xx then 2xx: delivered on the retry, with both attempts in the history', async () => {
     let tries = 0;
     const rx = await receiver({ script: { rcpt: () => (++tries === 1 ? '451 4.3.0 Try again later' : undefined) } });
-    const h = await scheduler({ delivery: { routes: { 'dest.test': rx.address } } });
+    const lines: string[] = [];
+    const h = await scheduler({ delivery: { routes: { 'dest.test': rx.address } } }, { logLines: lines });
     const body = Buffer.from(makeMessage());
     const mail = await h.enqueue({ to: ['user@dest.test'], body });
     const [tx] = await rx.waitForCompleted(1);
@@ -186,6 +187,13 @@ describe('scheduler: retries and bounces', () => {
     expect(done.history[0]!.reply).toMatchObject({ code: 451 });
     const gap = done.history[1]!.at - done.history[0]!.at;
     expect(gap).toBeGreaterThanOrEqual(150); // retry.min 200ms less jitter margin: it did wait
+    // One info line per attempt, naming each recipient's outcome, the host and its reply.
+    const logged = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.mailId === mail.id);
+    const attempts = logged.filter((l) => l.msg === 'delivery attempt recorded');
+    expect(attempts.map((l) => l.state)).toEqual(['queued', 'delivered']);
+    expect(attempts[0]!.recipients).toEqual([{ to: 'user@dest.test', outcome: 'deferred', relay: expect.stringContaining(String(rx.port)), reply: '451 4.3.0 Try again later' }]);
+    expect(attempts[1]!.recipients).toEqual([{ to: 'user@dest.test', outcome: 'delivered', relay: expect.stringContaining(String(rx.port)), reply: expect.stringMatching(/^250 /) }]);
+    expect(logged.filter((l) => l.msg === 'delivery transaction done')).toEqual([]);
   });
 
   it('5xx: one DSN for every failed recipient, parsed by mailparser, sent with a null reverse path', async () => {
