@@ -171,6 +171,11 @@ export const configSchema = z.strictObject({
     maxConnections: z.number().int().min(1),
     maxConnectionsPerClient: z.number().int().min(1),
     /**
+     * Clients counted as one by maxConnectionsPerClient and rateLimits.perClient: those whose
+     * addresses share this many leading bits (ingress/policy.ts clientKey).
+     */
+    clientPrefixLength: z.strictObject({ ipv4: z.number().int().min(8).max(32), ipv6: z.number().int().min(16).max(128) }),
+    /**
      * Transactions (MAIL FROM) per client address outside relay.networks and per authenticated
      * user, as "100/m"; over it, 450 4.7.1 (ingress/rate-limit.ts). null: no limit.
      */

@@ -37,7 +37,7 @@ import { UsersFile } from './auth.js';
 import { DkimSigner } from './dkim.js';
 import { buildReceivedHeader, finalizeMessage, hasEightBit, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
-  admissionDecision, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
+  admissionDecision, clientKey, isTrustedAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
   unlistedRecipientDecision,
 } from './policy.js';
 import { RecipientTable } from './recipients.js';
@@ -194,9 +194,11 @@ export class SmtpIngress {
         const config = this.#store.current;
         let total = 0;
         let fromClient = 0;
+        const prefix = config.smtp.clientPrefixLength;
+        const client = clientKey(conn.remoteAddress, prefix);
         for (const { server } of this.#servers) {
           total += server.connections.size;
-          for (const c of server.connections) if (c.remoteAddress === conn.remoteAddress) fromClient++;
+          for (const c of server.connections) if (clientKey(c.remoteAddress, prefix) === client) fromClient++;
         }
         return admissionDecision({ total, fromClient, maxConnections: config.smtp.maxConnections, maxConnectionsPerClient: config.smtp.maxConnectionsPerClient });
       },
@@ -320,8 +322,8 @@ export class SmtpIngress {
     const now = Date.now();
     const clientRate = state.trusted ? null : parseLimit(perClient);
     if (clientRate) {
-      const address = normalizeClientAddress(client);
-      if (!this.#clientRates.take(address, clientRate, now)) return { limit: 'perClient', who: `[${address}]` };
+      const key = clientKey(client, state.config.smtp.clientPrefixLength);
+      if (!this.#clientRates.take(key, clientRate, now)) return { limit: 'perClient', who: `[${key}]` };
     }
     const userRate = authUser ? parseLimit(perUser) : null;
     if (userRate && !this.#userRates.take(authUser!, userRate, now)) return { limit: 'perUser', who: `user ${authUser}` };

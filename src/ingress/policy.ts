@@ -11,6 +11,7 @@
  * relay.recipients, a recipient in relay.domains must also be listed there (no backscatter).
  */
 import { BlockList, isIPv4 } from 'node:net';
+import ipaddr from 'ipaddr.js';
 import { domainToASCII } from 'node:url';
 import { networkList, type Config } from '../config/schema.js';
 import type { ClassifyResult } from '../config/rules.js';
@@ -26,6 +27,34 @@ const MAX_REMEMBERED_ADDRESSES = 10_000;
 export function normalizeClientAddress(address: string): string {
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
   return m ? m[1]! : address.toLowerCase();
+}
+
+const clientKeys = new Map<string, string>();
+const MAX_CLIENT_KEYS = 10_000;
+
+/**
+ * The key a client is counted under by smtp.maxConnectionsPerClient and smtp.rateLimits.perClient
+ * (smtp.clientPrefixLength): its address, or the network of its first `ipv4`/`ipv6` bits, written
+ * "2001:db8:1:2::/64". An IPv6 host usually has a whole /64 to itself and can take a new address
+ * for every connection: counted by address it would pass any per-client limit.
+ */
+export function clientKey(address: string, prefix: { ipv4: number; ipv6: number }): string {
+  const a = normalizeClientAddress(address);
+  const v4 = isIPv4(a);
+  const bits = v4 ? prefix.ipv4 : prefix.ipv6;
+  if (bits >= (v4 ? 32 : 128)) return a;
+  const cacheKey = `${bits}/${a}`;
+  let key = clientKeys.get(cacheKey);
+  if (key !== undefined) return key;
+  try {
+    const net = v4 ? ipaddr.IPv4.networkAddressFromCIDR(`${a}/${bits}`) : ipaddr.IPv6.networkAddressFromCIDR(`${a}/${bits}`);
+    key = `${net.toString()}/${bits}`;
+  } catch {
+    key = a; // not an IP address (a Unix socket, a zone id): counted as itself
+  }
+  if (clientKeys.size >= MAX_CLIENT_KEYS) clientKeys.clear();
+  clientKeys.set(cacheKey, key);
+  return key;
 }
 
 /** Is the client address inside relay.networks? */

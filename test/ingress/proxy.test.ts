@@ -17,7 +17,7 @@ import { startIngress, type Harness } from './harness.js';
 /** Connects as the balancer would: the PROXY line first, then SMTP. */
 async function viaProxy(port: number, client: string): Promise<SmtpClient> {
   const c = await SmtpClient.connect({ port });
-  c.write(`PROXY TCP4 ${client} 127.0.0.1 40000 25\r\n`);
+  c.write(client.includes(':') ? `PROXY TCP6 ${client} ::1 40000 25\r\n` : `PROXY TCP4 ${client} 127.0.0.1 40000 25\r\n`);
   return c;
 }
 
@@ -172,5 +172,54 @@ describe('an implicit-TLS listener with proxyProtocol', () => {
     secure.write('RCPT TO:<x@elsewhere.example>\r\n');
     expect(await next()).toMatch(/^250 /);
     secure.destroy();
+  });
+});
+
+describe('clients counted by network (smtp.clientPrefixLength), their addresses named by the balancer', () => {
+  let h: Harness;
+  const clients: SmtpClient[] = [];
+  const track = (c: SmtpClient) => (clients.push(c), c);
+  beforeAll(async () => {
+    h = await startIngress({
+      smtp: {
+        listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }],
+        maxConnectionsPerClient: 1,
+        clientPrefixLength: { ipv4: 24, ipv6: 64 },
+        rateLimits: { perClient: '1/h', perUser: null },
+      },
+      relay: { networks: ['127.0.0.0/8'], domains: ['local.example'] },
+    });
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.quit()));
+  });
+  afterAll(async () => {
+    await h.close();
+  });
+
+  it('counts the connections of one IPv6 /64 (one IPv4 /24) together, and of another apart', async () => {
+    const first = track(await viaProxy(h.port, '2001:db8:1:2::10'));
+    expect((await first.read()).code).toBe(220);
+    // Another address of the same /64: the same client.
+    const same = await track(await viaProxy(h.port, '2001:db8:1:2:ffff:ffff:ffff:fffe')).read();
+    expect([same.code, same.enhanced]).toEqual([421, '4.7.0']);
+    expect((await track(await viaProxy(h.port, '2001:db8:1:3::10')).read()).code).toBe(220);
+    expect((await track(await viaProxy(h.port, '192.0.2.7')).read()).code).toBe(220);
+    expect((await track(await viaProxy(h.port, '192.0.2.200')).read()).code).toBe(421);
+    expect((await track(await viaProxy(h.port, '192.0.3.7')).read()).code).toBe(220);
+  });
+
+  it('rate-limits the network as one client, naming it', async () => {
+    const a = track(await viaProxy(h.port, '2001:db8:5:6::1'));
+    expect((await a.read()).code).toBe(220);
+    expect((await a.ehlo()).code).toBe(250);
+    expect((await a.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+    await a.quit();
+    const b = track(await viaProxy(h.port, '2001:db8:5:6:1234::2'));
+    expect((await b.read()).code).toBe(220);
+    expect((await b.ehlo()).code).toBe(250);
+    const over = await b.command('MAIL FROM:<b@example.org>');
+    expect([over.code, over.enhanced]).toEqual([450, '4.7.1']);
+    expect(over.text).toContain('too much mail from [2001:db8:5:6::/64]');
   });
 });

@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { clientKey } from '../../src/ingress/policy.js';
 import { RateLimiter, parseLimit } from '../../src/ingress/rate-limit.js';
 import type { SmtpClient } from '../helpers/smtp-client.js';
 import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
@@ -32,6 +33,20 @@ describe('the rate limiter', () => {
     // The most recent keys kept their buckets.
     for (let i = 0; i < 4; i++) r.take('k999', rate, 1000);
     expect(r.take('k999', rate, 1000)).toBe(false);
+  });
+});
+
+describe('clientKey (smtp.clientPrefixLength)', () => {
+  it('is the address at full length, else the network of the first bits', () => {
+    const full = { ipv4: 32, ipv6: 128 };
+    expect(clientKey('192.0.2.9', full)).toBe('192.0.2.9');
+    expect(clientKey('::ffff:192.0.2.9', full)).toBe('192.0.2.9');
+    expect(clientKey('2001:DB8::1', full)).toBe('2001:db8::1');
+    const nets = { ipv4: 24, ipv6: 64 };
+    expect(clientKey('::ffff:192.0.2.9', nets)).toBe('192.0.2.0/24');
+    expect(clientKey('2001:db8:0:7:a:b:c:d', nets)).toBe('2001:db8:0:7::/64');
+    expect(clientKey('2001:DB8:0:7::1', { ipv4: 32, ipv6: 48 })).toBe('2001:db8::/48');
+    expect(clientKey('not-an-address', nets)).toBe('not-an-address');
   });
 });
 
