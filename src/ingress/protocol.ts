@@ -18,6 +18,8 @@
  *   `hooks.authRefusal`, when the policy wants TLS first (538 5.7.11).
  * - After 221 to QUIT a plain connection is closed at once (smtp-server half-closes and keeps
  *   reading until the client closes).
+ * - PROXY protocol version 2 (binary; proxy-v2.ts) besides smtp-server's version 1, from the
+ *   peers `hooks.expectsProxyHeader` names.
  * - The end of the data is found with indexOf rather than a loop over every byte (data-stream.ts;
  *   same semantics, checked against smtp-server's own parser), and a client that sends a second
  *   whole message without waiting for the first one's reply no longer hangs its session.
@@ -29,6 +31,7 @@ import { SMTPServer, type SMTPServerOptions } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
 import type { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
 import { continueAfterData, feedDataStream } from './data-stream.js';
+import { mayBeProxyV2, parseProxyV2 } from './proxy-v2.js';
 
 /** An SMTP reply we decided on: code, enhanced code (RFC 3463) and text. */
 export interface Reply {
@@ -281,6 +284,8 @@ export interface ProtocolHooks {
 }
 
 /** Session ids: random per process, then counted (smtp-server draws 80 random bits for each). */
+type ProxyCallback = (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void;
+
 const SESSION_ID_PREFIX = randomBytes(6).toString('hex');
 let sessionCount = 0;
 
@@ -294,9 +299,9 @@ export class SpoolhouseSmtpServer extends SMTPServer {
 
   /**
    * Whether a PROXY header is required from this peer: the listener's `proxyProtocol` networks
-   * (smtp-server's `useProxy` takes single addresses only). smtp-server then reads the header
-   * (before the TLS handshake of an implicit-TLS listener) and makes its source address the
-   * session's `remoteAddress`; a peer that sends something else is answered "* BAD" and closed.
+   * (smtp-server's `useProxy` takes single addresses only). The header (v2 here, v1 by smtp-server)
+   * is read before the TLS handshake of an implicit-TLS listener, and its source address becomes
+   * the session's `remoteAddress`; a peer that sends something else is answered "* BAD" and closed.
    */
   override _expectsProxyHeader(socket: Socket): boolean {
     return this.hooks.expectsProxyHeader(socket.remoteAddress ?? '');
@@ -307,13 +312,73 @@ export class SpoolhouseSmtpServer extends SMTPServer {
    * connection (ids name sessions in logs; they need to be unique, not secret). A listener that
    * expects a PROXY header goes through smtp-server's own.
    */
-  override _handleProxy(socket: Socket, callback: (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void): void {
-    if (this._expectsProxyHeader(socket)) return super._handleProxy(socket, callback);
+  override _handleProxy(socket: Socket, callback: ProxyCallback): void {
+    if (this._expectsProxyHeader(socket)) return this.#readProxyHeader(socket, callback);
     const socketOptions = {
       id: `${SESSION_ID_PREFIX}${(++sessionCount).toString(32).padStart(4, '0')}`,
       ignore: !!this.options.ignoredHosts?.includes(socket.remoteAddress ?? ''),
     };
     setImmediate(() => callback(null, socketOptions));
+  }
+
+  /**
+   * A peer that must send a PROXY header: version 2 (binary, proxy-v2.ts) is read here; anything
+   * else goes, with the bytes read so far put back, to smtp-server's reader of version 1 (which
+   * answers "* BAD" to what is neither). A bad v2 header is answered the same way and closed.
+   */
+  #readProxyHeader(socket: Socket, callback: ProxyCallback): void {
+    let buffered: Buffer = Buffer.alloc(0);
+    let finished = false;
+    const cleanup = () => {
+      finished = true;
+      socket.off('readable', onReadable);
+      socket.off('error', onError);
+      socket.off('close', onClosed);
+      socket.off('end', onClosed);
+    };
+    const fail = (err: Error, answer?: string): void => {
+      if (finished) return;
+      cleanup();
+      socket.on('error', () => undefined); // a late EPIPE must not become an uncaught exception
+      if (answer) {
+        socket.end(answer);
+        setTimeout(() => socket.destroy(), 1000).unref();
+      } else {
+        socket.destroy();
+      }
+      callback(err);
+    };
+    const onError = (err: Error) => fail(err);
+    const onClosed = () => fail(new Error('Socket closed before PROXY header was received'));
+    const onReadable = (): void => {
+      let chunk: Buffer | null;
+      while ((chunk = socket.read() as Buffer | null) !== null) buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+      if (finished) return;
+      if (!mayBeProxyV2(buffered)) {
+        cleanup();
+        socket.unshift(buffered);
+        // After this turn, when the stream no longer counts our 'readable' listener: smtp-server's
+        // reader then gets a 'readable' event for the bytes put back.
+        setImmediate(() => super._handleProxy(socket, callback));
+        return;
+      }
+      const parsed = parseProxyV2(buffered);
+      if (parsed.kind === 'more') return;
+      if (parsed.kind === 'invalid') return fail(new Error(parsed.reason), '* BAD Invalid PROXY header\r\n');
+      cleanup();
+      const rest = buffered.subarray(parsed.length);
+      if (rest.length) socket.unshift(rest);
+      callback(null, {
+        id: `${SESSION_ID_PREFIX}${(++sessionCount).toString(32).padStart(4, '0')}`,
+        // LOCAL (the balancer's health check) or UNSPEC: the balancer itself is the client.
+        ...(parsed.source ? { remoteAddress: parsed.source.address, remotePort: parsed.source.port } : {}),
+        ignore: !!this.options.ignoredHosts?.includes(parsed.source?.address ?? socket.remoteAddress ?? ''),
+      });
+    };
+    socket.on('readable', onReadable);
+    socket.on('error', onError);
+    socket.on('close', onClosed);
+    socket.on('end', onClosed);
   }
 
   override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {

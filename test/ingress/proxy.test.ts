@@ -21,8 +21,40 @@ async function viaProxy(port: number, client: string): Promise<SmtpClient> {
   return c;
 }
 
+/**
+ * A PROXY protocol v2 header (HAProxy's send-proxy-v2, an AWS NLB): TCP over IPv4 or IPv6 from
+ * `source`, LOCAL for the balancer's own health check, and the odd field overridable to break it.
+ */
+function proxyV2(o: { source?: string; local?: boolean; version?: number; transport?: number; tlv?: Buffer } = {}): Buffer {
+  const sig = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+  const tlv = o.tlv ?? Buffer.alloc(0);
+  let family = 0;
+  let addresses = Buffer.alloc(0);
+  if (o.source && net.isIPv4(o.source)) {
+    family = 0x10;
+    addresses = Buffer.alloc(12);
+    o.source.split('.').forEach((b, i) => addresses.writeUInt8(Number(b), i));
+    [127, 0, 0, 1].forEach((b, i) => addresses.writeUInt8(b, 4 + i));
+    addresses.writeUInt16BE(40000, 8);
+    addresses.writeUInt16BE(25, 10);
+  } else if (o.source) {
+    family = 0x20;
+    addresses = Buffer.alloc(36);
+    const full = o.source.replace('::', `:${'0:'.repeat(9 - o.source.split(':').length)}`).replace(/^:|:$/g, '');
+    full.split(':').forEach((g, i) => addresses.writeUInt16BE(parseInt(g || '0', 16), 2 * i));
+    addresses.writeUInt16BE(1, 30); // destination ::1
+    addresses.writeUInt16BE(40000, 32);
+    addresses.writeUInt16BE(25, 34);
+  }
+  const head = Buffer.alloc(4);
+  head.writeUInt8(((o.version ?? 2) << 4) | (o.local ? 0 : 1), 0);
+  head.writeUInt8(family | (o.transport ?? 1), 1);
+  head.writeUInt16BE(addresses.length + tlv.length, 2);
+  return Buffer.concat([sig, head, addresses, tlv]);
+}
+
 /** Everything the server sends until it closes the connection. */
-async function sendAndCollect(port: number, data: string): Promise<string> {
+async function sendAndCollect(port: number, data: string | Buffer): Promise<string> {
   return new Promise((resolve, reject) => {
     let text = '';
     const s = net.connect({ host: '127.0.0.1', port }, () => s.write(data));
@@ -92,6 +124,54 @@ describe('a listener with proxyProtocol (the balancer on loopback, which relay.n
   it('refuses a header whose source is not an IP address', async () => {
     const text = await sendAndCollect(h.port, 'PROXY TCP4 evil\r\nhost 127.0.0.1 1 25\r\n');
     expect(text).toBe('* BAD Invalid PROXY header\r\n');
+  });
+
+  it('reads a version 2 (binary) header: TCP over IPv4, arriving in pieces, with a TLV', async () => {
+    const c = track(await SmtpClient.connect({ port: h.port }));
+    // A TLV (type 0x04, NOOP) the reader skips; the header arrives in three writes, the last with EHLO.
+    const header = proxyV2({ source: '192.0.2.44', tlv: Buffer.from([0x04, 0x00, 0x02, 0xaa, 0xbb]) });
+    c.write(header.subarray(0, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    c.write(header.subarray(5, 20));
+    await new Promise((r) => setTimeout(r, 50));
+    c.write(header.subarray(20));
+    expect((await c.read()).code).toBe(220);
+    expect((await c.ehlo('v2.client')).code).toBe(250);
+    expect((await c.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+    const denied = await c.command('RCPT TO:<x@elsewhere.example>');
+    expect([denied.code, denied.enhanced]).toEqual([554, '5.7.1']);
+    expect((await c.command('RSET')).code).toBe(250);
+    const r = await c.sendMail('a@example.org', ['x@local.example'], 'Subject: v2\r\n\r\nhello');
+    expect(r.code).toBe(250);
+    const id = r.text.split(' ').pop()!;
+    expect((await h.queue.get(id))!.client.address).toBe('192.0.2.44');
+    expect((await h.body(id)).split('\r\n')[0]).toMatch(/^Received: from v2\.client \(.*\[192\.0\.2\.44\]\)/);
+  });
+
+  it('reads a version 2 header for TCP over IPv6, and LOCAL (a health check, SMTP in the same write) as the balancer itself', async () => {
+    const six = track(await SmtpClient.connect({ port: h.port }));
+    six.write(proxyV2({ source: '2001:db8::7' }));
+    expect((await six.read()).code).toBe(220);
+    expect((await six.ehlo()).code).toBe(250);
+    expect((await six.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+    expect((await six.command('RCPT TO:<x@elsewhere.example>')).code).toBe(554);
+    // maxConnectionsPerClient is 1: a second connection of that client is refused, by its address.
+    const again = track(await SmtpClient.connect({ port: h.port }));
+    again.write(proxyV2({ source: '2001:db8::7' }));
+    expect((await again.read()).code).toBe(421);
+
+    const local = track(await SmtpClient.connect({ port: h.port }));
+    local.write(Buffer.concat([proxyV2({ local: true }), Buffer.from('EHLO balancer\r\n')]));
+    expect((await local.read()).code).toBe(220);
+    expect((await local.read()).code).toBe(250);
+    expect((await local.command('MAIL FROM:<a@example.org>')).code).toBe(250);
+    // The balancer (loopback) is in relay.networks.
+    expect((await local.command('RCPT TO:<x@elsewhere.example>')).code).toBe(250);
+  });
+
+  it('refuses a version 2 header of another version or for UDP, and closes', async () => {
+    expect(await sendAndCollect(h.port, proxyV2({ source: '192.0.2.1', version: 3 }))).toBe('* BAD Invalid PROXY header\r\n');
+    expect(await sendAndCollect(h.port, proxyV2({ source: '192.0.2.1', transport: 2 }))).toBe('* BAD Invalid PROXY header\r\n');
   });
 });
 
