@@ -181,6 +181,17 @@ export const configSchema = z.strictObject({
      */
     rateLimits: z.strictObject({ perClient: rateText, perUser: rateText }),
     /**
+     * DNS blocklists (ingress/dnsbl.ts): "zone", or { zone, answers } when only some A records
+     * list a client. Checked at RCPT for clients outside relay.networks that did not authenticate.
+     */
+    dnsbl: z.array(z.preprocess(
+      (v) => (typeof v === 'string' ? { zone: v } : v),
+      z.strictObject({
+        zone: domainName,
+        answers: z.union([z.null(), z.array(z.ipv4({ message: 'must be an IPv4 address such as "127.0.0.2"' })).min(1)]).default(null),
+      }),
+    )),
+    /**
      * DKIM keys for outgoing mail (ingress/dkim.ts): mail from relay.networks or authenticated
      * clients whose From: is in `domain` (or below it) is signed before it is stored.
      */

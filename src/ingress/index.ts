@@ -37,11 +37,13 @@ import { UsersFile } from './auth.js';
 import { DkimSigner } from './dkim.js';
 import { buildReceivedHeader, finalizeMessage, hasEightBit, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
-  admissionDecision, clientKey, isTrustedAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
+  admissionDecision, clientKey, dnsblRefusal, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
   unlistedRecipientDecision,
 } from './policy.js';
 import { RecipientTable } from './recipients.js';
 import { RateLimiter, parseLimit } from './rate-limit.js';
+import { DnsblChecker, type DnsblResult } from './dnsbl.js';
+import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
@@ -60,6 +62,8 @@ interface SessionState {
   listener: ListenerInfo;
   /** Failed AUTH attempts so far in this session. */
   authFailures: number;
+  /** smtp.dnsbl lookups of the client, started at connect for a client outside relay.networks. */
+  dnsbl?: Promise<DnsblResult>;
 }
 
 /** Received: headers a message may already carry (Postfix hopcount_limit). */
@@ -84,6 +88,7 @@ export class SmtpIngress {
   #dkim: DkimSigner | undefined;
   /** smtp.rateLimits: buckets per client address and per authenticated user. */
   readonly #clientRates = new RateLimiter();
+  readonly #dnsbl = new DnsblChecker(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
@@ -216,8 +221,8 @@ export class SmtpIngress {
         if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
         return undefined;
       },
-      onRejection: (code: number, enhanced: string) => {
-        this.#metrics.rejectedTotal.inc({ reason: rejectionReason(code, enhanced) });
+      onRejection: (code: number, enhanced: string, _conn: SpoolhouseConnection, text: string) => {
+        this.#metrics.rejectedTotal.inc({ reason: rejectionReason(code, enhanced, text) });
       },
       expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };
@@ -244,6 +249,8 @@ export class SmtpIngress {
     const state = this.#state(session, listener);
     session.disabledCommands = this.#disabledCommands(state.config, session);
     this.#logger.debug({ client: session.remoteAddress, trusted: state.trusted, listener: `${listener.host}:${listener.port}` }, 'smtp connection');
+    // Started now, awaited at RCPT: by then the answer is usually in.
+    if (!state.trusted && state.config.smtp.dnsbl.length) state.dnsbl = this.#dnsbl.check(normalizeClientAddress(session.remoteAddress), state.config.smtp.dnsbl);
     cb();
   }
 
@@ -344,6 +351,31 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'relay denied');
       return cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'relay'));
     }
+    if (state.dnsbl && !authUserOf(session)) {
+      // Authenticated users are spared (a roaming user's dynamic address is often listed).
+      void this.#dnsblThenRecipient(state, address, session, cb);
+      return;
+    }
+    this.#recipientTable(state, address, session, cb);
+  }
+
+  async #dnsblThenRecipient(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+    const client = normalizeClientAddress(session.remoteAddress);
+    const { listed, errors } = await state.dnsbl!;
+    if (errors.length) {
+      // Fail open: a list that cannot be asked lists nobody. Logged once per session.
+      this.#logger.warn({ client, errors }, 'DNS blocklist lookup failed; not treated as listed (smtp.dnsbl)');
+      state.dnsbl = Promise.resolve({ listed, errors: [] });
+    }
+    if (listed) {
+      this.#logger.info({ client, zone: listed.zone, answer: listed.answer, recipient: address.address }, 'client on a DNS blocklist (smtp.dnsbl)');
+      const r = dnsblRefusal(client, listed.zone);
+      return cb(replyError(r.code, r.enhanced, r.text, 'dnsbl'));
+    }
+    this.#recipientTable(state, address, session, cb);
+  }
+
+  #recipientTable(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
     const relay = state.config.relay;
     const unlisted = unlistedRecipientDecision({ recipient: address.address, relayDomains: relay.domains, table: this.#recipients, delimiters: relay.recipientDelimiter });
     if (unlisted) {

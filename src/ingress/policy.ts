@@ -209,8 +209,14 @@ export function placeMail(rules: ClassifyResult, requests: SenderRequests, confi
   return placement;
 }
 
-/** The label of spoolhouse_rejected_total for a refusal, from its reply code and enhanced code. */
-export function rejectionReason(code: number, enhanced: string): string {
+/** The text of a DNSBL refusal (Postfix's): `rejectionReason` knows it by its "blocked using". */
+export function dnsblRefusal(client: string, zone: string): Reply {
+  return { code: 554, enhanced: '5.7.1', text: `Service unavailable; Client host [${client}] blocked using ${zone}` };
+}
+
+/** The label of spoolhouse_rejected_total for a refusal, from its reply code, enhanced code and text. */
+export function rejectionReason(code: number, enhanced: string, text = ''): string {
+  if (code === 554 && enhanced === '5.7.1' && text.startsWith('Service unavailable; Client host [') && text.includes('] blocked using ')) return 'dnsbl';
   if (code === 421) return enhanced === '4.7.0' ? 'connections' : enhanced === '4.4.2' ? 'timeout' : 'protocol';
   if (code === 553 && enhanced === '5.7.1') return 'sender_login';
   if (code === 450 && enhanced === '4.7.1') return 'rate';

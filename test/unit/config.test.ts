@@ -71,6 +71,17 @@ describe('config loading', () => {
     expect(problems.find((p) => p.key === 'delivery.retry.min')!.problem).toMatch(/not a duration/);
   });
 
+  it('reads smtp.dnsbl zones, with or without the answers that list, and names a bad one', () => {
+    const good = overlay('dnsbl.json', JSON.stringify({ smtp: { dnsbl: ['Zen.Example.', { zone: 'picky.example', answers: ['127.0.0.4'] }] } }));
+    expect(loadConfig(good).config.smtp.dnsbl).toEqual([{ zone: 'zen.example', answers: null }, { zone: 'picky.example', answers: ['127.0.0.4'] }]);
+    const bad = overlay('dnsbl-bad.json', JSON.stringify({ smtp: { dnsbl: [{ zone: 'picky.example', answers: ['127.0.0'] }, 'not a zone'] } }));
+    const problems = problemsOf(() => loadConfig(bad));
+    expect(problems).toEqual([
+      { file: bad, key: 'smtp.dnsbl.0.answers.0', problem: 'must be an IPv4 address such as "127.0.0.2"' },
+      { file: bad, key: 'smtp.dnsbl.1.zone', problem: 'must be a domain name' },
+    ]);
+  });
+
   it('rejects a rule that names an unknown priority class', () => {
     const file = overlay('bad.json', JSON.stringify({ rules: [{ name: 'x', match: { sender: '*@x.org' }, priority: 'vip' }] }));
     const problems = problemsOf(() => loadConfig(file));
