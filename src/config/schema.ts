@@ -81,6 +81,21 @@ const cidr = z.string().refine((v) => parseCidr(v) !== undefined, { message: 'mu
 const domainName = z.string().regex(/^(?=.{1,253}$)(?!-)[a-z0-9-]+(\.[a-z0-9-]+)*\.?$/i, 'must be a domain name').transform((d) => d.toLowerCase().replace(/\.$/, ''));
 const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address');
 
+/** An SMTP reply an operator writes: "554 5.7.1 text" (the enhanced code's class matches the code's). */
+const replyText = z.string().regex(/^([45])\d\d \1\.\d{1,3}\.\d{1,3} \S.*$/, 'must be a reply such as "554 5.7.1 Not accepted here" (4xx or 5xx, its enhanced code of the same class)');
+
+/** One entry of relay.reject (ingress/access.ts): every match key given must fit. */
+const rejectEntry = z.strictObject({
+  client: z.union([cidr.transform((c) => [c]), z.array(cidr).min(1)]).optional(),
+  sender: z.string().optional(),
+  senderDomain: z.string().optional(),
+  recipient: z.string().optional(),
+  recipientDomain: z.string().optional(),
+  reply: replyText.optional(),
+}).refine((e) => e.client || e.sender !== undefined || e.senderDomain !== undefined || e.recipient !== undefined || e.recipientDomain !== undefined, {
+  message: 'an entry must match on client, sender, senderDomain, recipient or recipientDomain',
+});
+
 const listener = z.union([
   hostPort.transform((address) => ({ address })),
   z.strictObject({
@@ -234,6 +249,8 @@ export const configSchema = z.strictObject({
      * relay.recipients, "user+tag@domain" is accepted when "user@domain" is listed. null: none.
      */
     recipientDelimiter: z.union([z.null(), z.string().min(1).max(8).regex(/^[^\s@"<>]+$/, 'must be characters other than blanks, @, ", < and >')]),
+    /** Clients, senders and recipients refused outright (Postfix's access maps with REJECT). */
+    reject: z.array(rejectEntry),
   }),
   auth: z.strictObject({
     /** File of "user:bcrypt-hash" lines; null disables AUTH. */

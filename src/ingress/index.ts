@@ -43,6 +43,7 @@ import {
 import { RecipientTable } from './recipients.js';
 import { RateLimiter, parseLimit } from './rate-limit.js';
 import { DnsblChecker, type DnsblResult } from './dnsbl.js';
+import { rejectAtMail, rejectAtRcpt } from './access.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
@@ -304,6 +305,12 @@ export class SmtpIngress {
     const state = this.#state(session, listener);
     const authUser = authUserOf(session);
     if (listener.submission && !authUser) return cb(replyError(530, '5.7.0', 'Authentication required', 'auth'));
+    // The running list, not the session's snapshot: an entry added mid-incident holds at once.
+    const denied = rejectAtMail(this.#store.current.relay.reject, { client: normalizeClientAddress(session.remoteAddress), sender: address.address });
+    if (denied) {
+      this.#logger.info({ client: session.remoteAddress, sender: address.address, user: authUser }, 'sender or client refused (relay.reject)');
+      return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
+    }
     if (authUser && this.#senders && !this.#senders.mayUse(authUser, address.address)) {
       this.#logger.warn({ user: authUser, sender: address.address, client: session.remoteAddress }, 'sender address not owned by the authenticated user (auth.senders)');
       return cb(replyError(553, '5.7.1', `<${address.address}>: Sender address rejected: not owned by user ${authUser}`, 'sender_login'));
@@ -345,6 +352,11 @@ export class SmtpIngress {
       if (!postmaster) return cb(replyError(550, '5.1.1', 'No postmaster address is configured here', 'recipient'));
       address.address = postmaster;
       return cb();
+    }
+    const denied = rejectAtRcpt(this.#store.current.relay.reject, { client: normalizeClientAddress(session.remoteAddress), sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipient: address.address });
+    if (denied) {
+      this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'recipient refused (relay.reject)');
+      return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
     }
     const refusal = relayDecision({ recipient: address.address, trusted: state.trusted, authUser: authUserOf(session), relayDomains: state.config.relay.domains });
     if (refusal) {

@@ -217,6 +217,7 @@ export function dnsblRefusal(client: string, zone: string): Reply {
 /** The label of spoolhouse_rejected_total for a refusal, from its reply code, enhanced code and text. */
 export function rejectionReason(code: number, enhanced: string, text = ''): string {
   if (code === 554 && enhanced === '5.7.1' && text.startsWith('Service unavailable; Client host [') && text.includes('] blocked using ')) return 'dnsbl';
+  if (text.endsWith(' rejected: Access denied')) return 'access';
   if (code === 421) return enhanced === '4.7.0' ? 'connections' : enhanced === '4.4.2' ? 'timeout' : 'protocol';
   if (code === 553 && enhanced === '5.7.1') return 'sender_login';
   if (code === 450 && enhanced === '4.7.1') return 'rate';
