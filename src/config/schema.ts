@@ -319,6 +319,12 @@ export const configSchema = z.strictObject({
       opportunistic: z.boolean(),
       /** Verify certificates when TLS is used ("none" is Postfix's "may"). */
       verify: z.boolean(),
+      /**
+       * Per recipient domain, Postfix's smtp_tls_policy_maps levels: "none", "may"
+       * (opportunistic, no verification), "encrypt" (STARTTLS required, not verified), "verify"
+       * (STARTTLS required with a certificate valid for the MX host name). Beats the two above.
+       */
+      policy: z.record(z.string().regex(/^(?=.{1,253}$)(?!-)[a-z0-9-]+(\.[a-z0-9-]+)*$/, 'must be a domain name in lower case'), z.enum(['none', 'may', 'encrypt', 'verify'])),
     }),
     timeouts: z.strictObject({ connect: duration, greeting: duration, command: duration, data: duration }),
     /**

@@ -21,7 +21,10 @@
  * - TLS: opportunistic STARTTLS for MX delivery and routes when `delivery.tls.opportunistic`; if
  *   the handshake itself fails and certificates are not being verified, the same address is
  *   tried once more in plaintext (Postfix's "may"). With `delivery.tls.verify`, a certificate
- *   that does not verify fails the host (no silent downgrade).
+ *   that does not verify fails the host (no silent downgrade). A domain in `delivery.tls.policy`
+ *   has its own level (resolve.ts puts it on the destination): "none", "may" (as above, not
+ *   verified), "encrypt" (STARTTLS required, a failure or its absence fails the host, never a
+ *   plaintext retry), "verify" (that, and the certificate must verify for the MX host name).
  *   Smarthost `tls`: "none" plaintext; "starttls" STARTTLS is required (verification per
  *   delivery.tls.verify); "required" STARTTLS is required and the certificate must verify;
  *   "implicit" TLS from the first byte (port 465 by default); unset: as MX delivery.
@@ -163,7 +166,8 @@ export class Deliverer implements DeliveryAgent {
             session = await this.#open(target, destination, config, plaintextRetry);
           } catch (err) {
             if (!(err instanceof SessionError)) throw err;
-            if (err.tlsHandshake && this.#tlsMode(destination, config) === 'opportunistic' && !config.delivery.tls.verify && !plaintextRetry) {
+            const tls = this.#tls(destination, config);
+            if (err.tlsHandshake && tls.mode === 'opportunistic' && !tls.verify && !plaintextRetry) {
               // Postfix "may": a failed handshake is retried in plaintext, once.
               this.#log.info({ remote: describeHost(target), reply: err.reply }, 'TLS handshake failed; trying again without TLS');
               plaintextRetry = true;
@@ -258,14 +262,15 @@ export class Deliverer implements DeliveryAgent {
 
   async #open(target: Target, destination: HostsDestination, config: Config, plaintext: boolean): Promise<OutboundSession> {
     const d = config.delivery;
-    const mode: TlsMode = plaintext ? 'none' : this.#tlsMode(destination, config);
+    const tls = this.#tls(destination, config);
+    const mode: TlsMode = plaintext ? 'none' : tls.mode;
     const smarthost = destination.via === 'smarthost' ? d.smarthost : null;
     const session = await OutboundSession.open({
       host: target.host,
       address: target.address,
       port: target.port,
       heloName: d.heloName ?? config.smtp.hostname,
-      tls: { mode, verify: d.tls.verify || smarthost?.tls === 'required' },
+      tls: { mode, verify: tls.verify },
       ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
       timeouts: d.timeouts,
       logger: this.#log,
@@ -274,15 +279,24 @@ export class Deliverer implements DeliveryAgent {
     return session;
   }
 
-  #tlsMode(destination: HostsDestination, config: Config): TlsMode {
+  /** How TLS is used toward a destination: the smarthost's `tls`, else the domain's policy, else delivery.tls. */
+  #tls(destination: HostsDestination, config: Config): { mode: TlsMode; verify: boolean } {
     const d = config.delivery;
-    const opportunistic: TlsMode = d.tls.opportunistic ? 'opportunistic' : 'none';
-    if (destination.via !== 'smarthost' || !d.smarthost?.tls) return opportunistic;
-    switch (d.smarthost.tls) {
-      case 'none': return 'none';
-      case 'implicit': return 'implicit';
-      case 'starttls':
-      case 'required': return 'required';
+    if (destination.via === 'smarthost' && d.smarthost?.tls) {
+      const verify = d.tls.verify || d.smarthost.tls === 'required';
+      switch (d.smarthost.tls) {
+        case 'none': return { mode: 'none', verify };
+        case 'implicit': return { mode: 'implicit', verify };
+        case 'starttls':
+        case 'required': return { mode: 'required', verify };
+      }
+    }
+    switch (destination.tlsPolicy) {
+      case 'none': return { mode: 'none', verify: false };
+      case 'may': return { mode: 'opportunistic', verify: false };
+      case 'encrypt': return { mode: 'required', verify: false };
+      case 'verify': return { mode: 'required', verify: true };
+      default: return { mode: d.tls.opportunistic ? 'opportunistic' : 'none', verify: d.tls.verify };
     }
   }
 

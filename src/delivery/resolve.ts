@@ -55,11 +55,16 @@ export async function resolveDestination(rawDomain: string, config: Pick<Config,
     return { kind: 'hosts', domain, key: `${host}:${port}`, hosts: [{ host, port, ...literal(host) }], via: 'smarthost' };
   }
   const route = delivery.routes[domain];
-  if (route !== undefined) {
-    const { host, port } = parseHostPort(route, 25)!;
-    return { kind: 'hosts', domain, key: `${host}:${port}`, hosts: [{ host, port, ...literal(host) }], via: 'route' };
-  }
-  return resolveByDns(domain, makeResolver(delivery.dns), delivery.port, random, config.smtp.listen);
+  const destination: Destination = route !== undefined
+    ? (() => {
+        const { host, port } = parseHostPort(route, 25)!;
+        return { kind: 'hosts' as const, domain, key: `${host}:${port}`, hosts: [{ host, port, ...literal(host) }], via: 'route' as const };
+      })()
+    : await resolveByDns(domain, makeResolver(delivery.dns), delivery.port, random, config.smtp.listen);
+  const tlsPolicy = delivery.tls.policy[domain];
+  if (!tlsPolicy || destination.kind !== 'hosts') return destination;
+  // Its own pool: mail of other domains on the same MX hosts must not share its sessions (their TLS differs).
+  return { ...destination, key: `${destination.key} tls=${tlsPolicy}`, tlsPolicy };
 }
 
 /** `{ address }` when the host is an IP literal (no lookup needed). */

@@ -30,6 +30,8 @@ export type Destination =
       /** Hosts in the order to try them (RFC 5321 §5.1: by preference, random among equals). */
       hosts: DestinationHost[];
       via: 'mx' | 'implicit-mx' | 'route' | 'smarthost';
+      /** delivery.tls.policy of the domain (not for a smarthost, whose own `tls` rules). */
+      tlsPolicy?: 'none' | 'may' | 'encrypt' | 'verify';
     }
   /** Nothing can be delivered now; e.g. DNS SERVFAIL (4.4.3) or a null MX (5.1.10). */
   | { kind: 'failure'; domain: string; key: string; permanent: boolean; reply: Reply };

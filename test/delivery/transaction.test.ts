@@ -200,6 +200,56 @@ describe('connections', () => {
   });
 });
 
+describe('delivery.tls.policy (per recipient domain)', () => {
+  const policy = (level: string, tls: Record<string, unknown> = {}) => ({ tls: { opportunistic: true, verify: false, policy: { 'dest.test': level }, ...tls } });
+
+  it('"encrypt": a receiver without STARTTLS gets nothing (4.7.4); one with it gets the mail over TLS, unverified', async () => {
+    const plain = await receiver({ starttls: false });
+    const { deliverer, dest } = await routedTo(plain, policy('encrypt'));
+    expect(dest.key).toBe(`${plain.address} tls=encrypt`); // its own pool: other domains on that host do not share its sessions
+    const [r] = await deliverer.deliver(dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(r!.recipients[0]).toMatchObject({ outcome: 'deferred', reply: { enhanced: '4.7.4' } });
+    expect(plain.transactions).toHaveLength(0);
+
+    const tls = await receiver({ starttls: true });
+    const routed = await routedTo(tls, policy('encrypt', { verify: true })); // the domain's level beats delivery.tls.verify
+    const [ok] = await routed.deliverer.deliver(routed.dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(ok!.recipients[0]!.outcome).toBe('delivered');
+    expect(tls.accepted()[0]!.secure).toBe(true);
+  });
+
+  it('"encrypt" never retries in plaintext after a failed handshake', async () => {
+    const rx = await receiver({ brokenTls: true });
+    const { deliverer, dest } = await routedTo(rx, policy('encrypt'));
+    const [r] = await deliverer.deliver(dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(r!.recipients[0]!.outcome).toBe('deferred');
+    expect(rx.acceptedConnections).toBe(1);
+    expect(rx.transactions).toHaveLength(0);
+  });
+
+  it('"verify": a certificate that does not verify fails the host (4.7.5)', async () => {
+    const rx = await receiver({ starttls: true });
+    const { deliverer, dest } = await routedTo(rx, policy('verify'));
+    const [r] = await deliverer.deliver(dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(r!.recipients[0]).toMatchObject({ outcome: 'deferred', reply: { enhanced: '4.7.5' } });
+    expect(rx.transactions).toHaveLength(0);
+  });
+
+  it('"none" stays in plaintext though delivery.tls.opportunistic is on; "may" falls back as opportunistic TLS does', async () => {
+    const rx = await receiver({ starttls: true });
+    const { deliverer, dest } = await routedTo(rx, policy('none'));
+    await deliverer.deliver(dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(rx.accepted()[0]!.secure).toBe(false);
+    expect(rx.connections[0]!.commands).not.toContain('STARTTLS');
+
+    const broken = await receiver({ brokenTls: true });
+    const may = await routedTo(broken, policy('may', { verify: true }));
+    const [r] = await may.deliverer.deliver(may.dest, [outbound({ to: ['a@dest.test'] })]);
+    expect(r!.recipients[0]!.outcome).toBe('delivered');
+    expect(broken.acceptedConnections).toBe(2);
+  });
+});
+
 describe('TLS fallback', () => {
   it('retries in plaintext, once, when an opportunistic STARTTLS handshake fails (Postfix "may")', async () => {
     const rx = await receiver({ brokenTls: true });
