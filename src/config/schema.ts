@@ -264,6 +264,11 @@ export const configSchema = z.strictObject({
     allowInsecure: z.boolean(),
     /** Failed AUTH attempts a session may make; the next failure is answered 421 4.7.0 and the connection closed. */
     maxFailures: z.number().int().min(1).max(100),
+    /**
+     * Failed AUTH attempts per client (smtp.clientPrefixLength) outside relay.networks, across its
+     * sessions, as "30/h"; over it every AUTH is answered 454 4.7.0 unchecked. null: no limit.
+     */
+    failuresPerClient: rateText,
   }),
   queue: z.strictObject({
     backend: z.enum(['spool', 'kafka']),

@@ -89,6 +89,8 @@ export class SmtpIngress {
   #dkim: DkimSigner | undefined;
   /** smtp.rateLimits: buckets per client address and per authenticated user. */
   readonly #clientRates = new RateLimiter();
+  /** auth.failuresPerClient: failed AUTH attempts per client key. */
+  readonly #authFailures = new RateLimiter();
   readonly #dnsbl = new DnsblChecker(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
@@ -261,6 +263,13 @@ export class SmtpIngress {
       return;
     }
     const user = auth.username ?? '';
+    const guessing = this.#authGuessing(session);
+    if (guessing) {
+      // Not even checked: a password guesser learns nothing until its client's bucket refills.
+      this.#logger.warn({ user, client: session.remoteAddress, key: guessing.key }, 'smtp auth refused: too many failures from this client (auth.failuresPerClient)');
+      cb(replyError(454, '4.7.0', `Too many failed authentication attempts from [${guessing.key}], try again later`, 'auth_rate'));
+      return;
+    }
     if (auth.method === 'PLAIN' && auth.authzid && auth.authcid && auth.authzid !== auth.authcid) {
       // RFC 4616 authorization identity: nobody may act as somebody else here.
       this.#logger.warn({ user, authzid: auth.authzid, client: session.remoteAddress }, 'smtp auth refused: proxy authorization');
@@ -283,8 +292,20 @@ export class SmtpIngress {
     );
   }
 
+  /** auth.failuresPerClient: the client's failures are over their rate (it is outside relay.networks). */
+  #authGuessing(session: SMTPServerSession): { key: string } | undefined {
+    const config = this.#store.current;
+    const rate = parseLimit(config.auth.failuresPerClient);
+    if (!rate || isTrustedAddress(session.remoteAddress, config.relay.networks)) return undefined;
+    const key = clientKey(session.remoteAddress, config.smtp.clientPrefixLength);
+    return this.#authFailures.has(key, rate, Date.now()) ? undefined : { key };
+  }
+
   /** 535 5.7.8, or at the session's auth.maxFailures-th failure 421 4.7.0 and the connection closed. */
   #authFailed(session: SMTPServerSession, user: string, method: string, cb: (err: Error) => void): void {
+    const config = this.#store.current;
+    const rate = parseLimit(config.auth.failuresPerClient);
+    if (rate && !isTrustedAddress(session.remoteAddress, config.relay.networks)) this.#authFailures.take(clientKey(session.remoteAddress, config.smtp.clientPrefixLength), rate, Date.now());
     const state = this.#sessions.get(session);
     const failures = state ? ++state.authFailures : 1;
     const max = state?.config.auth.maxFailures ?? this.#store.current.auth.maxFailures;

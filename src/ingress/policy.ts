@@ -230,6 +230,7 @@ export function rejectionReason(code: number, enhanced: string, text = ''): stri
   if (enhanced === '5.6.7') return 'smtputf8';
   if (enhanced === '5.4.6') return 'loop';
   if (code === 555) return 'parameter';
+  if (code === 454 && text.startsWith('Too many failed authentication attempts from [')) return 'auth_rate';
   if (code === 530 || code === 535 || code === 538 || code === 454) return 'auth';
   if (code >= 500 && code <= 504) return 'syntax';
   return 'other';

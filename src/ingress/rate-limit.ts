@@ -45,6 +45,13 @@ export class RateLimiter {
     return true;
   }
 
+  /** Whether `key` has a transaction left under `rate` at `now`; takes nothing. */
+  has(key: string, rate: Rate, now: number): boolean {
+    const bucket = this.#buckets.get(key);
+    if (!bucket) return true;
+    return Math.min(Math.max(1, rate.count), bucket.tokens + ((now - bucket.at) * rate.count) / rate.perMs) >= 1;
+  }
+
   get size(): number {
     return this.#buckets.size;
   }

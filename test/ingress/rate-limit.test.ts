@@ -23,6 +23,9 @@ describe('the rate limiter', () => {
     expect(r.take('a', rate, 350)).toBe(false);
     // A long pause refills the bucket up to the count, not beyond.
     expect([1, 2, 3, 4].map(() => r.take('a', rate, 60_000))).toEqual([true, true, true, false]);
+    // has() looks without taking.
+    expect([r.has('a', rate, 60_000), r.has('a', rate, 60_340), r.has('a', rate, 60_340), r.has('never', rate, 0)]).toEqual([false, true, true, true]);
+    expect(r.take('a', rate, 60_340)).toBe(true);
   });
 
   it('keeps at most maxKeys buckets', () => {

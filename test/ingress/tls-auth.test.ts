@@ -185,6 +185,39 @@ describe('STARTTLS, implicit TLS and AUTH', () => {
       h.update({ auth: { users: usersFile, allowInsecure: false } });
     }
   });
+
+  // Last in this block: it leaves 127.0.0.1's bucket of failures empty.
+  it('refuses every AUTH of a client over auth.failuresPerClient with 454 4.7.0, across its sessions, without checking it', async () => {
+    const session = async () => {
+      const c = await SmtpClient.connect({ port: submission });
+      await c.read();
+      await c.ehlo();
+      await c.starttls({ ca: readFileSync(certFile) });
+      return c;
+    };
+    h.update({ auth: { failuresPerClient: '3/h' } });
+    try {
+      const before = await counter(h.metrics, 'rejectedTotal', { reason: 'auth_rate' });
+      const a = await session();
+      for (let i = 0; i < 2; i++) expect((await a.command(`AUTH PLAIN ${b64(`\0alice\0guess${i}`)}`)).code).toBe(535);
+      await a.quit();
+      const b = await session();
+      expect((await b.command(`AUTH PLAIN ${b64('\0alice\0guess2')}`)).code).toBe(535);
+      // The right password now: refused all the same, so guessing teaches nothing.
+      const refused = await b.command(`AUTH PLAIN ${b64('\0alice\0wonderland')}`);
+      expect([refused.code, refused.enhanced]).toEqual([454, '4.7.0']);
+      expect(refused.text).toContain('Too many failed authentication attempts from [127.0.0.1]');
+      expect(await counter(h.metrics, 'rejectedTotal', { reason: 'auth_rate' })).toBe(before + 1);
+      await b.quit();
+      // relay.networks are never limited.
+      h.update({ relay: { networks: ['10.0.0.0/8', '127.0.0.0/8'] } });
+      const c = await session();
+      expect((await c.command(`AUTH PLAIN ${b64('\0alice\0wonderland')}`)).code).toBe(235);
+      await c.quit();
+    } finally {
+      h.update({ auth: { failuresPerClient: '30/h' }, relay: { networks: ['10.0.0.0/8'] } });
+    }
+  });
 });
 
 describe('relay control over IPv6 and IPv4-mapped addresses', () => {
