@@ -251,6 +251,8 @@ export const configSchema = z.strictObject({
     recipientDelimiter: z.union([z.null(), z.string().min(1).max(8).regex(/^[^\s@"<>]+$/, 'must be characters other than blanks, @, ", < and >')]),
     /** Clients, senders and recipients refused outright (Postfix's access maps with REJECT). */
     reject: z.array(rejectEntry),
+    /** Refuse senders whose domain cannot receive mail (ingress/sender-domain.ts), from untrusted clients. */
+    checkSenderDomain: z.boolean(),
   }),
   auth: z.strictObject({
     /** File of "user:bcrypt-hash" lines; null disables AUTH. */

@@ -44,6 +44,7 @@ import { RecipientTable } from './recipients.js';
 import { RateLimiter, parseLimit } from './rate-limit.js';
 import { DnsblChecker, type DnsblResult } from './dnsbl.js';
 import { rejectAtMail, rejectAtRcpt } from './access.js';
+import { SenderDomainCheck } from './sender-domain.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
@@ -92,6 +93,7 @@ export class SmtpIngress {
   /** auth.failuresPerClient: failed AUTH attempts per client key. */
   readonly #authFailures = new RateLimiter();
   readonly #dnsbl = new DnsblChecker(() => makeResolver(this.#store.current.delivery.dns));
+  readonly #senderDomains = new SenderDomainCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
@@ -341,6 +343,22 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, user: authUser }, `message rate limit exceeded (smtp.rateLimits.${over.limit})`);
       return cb(replyError(450, '4.7.1', `Error: too much mail from ${over.who}, try again later`, 'rate'));
     }
+    if (state.config.relay.checkSenderDomain && !state.trusted && !authUser && address.address !== '') {
+      this.#senderDomains.check(address.address).then((refusal) => {
+        if (!refusal) return this.#mailFromAccepted(state, address, authUser, cb);
+        this.#logger.info({ client: session.remoteAddress, sender: address.address, reply: `${refusal.code} ${refusal.enhanced}` }, 'sender domain cannot receive mail (relay.checkSenderDomain)');
+        cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'sender_domain'));
+      }, (err: unknown) => {
+        this.#logger.error({ err, sender: address.address }, 'sender domain check failed');
+        cb(replyError(451, '4.3.0', 'Temporary error checking the sender, try again later', 'sender_domain'));
+      });
+      return;
+    }
+    this.#mailFromAccepted(state, address, authUser, cb);
+  }
+
+  /** The end of MAIL FROM once the sender is admitted: its own requests, then in-flow back-pressure. */
+  #mailFromAccepted(state: SessionState, address: SMTPServerAddress, authUser: string | undefined, cb: (err?: Error | null) => void): void {
     const decision = senderRequestDecision(address.args, {
       trusted: state.trusted, authUser, maxFutureReleaseMs: state.config.smtp.maxFutureRelease, now: Date.now(),
     });

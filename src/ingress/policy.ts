@@ -218,6 +218,7 @@ export function dnsblRefusal(client: string, zone: string): Reply {
 export function rejectionReason(code: number, enhanced: string, text = ''): string {
   if (code === 554 && enhanced === '5.7.1' && text.startsWith('Service unavailable; Client host [') && text.includes('] blocked using ')) return 'dnsbl';
   if (text.endsWith(' rejected: Access denied')) return 'access';
+  if (enhanced === '4.1.8' || enhanced === '5.7.27' || (enhanced === '4.4.3' && text.includes('Sender address rejected'))) return 'sender_domain';
   if (code === 421) return enhanced === '4.7.0' ? 'connections' : enhanced === '4.4.2' ? 'timeout' : 'protocol';
   if (code === 553 && enhanced === '5.7.1') return 'sender_login';
   if (code === 450 && enhanced === '4.7.1') return 'rate';

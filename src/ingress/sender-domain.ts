@@ -1,0 +1,75 @@
+/**
+ * relay.checkSenderDomain (Postfix's reject_unknown_sender_domain): mail from a client outside
+ * relay.networks that did not authenticate must name a sender whose domain can receive mail,
+ * else its bounces would have nowhere to go (and such senders are forged more often than not).
+ *
+ * What it guarantees:
+ * - A domain with an MX, or without one but with an A or AAAA record (RFC 5321 §5.1's implicit
+ *   MX), passes. The null sender and an address literal (user@[192.0.2.1]) always pass.
+ * - A domain that does not exist, or has neither MX nor address: 450 4.1.8 "<a@b>: Sender address
+ *   rejected: Domain not found" (temporary, as Postfix's unknown_address_reject_code: a domain
+ *   can be broken for an hour).
+ * - A null MX (RFC 7505, the domain sends but never receives): 550 5.7.27 (RFC 7505 §4.2), "Sender
+ *   address rejected: Domain D does not accept mail (null MX)".
+ * - A lookup that fails (SERVFAIL, timeout): 451 4.4.3, try again later; never a 5xx for it.
+ * - Answers are kept CACHE_MS per domain (at most MAX_CACHE domains).
+ */
+import type { promises as dns } from 'node:dns';
+import type { Reply } from './protocol.js';
+
+const CACHE_MS = 5 * 60_000;
+const MAX_CACHE = 20_000;
+
+const NOT_FOUND = new Set(['ENOTFOUND', 'ENODATA']);
+
+export class SenderDomainCheck {
+  readonly #cache = new Map<string, { at: number; result: Promise<Reply | undefined> }>();
+
+  constructor(private readonly resolver: () => dns.Resolver, private readonly now: () => number = Date.now) {}
+
+  /** undefined when the sender's domain can receive mail; else the refusal. */
+  check(sender: string): Promise<Reply | undefined> {
+    const at = sender.lastIndexOf('@');
+    const domain = at < 0 ? '' : sender.slice(at + 1).toLowerCase().replace(/\.$/, '');
+    if (!domain || domain.startsWith('[')) return Promise.resolve(undefined);
+    const now = this.now();
+    const hit = this.#cache.get(domain);
+    if (hit && now - hit.at < CACHE_MS) return hit.result.then((r) => r && personal(r, sender));
+    const result = this.#lookup(domain);
+    if (this.#cache.size >= MAX_CACHE) this.#cache.clear();
+    this.#cache.set(domain, { at: now, result });
+    return result.then((r) => r && personal(r, sender));
+  }
+
+  async #lookup(domain: string): Promise<Reply | undefined> {
+    const resolver = this.resolver();
+    try {
+      const mx = await resolver.resolveMx(domain);
+      if (mx.some((r) => r.exchange !== '' && r.exchange !== '.')) return undefined;
+      if (mx.length > 0) return { code: 550, enhanced: '5.7.27', text: `Sender address rejected: Domain ${domain} does not accept mail (null MX)` };
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? '';
+      if (code === 'ENOTFOUND') return notFound();
+      if (!NOT_FOUND.has(code)) return lookupFailed(domain, code);
+    }
+    // No MX: an address record makes it the implicit MX.
+    const tries = await Promise.allSettled([resolver.resolve4(domain), resolver.resolve6(domain)]);
+    if (tries.some((t) => t.status === 'fulfilled' && t.value.length > 0)) return undefined;
+    const failed = tries.find((t) => t.status === 'rejected' && !NOT_FOUND.has((t.reason as NodeJS.ErrnoException).code ?? ''));
+    if (failed) return lookupFailed(domain, ((failed as PromiseRejectedResult).reason as NodeJS.ErrnoException).code ?? '');
+    return notFound();
+  }
+}
+
+/** The cached answer with this sender's address in its text. */
+function personal(r: Reply, sender: string): Reply {
+  return { ...r, text: `<${sender}>: ${r.text}` };
+}
+
+function notFound(): Reply {
+  return { code: 450, enhanced: '4.1.8', text: 'Sender address rejected: Domain not found' };
+}
+
+function lookupFailed(domain: string, code: string): Reply {
+  return { code: 451, enhanced: '4.4.3', text: `Sender address rejected: cannot look up ${domain} just now (${code || 'DNS error'}), try again later` };
+}
