@@ -329,7 +329,8 @@ export class SmtpIngress {
     const authUser = authUserOf(session);
     if (listener.submission && !authUser) return cb(replyError(530, '5.7.0', 'Authentication required', 'auth'));
     // The running list, not the session's snapshot: an entry added mid-incident holds at once.
-    const denied = rejectAtMail(this.#store.current.relay.reject, { client: normalizeClientAddress(session.remoteAddress), sender: address.address });
+    const rejects = this.#store.current.relay.reject;
+    const denied = rejects.length ? rejectAtMail(rejects, { client: normalizeClientAddress(session.remoteAddress), sender: address.address }) : undefined;
     if (denied) {
       this.#logger.info({ client: session.remoteAddress, sender: address.address, user: authUser }, 'sender or client refused (relay.reject)');
       return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
@@ -392,7 +393,10 @@ export class SmtpIngress {
       address.address = postmaster;
       return cb();
     }
-    const denied = rejectAtRcpt(this.#store.current.relay.reject, { client: normalizeClientAddress(session.remoteAddress), sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipient: address.address });
+    const rejects = this.#store.current.relay.reject;
+    const denied = rejects.length
+      ? rejectAtRcpt(rejects, { client: normalizeClientAddress(session.remoteAddress), sender: session.envelope.mailFrom ? session.envelope.mailFrom.address : '', recipient: address.address })
+      : undefined;
     if (denied) {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'recipient refused (relay.reject)');
       return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
