@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { rejectAtMail, rejectAtRcpt } from '../../src/ingress/access.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, startIngress, writeUsersFile, type Harness } from './harness.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
+import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
 
 describe('relay.reject decisions', () => {
   const entries = [
@@ -35,15 +35,7 @@ describe('ingress with relay.reject', () => {
   let dir: string;
   const clients: SmtpClient[] = [];
 
-  async function from(client: string, auth?: { user: string; pass: string }): Promise<SmtpClient> {
-    const c = await SmtpClient.connect({ port: h.port });
-    clients.push(c);
-    c.write(`PROXY TCP4 ${client} 127.0.0.1 40000 25\r\n`);
-    expect((await c.read()).code).toBe(220);
-    expect((await c.ehlo()).code).toBe(250);
-    if (auth) expect((await c.command(`AUTH PLAIN ${Buffer.from(`\0${auth.user}\0${auth.pass}`).toString('base64')}`)).code).toBe(235);
-    return c;
-  }
+  const from = (client: string, auth?: { user: string; pass: string }) => greetedClient(h.port, { proxyFrom: client, track: clients, ...(auth ? { auth } : {}) });
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-access-'));

@@ -11,8 +11,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DnsblChecker, dnsblName } from '../../src/ingress/dnsbl.js';
 import { makeResolver } from '../../src/delivery/resolve.js';
 import { startDnsServer, type DnsServer } from '../helpers/dns-server.js';
-import { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, startIngress, writeUsersFile, type Harness } from './harness.js';
+import type { SmtpClient } from '../helpers/smtp-client.js';
+import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
 
 describe('dnsblName', () => {
   it('reverses an IPv4 address by octet and an IPv6 address by nibble under the zone', () => {
@@ -29,14 +29,9 @@ describe('ingress with smtp.dnsbl', () => {
   let dir: string;
   const clients: SmtpClient[] = [];
 
-  /** A session from `client` through the balancer, greeted and EHLO'd, with MAIL FROM given. */
+  /** A session from `client` through the balancer, with MAIL FROM given. */
   async function from(client: string, auth?: { user: string; pass: string }): Promise<SmtpClient> {
-    const c = await SmtpClient.connect({ port: h.port });
-    clients.push(c);
-    c.write(`PROXY TCP4 ${client} 127.0.0.1 40000 25\r\n`);
-    expect((await c.read()).code).toBe(220);
-    expect((await c.ehlo()).code).toBe(250);
-    if (auth) expect((await c.command(`AUTH PLAIN ${Buffer.from(`\0${auth.user}\0${auth.pass}`).toString('base64')}`)).code).toBe(235);
+    const c = await greetedClient(h.port, { proxyFrom: client, track: clients, ...(auth ? { auth } : {}) });
     expect((await c.command('MAIL FROM:<someone@example.org>')).code).toBe(250);
     return c;
   }
