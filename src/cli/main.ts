@@ -11,6 +11,9 @@
  *   spoolhouse queue stats [--json]
  *   spoolhouse pause [DOMAIN…]          (no domain: list the paused ones; "*" pauses all delivery)
  *   spoolhouse resume DOMAIN… | --all
+ *   spoolhouse block [--client CIDR] [--sender GLOB] [--sender-domain GLOB] [--recipient GLOB]
+ *                    [--recipient-domain GLOB] [--reply "554 5.7.1 text"]   (none: list relay.reject)
+ *   spoolhouse unblock N… | --all      (N as "block" lists them, from 1)
  *
  * Filter keys: state, priority, sender, recipient, domain, since, until, minSize, maxSize, q.
  * Exit codes: 0 ok, 1 error (server or network), 2 usage (bad arguments or input the API
@@ -244,7 +247,70 @@ export function buildProgram(): Command {
       else out(paused.length ? `Delivery still paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
     });
 
+  program.command('block')
+    .description('refuse a client network, sender or recipient at the door from now on (relay.reject; all options given must fit); without options, list the entries')
+    .option('--client <cidr>', 'client address or network, e.g. 198.51.100.0/24')
+    .option('--sender <glob>', 'sender address, e.g. "*@spam.example" ("" is the null sender)')
+    .option('--sender-domain <glob>', 'sender domain, e.g. "*.spam.example"')
+    .option('--recipient <glob>', 'recipient address (refused at RCPT; the other recipients go on)')
+    .option('--recipient-domain <glob>', 'recipient domain')
+    .option('--reply <text>', 'the reply, e.g. "550 5.7.1 Not from you" (default 554 5.7.1 ... Access denied)')
+    .action(async (o: { client?: string; sender?: string; senderDomain?: string; recipient?: string; recipientDomain?: string; reply?: string }, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const entry: RejectEntry = {
+        ...(o.client !== undefined ? { client: [o.client] } : {}),
+        ...(o.sender !== undefined ? { sender: o.sender } : {}),
+        ...(o.senderDomain !== undefined ? { senderDomain: o.senderDomain } : {}),
+        ...(o.recipient !== undefined ? { recipient: o.recipient } : {}),
+        ...(o.recipientDomain !== undefined ? { recipientDomain: o.recipientDomain } : {}),
+      };
+      const adding = Object.keys(entry).length > 0;
+      if (!adding && o.reply !== undefined) throw new CliError('block: --reply needs something to match (--client, --sender, ...)', EXIT.usage);
+      if (o.reply !== undefined) entry.reply = o.reply;
+      const reject = await changeRejects(api, (current) => [...current, entry], adding);
+      if (opts.json) printJson({ reject });
+      else out(showRejects(reject));
+    });
+
+  program.command('unblock')
+    .description('drop entries of relay.reject by their number in "block"\'s list')
+    .argument('[numbers...]', 'entry numbers, from 1')
+    .option('--all', 'drop every entry')
+    .action(async (numbers: string[], o: { all?: boolean }, cmd: Command) => {
+      if (!o.all && numbers.length === 0) throw new CliError('unblock: give entry numbers (see "spoolhouse block"), or --all', EXIT.usage);
+      const picked = numbers.map(Number);
+      if (picked.some((n) => !Number.isInteger(n) || n < 1)) throw new CliError('unblock: entry numbers are whole numbers from 1', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const reject = await changeRejects(api, (current) => {
+        const missing = picked.filter((n) => n > current.length);
+        if (missing.length) throw new CliError(`unblock: no entry ${missing.join(', ')} (there are ${current.length})`, EXIT.notFound);
+        return o.all ? [] : current.filter((_, i) => !picked.includes(i + 1));
+      }, true);
+      if (opts.json) printJson({ reject });
+      else out(showRejects(reject));
+    });
+
   return program;
+}
+
+interface RejectEntry { client?: string[]; sender?: string; senderDomain?: string; recipient?: string; recipientDomain?: string; reply?: string }
+
+/** Reads relay.reject through the API and, when `write`, saves `change(current)` (PUT /api/config). */
+async function changeRejects(api: ApiClient, change: (current: RejectEntry[]) => RejectEntry[], write: boolean): Promise<RejectEntry[]> {
+  const current = (await api.json<{ relay: { reject: RejectEntry[] } }>('GET', 'api/config')).relay.reject;
+  if (!write) return current;
+  return (await api.json<{ relay: { reject: RejectEntry[] } }>('PUT', 'api/config', { relay: { reject: change(current) } })).relay.reject;
+}
+
+function showRejects(entries: RejectEntry[]): string {
+  if (!entries.length) return 'Nothing is blocked (relay.reject is empty).\n';
+  return entries.map((e, i) => {
+    const parts = [
+      e.client ? `client ${e.client.join(',')}` : '', e.sender !== undefined ? `sender ${e.sender || '<>'}` : '', e.senderDomain ? `sender-domain ${e.senderDomain}` : '',
+      e.recipient ? `recipient ${e.recipient}` : '', e.recipientDomain ? `recipient-domain ${e.recipientDomain}` : '', e.reply ? `reply "${e.reply}"` : '',
+    ].filter(Boolean);
+    return `${String(i + 1).padStart(3)}  ${parts.join('  ')}\n`;
+  }).join('');
 }
 
 /** Reads delivery.paused through the API and, when `write`, saves `change(current)` (PUT /api/config). */

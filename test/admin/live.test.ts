@@ -219,6 +219,21 @@ describe('config', () => {
     expect((await h.json('GET', '/api/config')).body.delivery.paused).toEqual([]);
   });
 
+  it('PUT replaces relay.reject (an operator blocking a sender mid-incident), validated like the rest', async () => {
+    const reject = [{ sender: '*@spam.example' }, { client: '198.51.100.0/24', reply: '550 5.7.1 Not from your network' }];
+    const r = await h.json('PUT', '/api/config', { body: { relay: { reject } } });
+    expect(r.status).toBe(200);
+    expect(r.body.relay.reject).toEqual([{ sender: '*@spam.example' }, { client: ['198.51.100.0/24'], reply: '550 5.7.1 Not from your network' }]);
+    expect(h.config.current.relay.reject).toEqual(r.body.relay.reject);
+    const bad = await h.json('PUT', '/api/config', { body: { relay: { reject: [{ client: '10.0.0.0/33' }, { reply: '250 2.0.0 fine' }] } } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.problems.map((p: { key: string }) => p.key)).toEqual(expect.arrayContaining(['relay.reject.0.client', 'relay.reject.1.reply']));
+    expect((await h.json('PUT', '/api/config', { body: { relay: { networks: ['0.0.0.0/0'] } } })).status).toBe(400); // only reject
+    const cleared = await h.json('PUT', '/api/config', { body: { relay: { reject: [] } } });
+    expect(cleared.body.relay.reject).toEqual([]);
+    expect((await h.json('GET', '/api/config')).body.relay.reject).toEqual([]);
+  });
+
   it('PUT saves and applies rules and limits at once; a domain left out is removed', async () => {
     const rules = [
       { name: 'newsletters', match: { header: { name: 'Precedence', value: 'bulk' } }, priority: 'bulk', delay: '10m' },

@@ -242,6 +242,29 @@ describe('pause and resume', () => {
   });
 });
 
+describe('block and unblock', () => {
+  it('adds relay.reject entries through the API, lists them numbered, drops them by number; bad input is a usage error', async () => {
+    expect((await cli(['block'])).stdout).toBe('Nothing is blocked (relay.reject is empty).\n');
+    const a = await cli(['block', '--sender', '*@spam.example']);
+    expect(a.code).toBe(0);
+    const b = await cli(['block', '--client', '198.51.100.0/24', '--reply', '550 5.7.1 Not from your network']);
+    expect(b.stdout).toBe('  1  sender *@spam.example\n  2  client 198.51.100.0/24  reply "550 5.7.1 Not from your network"\n');
+    expect(h.config.current.relay.reject).toEqual([{ sender: '*@spam.example' }, { client: ['198.51.100.0/24'], reply: '550 5.7.1 Not from your network' }]);
+    expect(JSON.parse((await cli(['--json', 'block'])).stdout).reject).toHaveLength(2);
+    const bad = await cli(['block', '--client', '10.0.0.0/33']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/relay\.reject\.2\.client/);
+    expect((await cli(['block', '--reply', '554 5.7.1 x'])).code).toBe(2);
+    expect((await cli(['unblock', '3'])).code).toBe(3);
+    expect((await cli(['unblock', '1'])).stdout).toBe('  1  client 198.51.100.0/24  reply "550 5.7.1 Not from your network"\n');
+    expect((await cli(['unblock'])).code).toBe(2);
+    expect((await cli(['unblock', '--all'])).stdout).toBe('Nothing is blocked (relay.reject is empty).\n');
+    expect(h.config.current.relay.reject).toEqual([]);
+    const viewer = await cli(['block', '--sender', 'x@y.example'], { SPOOLHOUSE_TOKEN: VIEWER });
+    expect(viewer.code).toBe(4);
+  });
+});
+
 describe('connection and auth', () => {
   it('exit 4 for a wrong token and for a viewer\'s change', async () => {
     const r = await cli(['queue', 'list'], { SPOOLHOUSE_TOKEN: 'wrong-token-0123456789abcdef' });

@@ -53,6 +53,18 @@ const prioritiesSchema = {
   },
 } as const;
 
+const rejectEntrySchema = {
+  type: 'object',
+  properties: {
+    client: { type: 'array', items: { type: 'string' } },
+    sender: { type: 'string' },
+    senderDomain: { type: 'string' },
+    recipient: { type: 'string' },
+    recipientDomain: { type: 'string' },
+    reply: { type: 'string' },
+  },
+} as const;
+
 const configView = {
   type: 'object',
   properties: {
@@ -65,18 +77,25 @@ const configView = {
         paused: { type: 'array', items: { type: 'string' }, description: 'Recipient domains whose delivery is paused ("*": all): deferred at once, no connection' },
       },
     },
+    relay: {
+      type: 'object',
+      properties: {
+        reject: { type: 'array', items: rejectEntrySchema, description: 'Clients, senders and recipients refused outright (relay.reject)' },
+      },
+    },
     file: { type: 'string', description: 'The overlay file changes are saved to' },
   },
 } as const;
 
 function viewOf(ctx: AdminContext, c: Config) {
-  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused }, file: ctx.config.overlayFile };
+  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused }, relay: { reject: c.relay.reject }, file: ctx.config.overlayFile };
 }
 
 interface PutBody {
   priorities?: Record<string, unknown>;
   rules?: unknown[];
   delivery?: { limits?: Record<string, unknown>; paused?: string[] };
+  relay?: { reject?: unknown[] };
 }
 
 interface RulesTestBody {
@@ -103,7 +122,7 @@ function headerLines(text: string): { name: string; value: string }[] {
 export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
   app.get('/config', {
     schema: {
-      summary: 'The running priorities, rules and per-destination delivery limits',
+      summary: 'The running priorities, rules, per-destination delivery limits, paused domains and relay.reject',
       tags: ['config'],
       response: { 200: configView, ...errorResponses },
     },
@@ -111,7 +130,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
 
   app.put<{ Body: PutBody }>('/config', {
     schema: {
-      summary: 'Change priorities, rules, per-destination limits and/or the paused domains; saved and applied without restart',
+      summary: 'Change priorities, rules, per-destination limits, the paused domains and/or relay.reject; saved and applied without restart',
       tags: ['config'],
       body: {
         type: 'object',
@@ -119,6 +138,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
           priorities: anyObject,
           rules: { type: 'array', items: anyObject },
           delivery: { type: 'object', properties: { limits: anyObject, paused: { type: 'array', items: { type: 'string' } } }, additionalProperties: false },
+          relay: { type: 'object', properties: { reject: { type: 'array', items: anyObject } }, additionalProperties: false, minProperties: 1 },
         },
         additionalProperties: false,
         minProperties: 1,
@@ -130,8 +150,9 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     const patch: Record<string, unknown> = {};
     if (body.priorities !== undefined) patch.priorities = body.priorities;
     if (body.rules !== undefined) patch.rules = body.rules;
-    // The body schema allows only delivery.limits and delivery.paused.
+    // The body schema allows only delivery.limits, delivery.paused and relay.reject.
     if (body.delivery !== undefined) patch.delivery = body.delivery;
+    if (body.relay !== undefined) patch.relay = body.relay;
     const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
     const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } },
       async () => ctx.config.update(patch, { replace }));
