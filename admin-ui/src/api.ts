@@ -120,11 +120,14 @@ export interface Rule {
   delay?: number | string;
   hold?: boolean;
 }
+/** relay.reject: what is refused at the door; every key given must fit. */
+export interface RejectEntry { client?: string[]; sender?: string; senderDomain?: string; recipient?: string; recipientDomain?: string; reply?: string }
 export interface Priorities { classes: Record<string, number>; default: string; lowPriorityShare: number }
 export interface ConsoleConfig {
   priorities: Priorities;
   rules: Rule[];
   delivery: { limits: { default: Limits; domains: Record<string, Limits> }; paused: string[] };
+  relay: { reject: RejectEntry[] };
   /** The overlay file changes are saved to. */
   file?: string;
 }

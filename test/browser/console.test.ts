@@ -368,6 +368,38 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('blocks a sender and a client network at the door, and unblocks them', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    const form = page.getByRole('form', { name: 'Block at the door' });
+    await expectText(form, 'Nothing is blocked.');
+    await form.getByLabel('Block by').selectOption('client');
+    await form.getByLabel('Value').fill('10.0.0.0/33');
+    await form.getByRole('button', { name: 'Block', exact: true }).click();
+    await expectText(form.getByRole('alert'), 'relay.reject.0.client');
+    expect(server.config.current.relay.reject).toEqual([]);
+
+    await form.getByLabel('Value').fill('198.51.100.0/24');
+    await form.getByRole('button', { name: 'Block', exact: true }).click();
+    await page.getByRole('status').filter({ hasText: 'Blocked: client network 198.51.100.0/24' }).first().waitFor();
+    const again = page.getByRole('form', { name: 'Block at the door' });
+    await again.getByLabel('Block by').selectOption('sender');
+    await again.getByLabel('Value').fill('*@spam.example');
+    await again.getByLabel('Reply (optional)').fill('550 5.7.1 Not from you');
+    await again.getByRole('button', { name: 'Block', exact: true }).click();
+    await page.getByRole('status').filter({ hasText: 'Blocked: sender address *@spam.example' }).first().waitFor();
+    expect(server.config.current.relay.reject).toEqual([{ client: ['198.51.100.0/24'] }, { sender: '*@spam.example', reply: '550 5.7.1 Not from you' }]);
+    const list = page.getByRole('list', { name: 'Blocked at the door' });
+    await expectText(list, 'answered "550 5.7.1 Not from you"');
+    await list.getByRole('button', { name: 'Unblock 1' }).click();
+    await page.getByRole('status').filter({ hasText: 'Entry 1 unblocked' }).first().waitFor();
+    expect(server.config.current.relay.reject).toEqual([{ sender: '*@spam.example', reply: '550 5.7.1 Not from you' }]);
+    await page.getByRole('list', { name: 'Blocked at the door' }).getByRole('button', { name: 'Unblock 1' }).click();
+    await expectText(page.getByRole('form', { name: 'Block at the door' }), 'Nothing is blocked.');
+    expect(server.config.current.relay.reject).toEqual([]);
+    await ctx.close();
+  });
+
   it('shows the XSS subject, header, body and file name as literal text and runs no script', async () => {
     const { ctx, page, dialogs } = await openPage();
     await signIn(page);

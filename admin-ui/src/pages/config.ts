@@ -1,10 +1,11 @@
 /**
  * The running configuration an operator may change without a restart: priority classes, the
- * classification rules (with a tester), per-destination delivery limits and paused domains. Each section saves
+ * classification rules (with a tester), per-destination delivery limits, paused domains and the
+ * clients, senders and recipients refused at the door (relay.reject). Each section saves
  * on its own with PUT /api/config; the server validates, and its message (naming the key and
  * the problem) is shown next to the section.
  */
-import { api, ApiError, type ConsoleConfig, type Limits, type Rule } from '../api';
+import { api, ApiError, type ConsoleConfig, type Limits, type RejectEntry, type Rule } from '../api';
 import { field, h, mount, uid } from '../dom';
 import { durationText } from '../format';
 import { errorMessage, errorState, forgetConfig, loading, notify, priorityClasses, runningConfig } from '../ui';
@@ -309,6 +310,55 @@ function pausedEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
     form);
 }
 
+// ---- blocked at the door (relay.reject) ----
+
+const REJECT_KINDS = [
+  ['sender', 'Sender address', '*@spam.example'],
+  ['senderDomain', 'Sender domain', '*.spam.example'],
+  ['client', 'Client network', '198.51.100.0/24'],
+  ['recipient', 'Recipient address', 'gone@example.org'],
+  ['recipientDomain', 'Recipient domain', 'example.org'],
+] as const;
+
+function describeReject(e: RejectEntry): string {
+  const parts = REJECT_KINDS.flatMap(([key, label]) => {
+    const v = e[key];
+    if (v === undefined) return [];
+    return [`${label.toLowerCase()} ${Array.isArray(v) ? v.join(', ') : v === '' ? '<> (bounces)' : v}`];
+  });
+  return parts.join(' and ') + (e.reply ? ` — answered "${e.reply}"` : '');
+}
+
+function rejectEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const entries = config.relay?.reject ?? [];
+  const status = h('div', { class: 'form-error', role: 'alert' });
+  const kind = h('select', { name: 'reject-kind' }, REJECT_KINDS.map(([key, label]) => h('option', { value: key }, label)));
+  const value = h('input', { type: 'text', name: 'reject-value', placeholder: REJECT_KINDS[0][2] });
+  const reply = h('input', { type: 'text', name: 'reject-reply', placeholder: '554 5.7.1 … Access denied' });
+  kind.addEventListener('change', () => { value.placeholder = REJECT_KINDS.find(([k]) => k === kind.value)?.[2] ?? ''; });
+  const put = (next: RejectEntry[], done: string) => void save({ relay: { reject: next } }, status, done, reload);
+  const list = entries.length
+    ? h('ol', { class: 'paused-list', 'aria-label': 'Blocked at the door' }, entries.map((e, i) => h('li', null,
+      describeReject(e), ' ',
+      h('button', { type: 'button', class: 'link', onclick: () => put(entries.filter((_, j) => j !== i), `Entry ${i + 1} unblocked.`) }, `Unblock ${i + 1}`))))
+    : h('p', { class: 'muted' }, 'Nothing is blocked.');
+  const form = h('form', { 'aria-label': 'Block at the door' },
+    list,
+    h('div', { class: 'inline-fields' }, field('Block by', kind), field('Value', value), field('Reply (optional)', reply)),
+    h('div', { class: 'save-row' }, h('button', { type: 'submit', class: 'primary' }, 'Block'), status));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const v = value.value.trim();
+    const key = kind.value as (typeof REJECT_KINDS)[number][0];
+    const entry: RejectEntry = key === 'client' ? { client: [v] } : { [key]: v };
+    if (reply.value.trim()) entry.reply = reply.value.trim();
+    put([...entries, entry], `Blocked: ${describeReject(entry)}.`);
+  });
+  return sectionBox('Blocked at the door',
+    'Clients, senders and recipients refused at once (relay.reject): a client or sender at MAIL FROM, a recipient at RCPT, every client included, trusted and authenticated ones too. Globs use * and ?.',
+    form);
+}
+
 export function renderConfig(main: HTMLElement): Cleanup {
   mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), loading('Loading the running configuration…'));
   const load = async () => {
@@ -320,7 +370,8 @@ export function renderConfig(main: HTMLElement): Cleanup {
         prioritiesEditor(config, () => void load()),
         rulesEditor(config, () => void load()),
         limitsEditor(config, () => void load()),
-        pausedEditor(config, () => void load()));
+        pausedEditor(config, () => void load()),
+        rejectEditor(config, () => void load()));
     } catch (err) {
       mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), errorState('Could not load the configuration', err, () => void load()));
     }
