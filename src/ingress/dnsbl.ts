@@ -36,7 +36,12 @@ const MAX_CACHE = 50_000;
 export function dnsblName(address: string, zone: string): string | undefined {
   if (isIPv4(address)) return `${address.split('.').reverse().join('.')}.${zone}`;
   if (!isIPv6(address)) return undefined;
-  const ip = ipaddr.IPv6.parse(address);
+  let ip: ipaddr.IPv6;
+  try {
+    ip = ipaddr.IPv6.parse(address);
+  } catch {
+    return undefined; // e.g. a zone id ("fe80::1%eth0"), which no list knows
+  }
   if (ip.isIPv4MappedAddress()) return dnsblName(ip.toIPv4Address().toString(), zone);
   const nibbles = ip.toByteArray().flatMap((b) => [(b >> 4).toString(16), (b & 0x0f).toString(16)]);
   return `${nibbles.reverse().join('.')}.${zone}`;
@@ -47,7 +52,7 @@ export class DnsblChecker {
 
   constructor(private readonly resolver: () => dns.Resolver, private readonly now: () => number = Date.now) {}
 
-  /** Looks `address` up in every zone (in parallel); the first zone in order that lists it wins. */
+  /** Looks `address` up in every zone (in parallel); the first zone in order that lists it wins. Never rejects. */
   check(address: string, zones: DnsblZone[]): Promise<DnsblResult> {
     if (!zones.length) return Promise.resolve({ listed: null, errors: [] });
     const key = `${address}|${zones.map((z) => `${z.zone}=${z.answers?.join(',') ?? ''}`).join(' ')}`;

@@ -416,7 +416,13 @@ export class SmtpIngress {
 
   async #dnsblThenRecipient(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
     const client = normalizeClientAddress(session.remoteAddress);
-    const { listed, errors } = await state.dnsbl!;
+    let result: DnsblResult;
+    try {
+      result = await state.dnsbl!;
+    } catch (err) {
+      result = { listed: null, errors: [{ zone: '*', code: (err as Error).message }] }; // the checker never rejects; fail open if it did
+    }
+    const { listed, errors } = result;
     if (errors.length) {
       // Fail open: a list that cannot be asked lists nobody. Logged once per session.
       this.#logger.warn({ client, errors }, 'DNS blocklist lookup failed; not treated as listed (smtp.dnsbl)');
