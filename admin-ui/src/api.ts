@@ -119,6 +119,8 @@ export interface Rule {
   priority?: string;
   delay?: number | string;
   hold?: boolean;
+  /** Refuse the mail with this reply ("550 5.7.1 text") instead of queuing it. */
+  reject?: string;
 }
 /** relay.reject: what is refused at the door; every key given must fit. */
 export interface RejectEntry { client?: string[]; sender?: string; senderDomain?: string; recipient?: string; recipientDomain?: string; reply?: string }

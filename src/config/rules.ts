@@ -13,6 +13,8 @@
  *   domain matches; header matches when any header of that name (case-insensitive) matches.
  * - minSize / maxSize bound the message size in bytes (inclusive).
  * - A rule that sets only some of priority / delay / hold leaves the others at their defaults.
+ * - A rule may instead `reject` (a reply such as "550 5.7.1 text"): the mail is refused at the end
+ *   of DATA and nothing is queued (the schema forbids a rejecting rule to set anything else).
  */
 import type { Config, Rule } from './schema.js';
 
@@ -45,6 +47,8 @@ export interface ClassifyResult {
   notBefore: number;
   delayMs: number;
   hold: boolean;
+  /** The matching rule refuses the mail: its reply ("550 5.7.1 text"). Nothing else applies then. */
+  reject?: { code: number; enhanced: string; text: string };
   /** Name of the rule that matched, if one did. */
   rule?: string;
   classification: MailClassification;
@@ -65,6 +69,7 @@ export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'p
     };
   }
   const byRule: Classification = { source: 'rule', rule: rule.name };
+  const reject = rule.reject !== undefined ? /^(\d{3}) (\d\.\d{1,3}\.\d{1,3}) (.*)$/s.exec(rule.reject) : null;
   const priorityName = rule.priority ?? config.priorities.default;
   const delayMs = rule.delay ?? 0;
   const hold = rule.hold === true;
@@ -74,6 +79,7 @@ export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'p
     notBefore: now + delayMs,
     delayMs,
     hold,
+    ...(reject ? { reject: { code: Number(reject[1]), enhanced: reject[2]!, text: reject[3]! } } : {}),
     rule: rule.name,
     classification: {
       priority: rule.priority !== undefined ? byRule : defaultClass,

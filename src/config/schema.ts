@@ -151,8 +151,12 @@ export const ruleSchema = z.strictObject({
   priority: priorityName.optional(),
   delay: duration.optional(),
   hold: z.boolean().optional(),
-}).refine((r) => r.priority !== undefined || r.delay !== undefined || r.hold !== undefined, {
-  message: 'a rule must set priority, delay or hold',
+  /** Refuse the mail at the end of DATA with this reply (Postfix's header_checks REJECT); nothing is queued. */
+  reject: replyText.optional(),
+}).refine((r) => r.priority !== undefined || r.delay !== undefined || r.hold !== undefined || r.reject !== undefined, {
+  message: 'a rule must set priority, delay, hold or reject',
+}).refine((r) => r.reject === undefined || (r.priority === undefined && r.delay === undefined && r.hold === undefined), {
+  message: 'a rule that rejects sets nothing else (priority, delay and hold are for mail that is kept)',
 });
 
 export const prioritiesSchema = z.strictObject({

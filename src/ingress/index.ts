@@ -66,6 +66,8 @@ interface SessionState {
   authFailures: number;
   /** smtp.dnsbl lookups of the client, started at connect for a client outside relay.networks. */
   dnsbl?: Promise<DnsblResult>;
+  /** The label of spoolhouse_rejected_total for the refusal about to be sent, when its code does not say it. */
+  rejectReason?: string;
 }
 
 /** Received: headers a message may already carry (Postfix hopcount_limit). */
@@ -226,8 +228,11 @@ export class SmtpIngress {
         if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
         return undefined;
       },
-      onRejection: (code: number, enhanced: string, _conn: SpoolhouseConnection, text: string) => {
-        this.#metrics.rejectedTotal.inc({ reason: rejectionReason(code, enhanced, text) });
+      onRejection: (code: number, enhanced: string, conn: SpoolhouseConnection, text: string) => {
+        const state = this.#sessions.get(conn.session);
+        const reason = state?.rejectReason ?? rejectionReason(code, enhanced, text);
+        if (state) state.rejectReason = undefined;
+        this.#metrics.rejectedTotal.inc({ reason });
       },
       expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };
@@ -523,6 +528,11 @@ export class SmtpIngress {
     // A mail loop (Postfix's hopcount_limit): refuse rather than queue it once more.
     if (hops >= MAX_HOPS) throw replyError(554, '5.4.6', `Too many hops (${hops} Received: headers): mail loop?`, 'loop');
     const rules = classify({ sender, recipients: recipients.map((r) => r.address), ...(authUser ? { authUser } : {}), headers: message.headers, size: message.body.length }, config, now);
+    if (rules.reject) {
+      this.#logger.info({ client: session.remoteAddress, sender, recipients: recipients.length, rule: rules.rule, reply: `${rules.reject.code} ${rules.reject.enhanced}` }, 'mail refused by a rule');
+      state.rejectReason = 'rule';
+      throw replyError(rules.reject.code, rules.reject.enhanced, rules.reject.text, 'rule');
+    }
     const decision = senderRequestDecision(mailFrom ? mailFrom.args : false, { trusted: state.trusted, authUser, maxFutureReleaseMs: config.smtp.maxFutureRelease, now });
     const placement = placeMail(rules, 'requests' in decision ? decision.requests : {}, config);
     const envDsn = session.envelope.dsn;

@@ -259,6 +259,21 @@ describe('config', () => {
     expect(audit.body.items[0]).toMatchObject({ action: 'config.update', result: 'ok' });
   });
 
+  it('keeps a rejecting rule through GET, and the tester says what it would answer', async () => {
+    const running = (await h.json('GET', '/api/config')).body.rules;
+    const rules = [{ name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' }];
+    expect((await h.json('PUT', '/api/config', { body: { rules } })).status).toBe(200);
+    try {
+      expect((await h.json('GET', '/api/config')).body.rules).toEqual(rules);
+      const t = await h.json('POST', '/api/rules/test', { body: { envelope: { sender: 'a@b.example', recipients: ['c@d.example'] }, headers: 'Subject: Invoice overdue', size: 10 } });
+      expect(t.body).toMatchObject({ matched: true, rule: 'invoice-scam', reject: '550 5.7.1 Message content rejected' });
+      const other = await h.json('POST', '/api/rules/test', { body: { envelope: { sender: 'a@b.example', recipients: ['c@d.example'] }, headers: 'Subject: hello', size: 10 } });
+      expect(other.body).toMatchObject({ matched: false, reject: null });
+    } finally {
+      await h.json('PUT', '/api/config', { body: { rules: running } }); // the later tests use them
+    }
+  });
+
   it('priorities can be changed (a new class, a new default)', async () => {
     const r = await h.json('PUT', '/api/config', { body: { priorities: { classes: { urgent: 30, high: 20, normal: 10, bulk: 0, critical: 40 }, default: 'normal', lowPriorityShare: 0.2 } } });
     expect(r.status).toBe(200);

@@ -324,6 +324,28 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('a rule that rejects: the tester shows the reply, and one that also holds is refused', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    await page.getByRole('heading', { name: 'Configuration' }).waitFor();
+    await page.getByRole('button', { name: 'Add rule' }).click();
+    // The new rule is the last one (its legend follows its name as it is typed).
+    const rule = page.getByRole('group', { name: /^Rule \d+:/ }).last();
+    await rule.getByLabel('Rule name').fill('invoice-scam');
+    await rule.getByLabel('Header name').fill('Subject');
+    await rule.getByLabel('Header value').fill('*invoice overdue*');
+    await rule.getByLabel('Or reject with').fill('550 5.7.1 Message content rejected');
+    await page.getByLabel('Test headers').fill('Subject: URGENT invoice overdue');
+    await page.getByRole('button', { name: 'Test against the rules above (unsaved)' }).click();
+    await expectText(page.locator('.test-result'), 'Rejected with: 550 5.7.1 Message content rejected');
+    const before = server.config.current.rules;
+    await rule.getByLabel('Hold for an operator').check();
+    await page.getByRole('button', { name: 'Save rules' }).click();
+    await expectText(page.getByRole('form', { name: 'Rules' }).getByRole('alert'), 'a rule that rejects sets nothing else');
+    expect(server.config.current.rules).toEqual(before);
+    await ctx.close();
+  });
+
   it('edits per-destination limits with validation', async () => {
     const { ctx, page } = await openPage();
     await signIn(page, '#/config');

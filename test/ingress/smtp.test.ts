@@ -37,6 +37,7 @@ describe('ingress with default policy (loopback trusted)', () => {
         { name: 'newsletters', match: { header: { name: 'Precedence', value: 'bulk' } }, priority: 'bulk', delay: '10m' },
         { name: 'alerts', match: { sender: 'alerts@*' }, priority: 'urgent' },
         { name: 'quarantine', match: { senderDomain: 'suspicious.example' }, hold: true },
+        { name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' },
       ],
     });
   });
@@ -343,6 +344,21 @@ describe('ingress with default policy (loopback trusted)', () => {
     expect(mAlert.classification.priority).toEqual({ source: 'rule', rule: 'alerts' });
     expect(mHeld.state).toBe('held');
     expect(mHeld.classification.hold).toEqual({ source: 'rule', rule: 'quarantine' });
+  });
+
+  it('a rule that rejects refuses the mail at the end of DATA, queues nothing, and counts it', async () => {
+    const before = (await h.mails()).length;
+    const refused = await counter(h.metrics, 'rejectedTotal', { reason: 'rule' });
+    const c = await open();
+    const r = await c.sendMail('billing@example.org', ['b@example.net'], makeMessage({ subject: 'URGENT: Invoice overdue #1234' }));
+    expect([r.code, r.enhanced, r.text]).toEqual([550, '5.7.1', 'Message content rejected']);
+    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'rule' })).toBe(refused + 1);
+    // The session goes on; the next mail is taken.
+    const ok = await c.sendMail('billing@example.org', ['b@example.net'], makeMessage({ subject: 'Your receipt' }));
+    expect(ok.code).toBe(250);
+    // get() waits until the 250'd mail is indexed; then the count shows that only it was queued.
+    expect((await h.queue.get(ok.text.split(' ').pop()!))?.subject).toBe('Your receipt');
+    expect((await h.mails()).length).toBe(before + 1);
   });
 
   it('honours MT-PRIORITY from a trusted client, after the rules', async () => {

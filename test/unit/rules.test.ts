@@ -88,6 +88,16 @@ describe('classify', () => {
     expect(r.classification.hold).toEqual({ source: 'rule', rule: 'quarantine' });
   });
 
+  it('a rejecting rule gives its reply, and may set nothing else', () => {
+    const c = config([{ name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' }]);
+    const r = classify({ ...base, headers: [{ name: 'Subject', value: 'URGENT: Invoice overdue #1234' }] }, c, NOW);
+    expect(r).toMatchObject({ rule: 'invoice-scam', reject: { code: 550, enhanced: '5.7.1', text: 'Message content rejected' } });
+    expect(classify(base, c, NOW).reject).toBeUndefined();
+    expect(ruleSchema.safeParse({ name: 'x', match: { sender: '*' }, reject: '550 5.7.1 no', hold: true }).success).toBe(false);
+    expect(ruleSchema.safeParse({ name: 'x', match: { sender: '*' }, reject: '250 2.0.0 fine' }).success).toBe(false);
+    expect(ruleSchema.safeParse({ name: 'x', match: { sender: '*' }, reject: '450 4.7.1 later' }).success).toBe(true);
+  });
+
   it('an invalid regex matches nothing instead of throwing', () => {
     const c = config([{ name: 'bad', match: { header: { name: 'Subject', value: '/(/' } }, priority: 'bulk' }]);
     expect(classify({ ...base, headers: [{ name: 'Subject', value: '(' }] }, c, NOW).rule).toBeUndefined();

@@ -102,6 +102,7 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
     minSize: t('minSize', rule.match.minSize, 'e.g. 5MB'),
     maxSize: t('maxSize', rule.match.maxSize),
     delay: t('delay', typeof rule.delay === 'number' ? durationText(rule.delay) : rule.delay, 'e.g. 10m'),
+    reject: t('reject', rule.reject, 'e.g. 550 5.7.1 Not accepted here'),
   };
   const priority = h('select', { name: 'priority' },
     h('option', { value: '' }, '(default class)'),
@@ -124,7 +125,8 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
       h('p', { class: 'rule-sub' }, 'Then:'),
       field('Priority', priority),
       field('Delay', inputs.delay),
-      h('div', { class: 'field check' }, h('label', null, hold, ' Hold for an operator'))),
+      h('div', { class: 'field check' }, h('label', null, hold, ' Hold for an operator')),
+      field('Or reject with', inputs.reject)),
     h('div', { class: 'rule-actions' },
       h('button', { type: 'button', onclick: () => { const prev = fs.previousElementSibling; if (prev) list.insertBefore(fs, prev); renumber(list); } }, 'Move up'),
       h('button', { type: 'button', onclick: () => { const next = fs.nextElementSibling; if (next) list.insertBefore(next, fs); renumber(list); } }, 'Move down'),
@@ -146,6 +148,7 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
     const delay = numberOrText(v('delay'));
     if (delay !== undefined) out.delay = delay;
     if (hold.checked) out.hold = true;
+    if (v('reject')) out.reject = v('reject');
     return out;
   };
   inputs.name.addEventListener('input', () => renumber(list));
@@ -212,10 +215,10 @@ function ruleTester(list: HTMLElement): HTMLElement {
       ...(proposed ? { rules: readRules(list) } : {}),
     };
     try {
-      const r = await api<{ rule?: string | null; priority: number; priorityName: string; delayMs: number; hold: boolean }>('POST', '/api/rules/test', { body });
+      const r = await api<{ rule?: string | null; priority: number; priorityName: string; delayMs: number; hold: boolean; reject?: string | null }>('POST', '/api/rules/test', { body });
       result.replaceChildren(
         h('strong', null, r.rule ? `Matched rule "${r.rule}"` : 'No rule matched (default class)'),
-        h('ul', null,
+        r.reject ? h('ul', null, h('li', null, `Rejected with: ${r.reject}`)) : h('ul', null,
           h('li', null, `Priority: ${r.priorityName} (${r.priority})`),
           h('li', null, `Delay: ${r.delayMs ? durationText(r.delayMs) : 'none'}`),
           h('li', null, `Hold: ${r.hold ? 'yes' : 'no'}`)));

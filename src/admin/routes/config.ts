@@ -41,6 +41,7 @@ const ruleSchema = {
     priority: { type: 'string' },
     delay: { type: ['number', 'string'], description: 'Milliseconds (as read back), or e.g. "10m" when written' },
     hold: { type: 'boolean' },
+    reject: { type: 'string', description: 'Refuse the mail at the end of DATA with this reply, e.g. "550 5.7.1 text"' },
   },
 } as const;
 
@@ -200,6 +201,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
             delayMs: { type: 'number' },
             notBefore: { type: 'number' },
             hold: { type: 'boolean' },
+            reject: { type: ['string', 'null'], description: 'The reply a rejecting rule refuses the mail with' },
             classification: anyObject,
             proposed: { type: 'boolean' },
           },
@@ -233,6 +235,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
       delayMs: r.delayMs,
       notBefore: r.notBefore,
       hold: r.hold,
+      reject: r.reject ? `${r.reject.code} ${r.reject.enhanced} ${r.reject.text}` : null,
       classification: r.classification,
       proposed,
     };
