@@ -321,7 +321,8 @@ export const configSchema = z.strictObject({
      */
     paused: z.array(z.union([z.literal('*'), domainName])),
     dns: z.strictObject({ servers: z.array(z.string()), timeout: duration }),
-    retry: z.strictObject({ min: duration, max: duration, lifetime: duration }),
+    /** bounceLifetime: the lifetime of mail with the null sender (DSNs; Postfix's bounce_queue_lifetime); null: `lifetime`. */
+    retry: z.strictObject({ min: duration, max: duration, lifetime: duration, bounceLifetime: z.union([z.null(), duration]) }),
     /** Send a "delayed" DSN after this long; null for never. */
     delayWarning: z.union([z.null(), duration]),
     limits: limitsSchema,

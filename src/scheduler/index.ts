@@ -756,8 +756,10 @@ export class Scheduler {
 
   // ---- finishing an attempt --------------------------------------------------------------------
 
-  #retryPolicy(config: Config): RetryPolicy {
-    return { minMs: config.delivery.retry.min, maxMs: config.delivery.retry.max, lifetimeMs: config.delivery.retry.lifetime };
+  /** The mail's retry policy: a bounce (null sender) lives delivery.retry.bounceLifetime when set. */
+  #retryPolicy(config: Config, mail: QueuedMail): RetryPolicy {
+    const { min, max, lifetime, bounceLifetime } = config.delivery.retry;
+    return { minMs: min, maxMs: max, lifetimeMs: mail.sender === '' && bounceLifetime !== null ? bounceLifetime : lifetime };
   }
 
   async #finish(attempt: Attempt): Promise<void> {
@@ -793,8 +795,8 @@ export class Scheduler {
   async #record(attempt: Attempt): Promise<void> {
     const config = this.#config.current;
     const now = this.#now();
-    const policy = this.#retryPolicy(config);
     const { mail } = attempt;
+    const policy = this.#retryPolicy(config, mail);
     const outcomes = this.#applyExpiry(attempt, now, policy);
     let delayWarnedAt: number | undefined;
     const plan = planDsn(mail, outcomes, { now, lifetimeMs: policy.lifetimeMs, delayWarningMs: config.delivery.delayWarning, postmaster: config.delivery.postmaster });

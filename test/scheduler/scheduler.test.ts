@@ -271,6 +271,20 @@ describe('scheduler: retries and bounces', () => {
     const nullSender = (await h.mails()).filter((m) => m.sender === '');
     expect(nullSender.map((m) => m.id)).toEqual([bounce.id]);
   });
+
+  it('a bounce (null sender) expires after delivery.retry.bounceLifetime, other mail after lifetime', async () => {
+    const rx = await receiver({ script: { rcpt: () => '451 4.3.0 Try later' } });
+    const h = await scheduler({ delivery: { routes: { 'dest.test': rx.address }, retry: { min: '200ms', max: '300ms', lifetime: '1h', bounceLifetime: '1s' } } });
+    const bounce = await h.enqueue({ to: ['someone@dest.test'], sender: '' });
+    const mail = await h.enqueue({ to: ['other@dest.test'] });
+    await waitFor('the bounce expired', async () => (await stateOf(h, bounce.id)) === 'expired', 15_000);
+    const expired = (await h.queue.get(bounce.id))!;
+    expect(expired.recipients[0]!.status).toBe('expired');
+    expect(expired.updatedAt - expired.receivedAt).toBeGreaterThanOrEqual(1_000);
+    // The ordinary mail is still being retried; and no DSN was made of the expired bounce.
+    expect(['queued', 'active']).toContain(await stateOf(h, mail.id));
+    expect((await h.mails()).filter((m) => m.sender === '').map((m) => m.id)).toEqual([bounce.id]);
+  });
 });
 
 describe('scheduler: traffic shaping and order', () => {
