@@ -31,7 +31,7 @@ describe('config loading', () => {
     const { config } = loadConfig();
     expect(config.smtp.listen).toEqual([{ address: '127.0.0.1:2525', submission: false, implicitTls: false, proxyProtocol: [] }]);
     expect(config.relay.networks).toEqual(['127.0.0.0/8', '::1/128']);
-    expect(config.delivery.retry).toEqual({ min: 300_000, max: 4_000_000, lifetime: 5 * 86_400_000 });
+    expect(config.delivery.retry).toEqual({ min: 300_000, max: 4_000_000, lifetime: 5 * 86_400_000, bounceLifetime: null });
     expect(config.smtp.maxMessageSize).toBe(50 * 1024 * 1024);
     expect(config.priorities.classes.urgent).toBeGreaterThan(config.priorities.classes.bulk!);
     expect(config.queue.backend).toBe('spool');
