@@ -115,7 +115,7 @@ export const LIVE_STATES: MailState[] = ['queued', 'active', 'held'];
 export interface Limits { connections?: number; messagesPerConnection?: number; rate?: string | null }
 export interface Rule {
   name: string;
-  match: { sender?: string; senderDomain?: string; recipientDomain?: string; authUser?: string; header?: { name: string; value: string }; minSize?: number | string; maxSize?: number | string };
+  match: { sender?: string; senderDomain?: string; recipientDomain?: string; authUser?: string; header?: { name: string; value: string }; body?: string; minSize?: number | string; maxSize?: number | string };
   priority?: string;
   delay?: number | string;
   hold?: boolean;

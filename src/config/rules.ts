@@ -11,6 +11,8 @@
  *   instead be a regular expression written "/…/flags".
  * - sender "" matches only the null sender (bounces); recipientDomain matches when any recipient's
  *   domain matches; header matches when any header of that name (case-insensitive) matches.
+ * - body is a glob or "/regex/flags" over the body as sent (not MIME-decoded: a base64 part is seen
+ *   as base64), its first BODY_MATCH_BYTES, read as latin1 so that any byte is one character.
  * - minSize / maxSize bound the message size in bytes (inclusive).
  * - A rule that sets only some of priority / delay / hold leaves the others at their defaults.
  * - A rule may instead `reject` (a reply such as "550 5.7.1 text"): the mail is refused at the end
@@ -37,7 +39,12 @@ export interface ClassifyInput {
   authUser?: string;
   headers: { name: string; value: string }[];
   size: number;
+  /** The body as sent, for rules that match on it; a function so it is only made when one does. */
+  body?: string | (() => string);
 }
+
+/** How much of the body a `body` match looks at (Postfix's body_checks_size_limit is 51200). */
+export const BODY_MATCH_BYTES = 256 * 1024;
 
 export interface ClassifyResult {
   /** Numeric level of the class (higher is served first). */
@@ -55,7 +62,9 @@ export interface ClassifyResult {
 }
 
 export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'priorities'>, now: number = Date.now()): ClassifyResult {
-  const rule = config.rules.find((r) => ruleMatches(r, input));
+  let body: string | undefined;
+  const once: ClassifyInput = typeof input.body === 'function' ? { ...input, body: () => (body ??= (input.body as () => string)()) } : input;
+  const rule = config.rules.find((r) => ruleMatches(r, once));
   const defaultClass: Classification = { source: 'default' };
   if (!rule) {
     const name = config.priorities.default;
@@ -100,6 +109,10 @@ export function ruleMatches(rule: Rule, input: ClassifyInput): boolean {
     const name = m.header.name.toLowerCase();
     const test = valueMatcher(m.header.value);
     if (!input.headers.some((h) => h.name.toLowerCase() === name && test(h.value.trim()))) return false;
+  }
+  if (m.body !== undefined) {
+    const text = typeof input.body === 'function' ? input.body() : input.body ?? '';
+    if (!valueMatcher(m.body)(text)) return false;
   }
   if (m.minSize !== undefined && input.size < m.minSize) return false;
   if (m.maxSize !== undefined && input.size > m.maxSize) return false;

@@ -139,6 +139,8 @@ const ruleMatch = z.strictObject({
   authUser: z.string().optional(),
   /** Header name and a glob of its value, e.g. { "name": "Precedence", "value": "bulk" }; or a regex as "/…/i". */
   header: z.strictObject({ name: z.string().min(1), value: z.string() }).optional(),
+  /** A glob ("*phish.example*") or "/regex/i" over the body as sent (not MIME-decoded), its first 256 KB. */
+  body: z.string().min(1).optional(),
   /** Bytes or size string: the message is at least this big. */
   minSize: size.optional(),
   maxSize: size.optional(),

@@ -24,7 +24,7 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
-import { classify } from '../config/rules.js';
+import { BODY_MATCH_BYTES, classify } from '../config/rules.js';
 import { parseHostPort, type Config } from '../config/schema.js';
 import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
@@ -527,7 +527,10 @@ export class SmtpIngress {
     const hops = message.headers.reduce((n, hdr) => (hdr.name.toLowerCase() === 'received' ? n + 1 : n), 0);
     // A mail loop (Postfix's hopcount_limit): refuse rather than queue it once more.
     if (hops >= MAX_HOPS) throw replyError(554, '5.4.6', `Too many hops (${hops} Received: headers): mail loop?`, 'loop');
-    const rules = classify({ sender, recipients: recipients.map((r) => r.address), ...(authUser ? { authUser } : {}), headers: message.headers, size: message.body.length }, config, now);
+    const rules = classify({
+      sender, recipients: recipients.map((r) => r.address), ...(authUser ? { authUser } : {}), headers: message.headers, size: message.body.length,
+      body: () => message.text.subarray(0, BODY_MATCH_BYTES).toString('latin1'),
+    }, config, now);
     if (rules.reject) {
       this.#logger.info({ client: session.remoteAddress, sender, recipients: recipients.length, rule: rules.rule, reply: `${rules.reject.code} ${rules.reject.enhanced}` }, 'mail refused by a rule');
       state.rejectReason = 'rule';

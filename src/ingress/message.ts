@@ -160,6 +160,8 @@ export interface FinalMessage {
   headers: Header[];
   /** The client's header block (without our additions), for the SMTPUTF8 check. */
   headerBytes: Buffer;
+  /** The client's body, after the header block (a view, not a copy), for the rules' `body` match. */
+  text: Buffer;
   subject?: string;
   messageId: string;
   messageIdAdded: boolean;
@@ -190,6 +192,7 @@ export function finalizeMessage(data: Buffer, received: string, mailId: string, 
     body: Buffer.concat(parts),
     headers: block.headers,
     headerBytes: data.subarray(0, block.bodyStart),
+    text: data.subarray(block.bodyStart),
     ...(subject !== undefined ? { subject } : {}),
     messageId,
     messageIdAdded: added,

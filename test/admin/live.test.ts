@@ -261,7 +261,10 @@ describe('config', () => {
 
   it('keeps a rejecting rule through GET, and the tester says what it would answer', async () => {
     const running = (await h.json('GET', '/api/config')).body.rules;
-    const rules = [{ name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' }];
+    const rules = [
+      { name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' },
+      { name: 'phish-url', match: { body: '*phish.example*' }, hold: true },
+    ];
     expect((await h.json('PUT', '/api/config', { body: { rules } })).status).toBe(200);
     try {
       expect((await h.json('GET', '/api/config')).body.rules).toEqual(rules);
@@ -269,6 +272,8 @@ describe('config', () => {
       expect(t.body).toMatchObject({ matched: true, rule: 'invoice-scam', reject: '550 5.7.1 Message content rejected' });
       const other = await h.json('POST', '/api/rules/test', { body: { envelope: { sender: 'a@b.example', recipients: ['c@d.example'] }, headers: 'Subject: hello', size: 10 } });
       expect(other.body).toMatchObject({ matched: false, reject: null });
+      const byBody = await h.json('POST', '/api/rules/test', { body: { envelope: { sender: 'a@b.example', recipients: ['c@d.example'] }, headers: 'Subject: hello', body: 'see https://phish.example/x', size: 10 } });
+      expect(byBody.body).toMatchObject({ matched: true, rule: 'phish-url', hold: true, reject: null });
     } finally {
       await h.json('PUT', '/api/config', { body: { rules: running } }); // the later tests use them
     }

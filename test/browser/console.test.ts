@@ -338,6 +338,15 @@ describe('web console', () => {
     await page.getByLabel('Test headers').fill('Subject: URGENT invoice overdue');
     await page.getByRole('button', { name: 'Test against the rules above (unsaved)' }).click();
     await expectText(page.locator('.test-result'), 'Rejected with: 550 5.7.1 Message content rejected');
+    // The same rule on the body instead (renamed, so that the new answer shows): the tester sends the sample body.
+    await rule.getByLabel('Rule name').fill('phish-url');
+    await rule.getByLabel('Header name').fill('');
+    await rule.getByLabel('Header value').fill('');
+    await rule.getByLabel('Body contains').fill('*phish.example/login*');
+    await page.getByLabel('Test headers').fill('Subject: Password expiry');
+    await page.getByLabel('Test body').fill('Renew it at https://phish.example/login today.');
+    await page.getByRole('button', { name: 'Test against the rules above (unsaved)' }).click();
+    await expectText(page.locator('.test-result'), 'Matched rule "phish-url"');
     const before = server.config.current.rules;
     await rule.getByLabel('Hold for an operator').check();
     await page.getByRole('button', { name: 'Save rules' }).click();

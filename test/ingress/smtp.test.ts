@@ -38,6 +38,7 @@ describe('ingress with default policy (loopback trusted)', () => {
         { name: 'alerts', match: { sender: 'alerts@*' }, priority: 'urgent' },
         { name: 'quarantine', match: { senderDomain: 'suspicious.example' }, hold: true },
         { name: 'invoice-scam', match: { header: { name: 'Subject', value: '*invoice overdue*' } }, reject: '550 5.7.1 Message content rejected' },
+        { name: 'phish-url', match: { body: '*phish.example/login*' }, reject: '554 5.7.1 Phishing link' },
       ],
     });
   });
@@ -353,6 +354,9 @@ describe('ingress with default policy (loopback trusted)', () => {
     const r = await c.sendMail('billing@example.org', ['b@example.net'], makeMessage({ subject: 'URGENT: Invoice overdue #1234' }));
     expect([r.code, r.enhanced, r.text]).toEqual([550, '5.7.1', 'Message content rejected']);
     expect(await counter(h.metrics, 'rejectedTotal', { reason: 'rule' })).toBe(refused + 1);
+    // By the body: the rule sees the body as sent.
+    const phish = await c.sendMail('it@example.org', ['b@example.net'], makeMessage({ subject: 'Password expiry', body: 'Renew it at https://phish.example/login today.' }));
+    expect([phish.code, phish.text]).toEqual([554, 'Phishing link']);
     // The session goes on; the next mail is taken.
     const ok = await c.sendMail('billing@example.org', ['b@example.net'], makeMessage({ subject: 'Your receipt' }));
     expect(ok.code).toBe(250);

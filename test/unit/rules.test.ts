@@ -98,6 +98,23 @@ describe('classify', () => {
     expect(ruleSchema.safeParse({ name: 'x', match: { sender: '*' }, reject: '450 4.7.1 later' }).success).toBe(true);
   });
 
+  it('body matches a glob or /regex/ over the body, made only when a rule asks, once', () => {
+    let made = 0;
+    const body = () => { made++; return 'Hello,\r\nplease log in at https://phish.example/login\r\n'; };
+    const c = config([
+      { name: 'by-subject', match: { header: { name: 'Subject', value: 'nothing like this' } }, priority: 'high' },
+      { name: 'phish-url', match: { body: '*phish.example/*' }, reject: '550 5.7.1 Message content rejected' },
+      { name: 'phish-re', match: { body: '/log\\s+in\\s+at/i' }, hold: true },
+    ]);
+    expect(classify({ ...base, body }, c, NOW).rule).toBe('phish-url');
+    expect(made).toBe(1);
+    expect(classify({ ...base, body: 'Please LOG IN AT our site' }, c, NOW).rule).toBe('phish-re');
+    expect(classify({ ...base, body: 'nothing to see' }, c, NOW).rule).toBeUndefined();
+    made = 0;
+    classify({ ...base, body }, config([{ name: 'no-body', match: { sender: 'nobody@*' }, priority: 'high' }]), NOW);
+    expect(made).toBe(0);
+  });
+
   it('an invalid regex matches nothing instead of throwing', () => {
     const c = config([{ name: 'bad', match: { header: { name: 'Subject', value: '/(/' } }, priority: 'bulk' }]);
     expect(classify({ ...base, headers: [{ name: 'Subject', value: '(' }] }, c, NOW).rule).toBeUndefined();

@@ -99,6 +99,7 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
     authUser: t('authUser', rule.match.authUser),
     headerName: t('headerName', rule.match.header?.name, 'e.g. Precedence'),
     headerValue: t('headerValue', rule.match.header?.value, 'glob or /regex/i'),
+    body: t('body', rule.match.body, 'e.g. *phish.example* or /regex/i'),
     minSize: t('minSize', rule.match.minSize, 'e.g. 5MB'),
     maxSize: t('maxSize', rule.match.maxSize),
     delay: t('delay', typeof rule.delay === 'number' ? durationText(rule.delay) : rule.delay, 'e.g. 10m'),
@@ -120,6 +121,7 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
       field('Authenticated user', inputs.authUser),
       field('Header name', inputs.headerName),
       field('Header value', inputs.headerValue),
+      field('Body contains', inputs.body),
       field('Minimum size', inputs.minSize),
       field('Maximum size', inputs.maxSize),
       h('p', { class: 'rule-sub' }, 'Then:'),
@@ -139,6 +141,7 @@ function ruleFieldset(rule: Rule, index: number, classes: [string, number][], li
     if (v('recipientDomain')) match.recipientDomain = v('recipientDomain');
     if (v('authUser')) match.authUser = v('authUser');
     if (v('headerName') || v('headerValue')) match.header = { name: v('headerName'), value: v('headerValue') };
+    if (v('body')) match.body = v('body');
     const minSize = numberOrText(v('minSize'));
     const maxSize = numberOrText(v('maxSize'));
     if (minSize !== undefined) match.minSize = minSize;
@@ -200,6 +203,7 @@ function ruleTester(list: HTMLElement): HTMLElement {
   const authUser = h('input', { type: 'text' });
   const headers = h('textarea', { rows: 3, placeholder: 'Subject: Hello\nPrecedence: bulk' });
   const size = h('input', { type: 'number', min: '0', value: '2048' });
+  const bodyText = h('textarea', { rows: 2, placeholder: 'For rules that match the body' });
   const result = h('div', { class: 'test-result', role: 'status', 'aria-live': 'polite' });
   const run = async (proposed: boolean) => {
     result.textContent = 'Testing…';
@@ -211,6 +215,7 @@ function ruleTester(list: HTMLElement): HTMLElement {
         return i < 0 ? { name: l, value: '' } : { name: l.slice(0, i).trim(), value: l.slice(i + 1).trim() };
       }),
       size: Number(size.value) || 0,
+      ...(bodyText.value ? { body: bodyText.value } : {}),
       ...(authUser.value.trim() ? { authUser: authUser.value.trim() } : {}),
       ...(proposed ? { rules: readRules(list) } : {}),
     };
@@ -233,6 +238,7 @@ function ruleTester(list: HTMLElement): HTMLElement {
       field('Test authenticated user', authUser),
       field('Test size in bytes', size)),
     field('Test headers', headers, 'one "Name: value" per line'),
+    field('Test body', bodyText),
     h('div', { class: 'save-row' },
       h('button', { type: 'button', class: 'primary', onclick: () => void run(false) }, 'Test against the running rules'),
       h('button', { type: 'button', onclick: () => void run(true) }, 'Test against the rules above (unsaved)')),

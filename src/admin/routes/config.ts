@@ -35,6 +35,7 @@ const ruleSchema = {
       properties: {
         sender: { type: 'string' }, senderDomain: { type: 'string' }, recipientDomain: { type: 'string' }, authUser: { type: 'string' },
         header: { type: 'object', properties: { name: { type: 'string' }, value: { type: 'string' } } },
+        body: { type: 'string' },
         minSize: { type: ['integer', 'string'] }, maxSize: { type: ['integer', 'string'] },
       },
     },
@@ -105,6 +106,7 @@ interface RulesTestBody {
   recipients?: string[];
   authUser?: string;
   headers?: { name: string; value: string }[] | string;
+  body?: string;
   size?: number;
   rules?: unknown[];
   priorities?: Record<string, unknown>;
@@ -184,6 +186,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
             ],
           },
           size: { type: 'integer', minimum: 0, default: 0 },
+          body: { type: 'string', description: 'A sample body, for rules that match on it' },
           rules: { type: 'array', items: anyObject },
           priorities: anyObject,
         },
@@ -216,6 +219,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
       recipients: b.envelope?.recipients ?? b.recipients ?? [],
       headers: typeof b.headers === 'string' ? headerLines(b.headers) : b.headers ?? [],
       size: b.size ?? 0,
+      ...(b.body !== undefined ? { body: b.body } : {}),
     };
     const authUser = b.envelope?.authUser ?? b.authUser;
     if (authUser) input.authUser = authUser;
