@@ -283,9 +283,9 @@ export interface ProtocolHooks {
   expectsProxyHeader(peerAddress: string): boolean;
 }
 
-/** Session ids: random per process, then counted (smtp-server draws 80 random bits for each). */
 type ProxyCallback = (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void;
 
+/** Session ids: random per process, then counted (smtp-server draws 80 random bits for each). */
 const SESSION_ID_PREFIX = randomBytes(6).toString('hex');
 let sessionCount = 0;
 
@@ -309,8 +309,8 @@ export class SpoolhouseSmtpServer extends SMTPServer {
 
   /**
    * smtp-server's, with a session id that costs no call into the system's random source, per
-   * connection (ids name sessions in logs; they need to be unique, not secret). A listener that
-   * expects a PROXY header goes through smtp-server's own.
+   * connection (ids name sessions in logs; they need to be unique, not secret). A peer that must
+   * send a PROXY header goes through #readProxyHeader (v2 there, v1 by smtp-server's own reader).
    */
   override _handleProxy(socket: Socket, callback: ProxyCallback): void {
     if (this._expectsProxyHeader(socket)) return this.#readProxyHeader(socket, callback);
