@@ -63,7 +63,9 @@ export interface ClassifyResult {
 
 export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'priorities'>, now: number = Date.now()): ClassifyResult {
   let body: string | undefined;
-  const once: ClassifyInput = typeof input.body === 'function' ? { ...input, body: () => (body ??= (input.body as () => string)()) } : input;
+  // The body is made at most once, and only when a rule looks at it.
+  const lazy = typeof input.body === 'function' && config.rules.some((r) => r.match.body !== undefined);
+  const once: ClassifyInput = lazy ? { ...input, body: () => (body ??= (input.body as () => string)()) } : input;
   const rule = config.rules.find((r) => ruleMatches(r, once));
   const defaultClass: Classification = { source: 'default' };
   if (!rule) {
