@@ -228,9 +228,9 @@ export class SmtpIngress {
         if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
         return undefined;
       },
-      onRejection: (code: number, enhanced: string, conn: SpoolhouseConnection, text: string) => {
+      onRejection: (code: number, enhanced: string, conn: SpoolhouseConnection) => {
         const state = this.#sessions.get(conn.session);
-        const reason = state?.rejectReason ?? rejectionReason(code, enhanced, text);
+        const reason = state?.rejectReason ?? rejectionReason(code, enhanced);
         if (state) state.rejectReason = undefined;
         this.#metrics.rejectedTotal.inc({ reason });
       },
@@ -246,6 +246,17 @@ export class SmtpIngress {
       this.#sessions.set(session, state);
     }
     return state;
+  }
+
+  /**
+   * Answers a handler with a refusal whose metrics label is its own `reason` (onRejection takes it
+   * from the session), for refusals a reply code cannot tell apart (a DNSBL's 554 5.7.1 from a
+   * relay denial's, say).
+   */
+  #refuse(session: SMTPServerSession, cb: (err: Error) => void, err: ReplyError): void {
+    const state = this.#sessions.get(session);
+    if (state) state.rejectReason = err.reason;
+    cb(err);
   }
 
   #disabledCommands(config: Config, session: SMTPServerSession): string[] {
@@ -274,7 +285,7 @@ export class SmtpIngress {
     if (guessing) {
       // Not even checked: a password guesser learns nothing until its client's bucket refills.
       this.#logger.warn({ user, client: session.remoteAddress, key: guessing.key }, 'smtp auth refused: too many failures from this client (auth.failuresPerClient)');
-      cb(replyError(454, '4.7.0', `Too many failed authentication attempts from [${guessing.key}], try again later`, 'auth_rate'));
+      this.#refuse(session, cb, replyError(454, '4.7.0', `Too many failed authentication attempts from [${guessing.key}], try again later`, 'auth_rate'));
       return;
     }
     if (auth.method === 'PLAIN' && auth.authzid && auth.authcid && auth.authzid !== auth.authcid) {
@@ -338,7 +349,7 @@ export class SmtpIngress {
     const denied = rejects.length ? rejectAtMail(rejects, { client: normalizeClientAddress(session.remoteAddress), sender: address.address }) : undefined;
     if (denied) {
       this.#logger.info({ client: session.remoteAddress, sender: address.address, user: authUser }, 'sender or client refused (relay.reject)');
-      return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
+      return this.#refuse(session, cb, replyError(denied.code, denied.enhanced, denied.text, 'access'));
     }
     if (authUser && this.#senders && !this.#senders.mayUse(authUser, address.address)) {
       this.#logger.warn({ user: authUser, sender: address.address, client: session.remoteAddress }, 'sender address not owned by the authenticated user (auth.senders)');
@@ -353,10 +364,10 @@ export class SmtpIngress {
       this.#senderDomains.check(address.address).then((refusal) => {
         if (!refusal) return this.#mailFromAccepted(state, address, authUser, cb);
         this.#logger.info({ client: session.remoteAddress, sender: address.address, reply: `${refusal.code} ${refusal.enhanced}` }, 'sender domain cannot receive mail (relay.checkSenderDomain)');
-        cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'sender_domain'));
+        this.#refuse(session, cb, replyError(refusal.code, refusal.enhanced, refusal.text, 'sender_domain'));
       }, (err: unknown) => {
         this.#logger.error({ err, sender: address.address }, 'sender domain check failed');
-        cb(replyError(451, '4.3.0', 'Temporary error checking the sender, try again later', 'sender_domain'));
+        this.#refuse(session, cb, replyError(451, '4.3.0', 'Temporary error checking the sender, try again later', 'sender_domain'));
       });
       return;
     }
@@ -404,7 +415,7 @@ export class SmtpIngress {
       : undefined;
     if (denied) {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'recipient refused (relay.reject)');
-      return cb(replyError(denied.code, denied.enhanced, denied.text, 'access'));
+      return this.#refuse(session, cb, replyError(denied.code, denied.enhanced, denied.text, 'access'));
     }
     const refusal = relayDecision({ recipient: address.address, trusted: state.trusted, authUser: authUserOf(session), relayDomains: state.config.relay.domains });
     if (refusal) {
@@ -436,7 +447,7 @@ export class SmtpIngress {
     if (listed) {
       this.#logger.info({ client, zone: listed.zone, answer: listed.answer, recipient: address.address }, 'client on a DNS blocklist (smtp.dnsbl)');
       const r = dnsblRefusal(client, listed.zone);
-      return cb(replyError(r.code, r.enhanced, r.text, 'dnsbl'));
+      return this.#refuse(session, cb, replyError(r.code, r.enhanced, r.text, 'dnsbl'));
     }
     this.#recipientTable(state, address, session, cb);
   }
@@ -533,7 +544,7 @@ export class SmtpIngress {
     }, config, now);
     if (rules.reject) {
       this.#logger.info({ client: session.remoteAddress, sender, recipients: recipients.length, rule: rules.rule, reply: `${rules.reject.code} ${rules.reject.enhanced}` }, 'mail refused by a rule');
-      state.rejectReason = 'rule';
+      state.rejectReason = 'rule'; // thrown, then answered by #onData's callback
       throw replyError(rules.reject.code, rules.reject.enhanced, rules.reject.text, 'rule');
     }
     const decision = senderRequestDecision(mailFrom ? mailFrom.args : false, { trusted: state.trusted, authUser, maxFutureReleaseMs: config.smtp.maxFutureRelease, now });

@@ -209,16 +209,16 @@ export function placeMail(rules: ClassifyResult, requests: SenderRequests, confi
   return placement;
 }
 
-/** The text of a DNSBL refusal (Postfix's): `rejectionReason` knows it by its "blocked using". */
+/** The reply to a client on a DNS blocklist, in Postfix's words. */
 export function dnsblRefusal(client: string, zone: string): Reply {
   return { code: 554, enhanced: '5.7.1', text: `Service unavailable; Client host [${client}] blocked using ${zone}` };
 }
 
-/** The label of spoolhouse_rejected_total for a refusal, from its reply code, enhanced code and text. */
-export function rejectionReason(code: number, enhanced: string, text = ''): string {
-  if (code === 554 && enhanced === '5.7.1' && text.startsWith('Service unavailable; Client host [') && text.includes('] blocked using ')) return 'dnsbl';
-  if (text.endsWith(' rejected: Access denied')) return 'access';
-  if (enhanced === '4.1.8' || enhanced === '5.7.27' || (enhanced === '4.4.3' && text.includes('Sender address rejected'))) return 'sender_domain';
+/**
+ * The label of spoolhouse_rejected_total for a refusal, from its reply code and enhanced code
+ * (refusals that these cannot tell apart carry their own label: SmtpIngress #refuse).
+ */
+export function rejectionReason(code: number, enhanced: string): string {
   if (code === 421) return enhanced === '4.7.0' ? 'connections' : enhanced === '4.4.2' ? 'timeout' : 'protocol';
   if (code === 553 && enhanced === '5.7.1') return 'sender_login';
   if (code === 450 && enhanced === '4.7.1') return 'rate';
@@ -231,7 +231,6 @@ export function rejectionReason(code: number, enhanced: string, text = ''): stri
   if (enhanced === '5.6.7') return 'smtputf8';
   if (enhanced === '5.4.6') return 'loop';
   if (code === 555) return 'parameter';
-  if (code === 454 && text.startsWith('Too many failed authentication attempts from [')) return 'auth_rate';
   if (code === 530 || code === 535 || code === 538 || code === 454) return 'auth';
   if (code >= 500 && code <= 504) return 'syntax';
   return 'other';

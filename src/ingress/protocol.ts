@@ -278,7 +278,7 @@ export interface ProtocolHooks {
   /** A reason to refuse AUTH now (e.g. TLS required), else undefined. */
   authRefusal(conn: SpoolhouseConnection): Reply | undefined;
   /** Called for every reply of 400 or more, with its enhanced code, for metrics. */
-  onRejection(code: number, enhanced: string, conn: SpoolhouseConnection, text: string): void;
+  onRejection(code: number, enhanced: string, conn: SpoolhouseConnection): void;
   /** Must a connection from this peer open with a PROXY protocol header (a trusted load balancer)? */
   expectsProxyHeader(peerAddress: string): boolean;
 }
@@ -472,7 +472,7 @@ export class SpoolhouseConnection extends SMTPConnection {
     }
     if (code >= 400) {
       try {
-        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', this, typeof payload === 'string' ? payload : '');
+        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', this);
       } catch {
         // metrics must never break a reply
       }
