@@ -18,7 +18,7 @@
  * - A rule may instead `reject` (a reply such as "550 5.7.1 text"): the mail is refused at the end
  *   of DATA and nothing is queued (the schema forbids a rejecting rule to set anything else).
  */
-import type { Config, Rule } from './schema.js';
+import { parseReplyText, type Config, type Rule } from './schema.js';
 
 // Structurally the same as Classification / QueuedMail['classification'] in src/queue/types.ts;
 // repeated here because config imports no stage (dependency-cruiser rule), not even types.
@@ -80,7 +80,6 @@ export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'p
     };
   }
   const byRule: Classification = { source: 'rule', rule: rule.name };
-  const reject = rule.reject !== undefined ? /^(\d{3}) (\d\.\d{1,3}\.\d{1,3}) (.*)$/s.exec(rule.reject) : null;
   const priorityName = rule.priority ?? config.priorities.default;
   const delayMs = rule.delay ?? 0;
   const hold = rule.hold === true;
@@ -90,7 +89,7 @@ export function classify(input: ClassifyInput, config: Pick<Config, 'rules' | 'p
     notBefore: now + delayMs,
     delayMs,
     hold,
-    ...(reject ? { reject: { code: Number(reject[1]), enhanced: reject[2]!, text: reject[3]! } } : {}),
+    ...(rule.reject !== undefined ? { reject: parseReplyText(rule.reject) } : {}),
     rule: rule.name,
     classification: {
       priority: rule.priority !== undefined ? byRule : defaultClass,

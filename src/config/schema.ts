@@ -81,6 +81,12 @@ const cidr = z.string().refine((v) => parseCidr(v) !== undefined, { message: 'mu
 const domainName = z.string().regex(/^(?=.{1,253}$)(?!-)[a-z0-9-]+(\.[a-z0-9-]+)*\.?$/i, 'must be a domain name').transform((d) => d.toLowerCase().replace(/\.$/, ''));
 const email = z.string().regex(/^[^@\s]+@[^@\s]+$/, 'must be an email address');
 
+/** The parts of a reply `replyText` accepted ("554 5.7.1 text"). */
+export function parseReplyText(reply: string): { code: number; enhanced: string; text: string } {
+  const m = /^(\d{3}) (\d\.\d{1,3}\.\d{1,3}) (.*)$/s.exec(reply)!;
+  return { code: Number(m[1]), enhanced: m[2]!, text: m[3]! };
+}
+
 /** An SMTP reply an operator writes: "554 5.7.1 text" (the enhanced code's class matches the code's). */
 const replyText = z.string().regex(/^([45])\d\d \1\.\d{1,3}\.\d{1,3} \S.*$/, 'must be a reply such as "554 5.7.1 Not accepted here" (4xx or 5xx, its enhanced code of the same class)');
 

@@ -16,7 +16,7 @@
  */
 import { isIPv4 } from 'node:net';
 import { globMatch } from '../config/rules.js';
-import { networkList, type Config } from '../config/schema.js';
+import { networkList, parseReplyText, type Config } from '../config/schema.js';
 import type { Reply } from './protocol.js';
 
 type Entry = Config['relay']['reject'][number];
@@ -50,9 +50,7 @@ function domainFits(pattern: string | undefined, address: string): boolean {
 }
 
 function reply(entry: Entry, fallback: string): Reply {
-  const m = entry.reply ? /^(\d{3}) (\d\.\d{1,3}\.\d{1,3}) (.*)$/s.exec(entry.reply) : null;
-  if (m) return { code: Number(m[1]), enhanced: m[2]!, text: m[3]! };
-  return { code: 554, enhanced: '5.7.1', text: fallback };
+  return entry.reply ? parseReplyText(entry.reply) : { code: 554, enhanced: '5.7.1', text: fallback };
 }
 
 const hasRecipientKey = (e: Entry) => e.recipient !== undefined || e.recipientDomain !== undefined;
