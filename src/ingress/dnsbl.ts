@@ -15,6 +15,7 @@
 import type { promises as dns } from 'node:dns';
 import { isIPv4, isIPv6 } from 'node:net';
 import ipaddr from 'ipaddr.js';
+import { TtlCache } from './ttl-cache.js';
 
 export interface DnsblZone {
   zone: string;
@@ -48,23 +49,20 @@ export function dnsblName(address: string, zone: string): string | undefined {
 }
 
 export class DnsblChecker {
-  readonly #cache = new Map<string, { at: number; result: Promise<DnsblResult> }>();
+  readonly #cache: TtlCache<Promise<DnsblResult>>;
 
-  constructor(private readonly resolver: () => dns.Resolver, private readonly now: () => number = Date.now) {}
+  constructor(private readonly resolver: () => dns.Resolver, now: () => number = Date.now) {
+    this.#cache = new TtlCache(CACHE_MS, MAX_CACHE, now);
+  }
 
   /** Looks `address` up in every zone (in parallel); the first zone in order that lists it wins. Never rejects. */
   check(address: string, zones: DnsblZone[]): Promise<DnsblResult> {
     if (!zones.length) return Promise.resolve({ listed: null, errors: [] });
     const key = `${address}|${zones.map((z) => `${z.zone}=${z.answers?.join(',') ?? ''}`).join(' ')}`;
-    const now = this.now();
     const hit = this.#cache.get(key);
-    if (hit && now - hit.at < CACHE_MS) return hit.result;
+    if (hit) return hit;
     const result = this.#lookup(address, zones);
-    if (this.#cache.size >= MAX_CACHE) {
-      for (const [k, v] of this.#cache) if (now - v.at >= CACHE_MS) this.#cache.delete(k);
-      if (this.#cache.size >= MAX_CACHE) this.#cache.clear();
-    }
-    this.#cache.set(key, { at: now, result });
+    this.#cache.set(key, result);
     return result;
   }
 

@@ -16,6 +16,7 @@
  */
 import type { promises as dns } from 'node:dns';
 import type { Reply } from './protocol.js';
+import { TtlCache } from './ttl-cache.js';
 
 const CACHE_MS = 5 * 60_000;
 const MAX_CACHE = 20_000;
@@ -23,21 +24,22 @@ const MAX_CACHE = 20_000;
 const NOT_FOUND = new Set(['ENOTFOUND', 'ENODATA']);
 
 export class SenderDomainCheck {
-  readonly #cache = new Map<string, { at: number; result: Promise<Reply | undefined> }>();
+  readonly #cache: TtlCache<Promise<Reply | undefined>>;
 
-  constructor(private readonly resolver: () => dns.Resolver, private readonly now: () => number = Date.now) {}
+  constructor(private readonly resolver: () => dns.Resolver, now: () => number = Date.now) {
+    this.#cache = new TtlCache(CACHE_MS, MAX_CACHE, now);
+  }
 
   /** undefined when the sender's domain can receive mail; else the refusal. */
   check(sender: string): Promise<Reply | undefined> {
     const at = sender.lastIndexOf('@');
     const domain = at < 0 ? '' : sender.slice(at + 1).toLowerCase().replace(/\.$/, '');
     if (!domain || domain.startsWith('[')) return Promise.resolve(undefined);
-    const now = this.now();
-    const hit = this.#cache.get(domain);
-    if (hit && now - hit.at < CACHE_MS) return hit.result.then((r) => r && personal(r, sender));
-    const result = this.#lookup(domain);
-    if (this.#cache.size >= MAX_CACHE) this.#cache.clear();
-    this.#cache.set(domain, { at: now, result });
+    let result = this.#cache.get(domain);
+    if (!result) {
+      result = this.#lookup(domain);
+      this.#cache.set(domain, result);
+    }
     return result.then((r) => r && personal(r, sender));
   }
 
