@@ -219,6 +219,12 @@ export const configSchema = z.strictObject({
       }),
     )),
     /**
+     * Checks of the HELO/EHLO name (ingress/helo.ts; Postfix's reject_invalid_helo_hostname,
+     * reject_non_fqdn_helo_hostname, reject_unknown_helo_hostname), for clients outside
+     * relay.networks that did not authenticate, answered at RCPT.
+     */
+    helo: z.strictObject({ rejectInvalid: z.boolean(), rejectNonFqdn: z.boolean(), rejectUnknown: z.boolean() }),
+    /**
      * DKIM keys for outgoing mail (ingress/dkim.ts): mail from relay.networks or authenticated
      * clients whose From: is in `domain` (or below it) is signed before it is stored.
      */

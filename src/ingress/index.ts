@@ -45,9 +45,10 @@ import { RateLimiter, parseLimit } from './rate-limit.js';
 import { DnsblChecker, type DnsblResult } from './dnsbl.js';
 import { rejectAtMail, rejectAtRcpt } from './access.js';
 import { SenderDomainCheck } from './sender-domain.js';
+import { HeloCheck, heloChecksOn } from './helo.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
-import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ReplyError, type SpoolhouseConnection } from './protocol.js';
+import { hasNonAscii, replyError, SpoolhouseSmtpServer, type Reply, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
 export interface ListenerInfo {
   host: string;
@@ -96,6 +97,7 @@ export class SmtpIngress {
   readonly #authFailures = new RateLimiter();
   readonly #dnsbl = new DnsblChecker(() => makeResolver(this.#store.current.delivery.dns));
   readonly #senderDomains = new SenderDomainCheck(() => makeResolver(this.#store.current.delivery.dns));
+  readonly #helo = new HeloCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
@@ -422,15 +424,41 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, recipient: address.address }, 'relay denied');
       return cb(replyError(refusal.code, refusal.enhanced, refusal.text, 'relay'));
     }
-    if (state.dnsbl && !authUserOf(session)) {
-      // Authenticated users are spared (a roaming user's dynamic address is often listed).
-      void this.#dnsblThenRecipient(state, address, session, cb);
+    // The client's own checks; authenticated users are spared (a roaming user's dynamic address
+    // is often listed, its laptop's name is rarely a host name).
+    const unauthenticated = !authUserOf(session);
+    const helo = unauthenticated && !state.trusted && heloChecksOn(state.config.smtp.helo);
+    if ((state.dnsbl && unauthenticated) || helo) {
+      void this.#clientChecksThenRecipient(state, address, session, cb, { dnsbl: unauthenticated, helo });
       return;
     }
     this.#recipientTable(state, address, session, cb);
   }
 
-  async #dnsblThenRecipient(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<void> {
+  /** smtp.dnsbl and smtp.helo, for a client outside relay.networks that did not authenticate; then the recipient table. */
+  async #clientChecksThenRecipient(
+    state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void, checks: { dnsbl: boolean; helo: boolean },
+  ): Promise<void> {
+    if (checks.dnsbl && state.dnsbl && !(await this.#dnsblPasses(state, address, session, cb))) return;
+    if (checks.helo) {
+      const name = session.hostNameAppearsAs || '';
+      let refusal: Reply | undefined;
+      try {
+        refusal = await this.#helo.check(name, state.config.smtp.helo);
+      } catch (err) {
+        this.#logger.error({ err, helo: name }, 'HELO name check failed');
+        refusal = { code: 451, enhanced: '4.3.0', text: 'Temporary error checking the HELO name, try again later' };
+      }
+      if (refusal) {
+        this.#logger.info({ client: session.remoteAddress, helo: name, recipient: address.address, reply: `${refusal.code} ${refusal.enhanced}` }, 'HELO name refused (smtp.helo)');
+        return this.#refuse(session, cb, replyError(refusal.code, refusal.enhanced, refusal.text, 'helo'));
+      }
+    }
+    this.#recipientTable(state, address, session, cb);
+  }
+
+  /** The client is on no smtp.dnsbl list (or no list answered); else the RCPT is refused and false returned. */
+  async #dnsblPasses(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): Promise<boolean> {
     const client = normalizeClientAddress(session.remoteAddress);
     let result: DnsblResult;
     try {
@@ -447,9 +475,10 @@ export class SmtpIngress {
     if (listed) {
       this.#logger.info({ client, zone: listed.zone, answer: listed.answer, recipient: address.address }, 'client on a DNS blocklist (smtp.dnsbl)');
       const r = dnsblRefusal(client, listed.zone);
-      return this.#refuse(session, cb, replyError(r.code, r.enhanced, r.text, 'dnsbl'));
+      this.#refuse(session, cb, replyError(r.code, r.enhanced, r.text, 'dnsbl'));
+      return false;
     }
-    this.#recipientTable(state, address, session, cb);
+    return true;
   }
 
   #recipientTable(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {

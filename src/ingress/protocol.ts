@@ -141,7 +141,7 @@ export function isDomainOrLiteral(domain: string): boolean {
   return domain.split('.').every((label) => label.length <= 63 && SUB_DOMAIN.test(label));
 }
 
-function isAddressLiteral(literal: string): boolean {
+export function isAddressLiteral(literal: string): boolean {
   const m = /^\[(.*)\]$/.exec(literal);
   if (!m) return false;
   const body = m[1]!;

@@ -15,13 +15,12 @@
  * - Answers are kept CACHE_MS per domain (at most MAX_CACHE domains).
  */
 import type { promises as dns } from 'node:dns';
+import { hasAddressRecord, LookupFailed, mxOf } from './host-lookup.js';
 import type { Reply } from './protocol.js';
 import { TtlCache } from './ttl-cache.js';
 
 const CACHE_MS = 5 * 60_000;
 const MAX_CACHE = 20_000;
-
-const NOT_FOUND = new Set(['ENOTFOUND', 'ENODATA']);
 
 export class SenderDomainCheck {
   readonly #cache: TtlCache<Promise<Reply | undefined>>;
@@ -46,20 +45,16 @@ export class SenderDomainCheck {
   async #lookup(domain: string): Promise<Reply | undefined> {
     const resolver = this.resolver();
     try {
-      const mx = await resolver.resolveMx(domain);
-      if (mx.some((r) => r.exchange !== '' && r.exchange !== '.')) return undefined;
-      if (mx.length > 0) return { code: 550, enhanced: '5.7.27', text: `Sender address rejected: Domain ${domain} does not accept mail (null MX)` };
+      const mx = await mxOf(resolver, domain);
+      if (mx === 'usable') return undefined;
+      if (mx === 'null') return { code: 550, enhanced: '5.7.27', text: `Sender address rejected: Domain ${domain} does not accept mail (null MX)` };
+      if (mx === 'nxdomain') return notFound();
+      // No MX: an address record makes it the implicit MX.
+      return (await hasAddressRecord(resolver, domain)) ? undefined : notFound();
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? '';
-      if (code === 'ENOTFOUND') return notFound();
-      if (!NOT_FOUND.has(code)) return lookupFailed(domain, code);
+      if (err instanceof LookupFailed) return lookupFailed(domain, err.code);
+      throw err;
     }
-    // No MX: an address record makes it the implicit MX.
-    const tries = await Promise.allSettled([resolver.resolve4(domain), resolver.resolve6(domain)]);
-    if (tries.some((t) => t.status === 'fulfilled' && t.value.length > 0)) return undefined;
-    const failed = tries.find((t) => t.status === 'rejected' && !NOT_FOUND.has((t.reason as NodeJS.ErrnoException).code ?? ''));
-    if (failed) return lookupFailed(domain, ((failed as PromiseRejectedResult).reason as NodeJS.ErrnoException).code ?? '');
-    return notFound();
   }
 }
 
@@ -73,5 +68,5 @@ function notFound(): Reply {
 }
 
 function lookupFailed(domain: string, code: string): Reply {
-  return { code: 451, enhanced: '4.4.3', text: `Sender address rejected: cannot look up ${domain} just now (${code || 'DNS error'}), try again later` };
+  return { code: 451, enhanced: '4.4.3', text: `Sender address rejected: cannot look up ${domain} just now (${code}), try again later` };
 }

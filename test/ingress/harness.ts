@@ -94,14 +94,14 @@ export async function counter(metrics: Metrics, name: 'acceptedTotal' | 'rejecte
  * A raw client past the greeting and EHLO (and AUTH PLAIN when `auth` is given, with allowInsecure
  * on the server), pushed onto `track` so that the test's afterEach can QUIT it.
  */
-export async function greetedClient(port: number, o: { host?: string; auth?: { user: string; pass: string }; track?: SmtpClient[]; proxyFrom?: string } = {}): Promise<SmtpClient> {
+export async function greetedClient(port: number, o: { host?: string; auth?: { user: string; pass: string }; track?: SmtpClient[]; proxyFrom?: string; helo?: string } = {}): Promise<SmtpClient> {
   const c = await SmtpClient.connect({ port, ...(o.host ? { host: o.host } : {}) });
   o.track?.push(c);
   // As a balancer of a `proxyProtocol` listener would: a PROXY v1 line naming the client first.
   if (o.proxyFrom) c.write(o.proxyFrom.includes(':') ? `PROXY TCP6 ${o.proxyFrom} ::1 40000 25\r\n` : `PROXY TCP4 ${o.proxyFrom} 127.0.0.1 40000 25\r\n`);
   const greeting = await c.read();
   expect(greeting.code).toBe(220);
-  expect((await c.ehlo()).code).toBe(250);
+  expect((await c.ehlo(o.helo)).code).toBe(250);
   if (o.auth) expect((await c.command(`AUTH PLAIN ${Buffer.from(`\0${o.auth.user}\0${o.auth.pass}`).toString('base64')}`)).code).toBe(235);
   return c;
 }
