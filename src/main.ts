@@ -46,6 +46,9 @@ async function main(argv: string[]): Promise<void> {
   const metrics = createMetrics();
   const queue = await openQueue(config, logger);
   await queue.start();
+  // On a cluster: the run-time settings any node's operator changed (the last value of each at
+  // start, then each change as it comes), before the stages start.
+  queue.sharedSettings?.subscribe((section, value) => applySharedSetting(store, logger, section, value));
 
   const nodeName = config.kafka.nodeId ?? hostname();
   const delivery = new Deliverer({ config: () => store.current, logger });
@@ -94,6 +97,16 @@ async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));
   process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+/** A section of the run-time configuration set through a node of the cluster (this one included). */
+function applySharedSetting(store: ConfigStore, logger: Logger, section: string, value: unknown): void {
+  try {
+    if (store.replaceSections({ [section]: value })) logger.info({ section }, 'configuration changed through the cluster');
+  } catch (err) {
+    // E.g. a rule naming a priority class this node's files lack: this node keeps what it has.
+    logger.error({ err, section }, 'a setting shared through the cluster is not valid here; this node keeps its own');
+  }
 }
 
 /** Writes one line per file of the config that cannot be used; true when there was one. */

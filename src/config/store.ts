@@ -6,6 +6,7 @@
  * which is then loaded as the overlay at the next start.
  */
 import { EventEmitter } from 'node:events';
+import { isDeepStrictEqual } from 'node:util';
 import { existsSync, mkdirSync, openSync, fsyncSync, closeSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, extname, join } from 'node:path';
 import { stringify as stringifyYaml } from 'yaml';
@@ -69,6 +70,33 @@ export class ConfigStore extends EventEmitter {
     return this.#apply(next);
   }
 
+  /**
+   * The overlay's value at each dotted section path ("relay.reject") once `patch` is merged: what
+   * `update(patch, opts)` would save there, for another node to apply with replaceSections.
+   */
+  sectionsAfter(patch: Record<string, unknown>, opts: UpdateOptions, sections: string[]): Record<string, unknown> {
+    const overlay = mergeOverlay(this.#overlay, patch, opts);
+    return Object.fromEntries(sections.map((section) => [section, valueAt(overlay, section.split('.'))]));
+  }
+
+  /**
+   * Sets whole sections of the overlay (dotted path → value, as sectionsAfter gives them):
+   * validated, saved and applied as `update` does. Sections that already hold that value are left
+   * alone; returns undefined when none changed (nothing saved, no 'change').
+   */
+  replaceSections(sections: Record<string, unknown>): Config | undefined {
+    const changed = Object.entries(sections).filter(([section, value]) => !isDeepStrictEqual(valueAt(this.#overlay, section.split('.')), value));
+    if (!changed.length) return undefined;
+    const patch: Record<string, unknown> = {};
+    for (const [section, value] of changed) {
+      const path = section.split('.');
+      let at = patch;
+      for (const key of path.slice(0, -1)) at = (at[key] ??= {}) as Record<string, unknown>;
+      at[path[path.length - 1]!] = value;
+    }
+    return this.update(patch, { replace: changed.map(([section]) => section.split('.')) });
+  }
+
   /** Re-reads the files (SIGHUP). A broken file throws and leaves the running config as it was. */
   reload(): Config {
     const loaded = loadConfig(existsSync(this.overlayFile) ? this.overlayFile : undefined, this.defaultsFile, this.#env);
@@ -108,6 +136,12 @@ export function restartOnlyChanges(previous: Config, next: Config): string[] {
 
 export interface UpdateOptions {
   replace?: string[][];
+}
+
+function valueAt(doc: Record<string, unknown>, path: string[]): unknown {
+  let at: unknown = doc;
+  for (const key of path) at = (at as Record<string, unknown> | undefined)?.[key];
+  return at;
 }
 
 function mergeOverlay(overlay: Record<string, unknown>, patch: Record<string, unknown>, opts: UpdateOptions): Record<string, unknown> {

@@ -318,4 +318,25 @@ export interface Queue {
 
   /** Live change feed. Returns an unsubscribe function. */
   subscribe(listener: (event: QueueEvent) => void): () => void;
+
+  /**
+   * Run-time settings shared by every node on this queue (the Kafka backend); absent where the
+   * queue has one node (the spool).
+   */
+  readonly sharedSettings?: SharedSettings;
+}
+
+/**
+ * Sections of the run-time configuration (a dotted path such as "relay.reject" → its whole value)
+ * that every node of a cluster applies, in one order.
+ */
+export interface SharedSettings {
+  /** Stores the sections for every node; resolves once the cluster has them. Throws QueueUnavailableError. */
+  publish(sections: Record<string, unknown>): Promise<void>;
+  /**
+   * Calls `listener` with the last value of every section published so far (at once), then with
+   * each one published afterwards by any node, this one included, in the cluster's order.
+   * Returns an unsubscribe function.
+   */
+  subscribe(listener: (section: string, value: unknown) => void): () => void;
 }

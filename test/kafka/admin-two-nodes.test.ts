@@ -11,7 +11,7 @@
  *   message B serves, which ends with the bytes A was sent).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -156,6 +156,39 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
   });
 
   const delivered = () => rx.completed().map((t) => seqOf(t.data));
+
+  it('takes a run-time change made through B on A too: A refuses the sender B blocked, and keeps it in its file', async () => {
+    const blocked = `blocked-${tag}@origin.test`;
+    const mailFromA = async () => {
+      const c = await SmtpClient.connect({ port: a!.smtp[0]!.port });
+      try {
+        await c.read();
+        await c.ehlo('client.origin.test');
+        return await c.command(`MAIL FROM:<${blocked}>`);
+      } finally {
+        await c.quit();
+      }
+    };
+    expect((await mailFromA()).code).toBe(250);
+    const put = await apiB.json('PUT', '/api/config', { relay: { reject: [{ sender: blocked }] }, delivery: { paused: ['paused.test'] } });
+    expect(put.status, JSON.stringify(put.body)).toBe(200);
+
+    type View = { relay: { reject: { sender?: string }[] }; delivery: { paused: string[] } };
+    const seen = await until('node A has the change made on B', async () => {
+      const v = (await apiA.json<View>('GET', '/api/config')).body;
+      return v.relay.reject.some((e) => e.sender === blocked) && v;
+    }, 15_000);
+    expect(seen.delivery.paused).toEqual(['paused.test']);
+    const refused = await mailFromA();
+    expect([refused.code, refused.enhanced]).toEqual([554, '5.7.1']);
+    const saved = JSON.parse(readFileSync(join(dir, 'cfg-node-a', 'config.json'), 'utf8')) as View;
+    expect(saved.relay.reject).toEqual([{ sender: blocked }]);
+
+    // Undone through A: B follows, and A takes the sender again.
+    expect((await apiA.json('PUT', '/api/config', { relay: { reject: [] }, delivery: { paused: [] } })).status).toBe(200);
+    await until('node B has the change made on A', async () => (await apiB.json<View>('GET', '/api/config')).body.relay.reject.length === 0, 15_000);
+    expect((await mailFromA()).code).toBe(250);
+  });
 
   it('lists, shows, downloads, holds, releases and removes on B what A accepted', async () => {
     const port = a!.smtp[0]!.port;

@@ -144,6 +144,18 @@ describe('SMTP ingress of a server process while Kafka is down', () => {
     expect(r3.enhanced, r3.raw).toBe('4.3.0');
     await c3.quit();
 
+    // A run-time change through the API cannot reach the cluster: 503 with a JSON message, and
+    // nothing changes on this node either.
+    const adminBase = server!.adminUrl!.replace(/\/$/, '');
+    const auth = { authorization: 'Bearer ingress-broker-down-token-0123456789' };
+    const put = await fetch(`${adminBase}/api/config`, {
+      method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ delivery: { paused: ['dest.test'] } }),
+    });
+    expect(put.status).toBe(503);
+    expect(((await put.json()) as { message: string }).message).toMatch(/Kafka did not store the settings/);
+    const running = (await (await fetch(`${adminBase}/api/config`, { headers: auth })).json()) as { delivery: { paused: string[] } };
+    expect(running.delivery.paused).toEqual([]);
+
     // Delivery pauses: the delayed mails fall due while Kafka is down and are not delivered.
     const waitUntil = lastDueAt + 3_000;
     if (Date.now() < waitUntil) await sleep(waitUntil - Date.now());

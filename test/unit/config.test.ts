@@ -225,4 +225,29 @@ describe('config keys from the environment', () => {
     expect(JSON.parse(readFileSync(file, 'utf8')).priorities.lowPriorityShare).toBe(0.5);
     expect(store.reload().priorities.lowPriorityShare).toBe(0.25);
   });
+
+  it('gives the sections a change would save, and sets whole sections from another node (skipping equal ones)', () => {
+    // Node A: its own overlay; a PUT of relay.reject and a partial priorities change.
+    const a = new ConfigStore(overlay('a.json', JSON.stringify({ priorities: { lowPriorityShare: 0.2 } })));
+    const patch = { relay: { reject: [{ sender: 'spam@bad.example' }] }, priorities: { default: 'bulk' } };
+    const sections = a.sectionsAfter(patch, { replace: [['priorities', 'classes']] }, ['relay.reject', 'priorities']);
+    expect(sections).toEqual({ 'relay.reject': [{ sender: 'spam@bad.example' }], priorities: { lowPriorityShare: 0.2, default: 'bulk' } });
+    expect(a.current.relay.reject).toEqual([]); // only asked, nothing changed
+
+    // Node B: other keys of its own stay; the sections replace B's whole values.
+    const bFile = overlay('b.json', JSON.stringify({ smtp: { maxRecipients: 9 }, relay: { reject: [{ sender: 'old@x.example' }, { recipientDomain: 'y.example' }] }, priorities: { lowPriorityShare: 0.5 } }));
+    const b = new ConfigStore(bFile);
+    const changes: string[] = [];
+    b.on('change', (c) => changes.push(c.relay.reject.map((e) => e.sender ?? '').join()));
+    expect(b.replaceSections(sections)).toBeDefined();
+    expect(b.current.relay.reject.map((e) => e.sender)).toEqual(['spam@bad.example']);
+    expect([b.current.priorities.default, b.current.priorities.lowPriorityShare, b.current.smtp.maxRecipients]).toEqual(['bulk', 0.2, 9]);
+    expect(JSON.parse(readFileSync(bFile, 'utf8')).relay).toEqual({ reject: [{ sender: 'spam@bad.example' }] });
+    // The same sections again (a node reading its own change back): nothing saved, no event.
+    expect(b.replaceSections(sections)).toBeUndefined();
+    expect(changes).toHaveLength(1);
+    // An invalid section is refused whole, and nothing changes.
+    expect(() => b.replaceSections({ 'delivery.paused': ['not a domain!'] })).toThrow(ConfigError);
+    expect(b.current.delivery.paused).toEqual([]);
+  });
 });

@@ -1,13 +1,14 @@
 /**
  * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules,
- * per-destination delivery limits and the paused domains) and POST /api/rules/test.
+ * per-destination delivery limits, the paused domains and relay.reject) and POST /api/rules/test.
  *
  * PUT validates through ConfigStore (the one config schema), saves the overlay file atomically
  * and applies it at once (stages listen for the store's 'change'). A section given replaces the
  * running one: `rules` is the whole list, `delivery.limits.domains` the whole map, and
  * `priorities.classes` the classes the overlay adds or changes (the documented default classes
  * stay, as config/default.json always supplies them). Invalid input is a 400 naming each key and
- * its problem, and nothing is saved.
+ * its problem, and nothing is saved. On a cluster (Queue.sharedSettings) the sections changed are
+ * stored for every node first (503 when they cannot be, and nothing changes anywhere).
  */
 import type { FastifyInstance } from 'fastify';
 import { classify, type ClassifyInput } from '../../config/rules.js';
@@ -122,6 +123,17 @@ function headerLines(text: string): { name: string; value: string }[] {
   return out;
 }
 
+/** The run-time sections a PUT body sets, as dotted paths (the keys of the shared settings on a cluster). */
+function sharedSections(body: PutBody): string[] {
+  const sections: string[] = [];
+  if (body.priorities !== undefined) sections.push('priorities');
+  if (body.rules !== undefined) sections.push('rules');
+  if (body.delivery?.limits !== undefined) sections.push('delivery.limits');
+  if (body.delivery?.paused !== undefined) sections.push('delivery.paused');
+  if (body.relay?.reject !== undefined) sections.push('relay.reject');
+  return sections;
+}
+
 export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
   app.get('/config', {
     schema: {
@@ -157,8 +169,16 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     if (body.delivery !== undefined) patch.delivery = body.delivery;
     if (body.relay !== undefined) patch.relay = body.relay;
     const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
-    const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } },
-      async () => ctx.config.update(patch, { replace }));
+    const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } }, async () => {
+      const shared = ctx.queue.sharedSettings;
+      if (!shared) return ctx.config.update(patch, { replace });
+      // A cluster: checked here, stored in Kafka for every node (a 503 if it cannot be, and nothing
+      // changes), then applied here at once; the other nodes apply it as they read it.
+      ctx.config.validate(patch, { replace });
+      const sections = ctx.config.sectionsAfter(patch, { replace }, sharedSections(body));
+      await shared.publish(sections);
+      return ctx.config.replaceSections(sections) ?? ctx.config.current;
+    });
     return viewOf(ctx, next);
   });
 

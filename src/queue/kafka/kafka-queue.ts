@@ -7,6 +7,8 @@
  *                tombstoned when the mail is finished). max.message.bytes = smtp.maxMessageSize + 1 MiB.
  *   <p>.state    compacted, key = mail id, value = a conditional state record (state-view.ts):
  *                the whole QueuedMail (no body) plus the generation it was computed from.
+ *   <p>.settings one partition, compacted, key = a section of the run-time configuration, value =
+ *                its whole value (settings.ts): what an operator changes through any node's API.
  *
  * Guarantees:
  * - Durability: `enqueue` resolves only after the body and then the state record were acknowledged
@@ -56,8 +58,9 @@ import {
 } from '../model.js';
 import type {
   AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, Millis, Queue, QueuedMail, QueueEvent,
-  QueueStats, ReserveOptions,
+  QueueStats, ReserveOptions, SharedSettings,
 } from '../types.js';
+import { KafkaSettings } from './settings.js';
 import { StateView, type StateRecord, type WriteOutcome } from './state-view.js';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING ??= '1';
@@ -238,6 +241,7 @@ export class KafkaQueue implements Queue {
   /** Priority order with lowPriorityShare, its credit carried across calls (as the spool's). */
   private readonly dueOrder = new DueOrder();
   private open = false;
+  private readonly settings: KafkaSettings;
   private timers: NodeJS.Timeout[] = [];
   /** Write ids (`w` of a state record): unique per instance by a random prefix, then a counter (no random bytes per write). */
   private readonly writePrefix = randomBytes(6).toString('hex');
@@ -264,6 +268,7 @@ export class KafkaQueue implements Queue {
     if (opts.ssl) config.ssl = opts.ssl;
     if (opts.sasl) config.sasl = opts.sasl as SASLOptions;
     this.kafka = new Kafka(config);
+    this.settings = new KafkaSettings(this.kafka, () => this.producer, `${opts.topicPrefix}.settings`, `${opts.topicPrefix}.settings.${this.nodeId}`, this.log);
     this.bodyCache = new BodyCache(opts.bodyCacheBytes ?? 32 * MIB, (id, body) => this.spill(id, body));
   }
 
@@ -291,6 +296,7 @@ export class KafkaQueue implements Queue {
       await this.startConsumer();
       this.open = true;
       await this.waitFor(ends, 120_000);
+      await this.settings.start(this.admin, 30_000);
     } catch (err) {
       await this.close().catch(() => undefined);
       throw unavailable(err, 'start');
@@ -306,6 +312,7 @@ export class KafkaQueue implements Queue {
     if (this.consumerRestart) clearTimeout(this.consumerRestart);
     this.consumerRestart = undefined;
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'consumer disconnect failed'));
+    await this.settings.close();
     await this.producer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'producer disconnect failed'));
     await this.admin?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'admin disconnect failed'));
     this.consumer = undefined;
@@ -353,6 +360,11 @@ export class KafkaQueue implements Queue {
           { name: 'delete.retention.ms', value: String(24 * 3_600_000) },
           { name: 'segment.ms', value: '3600000' },
         ],
+      },
+      {
+        // One partition: every node applies the settings in one order.
+        topic: this.settings.topic, numPartitions: 1, replicationFactor: this.opts.replicationFactor,
+        configEntries: [{ name: 'cleanup.policy', value: 'compact' }],
       },
     ].filter((t) => !existing.has(t.topic));
     if (!topics.length) return;
@@ -852,6 +864,10 @@ export class KafkaQueue implements Queue {
   async stats(o: { now?: Millis; topN?: number } = {}): Promise<QueueStats> {
     this.assertOpen();
     return this.view.stats(o.now ?? this.now(), o.topN ?? STATS_TOP_N);
+  }
+
+  get sharedSettings(): SharedSettings {
+    return this.settings;
   }
 
   subscribe(listener: (event: QueueEvent) => void): () => void {
