@@ -225,6 +225,11 @@ export const configSchema = z.strictObject({
      */
     helo: z.strictObject({ rejectInvalid: z.boolean(), rejectNonFqdn: z.boolean(), rejectUnknown: z.boolean() }),
     /**
+     * SPF (ingress/spf.ts) of the MAIL FROM identity of clients outside relay.networks that did not
+     * authenticate: `check` adds Received-SPF, `reject` lists the results refused at MAIL FROM.
+     */
+    spf: z.strictObject({ check: z.boolean(), reject: z.array(z.enum(['fail', 'softfail', 'permerror', 'temperror'])) }),
+    /**
      * DKIM keys for outgoing mail (ingress/dkim.ts): mail from relay.networks or authenticated
      * clients whose From: is in `domain` (or below it) is signed before it is stored.
      */

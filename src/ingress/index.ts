@@ -46,6 +46,7 @@ import { DnsblChecker, type DnsblResult } from './dnsbl.js';
 import { rejectAtMail, rejectAtRcpt } from './access.js';
 import { SenderDomainCheck } from './sender-domain.js';
 import { HeloCheck, heloChecksOn } from './helo.js';
+import { SpfCheck } from './spf.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type Reply, type ReplyError, type SpoolhouseConnection } from './protocol.js';
@@ -69,6 +70,8 @@ interface SessionState {
   dnsbl?: Promise<DnsblResult>;
   /** The label of spoolhouse_rejected_total for the refusal about to be sent, when its code does not say it. */
   rejectReason?: string;
+  /** smtp.spf: the Received-SPF header of the current transaction's sender (set at MAIL FROM). */
+  spf?: { sender: string; header: string };
 }
 
 /** Received: headers a message may already carry (Postfix hopcount_limit). */
@@ -98,6 +101,7 @@ export class SmtpIngress {
   readonly #dnsbl = new DnsblChecker(() => makeResolver(this.#store.current.delivery.dns));
   readonly #senderDomains = new SenderDomainCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #helo = new HeloCheck(() => makeResolver(this.#store.current.delivery.dns));
+  readonly #spf = new SpfCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
@@ -362,18 +366,43 @@ export class SmtpIngress {
       this.#logger.info({ client: session.remoteAddress, user: authUser }, `message rate limit exceeded (smtp.rateLimits.${over.limit})`);
       return cb(replyError(450, '4.7.1', `Error: too much mail from ${over.who}, try again later`, 'rate'));
     }
-    if (state.config.relay.checkSenderDomain && !state.trusted && !authUser && address.address !== '') {
-      this.#senderDomains.check(address.address).then((refusal) => {
+    state.spf = undefined;
+    const { relay, smtp } = state.config;
+    const anonymous = !state.trusted && !authUser;
+    if (anonymous && ((relay.checkSenderDomain && address.address !== '') || smtp.spf.check)) {
+      this.#senderChecks(state, address, session).then((refusal) => {
         if (!refusal) return this.#mailFromAccepted(state, address, authUser, cb);
-        this.#logger.info({ client: session.remoteAddress, sender: address.address, reply: `${refusal.code} ${refusal.enhanced}` }, 'sender domain cannot receive mail (relay.checkSenderDomain)');
-        this.#refuse(session, cb, replyError(refusal.code, refusal.enhanced, refusal.text, 'sender_domain'));
+        this.#refuse(session, cb, refusal);
       }, (err: unknown) => {
-        this.#logger.error({ err, sender: address.address }, 'sender domain check failed');
-        this.#refuse(session, cb, replyError(451, '4.3.0', 'Temporary error checking the sender, try again later', 'sender_domain'));
+        this.#logger.error({ err, sender: address.address }, 'sender check failed');
+        this.#refuse(session, cb, replyError(451, '4.3.0', 'Temporary error checking the sender, try again later', 'sender_check'));
       });
       return;
     }
     this.#mailFromAccepted(state, address, authUser, cb);
+  }
+
+  /** The DNS checks of an anonymous client's sender: relay.checkSenderDomain, then smtp.spf (whose verdict the session keeps). */
+  async #senderChecks(state: SessionState, address: SMTPServerAddress, session: SMTPServerSession): Promise<ReplyError | undefined> {
+    const { relay, smtp } = state.config;
+    const sender = address.address;
+    if (relay.checkSenderDomain && sender !== '') {
+      const refusal = await this.#senderDomains.check(sender);
+      if (refusal) {
+        this.#logger.info({ client: session.remoteAddress, sender, reply: `${refusal.code} ${refusal.enhanced}` }, 'sender domain cannot receive mail (relay.checkSenderDomain)');
+        return replyError(refusal.code, refusal.enhanced, refusal.text, 'sender_domain');
+      }
+    }
+    if (!smtp.spf.check) return undefined;
+    const verdict = await this.#spf.check({
+      ip: normalizeClientAddress(session.remoteAddress), sender, helo: session.hostNameAppearsAs || '', hostname: smtp.hostname, reject: smtp.spf.reject,
+    });
+    if (verdict.refusal) {
+      this.#logger.info({ client: session.remoteAddress, sender, spf: verdict.result, reply: `${verdict.refusal.code} ${verdict.refusal.enhanced}` }, 'sender refused by SPF (smtp.spf)');
+      return replyError(verdict.refusal.code, verdict.refusal.enhanced, verdict.refusal.text, 'spf');
+    }
+    state.spf = { sender, header: verdict.header };
+    return undefined;
   }
 
   /** The end of MAIL FROM once the sender is admitted: its own requests, then in-flow back-pressure. */
@@ -560,7 +589,9 @@ export class SmtpIngress {
       recipients: recipients.map((r) => r.address),
       at: now,
     });
-    const message = finalizeMessage(data, received, id, config.smtp.hostname);
+    // RFC 7208 §9.1: Received-SPF goes above the Received: of the hop that checked.
+    const spfHeader = state.spf?.sender === sender ? state.spf.header : '';
+    const message = finalizeMessage(data, spfHeader + received, id, config.smtp.hostname);
     // Outgoing mail only (trusted or authenticated), once it has its Message-ID: see dkim.ts.
     const dkimKey = (state.trusted || authUser) && this.#dkim ? this.#dkim.keyFor(headerValue(message.headers, 'from')) : undefined;
     if (dkimKey) message.body = await this.#dkim!.sign(message.body, dkimKey);

@@ -5,7 +5,7 @@
  * would to a real recursive server.
  *
  * What it guarantees:
- * - A name in the table gets its records (MX, A, AAAA), NOERROR with no answer (NODATA) for a
+ * - A name in the table gets its records (MX, A, AAAA, TXT), NOERROR with no answer (NODATA) for a
  *   type it has none of, or the failure given for the name or for one type (SERVFAIL,
  *   NXDOMAIN, REFUSED, or "drop": no answer at all, so the client times out).
  * - A name not in the table is NXDOMAIN.
@@ -37,6 +37,8 @@ export interface DnsEntry {
   mx?: MxRecord[] | DnsFailure;
   a?: string[] | DnsFailure;
   aaaa?: string[] | DnsFailure;
+  /** TXT records, each one string (sent as character-strings of at most 255 octets). */
+  txt?: string[] | DnsFailure;
   /** Record TTL in seconds (default 60). */
   ttl?: number;
 }
@@ -200,7 +202,7 @@ function normalise(name: string): string {
 }
 
 function typeFailure(entry: DnsEntry, type: string): DnsFailure | undefined {
-  const field = type === 'MX' ? entry.mx : type === 'A' ? entry.a : type === 'AAAA' ? entry.aaaa : undefined;
+  const field = type === 'MX' ? entry.mx : type === 'A' ? entry.a : type === 'AAAA' ? entry.aaaa : type === 'TXT' ? entry.txt : undefined;
   return typeof field === 'string' ? field : undefined;
 }
 
@@ -211,6 +213,13 @@ function recordsFor(name: string, entry: DnsEntry, type: string): dnsPacket.Answ
   }
   if (type === 'A' && Array.isArray(entry.a)) {
     return entry.a.map((address) => ({ type: 'A' as const, name, ttl, class: 'IN' as const, data: address }));
+  }
+  if (type === 'TXT' && Array.isArray(entry.txt)) {
+    return entry.txt.map((text) => {
+      const chunks: string[] = [];
+      for (let i = 0; i < text.length; i += 255) chunks.push(text.slice(i, i + 255));
+      return { type: 'TXT' as const, name, ttl, class: 'IN' as const, data: chunks.length ? chunks : [''] };
+    });
   }
   if (type === 'AAAA' && Array.isArray(entry.aaaa)) {
     return entry.aaaa.map((address) => ({ type: 'AAAA' as const, name, ttl, class: 'IN' as const, data: address }));
