@@ -11,6 +11,7 @@
  */
 import { hostname } from 'node:os';
 import { ConfigError, overlayFileFromArgs } from './config/load.js';
+import type { Config } from './config/schema.js';
 import { ConfigStore, chooseOverlay, restartOnlyChanges } from './config/store.js';
 import { createLogger, type Logger } from './logger.js';
 import { createMetrics } from './metrics.js';
@@ -18,7 +19,7 @@ import { openQueue } from './queue/index.js';
 import { SmtpIngress, checkIngressFiles } from './ingress/index.js';
 import { Scheduler } from './scheduler/index.js';
 import { Deliverer } from './delivery/deliverer.js';
-import { createAdminServer } from './admin/index.js';
+import { checkAdminFiles, createAdminServer } from './admin/index.js';
 
 const SHUTDOWN_TIMEOUT_MS = 30_000;
 
@@ -38,7 +39,7 @@ async function main(argv: string[]): Promise<void> {
   }
   if (argv.includes('--check')) process.exit(checkConfiguration(store, overlay));
   // The files the config names, before the queue is opened: a broken one stops the start here.
-  if (reportFileProblems(checkIngressFiles(store.current))) process.exit(78);
+  if (reportFileProblems(configFiles(store.current))) process.exit(78);
   const config = store.current;
   const logger = createLogger({ level: config.log.level, pretty: config.log.pretty, flushMs: config.log.flushInterval });
   logger.info({ files: [store.defaultsFile, ...(overlay ? [overlay] : [])], backend: config.queue.backend }, 'starting spoolhouse');
@@ -109,8 +110,13 @@ function applySharedSetting(store: ConfigStore, logger: Logger, section: string,
   }
 }
 
+/** Every file the config names, each checked as its stage will read it. */
+function configFiles(config: Config): { key: string; file: string; entries?: number; problem?: string }[] {
+  return [...checkIngressFiles(config), ...checkAdminFiles(config)];
+}
+
 /** Writes one line per file of the config that cannot be used; true when there was one. */
-function reportFileProblems(files: ReturnType<typeof checkIngressFiles>): boolean {
+function reportFileProblems(files: ReturnType<typeof configFiles>): boolean {
   const problems = files.filter((f) => f.problem);
   for (const p of problems) process.stderr.write(`spoolhouse: ${p.key}: ${p.problem}\n`);
   return problems.length > 0;
@@ -118,7 +124,7 @@ function reportFileProblems(files: ReturnType<typeof checkIngressFiles>): boolea
 
 /** `--check`: the config is valid (or the store would not exist); now the files it names. */
 function checkConfiguration(store: ConfigStore, overlay: string | undefined): number {
-  const files = checkIngressFiles(store.current);
+  const files = configFiles(store.current);
   if (reportFileProblems(files)) return 78;
   const read = [store.defaultsFile, ...(overlay ? [overlay] : []), ...files.map((f) => `${f.file} (${f.key}${f.entries === undefined ? '' : `, ${f.entries} entries`})`)];
   process.stdout.write(`spoolhouse: configuration OK\n${read.map((f) => `  ${f}\n`).join('')}`);

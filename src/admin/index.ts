@@ -17,13 +17,15 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Server as TlsServer } from 'node:tls';
 import fastifyStatic from '@fastify/static';
 import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { SuspendedDestination } from '../api-types.js';
-import { projectRoot } from '../config/load.js';
-import { parseHostPort } from '../config/schema.js';
+import { ConfigError, projectRoot } from '../config/load.js';
+import { parseHostPort, type Config } from '../config/schema.js';
+import { readTlsPair } from '../config/tls-files.js';
 import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -82,7 +84,10 @@ export interface AdminServer {
 
 export async function createAdminServer(o: AdminServerOptions): Promise<AdminServer> {
   const logger = o.logger.child({ component: 'admin' });
+  const tlsFiles = o.config.current.admin.tls;
   const app = Fastify({
+    // admin.tls: HTTPS only (turning it on or off takes a restart; new files are picked up live).
+    ...(tlsFiles ? { https: readTlsPair('admin.tls', tlsFiles) } : {}),
     loggerInstance: logger,
     // One line per request at debug (below); operator actions are logged and audited by the routes.
     logController: new LogController({ disableRequestLogging: true }),
@@ -160,6 +165,16 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
   registerConsole(app, o.uiDir ?? join(projectRoot(), 'admin-ui', 'dist'), logger, authority);
 
   await app.ready();
+  // New certificate files (a renewal, then SIGHUP or a change through the API) serve new connections.
+  const onConfig = (next: Config): void => {
+    if (!tlsFiles || !next.admin.tls) return;
+    try {
+      (app.server as unknown as TlsServer).setSecureContext(readTlsPair('admin.tls', next.admin.tls));
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, 'cannot reload the admin TLS certificate; keeping the old one');
+    }
+  };
+  o.config.on('change', onConfig);
   ctx.rates.start();
   await ctx.history.start();
 
@@ -172,13 +187,17 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
       const addr = app.server.address();
       const port = typeof addr === 'object' && addr ? addr.port : where.port;
       const host = where.host.includes(':') ? `[${where.host}]` : where.host;
-      const url = `http://${host}:${port}`;
+      const url = `${tlsFiles ? 'https' : 'http'}://${host}:${port}`;
       logger.info({ url }, 'admin listening');
+      if (!tlsFiles && !isLoopback(where.host)) {
+        logger.warn({ listen: o.config.current.admin.listen }, 'admin API on a network address without admin.tls: tokens and mail cross the network in clear text');
+      }
       return url;
     },
     async close() {
       if (closed) return;
       closed = true;
+      o.config.off('change', onConfig);
       ctx.rates.stop();
       await ctx.history.stop();
       await app.close();
@@ -208,4 +227,20 @@ function registerConsole(app: FastifyInstance, uiDir: string, logger: Logger, au
     }
     return reply.code(404).send(errorBody(404, `No route ${request.method} ${path}`));
   });
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+/** admin.tls's files, checked as at start (`main.js --check`). */
+export function checkAdminFiles(config: Config): { key: string; file: string; problem?: string }[] {
+  const tls = config.admin.tls;
+  if (!tls) return [];
+  try {
+    readTlsPair('admin.tls', tls);
+    return [{ key: 'admin.tls', file: `${tls.cert}, ${tls.key}` }];
+  } catch (err) {
+    return [{ ...(err as ConfigError).problems[0]! }];
+  }
 }

@@ -1,7 +1,8 @@
 /**
  * Where the admin API is and which token to use: flags first, then the environment
  * (SPOOLHOUSE_URL, SPOOLHOUSE_TOKEN), then the server's configuration file (--config,
- * SPOOLHOUSE_CONFIG, or config/local.json over config/default.json): admin.listen for the URL;
+ * SPOOLHOUSE_CONFIG, or config/local.json over config/default.json): admin.listen for the URL
+ * (https when admin.tls is set; a certificate of a private CA needs NODE_EXTRA_CA_CERTS);
  * admin.token, else the first operator token of admin.tokens, else the generated
  * <spool.dir>/admin.token. The config is read only when a flag or variable is missing.
  */
@@ -18,12 +19,12 @@ export interface ConnectionFlags {
   config?: string;
 }
 
-export function urlFromListen(listen: string): string {
+export function urlFromListen(listen: string, https = false): string {
   const hp = parseHostPort(listen);
   if (!hp) throw new CliError(`admin.listen "${listen}" is not host:port`, EXIT.error);
   // A wildcard bind is reached over loopback.
   const host = hp.host === '0.0.0.0' ? '127.0.0.1' : hp.host === '::' ? '::1' : hp.host;
-  return `http://${host.includes(':') ? `[${host}]` : host}:${hp.port}`;
+  return `${https ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${hp.port}`;
 }
 
 export function tokenFromConfig(config: Config): string {
@@ -51,7 +52,7 @@ function readConfig(flags: ConnectionFlags, env: NodeJS.ProcessEnv): Config {
 export function resolveConnection(flags: ConnectionFlags, env: NodeJS.ProcessEnv = process.env): { url: string; token: string } {
   let config: Config | undefined;
   const cfg = () => (config ??= readConfig(flags, env));
-  const url = flags.url ?? (env.SPOOLHOUSE_URL || undefined) ?? urlFromListen(cfg().admin.listen);
+  const url = flags.url ?? (env.SPOOLHOUSE_URL || undefined) ?? urlFromListen(cfg().admin.listen, cfg().admin.tls !== null);
   const token = flags.token ?? (env.SPOOLHOUSE_TOKEN || undefined) ?? tokenFromConfig(cfg());
   return { url: url.endsWith('/') ? url : url + '/', token };
 }

@@ -373,6 +373,8 @@ export const configSchema = z.strictObject({
     /** One operator token; null with no tokens means a random one is written to <spool.dir>/admin.token. */
     token: z.union([z.null(), z.string().min(16, 'must be at least 16 characters')]),
     tokens: z.array(z.strictObject({ name: z.string().min(1), token: z.string().min(16, 'must be at least 16 characters'), role: z.enum(['viewer', 'operator']) })),
+    /** Certificate and key (PEM files): the API and console speak HTTPS only. null: plain HTTP. */
+    tls: z.union([z.null(), tlsFiles]),
   }),
   log: z.strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),

@@ -124,6 +124,8 @@ export function restartOnlyChanges(previous: Config, next: Config): string[] {
     // STARTTLS is offered or not from the start; new certificate files are picked up live.
     ['smtp.tls', (c) => c.smtp.tls === null],
     ['admin.listen', (c) => c.admin.listen],
+    // HTTPS or not is set up with the listener; new certificate files are picked up live.
+    ['admin.tls', (c) => c.admin.tls === null],
     ['queue.backend', (c) => c.queue.backend],
     ['spool', (c) => c.spool],
     ['kafka', (c) => c.kafka],

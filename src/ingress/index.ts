@@ -20,9 +20,7 @@
  * anyone else who uses them gets 550 5.7.1.
  */
 import dns from 'node:dns';
-import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { createSecureContext } from 'node:tls';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import { BODY_MATCH_BYTES, classify } from '../config/rules.js';
 import { parseHostPort, type Config } from '../config/schema.js';
@@ -33,6 +31,7 @@ import { QueueError } from '../queue/errors.js';
 import { newMailId } from '../queue/model.js';
 import type { DsnNotify, EnqueueRequest, Queue } from '../queue/types.js';
 import { ConfigError } from '../config/load.js';
+import { readTlsPair } from '../config/tls-files.js';
 import { UsersFile } from './auth.js';
 import { DkimSigner } from './dkim.js';
 import { buildReceivedHeader, finalizeMessage, hasEightBit, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
@@ -738,14 +737,7 @@ function authUserOf(session: SMTPServerSession): string | undefined {
 
 /** smtp.tls's files, checked as a pair (readable, PEM, the key matching the certificate). Throws ConfigError. */
 function readTls(files: { key: string; cert: string }): { key: Buffer; cert: Buffer } {
-  try {
-    const pair = { key: readFileSync(files.key), cert: readFileSync(files.cert) };
-    createSecureContext(pair);
-    return pair;
-  } catch (err) {
-    const problem = (err as Error).message;
-    throw new ConfigError(`smtp.tls: ${problem}`, [{ file: `${files.cert}, ${files.key}`, key: 'smtp.tls', problem }]);
-  }
+  return readTlsPair('smtp.tls', files);
 }
 
 /**
