@@ -62,6 +62,8 @@ export interface MailSummary {
   subject?: string;
   messageId?: string;
   holdReason?: string;
+  /** An operator asked to bounce it: its next attempt fails what is left, with a DSN. */
+  bounceRequest?: { reason: string; at: number };
   /** The most recent reply any recipient got. */
   lastReply?: SmtpReply;
 }
@@ -164,7 +166,7 @@ export interface SuspendedDestination {
   reply: { code: number; enhanced?: string; message: string };
 }
 
-export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
+export type BulkAction = 'remove' | 'hold' | 'release' | 'retry' | 'priority' | 'bounce';
 
 /** POST /api/messages/actions. */
 export interface BulkResult {

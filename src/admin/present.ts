@@ -42,6 +42,7 @@ export function summarise(mail: QueuedMail, priorities: Priorities): MailSummary
     ...(mail.subject !== undefined ? { subject: mail.subject } : {}),
     ...(mail.messageId !== undefined ? { messageId: mail.messageId } : {}),
     ...(mail.holdReason !== undefined ? { holdReason: mail.holdReason } : {}),
+    ...(mail.bounceRequest ? { bounceRequest: mail.bounceRequest } : {}),
     ...(lastReply ? { lastReply } : {}),
   };
 }

@@ -72,6 +72,7 @@ const summaryProperties = {
   subject: { type: 'string' },
   messageId: { type: 'string' },
   holdReason: { type: 'string' },
+  bounceRequest: { type: 'object', properties: { reason: { type: 'string' }, at: { type: 'number' } }, description: 'An operator asked to bounce it; its next attempt gives it up with a DSN' },
   lastReply: { ...smtpReply, description: 'The most recent reply any recipient got' },
 } as const;
 

@@ -6,7 +6,7 @@
  *
  *   spoolhouse queue list [--filter key=value …] [--all] [--json]
  *   spoolhouse queue show ID [--json | --raw]
- *   spoolhouse queue remove|hold|release|retry ID… | --filter key=value … [--dry-run]
+ *   spoolhouse queue remove|hold|release|retry|bounce ID… | --filter key=value … [--dry-run]
  *   spoolhouse queue priority ID… LEVEL | --filter key=value … LEVEL [--dry-run]
  *   spoolhouse queue stats [--json]
  *   spoolhouse pause [DOMAIN…]          (no domain: list the paused ones; "*" pauses all delivery)
@@ -70,8 +70,8 @@ function client(cmd: Command): { api: ApiClient; opts: GlobalOpts } {
 
 const idPath = (id: string) => `api/messages/${encodeURIComponent(id)}`;
 
-type Action = 'remove' | 'hold' | 'release' | 'retry' | 'priority';
-const DONE: Record<Action, string> = { remove: 'removed', hold: 'held', release: 'released', retry: 'scheduled for retry', priority: 'reprioritised' };
+type Action = 'remove' | 'hold' | 'release' | 'retry' | 'priority' | 'bounce';
+const DONE: Record<Action, string> = { remove: 'removed', hold: 'held', release: 'released', retry: 'scheduled for retry', priority: 'reprioritised', bounce: 'to be bounced' };
 
 async function oneByOne(api: ApiClient, ids: string[], action: Action, json: boolean, body?: Record<string, unknown>): Promise<number> {
   let exitCode: number = EXIT.ok;
@@ -114,17 +114,17 @@ function actionCommand(queue: Command, action: Exclude<Action, 'priority'>, desc
     .argument('[ids...]', 'mail ids')
     .option('-f, --filter <key=value>', 'act on every mail matching (repeatable)', collect)
     .option('-n, --dry-run', 'only say how many mails would change')
-    .option('--reason <text>', action === 'remove' || action === 'hold' ? 'why (kept with the mail and in the audit log)' : 'ignored')
+    .option('--reason <text>', action === 'bounce' ? 'why (in the DSN sent to the sender, and the audit log)' : action === 'remove' || action === 'hold' ? 'why (kept with the mail and in the audit log)' : 'ignored')
     .action(async (ids: string[], o: { filter?: string[]; dryRun?: boolean; reason?: string }, cmd: Command) => {
       const filter = o.filter ? parseFilterArgs(o.filter) : undefined;
       if (filter && ids.length) throw new CliError('give mail ids or --filter, not both', EXIT.usage);
       if (!filter && ids.length === 0) throw new CliError(`${action}: give mail ids, or --filter key=value for every matching mail`, EXIT.usage);
       if (!filter && o.dryRun) throw new CliError('--dry-run is for --filter', EXIT.usage);
       const { api, opts } = client(cmd);
-      const reason = o.reason && (action === 'remove' || action === 'hold') ? { reason: o.reason } : undefined;
+      const reason = o.reason && (action === 'remove' || action === 'hold' || action === 'bounce') ? { reason: o.reason } : undefined;
       process.exitCode = filter
         ? await bulk(api, filter, action, !!o.dryRun, !!opts.json, reason ?? {})
-        : await oneByOne(api, ids, action, !!opts.json, action === 'hold' ? reason : undefined);
+        : await oneByOne(api, ids, action, !!opts.json, action === 'hold' || action === 'bounce' ? reason : undefined);
     });
 }
 
@@ -194,6 +194,7 @@ export function buildProgram(): Command {
   actionCommand(queue, 'hold', 'hold mails (not delivered until released)');
   actionCommand(queue, 'release', 'release held mails');
   actionCommand(queue, 'retry', 'make queued (deferred or delayed) mails due now');
+  actionCommand(queue, 'bounce', 'give mails up with a DSN to their senders (due now, held ones too; nothing more is delivered)');
 
   queue.command('priority')
     .description('set the priority class of mails: priority ID… LEVEL, or priority --filter key=value LEVEL')

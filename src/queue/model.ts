@@ -164,7 +164,8 @@ export function applyAttempt(mail: QueuedMail, token: string, result: AttemptRes
   };
   if (mail.state === 'removed') return changed(rest, patch, now);
   if (!left) return changed(rest, { ...patch, state: finalState(recipients) }, now);
-  const notBefore = result.retryAt ?? now;
+  // An operator's bounce asked for while the attempt ran: due at once, to be given up.
+  const notBefore = mail.bounceRequest ? now : result.retryAt ?? now;
   // A mail held while its attempt ran stays held; otherwise it waits for its next try.
   return changed(rest, { ...patch, state: mail.state === 'held' ? 'held' : 'queued', notBefore }, now);
 }
@@ -187,6 +188,14 @@ export function applyRemove(mail: QueuedMail, reason: string | undefined, now: M
   if (mail.state === 'removed') return mail;
   if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'remove');
   return changed(mail, { state: 'removed', holdReason: reason ?? mail.holdReason }, now);
+}
+
+export function applyBounce(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'bounce');
+  const bounceRequest = { reason: reason ?? 'bounced by the operator', at: now };
+  if (mail.state === 'active') return changed(mail, { bounceRequest }, now);
+  const { holdReason: _r, ...rest } = mail;
+  return changed(mail.state === 'held' ? rest : mail, { state: 'queued', bounceRequest, notBefore: Math.min(mail.notBefore, now) }, now);
 }
 
 export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {

@@ -126,6 +126,8 @@ export interface QueuedMail {
   updatedAt: Millis;
   /** When a delay warning (DSN action=delayed) was sent, if one was. */
   delayWarnedAt?: Millis;
+  /** An operator asked to bounce it (Queue.bounce): its next attempt fails what is left, with a DSN. */
+  bounceRequest?: { reason: string; at: Millis };
 }
 
 export interface Lease {
@@ -305,6 +307,12 @@ export interface Queue {
   release(id: MailId): Promise<QueuedMail>;
   /** Final: after it resolves the mail is never delivered (checkLease answers false). */
   remove(id: MailId, reason?: string): Promise<QueuedMail>;
+  /**
+   * Gives the mail up, with a DSN to its sender (exim's -Mg): marks it, and makes it due now (a
+   * held mail too); its next attempt fails every recipient not yet done, delivering nothing. An
+   * attempt already running finishes first (what it delivers stays delivered).
+   */
+  bounce(id: MailId, reason?: string): Promise<QueuedMail>;
   /** Makes a queued (deferred or delayed) mail due now. */
   retryNow(id: MailId): Promise<QueuedMail>;
   setPriority(id: MailId, priority: number): Promise<QueuedMail>;

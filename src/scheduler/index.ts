@@ -416,6 +416,19 @@ export class Scheduler {
       const d = domainOf(r.address);
       byDomain.set(d, [...(byDomain.get(d) ?? []), r]);
     }
+    if (mail.bounceRequest) {
+      // Given up by an operator (Queue.bounce): every recipient left fails now, with a DSN, and
+      // nothing is looked up or connected to.
+      const reply: Reply = { code: 550, enhanced: '5.0.0', message: `Delivery cancelled by the operator: ${mail.bounceRequest.reason}` };
+      const recipients = [...byDomain.values()].flat();
+      for (const r of recipients) {
+        attempt.outcomes.push({ address: r.address, outcome: 'failed', reply });
+        attempt.labels.set(r.address, 'operator');
+      }
+      attempt.history.push({ at: this.#now(), recipients: recipients.map((r) => r.address), outcome: 'failed', reply, durationMs: 0 });
+      attempt.log.info({ recipients: recipients.length, reason: mail.bounceRequest.reason }, 'bounced by the operator');
+      byDomain.clear();
+    }
     // delivery.paused: deferred at once, looked up and connected to by no one.
     const paused = this.#config.current.delivery.paused;
     for (const [domain, recipients] of byDomain) {
@@ -873,7 +886,7 @@ export class Scheduler {
       } else if (o.outcome === 'deferred') {
         this.#metrics.deferredTotal.inc({ reason: label });
       } else {
-        this.#metrics.bouncedTotal.inc({ reason: o.outcome === 'expired' ? 'expired' : label === 'dns' ? 'dns' : '5xx' });
+        this.#metrics.bouncedTotal.inc({ reason: o.outcome === 'expired' ? 'expired' : label === 'dns' || label === 'operator' ? label : '5xx' });
       }
     }
   }

@@ -35,6 +35,7 @@ const ROUTES: [string, string, unknown?][] = [
   ['POST', '/api/messages/ID/hold'],
   ['POST', '/api/messages/ID/release'],
   ['POST', '/api/messages/ID/retry'],
+  ['POST', '/api/messages/ID/bounce'],
   ['PATCH', '/api/messages/ID', { priority: 'bulk' }],
   ['POST', '/api/messages/actions', { filter: {}, action: 'remove' }],
   ['GET', '/api/stats'],

@@ -52,6 +52,21 @@ describe('POST /api/messages/actions', () => {
     expect(m.notBefore).toBeLessThanOrEqual(Date.now());
   });
 
+  it('bounce by filter and by id: each mail marked with the reason and due now, a held one released for it', async () => {
+    const dry = await bulk({ filter: { domain: 'keep.example' }, action: 'bounce', dryRun: true });
+    expect(dry.body).toMatchObject({ matched: 7, changed: 0 }); // held mail counts: it can be bounced
+    const r = await bulk({ filter: { domain: 'keep.example', q: 'keep 2' }, action: 'bounce', reason: 'list closed' });
+    expect(r.body).toMatchObject({ matched: 1, changed: 1 });
+    const [m] = (await h.json('GET', '/api/messages?q=keep%202')).body.items;
+    expect(m.bounceRequest.reason).toBe('list closed');
+    expect(m.notBefore).toBeLessThanOrEqual(Date.now());
+    const [held] = (await h.json('GET', '/api/messages?q=held%20keep')).body.items;
+    const one = await h.json('POST', `/api/messages/${held.id}/bounce`, { body: { reason: 'phishing' } });
+    expect(one.status).toBe(200);
+    expect(one.body).toMatchObject({ id: held.id, state: 'queued', bounceRequest: { reason: 'phishing' } });
+    expect((await h.json('POST', `/api/messages/${held.id}/bounce`, { body: { reason: 'x'.repeat(501) } })).status).toBe(400);
+  });
+
   it('priority by filter, by name or level; mails already at that level do not count', async () => {
     const r = await bulk({ filter: { domain: 'keep.example', priority: 'normal' }, action: 'priority', priority: 'urgent' });
     expect(r.body).toMatchObject({ matched: 7, changed: 7 });

@@ -20,6 +20,7 @@ const MAILS = [
   { subject: 'Quarterly report', to: ['bob@example.com'] },
   { subject: 'Hold me', to: ['carol@example.com'] },
   { subject: 'Remove me', to: ['dave@example.com'] },
+  { subject: 'Bounce me', to: ['gina@example.com'] },
   { subject: 'Deferred once', to: ['erin@slow.example', 'frank@slow.example'], priority: 30 },
   { subject: 'Newsletter 1', from: 'news@corp.example', to: ['a@bulk.example'], priority: 0 },
   { subject: 'Newsletter 2', from: 'news@corp.example', to: ['b@bulk.example'], priority: 0 },
@@ -201,6 +202,22 @@ describe('web console', () => {
     await dialog.getByRole('button', { name: 'Remove 1 mail' }).click();
     await expectText(page.locator('.page-head .badge'), 'removed');
     expect(await stateOf('Remove me')).toBe('removed');
+    await ctx.close();
+  });
+
+  it('bounces one mail with a reason for its sender, after a confirmation', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${idOf('Bounce me')}`);
+    await page.getByRole('heading', { name: 'Bounce me' }).waitFor();
+    await page.getByRole('button', { name: 'Bounce', exact: true }).click();
+    const dialog = page.getByRole('dialog', { name: 'Bounce 1 mail?' });
+    await dialog.waitFor();
+    await expectText(dialog, 'gets a delivery status notification');
+    await dialog.getByLabel('Reason, told to the sender').fill('<b>sent to the wrong list</b>');
+    await dialog.getByRole('button', { name: 'Bounce 1 mail' }).click();
+    // Shown as text, never as markup.
+    await expectText(page.locator('.hold-reason'), 'To be bounced: <b>sent to the wrong list</b>');
+    expect((await server.queue.get(idOf('Bounce me')))?.bounceRequest?.reason).toBe('<b>sent to the wrong list</b>');
     await ctx.close();
   });
 

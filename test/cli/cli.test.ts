@@ -157,6 +157,14 @@ describe('actions', () => {
     expect((await h.queue.get(target))!.priority).toBe(PRIO.urgent);
   });
 
+  it('bounce by id, with the reason the DSN will give', async () => {
+    const target = id('weekly newsletter 2');
+    const r = await cli(['queue', 'bounce', target, '--reason', 'campaign cancelled']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/to be bounced \(now queued\)/);
+    expect((await h.queue.get(target))!.bounceRequest?.reason).toBe('campaign cancelled');
+  });
+
   it('exit 1 when the state does not allow it; 3 when one of several ids is unknown', async () => {
     const r = await cli(['queue', 'release', id('big report')]);
     expect(r.code).toBe(1);

@@ -456,6 +456,39 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         await expect(q.retryNow(h.id)).rejects.toBeInstanceOf(InvalidTransitionError);
       });
 
+      it('bounce marks the mail and makes it due now, held or delayed; refused once finished', async () => {
+        const delayed = await q.enqueue(request({ notBefore: Date.now() + 3_600_000 }));
+        const held = await q.enqueue(request());
+        await q.hold(held.id, 'quarantine');
+        const b1 = await q.bounce(delayed.id, 'sent by mistake');
+        expect(b1.state).toBe('queued');
+        expect(b1.bounceRequest?.reason).toBe('sent by mistake');
+        expect(b1.notBefore).toBeLessThanOrEqual(Date.now());
+        const b2 = await q.bounce(held.id);
+        expect(b2.state).toBe('queued');
+        expect(b2.holdReason).toBeUndefined();
+        expect(b2.bounceRequest?.reason).toBe('bounced by the operator');
+        const got = await q.reserveDue({ owner: OWNER, limit: 10, leaseMs: 60_000 });
+        expect(got.map((m) => m.id).sort()).toEqual([delayed.id, held.id].sort());
+        expect((await q.get(delayed.id))?.bounceRequest?.reason).toBe('sent by mistake');
+        const r = got.find((m) => m.id === delayed.id)!;
+        await q.recordAttempt(r.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'failed' }] });
+        await expect(q.bounce(r.id)).rejects.toBeInstanceOf(InvalidTransitionError);
+      });
+
+      it('bounce of mail being delivered leaves the attempt its lease; if it defers, the mail is due at once', async () => {
+        const m = await q.enqueue(request());
+        const r = await reserveOne(q, m.id);
+        const marked = await q.bounce(m.id, 'give up');
+        expect(marked.state).toBe('active');
+        expect(await q.checkLease(m.id, r.lease!.token)).toBe(true);
+        const after = await q.recordAttempt(m.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'deferred' }], retryAt: Date.now() + 3_600_000 });
+        expect(after.state).toBe('queued');
+        expect(after.bounceRequest?.reason).toBe('give up');
+        expect(after.notBefore).toBeLessThanOrEqual(Date.now());
+        expect((await reserveOne(q, m.id)).id).toBe(m.id);
+      });
+
       it('setPriority and setNotBefore change the due order', async () => {
         const now = Date.now();
         const a = await q.enqueue(request({ priority: 0, notBefore: now - 10 }));

@@ -89,7 +89,25 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
           });
           if (ok) await act('Removed: it will never be delivered.', () => api('DELETE', path));
         },
-      }, 'Remove'));
+      }, 'Remove'),
+      h('button', {
+        type: 'button', class: 'danger', disabled: !live,
+        onclick: async () => {
+          const reason = h('input', { type: 'text', name: 'bounce-reason', placeholder: 'bounced by the operator', maxlength: '500' });
+          const ok = await confirmDialog({
+            title: 'Bounce 1 mail?',
+            body: [
+              h('p', null, 'Give up "', m.subject ?? '(no subject)', '" to ', m.recipients.filter((r) => r.status === 'pending' || r.status === 'deferred').map((r) => r.address).join(', '), '; ', m.sender ? `${m.sender} gets a delivery status notification.` : 'it is a bounce itself, so nobody is notified.'),
+              h('label', { class: 'field' }, 'Reason, told to the sender ', reason),
+              h('p', { class: 'warn' }, 'Nothing more of it is delivered. This cannot be undone.'),
+            ],
+            confirm: 'Bounce 1 mail',
+            danger: true,
+          });
+          const why = reason.value.trim();
+          if (ok) await act('Set to bounce: its sender will be told.', () => api('POST', `${path}/bounce`, why ? { body: { reason: why } } : {}));
+        },
+      }, 'Bounce'));
   }
 
   function render(m: MailDetail): void {
@@ -101,6 +119,7 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
         h('h1', { class: 'subject' }, subject ? subject : h('em', null, '(no subject)')),
         stateBadge(m.state)),
       m.holdReason && m.state === 'held' ? h('p', { class: 'hold-reason' }, 'Held: ', m.holdReason) : null,
+      m.bounceRequest && (m.state === 'queued' || m.state === 'active') ? h('p', { class: 'hold-reason' }, 'To be bounced: ', m.bounceRequest.reason) : null,
       actions(m),
       h('div', { class: 'grid2' },
         section('Envelope', dl([

@@ -40,6 +40,7 @@ const ACTION_WORDS: Record<BulkAction, { verb: string; done: string }> = {
   release: { verb: 'Release', done: 'released' },
   retry: { verb: 'Retry now', done: 'scheduled for retry' },
   priority: { verb: 'Set priority of', done: 'reprioritised' },
+  bounce: { verb: 'Bounce', done: 'set to bounce' },
 };
 
 function mails(n: number): string {
@@ -47,11 +48,21 @@ function mails(n: number): string {
 }
 
 /** One operator action on one mail, through the per-message routes. */
-async function actOnOne(id: string, action: BulkAction, priority?: number): Promise<void> {
+async function actOnOne(id: string, action: BulkAction, priority?: number, reason?: string): Promise<void> {
   const path = `/api/messages/${encodeURIComponent(id)}`;
   if (action === 'remove') await api('DELETE', path);
   else if (action === 'priority') await api('PATCH', path, { body: { priority } });
+  else if (action === 'bounce') await api('POST', `${path}/bounce`, reason ? { body: { reason } } : {});
   else await api('POST', `${path}/${action}`);
+}
+
+/** What the confirmation of a destructive action warns of (and, for a bounce, asks the reason). */
+function warning(action: BulkAction, reasonInput: HTMLInputElement): HTMLElement | null {
+  if (action === 'remove') return h('p', { class: 'warn' }, 'Removed mail is never delivered. This cannot be undone.');
+  if (action !== 'bounce') return null;
+  return h('div', null,
+    h('label', { class: 'field' }, 'Reason, told to the senders ', reasonInput),
+    h('p', { class: 'warn' }, 'Bounced mail is given up: each sender gets a delivery status notification with this reason, and nothing more is delivered. This cannot be undone.'));
 }
 
 /** Runs `fn` over `items` with a few requests in flight at once. */
@@ -160,6 +171,7 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
     bulkButton('release', 'Release'),
     bulkButton('retry', 'Retry now'),
     h('span', { class: 'group' }, bulkPriority, bulkButton('priority', 'Set priority')),
+    bulkButton('bounce', 'Bounce', 'danger'),
     bulkButton('remove', 'Remove', 'danger'));
   const tableArea = h('div', { class: 'table-area' }, loading('Loading the queue…'));
   const prevButton = h('button', { type: 'button', onclick: () => { cursors.pop(); void load(); } }, '← Previous page');
@@ -305,6 +317,9 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
       return;
     }
     const priorityNote = action === 'priority' ? ` to ${priorityLabel(priority!, config)}` : '';
+    const reasonInput = h('input', { type: 'text', name: 'bounce-reason', placeholder: 'bounced by the operator', maxlength: '500' });
+    const reason = () => reasonInput.value.trim() || undefined;
+    const danger = action === 'remove' || action === 'bounce';
     if (allMatching.checked) {
       const body = { filter: apiFilter(filter), action, ...(action === 'priority' ? { priority } : {}) };
       let preview: BulkResult;
@@ -322,14 +337,15 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
         title: `${words.verb} ${mails(preview.matched)}?`,
         body: [
           h('p', null, `${words.verb} all ${mails(preview.matched)} matching the current filter${priorityNote}.`),
-          action === 'remove' ? h('p', { class: 'warn' }, 'Removed mail is never delivered. This cannot be undone.') : null,
+          warning(action, reasonInput),
         ],
         confirm: `${words.verb} ${mails(preview.matched)}`,
-        danger: action === 'remove',
+        danger,
       });
       if (!ok) return;
       try {
-        const result = await api<BulkResult>('POST', '/api/messages/actions', { body: { ...body, dryRun: false } });
+        const why = action === 'bounce' ? reason() : undefined;
+        const result = await api<BulkResult>('POST', '/api/messages/actions', { body: { ...body, dryRun: false, ...(why ? { reason: why } : {}) } });
         const failed = result.failed ?? 0;
         const skipped = result.skipped ?? 0;
         const extra = [`${result.matched.toLocaleString()} matched`, skipped ? `${skipped} had moved on` : '', failed ? `${failed} failed: ${result.errors?.[0]?.message ?? 'see the audit log'}` : ''].filter(Boolean).join(', ');
@@ -344,13 +360,14 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
         title: `${words.verb} ${mails(ids.length)}?`,
         body: [
           h('p', null, `${words.verb} the ${mails(ids.length)} you selected${priorityNote}.`),
-          action === 'remove' ? h('p', { class: 'warn' }, 'Removed mail is never delivered. This cannot be undone.') : null,
+          warning(action, reasonInput),
         ],
         confirm: `${words.verb} ${mails(ids.length)}`,
-        danger: action === 'remove',
+        danger,
       });
       if (!ok) return;
-      const result = await inBatches(ids, (id) => actOnOne(id, action, priority));
+      const why = reason();
+      const result = await inBatches(ids, (id) => actOnOne(id, action, priority, why));
       for (const id of ids) if (!result.failed.some((f) => f.item === id)) selected.delete(id);
       if (result.failed.length) {
         notify(`${mails(result.ok)} ${words.done}; ${result.failed.length} could not be: ${errorMessage(result.failed[0]!.err)}`, 'error');

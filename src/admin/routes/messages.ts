@@ -31,7 +31,7 @@ const DRY_RUN_SAMPLE = 20;
 /** Mail received up to this long after a bulk action started is still in its scope (clock skew between nodes). */
 const CLOCK_SLACK_MS = 60_000;
 
-export const BULK_ACTIONS = ['remove', 'hold', 'release', 'retry', 'priority'] as const satisfies readonly BulkAction[];
+export const BULK_ACTIONS = ['remove', 'hold', 'release', 'retry', 'priority', 'bounce'] as const satisfies readonly BulkAction[];
 export type { BulkAction, BulkResult };
 
 /** The states in which each action changes a mail. */
@@ -41,6 +41,7 @@ const APPLIES_TO: Record<BulkAction, MailState[]> = {
   release: ['held'],
   retry: ['queued'],
   priority: ['queued', 'active', 'held'],
+  bounce: ['queued', 'active', 'held'],
 };
 
 const filterValue = { anyOf: [{ type: 'string' }, { type: 'number' }, { type: 'array', items: { anyOf: [{ type: 'string' }, { type: 'number' }] } }] };
@@ -188,6 +189,7 @@ async function applyAction(ctx: AdminContext, id: string, action: BulkAction, op
     case 'release': return q.release(id);
     case 'retry': return q.retryNow(id);
     case 'priority': return q.setPriority(id, opts.priority!);
+    case 'bounce': return q.bounce(id, opts.reason ?? 'bounced by the operator');
   }
 }
 
@@ -221,7 +223,7 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
   app.post<{ Body: { filter: Record<string, unknown>; action: BulkAction; priority?: string | number; dryRun?: boolean; reason?: string } }>('/messages/actions', {
     schema: {
       summary: 'One action on every mail matching a filter',
-      description: 'Only mails in a state the action applies to count as matched (remove: queued/active/held; hold: queued/active; release: held; retry: queued; priority: live mail of another priority). With dryRun nothing changes and `ids` is a sample.',
+      description: 'Only mails in a state the action applies to count as matched (remove, bounce: queued/active/held; hold: queued/active; release: held; retry: queued; priority: live mail of another priority). With dryRun nothing changes and `ids` is a sample.',
       tags: ['messages'],
       body: {
         type: 'object',
@@ -295,7 +297,7 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
   });
 
   const single = (
-    verb: 'remove' | 'hold' | 'release' | 'retry',
+    verb: 'remove' | 'hold' | 'release' | 'retry' | 'bounce',
     run: (id: string, request: FastifyRequest<{ Params: IdParams; Body: { reason?: string } | undefined }>) => Promise<QueuedMail>,
   ) => async (request: FastifyRequest<{ Params: IdParams; Body: { reason?: string } | undefined }>) => {
     const id = normaliseId(request.params.id);
@@ -328,6 +330,13 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
   app.post<{ Params: IdParams; Body: { reason?: string } | undefined }>('/messages/:id/retry', {
     schema: { summary: 'Make a queued (deferred or delayed) mail due now', tags: ['messages'], params: mailIdParams, response: actionResponse },
   }, single('retry', (id) => ctx.queue.retryNow(id)));
+
+  app.post<{ Params: IdParams; Body: { reason?: string } | undefined }>('/messages/:id/bounce', {
+    schema: {
+      summary: 'Give a mail up with a DSN to its sender: due now (a held one too), its next attempt fails every recipient not yet done and delivers nothing',
+      tags: ['messages'], params: mailIdParams, body: reasonBody, response: actionResponse,
+    },
+  }, single('bounce', (id, r) => ctx.queue.bounce(id, r.body?.reason ?? 'bounced by the operator')));
 
   app.patch<{ Params: IdParams; Body: { priority?: string | number; notBefore?: string | number } }>('/messages/:id', {
     schema: {

@@ -53,7 +53,7 @@ import { BodyCache } from '../body-cache.js';
 import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
-  applyAttempt, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
+  applyAttempt, applyBounce, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
   applySetNotBefore, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
 } from '../model.js';
 import type {
@@ -811,6 +811,10 @@ export class KafkaQueue implements Queue {
 
   remove(id: MailId, reason?: string): Promise<QueuedMail> {
     return this.transition(id, 'remove', (m, now) => applyRemove(m, reason, now));
+  }
+
+  bounce(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.transition(id, 'bounce', (m, now) => applyBounce(m, reason, now));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {

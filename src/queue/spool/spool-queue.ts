@@ -54,7 +54,7 @@ import type { Logger } from '../../logger.js';
 import { InvalidTransitionError, MailNotFoundError, QueueError, QueueUnavailableError, SpoolFullError, storageError } from '../errors.js';
 import {
   AGE_BUCKETS_MINUTES, DueOrder, applyAttempt, applyHold, applyReleaseLease, applyRelease, applyRemove, applyRenewLease,
-  applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
+  applyBounce, applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
   newLeaseToken,
 } from '../model.js';
 import type {
@@ -1070,6 +1070,10 @@ export class SpoolQueue implements Queue {
 
   remove(id: MailId, reason?: string): Promise<QueuedMail> {
     return this.change(id, (m, now) => applyRemove(m, reason, now));
+  }
+
+  bounce(id: MailId, reason?: string): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyBounce(m, reason, now));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {
