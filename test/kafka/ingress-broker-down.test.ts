@@ -193,6 +193,12 @@ describe('SMTP ingress of a server process while Kafka is down', () => {
       accepted.add(s);
     }
     await c4.quit();
+    // And a run-time change is stored and applied again (a pause of a domain no mail here goes to).
+    const again = await fetch(`${adminBase}/api/config`, {
+      method: 'PUT', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ delivery: { paused: ['elsewhere.test'] } }),
+    });
+    expect(again.status).toBe(200);
+    expect(((await again.json()) as { delivery: { paused: string[] } }).delivery.paused).toEqual(['elsewhere.test']);
 
     const delivered = () => rx!.completed().map((t) => seqOf(t.data));
     await until('every accepted mail delivered', async () => [...accepted].every((s) => delivered().includes(s)), 45_000, 200);
