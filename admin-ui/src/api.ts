@@ -128,7 +128,7 @@ export interface Priorities { classes: Record<string, number>; default: string; 
 export interface ConsoleConfig {
   priorities: Priorities;
   rules: Rule[];
-  delivery: { limits: { default: Limits; domains: Record<string, Limits> }; paused: string[] };
+  delivery: { limits: { default: Limits; domains: Record<string, Limits> }; paused: string[]; routes: Record<string, string> };
   relay: { reject: RejectEntry[] };
   /** The overlay file changes are saved to. */
   file?: string;

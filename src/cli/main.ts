@@ -10,6 +10,7 @@
  *   spoolhouse queue priority ID… LEVEL | --filter key=value … LEVEL [--dry-run]
  *   spoolhouse queue stats [--json]
  *   spoolhouse pause [DOMAIN…]          (no domain: list the paused ones; "*" pauses all delivery)
+ *   spoolhouse route [DOMAIN HOST[:PORT]] / unroute DOMAIN…   (delivery.routes; no argument: the list)
  *   spoolhouse resume DOMAIN… | --all
  *   spoolhouse block [--client CIDR] [--sender GLOB] [--sender-domain GLOB] [--recipient GLOB]
  *                    [--recipient-domain GLOB] [--reply "554 5.7.1 text"]   (none: list relay.reject)
@@ -248,6 +249,33 @@ export function buildProgram(): Command {
       else out(paused.length ? `Delivery still paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
     });
 
+  program.command('route')
+    .description('deliver mail for a recipient domain to HOST[:PORT] instead of its MX, from the next attempt on (delivery.routes); without arguments, list the routes')
+    .argument('[domain]', 'recipient domain')
+    .argument('[host]', 'host or address, with :port (default delivery.port)')
+    .action(async (domain: string | undefined, host: string | undefined, _o: unknown, cmd: Command) => {
+      if (domain !== undefined && host === undefined) throw new CliError('route: give DOMAIN HOST[:PORT], or nothing to list the routes', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const routes = await changeRoutes(api, domain === undefined ? undefined : (current) => ({ ...current, [domain.toLowerCase()]: host! }));
+      if (opts.json) printJson({ routes });
+      else out(showRoutes(routes));
+    });
+
+  program.command('unroute')
+    .description('deliver mail for recipient domains by their MX again (removes them from delivery.routes)')
+    .argument('<domains...>', 'recipient domains')
+    .action(async (domains: string[], _o: unknown, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const gone = new Set(domains.map((d) => d.toLowerCase()));
+      const routes = await changeRoutes(api, (current) => {
+        const unknown = [...gone].filter((d) => !(d in current));
+        if (unknown.length) throw new CliError(`no route for ${unknown.join(', ')}`, EXIT.notFound);
+        return Object.fromEntries(Object.entries(current).filter(([d]) => !gone.has(d)));
+      });
+      if (opts.json) printJson({ routes });
+      else out(showRoutes(routes));
+    });
+
   program.command('block')
     .description('refuse a client network, sender or recipient at the door from now on (relay.reject; all options given must fit); without options, list the entries')
     .option('--client <cidr>', 'client address or network, e.g. 198.51.100.0/24')
@@ -320,6 +348,20 @@ async function changePaused(api: ApiClient, change: (current: string[]) => strin
   if (!write) return current;
   const next = change(current);
   return (await api.json<{ delivery: { paused: string[] } }>('PUT', 'api/config', { delivery: { paused: next } })).delivery.paused;
+}
+
+async function changeRoutes(api: ApiClient, change?: (current: Record<string, string>) => Record<string, string>): Promise<Record<string, string>> {
+  type View = { delivery: { routes: Record<string, string> } };
+  const current = (await api.json<View>('GET', 'api/config')).delivery.routes;
+  if (!change) return current;
+  return (await api.json<View>('PUT', 'api/config', { delivery: { routes: change(current) } })).delivery.routes;
+}
+
+function showRoutes(routes: Record<string, string>): string {
+  const entries = Object.entries(routes);
+  if (!entries.length) return 'No routes: every domain is delivered to its MX (or delivery.smarthost).\n';
+  const width = Math.max(...entries.map(([d]) => d.length));
+  return entries.map(([d, h]) => `${d.padEnd(width)}  ${h}\n`).join('');
 }
 
 export async function run(argv: string[]): Promise<number> {

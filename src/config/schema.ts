@@ -53,8 +53,18 @@ export function parseHostPort(value: string, defaultPort?: number): { host: stri
   return { host: (m[1] ?? m[2])!, port };
 }
 
-const hostPort = z.string().refine((v) => parseHostPort(v) !== undefined, { message: 'must be "host:port" (IPv6 as "[::1]:port")' });
-const hostOptionalPort = z.string().refine((v) => parseHostPort(v, 25) !== undefined, { message: 'must be "host" or "host:port"' });
+const HOST_NAME = /^(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$/;
+
+/** host:port (or host alone, with a default port) whose host is an IP address or a host name. */
+function validHostPort(value: string, defaultPort?: number): boolean {
+  const hp = parseHostPort(value, defaultPort);
+  if (!hp) return false;
+  // An IPv6 address only in brackets (parseHostPort takes the brackets off).
+  return value.trim().startsWith('[') ? isIP(hp.host) === 6 : isIP(hp.host) === 4 || HOST_NAME.test(hp.host);
+}
+
+const hostPort = z.string().refine((v) => validHostPort(v), { message: 'must be "host:port" (IPv6 as "[::1]:port")' });
+const hostOptionalPort = z.string().refine((v) => validHostPort(v, 25), { message: 'must be "host" or "host:port"' });
 
 /** "10.0.0.0/8", "::1", "192.0.2.7". */
 export function parseCidr(value: string): { address: string; prefix: number; family: 'ipv4' | 'ipv6' } | undefined {

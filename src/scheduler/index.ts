@@ -33,6 +33,7 @@
  * - `stop(timeoutMs)`: no new reservations or batches; not-started work is handed back at once;
  *   deliveries in flight get up to the timeout, then their leases are released too.
  */
+import { isDeepStrictEqual } from 'node:util';
 import { Gauge } from 'prom-client';
 import type { ConfigStore } from '../config/store.js';
 import type { Config } from '../config/schema.js';
@@ -189,7 +190,12 @@ export class Scheduler {
   readonly #flowWaiters: (() => void)[] = [];
   /** inFlow is slowing new mail down (logged when it starts and when it ends). */
   #inFlowSlowing = false;
-  readonly #onConfigChange = () => {
+  readonly #onConfigChange = (next: Config, previous: Config) => {
+    // Where mail goes (smarthost, routes, DNS servers, the port, TLS levels) is looked up again
+    // at the next attempt, not when a cached answer runs out: a new route applies at once.
+    const { smarthost, routes, dns, port, tls } = next.delivery;
+    const before = previous.delivery;
+    if (!isDeepStrictEqual([smarthost, routes, dns, port, tls], [before.smarthost, before.routes, before.dns, before.port, before.tls])) this.#resolved.clear();
     this.#wake();
     this.#dispatch();
   };

@@ -204,6 +204,19 @@ describe('config', () => {
     expect(empty.status).toBe(400);
   });
 
+  it('PUT sets the routes (delivery.routes) as a whole map, validated like the rest', async () => {
+    const r = await h.json('PUT', '/api/config', { body: { delivery: { routes: { 'gmail.com': 'relay.example.net:2525', 'example.org': '10.0.0.5' } } } });
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body.delivery.routes).toEqual({ 'gmail.com': 'relay.example.net:2525', 'example.org': '10.0.0.5' });
+    const fewer = await h.json('PUT', '/api/config', { body: { delivery: { routes: { 'example.org': '10.0.0.6:25' } } } });
+    expect(fewer.body.delivery.routes).toEqual({ 'example.org': '10.0.0.6:25' }); // a domain left out is removed
+    const bad = await h.json('PUT', '/api/config', { body: { delivery: { routes: { 'example.org': 'not a host!' } } } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.problems).toEqual(expect.arrayContaining([expect.objectContaining({ key: expect.stringMatching(/^delivery\.routes/) })]));
+    expect((await h.json('PUT', '/api/config', { body: { delivery: { routes: {} } } })).body.delivery.routes).toEqual({});
+    expect(h.config.current.delivery.routes).toEqual({});
+  });
+
   it('PUT pauses and resumes delivery to domains (delivery.paused), validated like the rest', async () => {
     const r = await h.json('PUT', '/api/config', { body: { delivery: { paused: ['gmail.com', '*'] } } });
     expect(r.status).toBe(200);

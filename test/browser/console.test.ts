@@ -416,6 +416,28 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('routes a domain to another host, and removes the route', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/config');
+    const form = page.getByRole('form', { name: 'Add a route' });
+    await expectText(form, 'No routes');
+    await form.getByLabel('Recipient domain').fill('Slow.example');
+    await form.getByLabel('Deliver to (host:port)').fill('bad host!');
+    await form.getByRole('button', { name: 'Add route' }).click();
+    await expectText(form.getByRole('alert'), 'delivery.routes');
+    expect(server.config.current.delivery.routes).toEqual({});
+    await form.getByLabel('Deliver to (host:port)').fill('relay.example.net:2525');
+    await form.getByRole('button', { name: 'Add route' }).click();
+    await page.getByRole('status').filter({ hasText: 'Mail for slow.example now goes to relay.example.net:2525' }).first().waitFor();
+    expect(server.config.current.delivery.routes).toEqual({ 'slow.example': 'relay.example.net:2525' });
+    const list = page.getByRole('list', { name: 'Routes' });
+    await expectText(list, 'relay.example.net:2525');
+    await list.getByRole('button', { name: 'Remove route for slow.example' }).click();
+    await page.getByRole('status').filter({ hasText: 'goes to its MX again' }).first().waitFor();
+    expect(server.config.current.delivery.routes).toEqual({});
+    await ctx.close();
+  });
+
   it('blocks a sender and a client network at the door, and unblocks them', async () => {
     const { ctx, page } = await openPage();
     await signIn(page, '#/config');

@@ -227,6 +227,28 @@ describe('queue stats', () => {
   });
 });
 
+describe('route and unroute', () => {
+  it('routes a domain to a host through the API, lists the routes, removes them; bad input is a usage error', async () => {
+    expect((await cli(['route'])).stdout).toBe('No routes: every domain is delivered to its MX (or delivery.smarthost).\n');
+    const r = await cli(['route', 'Gmail.com', 'relay.example.net:2525']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('gmail.com  relay.example.net:2525\n');
+    expect(h.config.current.delivery.routes).toEqual({ 'gmail.com': 'relay.example.net:2525' });
+    expect((await cli(['route', 'example.org', '10.0.0.5'])).code).toBe(0);
+    expect(JSON.parse((await cli(['--json', 'route'])).stdout)).toEqual({ routes: { 'gmail.com': 'relay.example.net:2525', 'example.org': '10.0.0.5' } });
+    const bad = await cli(['route', 'example.com', 'not a host!']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/delivery\.routes/);
+    expect((await cli(['route', 'example.com'])).code).toBe(2);
+    const missing = await cli(['unroute', 'nowhere.example']);
+    expect(missing.code).toBe(3);
+    expect(missing.stderr).toMatch(/no route for nowhere\.example/);
+    expect((await cli(['unroute', 'gmail.com'])).stdout).toBe('example.org  10.0.0.5\n');
+    expect((await cli(['unroute', 'example.org'])).stdout).toMatch(/^No routes/);
+    expect(h.config.current.delivery.routes).toEqual({});
+  });
+});
+
 describe('pause and resume', () => {
   it('pauses delivery to domains through the API, lists them, resumes them; a bad domain is a usage error', async () => {
     expect((await cli(['pause'])).stdout).toBe('No delivery is paused.\n');

@@ -66,3 +66,23 @@ describe('a paused domain', () => {
     expect(rx.acceptedConnections).toBe(0);
   });
 });
+
+describe('a route changed at run time', () => {
+  it('applies at the next attempt, not when the cached lookup runs out', async () => {
+    const old = await startReceiver({ script: { rcpt: { 'x@moved.test': '451 4.3.0 Going away' } } });
+    const next = await startReceiver();
+    cleanups.push(() => old.close(), () => next.close());
+    const h = await startScheduler({ delivery: { routes: { 'moved.test': old.address }, retry: { min: '1h', max: '1h', lifetime: '5d' } } });
+    cleanups.push(() => h.close());
+    const m = await h.enqueue({ to: ['x@moved.test'] });
+    await waitFor('deferred by the old route', async () => ((await h.queue.get(m.id))?.attempts === 1 ? true : undefined));
+    expect(old.acceptedConnections).toBe(1);
+
+    h.store.update({ delivery: { routes: { 'moved.test': next.address } } }, { replace: [['delivery', 'routes']] });
+    await h.queue.retryNow(m.id);
+    const [tx] = await next.waitForCompleted(1);
+    expect(tx!.rcptTo.map((r) => r.address)).toEqual(['x@moved.test']);
+    expect(old.acceptedConnections).toBe(1);
+    await waitFor('delivered', async () => ((await h.queue.get(m.id))?.state === 'delivered' ? true : undefined));
+  });
+});

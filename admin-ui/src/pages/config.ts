@@ -319,6 +319,42 @@ function pausedEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
     form);
 }
 
+// ---- routes (delivery.routes) ----
+
+function routesEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const routes = config.delivery.routes ?? {};
+  const status = h('div', { class: 'form-error', role: 'alert' });
+  const domain = h('input', { type: 'text', name: 'route-domain', placeholder: 'example.com' });
+  const host = h('input', { type: 'text', name: 'route-host', placeholder: 'relay.example.net:25' });
+  const put = (next: Record<string, string>, done: string) => void save({ delivery: { routes: next } }, status, done, reload);
+  const entries = Object.entries(routes);
+  const list = entries.length
+    ? h('ul', { class: 'paused-list', 'aria-label': 'Routes' }, entries.map(([d, to]) => h('li', null,
+      h('code', null, d), ' → ', h('code', null, to), ' ',
+      h('button', {
+        type: 'button', class: 'link',
+        onclick: () => put(Object.fromEntries(entries.filter(([x]) => x !== d)), `Mail for ${d} goes to its MX again.`),
+      }, `Remove route for ${d}`))))
+    : h('p', { class: 'muted' }, 'No routes: every domain is delivered to its MX.');
+  const form = h('form', { 'aria-label': 'Add a route' },
+    list,
+    h('div', { class: 'inline-fields' }, field('Recipient domain', domain), field('Deliver to (host:port)', host)),
+    h('div', { class: 'save-row' }, h('button', { type: 'submit', class: 'primary' }, 'Add route'), status));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const d = domain.value.trim().toLowerCase();
+    const to = host.value.trim();
+    if (!d || !to) {
+      status.textContent = 'Give the domain and the host to deliver to.';
+      return;
+    }
+    put({ ...routes, [d]: to }, `Mail for ${d} now goes to ${to}.`);
+  });
+  return sectionBox('Routes',
+    'Mail for a routed domain is delivered to the host given instead of the domain\'s MX, from its next attempt on (a relay, or another way around a broken destination).',
+    form);
+}
+
 // ---- blocked at the door (relay.reject) ----
 
 const REJECT_KINDS = [
@@ -380,6 +416,7 @@ export function renderConfig(main: HTMLElement): Cleanup {
         rulesEditor(config, () => void load()),
         limitsEditor(config, () => void load()),
         pausedEditor(config, () => void load()),
+        routesEditor(config, () => void load()),
         rejectEditor(config, () => void load()));
     } catch (err) {
       mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), errorState('Could not load the configuration', err, () => void load()));

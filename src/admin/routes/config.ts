@@ -1,10 +1,11 @@
 /**
  * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules,
- * per-destination delivery limits, the paused domains and relay.reject) and POST /api/rules/test.
+ * per-destination delivery limits, the paused domains, the routes and relay.reject) and POST
+ * /api/rules/test.
  *
  * PUT validates through ConfigStore (the one config schema), saves the overlay file atomically
  * and applies it at once (stages listen for the store's 'change'). A section given replaces the
- * running one: `rules` is the whole list, `delivery.limits.domains` the whole map, and
+ * running one: `rules` is the whole list, `delivery.limits.domains` and `delivery.routes` the whole maps, and
  * `priorities.classes` the classes the overlay adds or changes (the documented default classes
  * stay, as config/default.json always supplies them). Invalid input is a 400 naming each key and
  * its problem, and nothing is saved. On a cluster (Queue.sharedSettings) the sections changed are
@@ -78,6 +79,7 @@ const configView = {
       properties: {
         limits: { type: 'object', properties: { default: limitsSchema, domains: { type: 'object', additionalProperties: limitsSchema } } },
         paused: { type: 'array', items: { type: 'string' }, description: 'Recipient domains whose delivery is paused ("*": all): deferred at once, no connection' },
+        routes: { type: 'object', additionalProperties: { type: 'string' }, description: 'Recipient domain → "host[:port]" to deliver to instead of its MX (delivery.routes)' },
       },
     },
     relay: {
@@ -91,13 +93,16 @@ const configView = {
 } as const;
 
 function viewOf(ctx: AdminContext, c: Config) {
-  return { priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused }, relay: { reject: c.relay.reject }, file: ctx.config.overlayFile };
+  return {
+    priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused, routes: c.delivery.routes },
+    relay: { reject: c.relay.reject }, file: ctx.config.overlayFile,
+  };
 }
 
 interface PutBody {
   priorities?: Record<string, unknown>;
   rules?: unknown[];
-  delivery?: { limits?: Record<string, unknown>; paused?: string[] };
+  delivery?: { limits?: Record<string, unknown>; paused?: string[]; routes?: Record<string, string> };
   relay?: { reject?: unknown[] };
 }
 
@@ -130,6 +135,7 @@ function sharedSections(body: PutBody): string[] {
   if (body.rules !== undefined) sections.push('rules');
   if (body.delivery?.limits !== undefined) sections.push('delivery.limits');
   if (body.delivery?.paused !== undefined) sections.push('delivery.paused');
+  if (body.delivery?.routes !== undefined) sections.push('delivery.routes');
   if (body.relay?.reject !== undefined) sections.push('relay.reject');
   return sections;
 }
@@ -137,7 +143,7 @@ function sharedSections(body: PutBody): string[] {
 export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
   app.get('/config', {
     schema: {
-      summary: 'The running priorities, rules, per-destination delivery limits, paused domains and relay.reject',
+      summary: 'The running priorities, rules, per-destination delivery limits, paused domains, routes and relay.reject',
       tags: ['config'],
       response: { 200: configView, ...errorResponses },
     },
@@ -145,14 +151,18 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
 
   app.put<{ Body: PutBody }>('/config', {
     schema: {
-      summary: 'Change priorities, rules, per-destination limits, the paused domains and/or relay.reject; saved and applied without restart',
+      summary: 'Change priorities, rules, per-destination limits, the paused domains, the routes and/or relay.reject; saved and applied without restart',
       tags: ['config'],
       body: {
         type: 'object',
         properties: {
           priorities: anyObject,
           rules: { type: 'array', items: anyObject },
-          delivery: { type: 'object', properties: { limits: anyObject, paused: { type: 'array', items: { type: 'string' } } }, additionalProperties: false },
+          delivery: {
+            type: 'object',
+            properties: { limits: anyObject, paused: { type: 'array', items: { type: 'string' } }, routes: { type: 'object', additionalProperties: { type: 'string' } } },
+            additionalProperties: false,
+          },
           relay: { type: 'object', properties: { reject: { type: 'array', items: anyObject } }, additionalProperties: false, minProperties: 1 },
         },
         additionalProperties: false,
@@ -165,10 +175,10 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     const patch: Record<string, unknown> = {};
     if (body.priorities !== undefined) patch.priorities = body.priorities;
     if (body.rules !== undefined) patch.rules = body.rules;
-    // The body schema allows only delivery.limits, delivery.paused and relay.reject.
+    // The body schema allows only delivery.limits, delivery.paused, delivery.routes and relay.reject.
     if (body.delivery !== undefined) patch.delivery = body.delivery;
     if (body.relay !== undefined) patch.relay = body.relay;
-    const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains']];
+    const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains'], ['delivery', 'routes']];
     const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } }, async () => {
       const shared = ctx.queue.sharedSettings;
       if (!shared) return ctx.config.update(patch, { replace });

@@ -1,6 +1,6 @@
 /**
  * Run-time settings shared by the nodes of one Kafka cluster (Queue.sharedSettings): what an
- * operator changes through one node's API (relay.reject, delivery.paused, rules, …) holds on
+ * operator changes through one node's API (relay.reject, delivery.paused, delivery.routes, rules, …) holds on
  * every node.
  *
  * Topic `<p>.settings`: one partition (one order for every node), compacted, key = the section's
