@@ -21,6 +21,8 @@ const MAILS = [
   { subject: 'Hold me', to: ['carol@example.com'] },
   { subject: 'Remove me', to: ['dave@example.com'] },
   { subject: 'Bounce me', to: ['gina@example.com'] },
+  { subject: 'Campaign 1', from: 'promo@corp.example', to: ['a@campaign.example'] },
+  { subject: 'Campaign 2', from: 'promo@corp.example', to: ['b@campaign.example'] },
   { subject: 'Deferred once', to: ['erin@slow.example', 'frank@slow.example'], priority: 30 },
   { subject: 'Newsletter 1', from: 'news@corp.example', to: ['a@bulk.example'], priority: 0 },
   { subject: 'Newsletter 2', from: 'news@corp.example', to: ['b@bulk.example'], priority: 0 },
@@ -218,6 +220,22 @@ describe('web console', () => {
     // Shown as text, never as markup.
     await expectText(page.locator('.hold-reason'), 'To be bounced: <b>sent to the wrong list</b>');
     expect((await server.queue.get(idOf('Bounce me')))?.bounceRequest?.reason).toBe('<b>sent to the wrong list</b>');
+    await ctx.close();
+  });
+
+  it('bounces all mail to a domain in bulk, with one reason for every sender', async () => {
+    const { ctx, page } = await openPage();
+    await signIn(page, '#/queue?domain=campaign.example');
+    await expectText(page.locator('.summary'), '2 mails match the filters');
+    await page.getByLabel('All mails matching the filter').check();
+    await page.getByRole('toolbar', { name: 'Bulk actions' }).getByRole('button', { name: 'Bounce' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Bounce 2 mails?' });
+    await dialog.waitFor();
+    await expectText(dialog, 'each sender gets a delivery status notification');
+    await dialog.getByLabel('Reason, told to the senders').fill('campaign withdrawn');
+    await dialog.getByRole('button', { name: 'Bounce 2 mails' }).click();
+    await expectText(page.getByRole('status').filter({ hasText: 'set to bounce' }), '2 mails set to bounce');
+    for (const s of ['Campaign 1', 'Campaign 2']) expect((await server.queue.get(idOf(s)))?.bounceRequest?.reason).toBe('campaign withdrawn');
     await ctx.close();
   });
 
