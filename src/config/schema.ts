@@ -335,6 +335,14 @@ export const configSchema = z.strictObject({
     /** Global number of concurrent delivery workers. */
     concurrency: z.number().int().min(1).max(10_000),
     heloName: z.union([z.null(), z.string().min(1)]),
+    /**
+     * The local address outgoing connections are made from (Postfix's smtp_bind_address and
+     * smtp_bind_address6), per address family of the remote host; null: the system's choice.
+     */
+    bindAddress: z.strictObject({
+      ipv4: z.union([z.null(), z.ipv4({ message: 'must be an IPv4 address of this host' })]),
+      ipv6: z.union([z.null(), z.ipv6({ message: 'must be an IPv6 address of this host' })]),
+    }),
     /** TCP port for MX delivery (25; tests point it elsewhere). */
     port: z.number().int().min(1).max(65535),
     smarthost: z.union([z.null(), z.strictObject({

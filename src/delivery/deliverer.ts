@@ -32,7 +32,7 @@
  * - Log lines about a message carry mailId; credentials are never logged.
  */
 import { promises as dns } from 'node:dns';
-import { isIP } from 'node:net';
+import { isIP, isIPv6 } from 'node:net';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
@@ -265,11 +265,13 @@ export class Deliverer implements DeliveryAgent {
     const tls = this.#tls(destination, config);
     const mode: TlsMode = plaintext ? 'none' : tls.mode;
     const smarthost = destination.via === 'smarthost' ? d.smarthost : null;
+    const localAddress = isIPv6(target.address) ? d.bindAddress.ipv6 : d.bindAddress.ipv4;
     const session = await OutboundSession.open({
       host: target.host,
       address: target.address,
       port: target.port,
       heloName: d.heloName ?? config.smtp.hostname,
+      ...(localAddress ? { localAddress } : {}),
       tls: { mode, verify: tls.verify },
       ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
       timeouts: d.timeouts,

@@ -49,6 +49,8 @@ export interface SessionOptions {
   address: string;
   port: number;
   heloName: string;
+  /** The local address to connect from (delivery.bindAddress for the remote's family). */
+  localAddress?: string;
   tls: { mode: TlsMode; verify: boolean };
   auth?: { user: string; pass: string };
   timeouts: { connect: number; greeting: number; command: number; data: number };
@@ -145,7 +147,7 @@ export class OutboundSession {
   /** Connects, reads the greeting, says EHLO, does STARTTLS and AUTH as configured. */
   static async open(o: SessionOptions): Promise<OutboundSession> {
     const remote = describeHost(o);
-    const socket = await connectTcp(o.address, o.port, o.timeouts.connect, remote);
+    const socket = await connectTcp(o.address, o.port, o.timeouts.connect, remote, o.localAddress);
     const { mode, verify } = o.tls;
     const conn = new SMTPConnection({
       connection: socket,
@@ -540,9 +542,9 @@ function transcriptLogger(logger: Logger, remote: string): SMTPConnection.Option
 }
 
 /** A TCP connection to address:port within `timeoutMs`, or a SessionError with a 4.4.1 reply. */
-function connectTcp(address: string, port: number, timeoutMs: number, remote: string): Promise<net.Socket> {
+function connectTcp(address: string, port: number, timeoutMs: number, remote: string, localAddress?: string): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: address, port });
+    const socket = net.connect({ host: address, port, ...(localAddress ? { localAddress } : {}) });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new SessionError(made.connectTimeout(remote), 'connect'));

@@ -103,3 +103,19 @@ describe('smarthost', () => {
     expect(r!.recipients[0]).toMatchObject({ outcome: 'delivered', remoteHost: expect.stringMatching(/^localhost\[/) });
   });
 });
+
+describe('delivery.bindAddress', () => {
+  it('connects from the configured local address of the remote\'s family, and defers clearly when it is not this host\'s', async () => {
+    const rx = await receiver();
+    const bound = makeDeliverer(testConfig({ delivery: { smarthost: { host: `127.0.0.1:${rx.port}`, tls: 'none' }, bindAddress: { ipv4: '127.0.0.2', ipv6: null } } }));
+    const [ok] = await bound.deliver(await hostsFor(bound, 'anywhere.example'), [outbound({ to: ['x@one.example'] })]);
+    expect(ok!.recipients[0]!.outcome).toBe('delivered');
+    expect(rx.connections.map((c) => c.remoteAddress.replace(/^::ffff:/, ''))).toEqual(['127.0.0.2']);
+
+    // An address this host does not have (TEST-NET-1): the connection cannot be made; deferred.
+    const foreign = makeDeliverer(testConfig({ delivery: { smarthost: { host: `127.0.0.1:${rx.port}`, tls: 'none' }, bindAddress: { ipv4: '192.0.2.1', ipv6: null } } }));
+    const [r] = await foreign.deliver(await hostsFor(foreign, 'anywhere.example'), [outbound({ to: ['y@one.example'] })]);
+    expect(r!.recipients[0]).toMatchObject({ outcome: 'deferred', reply: { code: 421, message: expect.stringMatching(/EADDRNOTAVAIL/) } });
+    expect(rx.connections).toHaveLength(1);
+  });
+});
