@@ -296,7 +296,9 @@ export class KafkaQueue implements Queue {
       await this.startConsumer();
       this.open = true;
       await this.waitFor(ends, 120_000);
-      await this.settings.start(this.admin, 30_000);
+      // A topic just created may not answer for a moment (retriable), as in endOffsets above.
+      const settingsEnd = await retrying(async () => Number((await this.admin!.fetchTopicOffsets(this.settings.topic)).find((p) => p.partition === 0)?.high ?? 0), 20, 250);
+      await this.settings.start(settingsEnd, 30_000);
     } catch (err) {
       await this.close().catch(() => undefined);
       throw unavailable(err, 'start');

@@ -13,7 +13,7 @@
  * A record is applied once, in offset order, whatever consumer reads it.
  */
 import { randomBytes } from 'node:crypto';
-import type { Admin, Consumer, Kafka, Producer } from 'kafkajs';
+import type { Consumer, Kafka, Producer } from 'kafkajs';
 import type { Logger } from '../../logger.js';
 import { QueueUnavailableError } from '../errors.js';
 import type { SharedSettings } from '../types.js';
@@ -34,9 +34,9 @@ export class KafkaSettings implements SharedSettings {
     private readonly log: Logger,
   ) {}
 
-  async start(admin: Admin, catchUpMs: number): Promise<void> {
+  /** Reads the topic up to `end` (its end offset when the queue started), at most `catchUpMs`, then goes on reading. */
+  async start(end: number, catchUpMs: number): Promise<void> {
     this.#open = true;
-    const end = Number((await admin.fetchTopicOffsets(this.topic)).find((p) => p.partition === 0)?.high ?? 0);
     const caughtUp = new Promise<void>((resolve) => {
       this.#progress = () => {
         if (this.#next >= end) resolve();
