@@ -195,7 +195,11 @@ export function applyBounce(mail: QueuedMail, reason: string | undefined, now: M
   const bounceRequest = { reason: reason ?? 'bounced by the operator', at: now };
   if (mail.state === 'active') return changed(mail, { bounceRequest }, now);
   const { holdReason: _r, ...rest } = mail;
-  return changed(mail.state === 'held' ? rest : mail, { state: 'queued', bounceRequest, notBefore: Math.min(mail.notBefore, now) }, now);
+  const unheld = mail.state === 'held' ? rest : mail;
+  // Held while an attempt was in flight (as applyRelease): that attempt keeps its lease, and the
+  // mail is active again; it is given up once the attempt is recorded (due at once then).
+  if (mail.lease && mail.lease.until > now) return changed(unheld, { state: 'active', bounceRequest }, now);
+  return changed(unheld, { state: 'queued', bounceRequest, notBefore: Math.min(mail.notBefore, now) }, now);
 }
 
 export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {

@@ -489,6 +489,19 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         expect((await reserveOne(q, m.id)).id).toBe(m.id);
       });
 
+      it('bounce of mail held while its attempt runs keeps that attempt\'s lease: it is not handed out twice', async () => {
+        const m = await q.enqueue(request());
+        const r = await reserveOne(q, m.id);
+        await q.hold(m.id, 'look');
+        const marked = await q.bounce(m.id, 'give up');
+        expect(marked.state).toBe('active');
+        expect(marked.holdReason).toBeUndefined();
+        expect((await q.reserveDue({ owner: OWNER, limit: 10, leaseMs: 60_000 })).map((x) => x.id)).not.toContain(m.id);
+        const after = await q.recordAttempt(m.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'deferred' }], retryAt: Date.now() + 3_600_000 });
+        expect(after.state).toBe('queued');
+        expect(after.notBefore).toBeLessThanOrEqual(Date.now());
+      });
+
       it('setPriority and setNotBefore change the due order', async () => {
         const now = Date.now();
         const a = await q.enqueue(request({ priority: 0, notBefore: now - 10 }));
