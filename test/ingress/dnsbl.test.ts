@@ -4,15 +4,11 @@
  * with 554 5.7.1; unlisted, trusted and authenticated clients are not; a list that does not
  * answer lists nobody; lookups are cached per client.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DnsblChecker, dnsblName } from '../../src/ingress/dnsbl.js';
 import { makeResolver } from '../../src/delivery/resolve.js';
-import { startDnsServer, type DnsServer } from '../helpers/dns-server.js';
 import type { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
+import { balancedIngressPerFile, counter } from './harness.js';
 
 describe('dnsblName', () => {
   it('reverses an IPv4 address by octet and an IPv6 address by nibble under the zone', () => {
@@ -24,54 +20,28 @@ describe('dnsblName', () => {
 });
 
 describe('ingress with smtp.dnsbl', () => {
-  let dns: DnsServer;
-  let h: Harness;
-  let dir: string;
-  const clients: SmtpClient[] = [];
+  const t = balancedIngressPerFile({
+    '7.2.0.192.bl.test': { a: ['127.0.0.2'] },
+    '8.2.0.192.bl.test': { a: ['127.0.0.10'] }, // listed, but not with an answer the second zone counts
+    '8.2.0.192.picky.test': { a: ['127.0.0.10'] },
+    '9.2.0.192.picky.test': { a: ['127.0.0.4'] },
+    '10.2.0.192.bl.test': 'drop',
+  }, { smtp: { dnsbl: [{ zone: 'picky.test', answers: ['127.0.0.4'] }, 'bl.test'] }, dnsTimeout: '300ms' });
 
   /** A session from `client` through the balancer, with MAIL FROM given. */
   async function from(client: string, auth?: { user: string; pass: string }): Promise<SmtpClient> {
-    const c = await greetedClient(h.port, { proxyFrom: client, track: clients, ...(auth ? { auth } : {}) });
+    const c = await t.from(client, auth ? { auth } : {});
     expect((await c.command('MAIL FROM:<someone@example.org>')).code).toBe(250);
     return c;
   }
 
-  beforeAll(async () => {
-    dns = await startDnsServer({
-      '7.2.0.192.bl.test': { a: ['127.0.0.2'] },
-      '8.2.0.192.bl.test': { a: ['127.0.0.10'] }, // listed, but not with an answer the second zone counts
-      '8.2.0.192.picky.test': { a: ['127.0.0.10'] },
-      '9.2.0.192.picky.test': { a: ['127.0.0.4'] },
-      '10.2.0.192.bl.test': 'drop',
-    });
-    dir = mkdtempSync(join(tmpdir(), 'spoolhouse-dnsbl-'));
-    const users = writeUsersFile(dir, { roamer: 'pw-roamer' });
-    h = await startIngress({
-      smtp: {
-        listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }],
-        dnsbl: [{ zone: 'picky.test', answers: ['127.0.0.4'] }, 'bl.test'],
-      },
-      relay: { networks: ['127.0.0.0/8', '10.0.0.0/8'], domains: ['local.example'] },
-      auth: { users, allowInsecure: true },
-      delivery: { dns: { servers: [dns.address], timeout: '300ms' } },
-    });
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.quit()));
-  });
-  afterAll(async () => {
-    await h.close();
-    await dns.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('refuses a listed client at RCPT with 554 5.7.1 naming the zone, and counts it', async () => {
-    const before = await counter(h.metrics, 'rejectedTotal', { reason: 'dnsbl' });
+    const before = await counter(t.h.metrics, 'rejectedTotal', { reason: 'dnsbl' });
     const c = await from('192.0.2.7');
     const r = await c.command('RCPT TO:<x@local.example>');
     expect([r.code, r.enhanced]).toEqual([554, '5.7.1']);
     expect(r.text).toBe('Service unavailable; Client host [192.0.2.7] blocked using bl.test');
-    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'dnsbl' })).toBe(before + 1);
+    expect(await counter(t.h.metrics, 'rejectedTotal', { reason: 'dnsbl' })).toBe(before + 1);
     // The second zone listed it with an answer it does not count; the first any A record lists.
     const picky = await from('192.0.2.9');
     expect((await picky.command('RCPT TO:<x@local.example>')).text).toContain('blocked using picky.test');
@@ -85,9 +55,9 @@ describe('ingress with smtp.dnsbl', () => {
   });
 
   it('never asks for relay.networks, and spares an authenticated client', async () => {
-    const asked = dns.queries.length;
+    const asked = t.dns.queries.length;
     expect((await (await from('10.1.2.3')).command('RCPT TO:<x@elsewhere.example>')).code).toBe(250);
-    expect(dns.queries.length).toBe(asked);
+    expect(t.dns.queries.length).toBe(asked);
     const roamer = await from('192.0.2.7', { user: 'roamer', pass: 'pw-roamer' });
     expect((await roamer.command('RCPT TO:<x@elsewhere.example>')).code).toBe(250);
   });
@@ -99,21 +69,21 @@ describe('ingress with smtp.dnsbl', () => {
 
   it('looks a client up once per zone, however many connections it opens', async () => {
     for (let i = 0; i < 3; i++) expect((await (await from('192.0.2.77')).command('RCPT TO:<x@local.example>')).code).toBe(250);
-    expect(dns.queries.filter((q) => q.name === '77.2.0.192.bl.test')).toHaveLength(1);
-    expect(dns.queries.filter((q) => q.name === '77.2.0.192.picky.test')).toHaveLength(1);
+    expect(t.dns.queries.filter((q) => q.name === '77.2.0.192.bl.test')).toHaveLength(1);
+    expect(t.dns.queries.filter((q) => q.name === '77.2.0.192.picky.test')).toHaveLength(1);
   });
 
   it('the checker caches for a minute, then asks again', async () => {
     let now = 1_000_000;
-    const checker = new DnsblChecker(() => makeResolver({ servers: [dns.address], timeout: 300 }), () => now);
+    const checker = new DnsblChecker(() => makeResolver({ servers: [t.dns.address], timeout: 300 }), () => now);
     const zones = [{ zone: 'bl.test', answers: null }];
     expect((await checker.check('192.0.2.7', zones)).listed).toEqual({ zone: 'bl.test', answer: '127.0.0.2' });
-    const asked = dns.queries.length;
+    const asked = t.dns.queries.length;
     now += 59_000;
     await checker.check('192.0.2.7', zones);
-    expect(dns.queries.length).toBe(asked);
+    expect(t.dns.queries.length).toBe(asked);
     now += 2_000;
     await checker.check('192.0.2.7', zones);
-    expect(dns.queries.length).toBe(asked + 1);
+    expect(t.dns.queries.length).toBe(asked + 1);
   });
 });

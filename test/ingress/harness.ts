@@ -6,12 +6,13 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
-import { expect } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { ConfigStore } from '../../src/config/store.js';
 import { SmtpIngress, type ListenerInfo } from '../../src/ingress/index.js';
 import { silentLogger } from '../../src/logger.js';
 import { createMetrics, type Metrics } from '../../src/metrics.js';
 import type { Queue, QueuedMail } from '../../src/queue/types.js';
+import { startDnsServer, type DnsServer, type DnsZone } from '../helpers/dns-server.js';
 import { SmtpClient } from '../helpers/smtp-client.js';
 
 export interface Harness {
@@ -112,3 +113,52 @@ export function writeUsersFile(dir: string, users: Record<string, string>): stri
   writeFileSync(file, Object.entries(users).map(([u, p]) => `${u}:${bcrypt.hashSync(p, 4)}`).join('\n') + '\n');
   return file;
 }
+
+export interface BalancedIngress {
+  readonly h: Harness;
+  readonly dns: DnsServer;
+  /** A greeted session from `client` (any address, named by the balancer's PROXY header), closed after each test. */
+  from(client: string, o?: { helo?: string; auth?: { user: string; pass: string } }): Promise<SmtpClient>;
+}
+
+/**
+ * For a test file of the ingress's client and sender checks: an ingress behind a PROXY balancer on
+ * loopback, so that clients can have any address (10.0.0.0/8 is in relay.networks with loopback;
+ * other addresses are outside), taking mail for local.example, with one AUTH user (roamer,
+ * password pw-roamer), asking a DNS server of the file's own that answers from `zone`. `overlay`
+ * adds keys to smtp and relay, and may set the DNS timeout. Started before the file's tests,
+ * sessions closed after each, everything stopped after the last.
+ */
+export function balancedIngressPerFile(
+  zone: DnsZone, overlay: { smtp?: Record<string, unknown>; relay?: Record<string, unknown>; dnsTimeout?: string } = {},
+): BalancedIngress {
+  let h: Harness | undefined;
+  let dns: DnsServer | undefined;
+  let dir: string | undefined;
+  const clients: SmtpClient[] = [];
+  beforeAll(async () => {
+    dns = await startDnsServer(zone);
+    dir = mkdtempSync(join(tmpdir(), 'spoolhouse-balanced-'));
+    const users = writeUsersFile(dir, { roamer: 'pw-roamer' });
+    h = await startIngress({
+      smtp: { listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }], ...overlay.smtp },
+      relay: { networks: ['127.0.0.0/8', '10.0.0.0/8'], domains: ['local.example'], ...overlay.relay },
+      auth: { users, allowInsecure: true },
+      delivery: { dns: { servers: [dns.address], timeout: overlay.dnsTimeout ?? '500ms' } },
+    });
+  });
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.quit()));
+  });
+  afterAll(async () => {
+    await h?.close();
+    await dns?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    get h() { return h!; },
+    get dns() { return dns!; },
+    from: (client, o = {}) => greetedClient(h!.port, { proxyFrom: client, track: clients, ...o }),
+  };
+}
+

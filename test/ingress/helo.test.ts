@@ -4,14 +4,10 @@
  * RCPT, as Postfix's reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname and
  * reject_unknown_helo_hostname.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { heloKind } from '../../src/ingress/helo.js';
-import { startDnsServer, type DnsServer } from '../helpers/dns-server.js';
 import type { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
+import { balancedIngressPerFile, counter } from './harness.js';
 
 describe('heloKind', () => {
   it('tells address literals, bare addresses, host names and the rest apart', () => {
@@ -25,12 +21,15 @@ describe('heloKind', () => {
 });
 
 describe('ingress with smtp.helo', () => {
-  let dns: DnsServer;
-  let h: Harness;
-  let dir: string;
-  const clients: SmtpClient[] = [];
+  const t = balancedIngressPerFile({
+    'mail.known.example': { a: ['192.0.2.1'] },
+    'v6.known.example': { aaaa: ['2001:db8::1'] },
+    'mx-only.example': { mx: [{ preference: 10, exchange: 'mail.known.example' }] },
+    'nothing.example': {},
+    'broken.example': 'servfail',
+  }, { smtp: { helo: { rejectInvalid: true, rejectNonFqdn: true, rejectUnknown: true } } });
 
-  const from = (client: string, helo: string, auth?: { user: string; pass: string }) => greetedClient(h.port, { proxyFrom: client, helo, track: clients, ...(auth ? { auth } : {}) });
+  const from = (client: string, helo: string, auth?: { user: string; pass: string }) => t.from(client, { helo, ...(auth ? { auth } : {}) });
   /** MAIL FROM (always taken: the name is judged at RCPT), then one RCPT whose reply is returned. */
   async function rcpt(c: SmtpClient) {
     expect((await c.command('MAIL FROM:<someone@sender.example>')).code).toBe(250);
@@ -39,32 +38,6 @@ describe('ingress with smtp.helo', () => {
     return r;
   }
 
-  beforeAll(async () => {
-    dns = await startDnsServer({
-      'mail.known.example': { a: ['192.0.2.1'] },
-      'v6.known.example': { aaaa: ['2001:db8::1'] },
-      'mx-only.example': { mx: [{ preference: 10, exchange: 'mail.known.example' }] },
-      'nothing.example': {},
-      'broken.example': 'servfail',
-    });
-    dir = mkdtempSync(join(tmpdir(), 'spoolhouse-helo-'));
-    const users = writeUsersFile(dir, { roamer: 'pw-roamer' });
-    h = await startIngress({
-      smtp: { listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }], helo: { rejectInvalid: true, rejectNonFqdn: true, rejectUnknown: true } },
-      relay: { networks: ['127.0.0.0/8', '10.0.0.0/8'], domains: ['local.example'] },
-      auth: { users, allowInsecure: true },
-      delivery: { dns: { servers: [dns.address], timeout: '500ms' } },
-    });
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.quit()));
-  });
-  afterAll(async () => {
-    await h.close();
-    await dns.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   it('takes names with an address or an MX, and address literals', async () => {
     for (const helo of ['mail.known.example', 'MAIL.Known.Example.', 'v6.known.example', 'mx-only.example', '[192.0.2.60]', '[IPv6:2001:db8::60]']) {
       expect((await rcpt(await from('192.0.2.60', helo))).code, helo).toBe(250);
@@ -72,14 +45,14 @@ describe('ingress with smtp.helo', () => {
   });
 
   it('refuses a malformed name (501 5.5.2), a name that is not fully qualified (504 5.5.2), at RCPT, counted as helo', async () => {
-    const before = await counter(h.metrics, 'rejectedTotal', { reason: 'helo' });
+    const before = await counter(t.h.metrics, 'rejectedTotal', { reason: 'helo' });
     const bad = await rcpt(await from('192.0.2.61', 'foo..bar'));
     expect([bad.code, bad.enhanced, bad.text]).toEqual([501, '5.5.2', '<foo..bar>: Helo command rejected: Invalid name']);
     const local = await rcpt(await from('192.0.2.61', 'localhost'));
     expect([local.code, local.enhanced, local.text]).toEqual([504, '5.5.2', '<localhost>: Helo command rejected: need fully-qualified hostname']);
     // A bare IP address is a valid name for old clients, but not a fully qualified one.
     expect((await rcpt(await from('192.0.2.61', '192.0.2.61'))).code).toBe(504);
-    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'helo' })).toBe(before + 3);
+    expect(await counter(t.h.metrics, 'rejectedTotal', { reason: 'helo' })).toBe(before + 3);
   });
 
   it('defers a name with neither address nor MX (450 4.7.1), and a failed lookup (451 4.4.3), never a 5xx for DNS', async () => {
@@ -98,12 +71,12 @@ describe('ingress with smtp.helo', () => {
   });
 
   it('does not check relay.networks or authenticated clients, and asks DNS once per name', async () => {
-    const asked = dns.queries.length;
+    const asked = t.dns.queries.length;
     expect((await rcpt(await from('10.0.0.8', 'localhost'))).code).toBe(250);
     expect((await rcpt(await from('192.0.2.64', 'laptop', { user: 'roamer', pass: 'pw-roamer' }))).code).toBe(250);
-    expect(dns.queries.length).toBe(asked);
+    expect(t.dns.queries.length).toBe(asked);
     await rcpt(await from('192.0.2.65', 'once.gone.example'));
     await rcpt(await from('192.0.2.66', 'once.gone.example'));
-    expect(dns.queriesFor('once.gone.example', 'A')).toHaveLength(1);
+    expect(t.dns.queriesFor('once.gone.example', 'A')).toHaveLength(1);
   });
 });

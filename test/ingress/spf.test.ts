@@ -4,21 +4,20 @@
  * mailauth's SPF evaluator; each checked mail carries Received-SPF above our Received:, and the
  * results listed in smtp.spf.reject are refused at MAIL FROM with RFC 7372's codes.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startDnsServer, type DnsServer } from '../helpers/dns-server.js';
+import { describe, expect, it } from 'vitest';
 import { makeMessage, type SmtpClient } from '../helpers/smtp-client.js';
-import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
+import { balancedIngressPerFile, counter } from './harness.js';
 
 describe('ingress with smtp.spf', () => {
-  let dns: DnsServer;
-  let h: Harness;
-  let dir: string;
-  const clients: SmtpClient[] = [];
+  const t = balancedIngressPerFile({
+    'strict.example': { txt: ['v=spf1 ip4:192.0.2.0/24 -all'], mx: [{ preference: 10, exchange: 'mx.strict.example' }] },
+    'soft.example': { txt: ['v=spf1 ip4:192.0.2.0/24 ~all'] },
+    'nospf.example': { txt: ['some other text'] },
+    'broken.example': { txt: 'servfail' },
+    'mail.helo.example': { txt: ['v=spf1 ip4:192.0.2.0/24 -all'] },
+  }, { smtp: { spf: { check: true, reject: ['fail'] }, hostname: 'mx.local.example' } });
 
-  const from = (client: string, o: { helo?: string; auth?: { user: string; pass: string } } = {}) => greetedClient(h.port, { proxyFrom: client, track: clients, ...o });
+  const from = (client: string, o: { helo?: string; auth?: { user: string; pass: string } } = {}) => t.from(client, o);
   async function mailFrom(c: SmtpClient, sender: string) {
     const r = await c.command(`MAIL FROM:<${sender}>`);
     if (r.code === 250) await c.command('RSET');
@@ -28,35 +27,9 @@ describe('ingress with smtp.spf', () => {
   async function storedTrace(c: SmtpClient, sender: string, subject: string): Promise<string[]> {
     const r = await c.sendMail(sender, ['user@local.example'], makeMessage({ from: sender || 'mailer@sender.example', to: 'user@local.example', subject }));
     expect(r.code, r.raw).toBe(250);
-    const body = await h.body(/queued as (\S+)/.exec(r.text)![1]!);
+    const body = await t.h.body(/queued as (\S+)/.exec(r.text)![1]!);
     return body.slice(0, body.indexOf('\r\nFrom:')).split(/\r\n(?![ \t])/);
   }
-
-  beforeAll(async () => {
-    dns = await startDnsServer({
-      'strict.example': { txt: ['v=spf1 ip4:192.0.2.0/24 -all'], mx: [{ preference: 10, exchange: 'mx.strict.example' }] },
-      'soft.example': { txt: ['v=spf1 ip4:192.0.2.0/24 ~all'] },
-      'nospf.example': { txt: ['some other text'] },
-      'broken.example': { txt: 'servfail' },
-      'mail.helo.example': { txt: ['v=spf1 ip4:192.0.2.0/24 -all'] },
-    });
-    dir = mkdtempSync(join(tmpdir(), 'spoolhouse-spf-'));
-    const users = writeUsersFile(dir, { roamer: 'pw-roamer' });
-    h = await startIngress({
-      smtp: { listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }], spf: { check: true, reject: ['fail'] }, hostname: 'mx.local.example' },
-      relay: { networks: ['127.0.0.0/8', '10.0.0.0/8'], domains: ['local.example'] },
-      auth: { users, allowInsecure: true },
-      delivery: { dns: { servers: [dns.address], timeout: '500ms' } },
-    });
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.quit()));
-  });
-  afterAll(async () => {
-    await h.close();
-    await dns.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   it('records a pass in Received-SPF, above our Received:', async () => {
     const trace = await storedTrace(await from('192.0.2.80'), 'alice@strict.example', 'spf pass');
@@ -67,11 +40,11 @@ describe('ingress with smtp.spf', () => {
   });
 
   it('refuses a fail at MAIL FROM with 550 5.7.23, counted as spf; takes a softfail (not in reject) and says so', async () => {
-    const before = await counter(h.metrics, 'rejectedTotal', { reason: 'spf' });
+    const before = await counter(t.h.metrics, 'rejectedTotal', { reason: 'spf' });
     const r = await mailFrom(await from('198.51.100.7'), 'alice@strict.example');
     expect([r.code, r.enhanced]).toEqual([550, '5.7.23']);
     expect(r.text).toMatch(/^<alice@strict\.example>: Sender address rejected: SPF fail \(.*198\.51\.100\.7.*\)$/);
-    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'spf' })).toBe(before + 1);
+    expect(await counter(t.h.metrics, 'rejectedTotal', { reason: 'spf' })).toBe(before + 1);
     const trace = await storedTrace(await from('198.51.100.8'), 'bob@soft.example', 'spf softfail');
     expect(trace[0]).toMatch(/^Received-SPF: softfail /);
     expect((await storedTrace(await from('198.51.100.9'), 'carol@nospf.example', 'spf none'))[0]).toMatch(/^Received-SPF: none /);
@@ -87,21 +60,21 @@ describe('ingress with smtp.spf', () => {
 
   it('defers a temperror only when reject lists it (451 4.7.24), and records it otherwise', async () => {
     expect((await storedTrace(await from('192.0.2.82'), 'dan@broken.example', 'spf temperror'))[0]).toMatch(/^Received-SPF: temperror /);
-    h.update({ smtp: { spf: { check: true, reject: ['fail', 'temperror'] } } });
+    t.h.update({ smtp: { spf: { check: true, reject: ['fail', 'temperror'] } } });
     try {
       const r = await mailFrom(await from('192.0.2.83'), 'erin@broken.example');
       expect([r.code, r.enhanced]).toEqual([451, '4.7.24']);
     } finally {
-      h.update({ smtp: { spf: { check: true, reject: ['fail'] } } });
+      t.h.update({ smtp: { spf: { check: true, reject: ['fail'] } } });
     }
   });
 
   it('leaves relay.networks and authenticated clients alone: no lookup, no header', async () => {
-    const asked = dns.queries.length;
+    const asked = t.dns.queries.length;
     expect((await mailFrom(await from('10.0.0.9'), 'alice@strict.example')).code).toBe(250);
     const trace = await storedTrace(await from('198.51.100.11', { auth: { user: 'roamer', pass: 'pw-roamer' } }), 'alice@strict.example', 'spf authenticated');
     expect(trace).toHaveLength(1);
     expect(trace[0]).toMatch(/^Received: /);
-    expect(dns.queries.length).toBe(asked);
+    expect(t.dns.queries.length).toBe(asked);
   });
 });
