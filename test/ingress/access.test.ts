@@ -3,13 +3,9 @@
  * RCPT (the others of the transaction go on), an operator's own reply, trusted and authenticated
  * clients included, and a change applying to sessions already open.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { rejectAtMail, rejectAtRcpt } from '../../src/ingress/access.js';
-import type { SmtpClient } from '../helpers/smtp-client.js';
-import { counter, greetedClient, startIngress, writeUsersFile, type Harness } from './harness.js';
+import { balancedIngressPerFile, counter } from './harness.js';
 
 describe('relay.reject decisions', () => {
   const entries = [
@@ -31,43 +27,25 @@ describe('relay.reject decisions', () => {
 });
 
 describe('ingress with relay.reject', () => {
-  let h: Harness;
-  let dir: string;
-  const clients: SmtpClient[] = [];
+  const t = balancedIngressPerFile({}, {
+    relay: {
+      reject: [
+        { client: '10.9.0.0/16' },
+        { sender: '*@spam.example', reply: '550 5.7.1 We do not take mail from spam.example' },
+        { recipient: 'gone@local.example' },
+      ],
+    },
+    users: { stolen: 'pw-stolen' },
+  });
 
-  const from = (client: string, auth?: { user: string; pass: string }) => greetedClient(h.port, { proxyFrom: client, track: clients, ...(auth ? { auth } : {}) });
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'spoolhouse-access-'));
-    const users = writeUsersFile(dir, { stolen: 'pw-stolen' });
-    h = await startIngress({
-      smtp: { listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }] },
-      relay: {
-        networks: ['127.0.0.0/8', '10.0.0.0/8'],
-        domains: ['local.example'],
-        reject: [
-          { client: '10.9.0.0/16' },
-          { sender: '*@spam.example', reply: '550 5.7.1 We do not take mail from spam.example' },
-          { recipient: 'gone@local.example' },
-        ],
-      },
-      auth: { users, allowInsecure: true },
-    });
-  });
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((c) => c.quit()));
-  });
-  afterAll(async () => {
-    await h.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const from = (client: string, auth?: { user: string; pass: string }) => t.from(client, auth ? { auth } : {});
 
   it('refuses a listed client network at MAIL FROM, even inside relay.networks, and counts it', async () => {
-    const before = await counter(h.metrics, 'rejectedTotal', { reason: 'access' });
+    const before = await counter(t.h.metrics, 'rejectedTotal', { reason: 'access' });
     const c = await from('10.9.1.1');
     const r = await c.command('MAIL FROM:<a@ok.example>');
     expect([r.code, r.enhanced, r.text]).toEqual([554, '5.7.1', 'Client host [10.9.1.1] rejected: Access denied']);
-    expect(await counter(h.metrics, 'rejectedTotal', { reason: 'access' })).toBe(before + 1);
+    expect(await counter(t.h.metrics, 'rejectedTotal', { reason: 'access' })).toBe(before + 1);
     // Its neighbours in relay.networks relay as before.
     const ok = await from('10.8.1.1');
     expect((await ok.sendMail('a@ok.example', ['x@elsewhere.example'], 'Subject: hi\r\n\r\nhello')).code).toBe(250);
@@ -92,11 +70,11 @@ describe('ingress with relay.reject', () => {
     const c = await from('192.0.2.3');
     expect((await c.command('MAIL FROM:<a@newspam.example>')).code).toBe(250);
     expect((await c.command('RSET')).code).toBe(250);
-    h.update({ relay: { reject: [{ senderDomain: 'newspam.example' }] } });
+    t.h.update({ relay: { reject: [{ senderDomain: 'newspam.example' }] } });
     try {
       expect((await c.command('MAIL FROM:<a@newspam.example>')).code).toBe(554);
     } finally {
-      h.update({ relay: { reject: [] } });
+      t.h.update({ relay: { reject: [] } });
     }
   });
 });

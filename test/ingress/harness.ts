@@ -124,13 +124,14 @@ export interface BalancedIngress {
 /**
  * For a test file of the ingress's client and sender checks: an ingress behind a PROXY balancer on
  * loopback, so that clients can have any address (10.0.0.0/8 is in relay.networks with loopback;
- * other addresses are outside), taking mail for local.example, with one AUTH user (roamer,
+ * other addresses are outside), taking mail for local.example, with AUTH users (default roamer,
  * password pw-roamer), asking a DNS server of the file's own that answers from `zone`. `overlay`
  * adds keys to smtp and relay, and may set the DNS timeout. Started before the file's tests,
  * sessions closed after each, everything stopped after the last.
  */
 export function balancedIngressPerFile(
-  zone: DnsZone, overlay: { smtp?: Record<string, unknown>; relay?: Record<string, unknown>; dnsTimeout?: string } = {},
+  zone: DnsZone,
+  overlay: { smtp?: Record<string, unknown>; relay?: Record<string, unknown>; dnsTimeout?: string; users?: Record<string, string> } = {},
 ): BalancedIngress {
   let h: Harness | undefined;
   let dns: DnsServer | undefined;
@@ -139,7 +140,7 @@ export function balancedIngressPerFile(
   beforeAll(async () => {
     dns = await startDnsServer(zone);
     dir = mkdtempSync(join(tmpdir(), 'spoolhouse-balanced-'));
-    const users = writeUsersFile(dir, { roamer: 'pw-roamer' });
+    const users = writeUsersFile(dir, overlay.users ?? { roamer: 'pw-roamer' });
     h = await startIngress({
       smtp: { listen: [{ address: '127.0.0.1:0', proxyProtocol: ['127.0.0.0/8'] }], ...overlay.smtp },
       relay: { networks: ['127.0.0.0/8', '10.0.0.0/8'], domains: ['local.example'], ...overlay.relay },
