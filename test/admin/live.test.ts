@@ -204,6 +204,28 @@ describe('config', () => {
     expect(empty.status).toBe(400);
   });
 
+  it('PUT switches the door\'s DNS checks (smtp.dnsbl, smtp.helo, smtp.spf, relay.checkSenderDomain), validated like the rest', async () => {
+    const r = await h.json('PUT', '/api/config', { body: {
+      smtp: { dnsbl: ['zen.example.org'], helo: { rejectNonFqdn: true }, spf: { check: true, reject: ['fail', 'softfail'] } },
+      relay: { checkSenderDomain: true },
+    } });
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    expect(r.body.smtp).toEqual({
+      dnsbl: [{ zone: 'zen.example.org', answers: null }],
+      helo: { rejectInvalid: false, rejectNonFqdn: true, rejectUnknown: false },
+      spf: { check: true, reject: ['fail', 'softfail'] },
+    });
+    expect(r.body.relay.checkSenderDomain).toBe(true);
+    expect(h.config.current.smtp.spf.reject).toEqual(['fail', 'softfail']);
+    const bad = await h.json('PUT', '/api/config', { body: { smtp: { spf: { reject: ['pass'] } } } });
+    expect(bad.status).toBe(400);
+    expect(bad.body.problems).toEqual(expect.arrayContaining([expect.objectContaining({ key: expect.stringMatching(/^smtp\.spf\.reject/) })]));
+    expect((await h.json('PUT', '/api/config', { body: { smtp: { tls: null } } })).status).toBe(400); // not a run-time key
+    const off = await h.json('PUT', '/api/config', { body: { smtp: { dnsbl: [], helo: { rejectNonFqdn: false }, spf: { check: false, reject: ['fail'] } }, relay: { checkSenderDomain: false } } });
+    expect(off.body.smtp.dnsbl).toEqual([]);
+    expect((await h.json('GET', '/api/config')).body.relay.checkSenderDomain).toBe(false);
+  });
+
   it('PUT sets the routes (delivery.routes) as a whole map, validated like the rest', async () => {
     const r = await h.json('PUT', '/api/config', { body: { delivery: { routes: { 'gmail.com': 'relay.example.net:2525', 'example.org': '10.0.0.5' } } } });
     expect(r.status, JSON.stringify(r.body)).toBe(200);

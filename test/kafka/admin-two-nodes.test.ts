@@ -170,15 +170,16 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
       }
     };
     expect((await mailFromA()).code).toBe(250);
-    const put = await apiB.json('PUT', '/api/config', { relay: { reject: [{ sender: blocked }] }, delivery: { paused: ['paused.test'], routes: { 'dest.test': rx.address, 'routed.test': '192.0.2.25:2525' } } });
+    const put = await apiB.json('PUT', '/api/config', { smtp: { helo: { rejectInvalid: true } }, relay: { reject: [{ sender: blocked }] }, delivery: { paused: ['paused.test'], routes: { 'dest.test': rx.address, 'routed.test': '192.0.2.25:2525' } } });
     expect(put.status, JSON.stringify(put.body)).toBe(200);
 
-    type View = { relay: { reject: { sender?: string }[] }; delivery: { paused: string[]; routes: Record<string, string> } };
+    type View = { relay: { reject: { sender?: string }[] }; delivery: { paused: string[]; routes: Record<string, string> }; smtp: { helo: { rejectInvalid: boolean } } };
     const seen = await until('node A has the change made on B', async () => {
       const v = (await apiA.json<View>('GET', '/api/config')).body;
       return v.relay.reject.some((e) => e.sender === blocked) && v;
     }, 15_000);
     expect(seen.delivery.paused).toEqual(['paused.test']);
+    expect(seen.smtp.helo.rejectInvalid).toBe(true);
     expect(seen.delivery.routes).toEqual({ 'dest.test': rx.address, 'routed.test': '192.0.2.25:2525' });
     const refused = await mailFromA();
     expect([refused.code, refused.enhanced]).toEqual([554, '5.7.1']);
@@ -186,7 +187,7 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
     expect(saved.relay.reject).toEqual([{ sender: blocked }]);
 
     // Undone through A: B follows, and A takes the sender again.
-    expect((await apiA.json('PUT', '/api/config', { relay: { reject: [] }, delivery: { paused: [], routes: { 'dest.test': rx.address } } })).status).toBe(200);
+    expect((await apiA.json('PUT', '/api/config', { smtp: { helo: { rejectInvalid: false } }, relay: { reject: [] }, delivery: { paused: [], routes: { 'dest.test': rx.address } } })).status).toBe(200);
     await until('node B has the change made on A', async () => (await apiB.json<View>('GET', '/api/config')).body.relay.reject.length === 0, 15_000);
     expect((await mailFromA()).code).toBe(250);
   });

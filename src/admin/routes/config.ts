@@ -1,7 +1,7 @@
 /**
  * GET/PUT /api/config (the parts an operator steers at run time: priorities, rules,
- * per-destination delivery limits, the paused domains, the routes and relay.reject) and POST
- * /api/rules/test.
+ * per-destination delivery limits, the paused domains, the routes, relay.reject, and the door's
+ * DNS checks: smtp.dnsbl, smtp.helo, smtp.spf, relay.checkSenderDomain) and POST /api/rules/test.
  *
  * PUT validates through ConfigStore (the one config schema), saves the overlay file atomically
  * and applies it at once (stages listen for the store's 'change'). A section given replaces the
@@ -69,10 +69,30 @@ const rejectEntrySchema = {
   },
 } as const;
 
+/** The door's DNS checks, changed at run time (e.g. a blocklist switched on during a spam run). */
+const doorSchema = {
+  dnsbl: {
+    type: 'array',
+    items: { type: 'object', properties: { zone: { type: 'string' }, answers: { type: ['array', 'null'], items: { type: 'string' } } } },
+    description: 'DNS blocklists (smtp.dnsbl)',
+  },
+  helo: {
+    type: 'object',
+    properties: { rejectInvalid: { type: 'boolean' }, rejectNonFqdn: { type: 'boolean' }, rejectUnknown: { type: 'boolean' } },
+    description: 'Checks of the HELO name (smtp.helo)',
+  },
+  spf: {
+    type: 'object',
+    properties: { check: { type: 'boolean' }, reject: { type: 'array', items: { type: 'string' } } },
+    description: 'SPF at MAIL FROM (smtp.spf)',
+  },
+} as const;
+
 const configView = {
   type: 'object',
   properties: {
     priorities: prioritiesSchema,
+    smtp: { type: 'object', properties: doorSchema },
     rules: { type: 'array', items: ruleSchema },
     delivery: {
       type: 'object',
@@ -86,6 +106,7 @@ const configView = {
       type: 'object',
       properties: {
         reject: { type: 'array', items: rejectEntrySchema, description: 'Clients, senders and recipients refused outright (relay.reject)' },
+        checkSenderDomain: { type: 'boolean', description: 'Refuse senders whose domain cannot receive mail (relay.checkSenderDomain)' },
       },
     },
     file: { type: 'string', description: 'The overlay file changes are saved to' },
@@ -95,7 +116,8 @@ const configView = {
 function viewOf(ctx: AdminContext, c: Config) {
   return {
     priorities: c.priorities, rules: c.rules, delivery: { limits: c.delivery.limits, paused: c.delivery.paused, routes: c.delivery.routes },
-    relay: { reject: c.relay.reject }, file: ctx.config.overlayFile,
+    smtp: { dnsbl: c.smtp.dnsbl, helo: c.smtp.helo, spf: c.smtp.spf },
+    relay: { reject: c.relay.reject, checkSenderDomain: c.relay.checkSenderDomain }, file: ctx.config.overlayFile,
   };
 }
 
@@ -103,7 +125,8 @@ interface PutBody {
   priorities?: Record<string, unknown>;
   rules?: unknown[];
   delivery?: { limits?: Record<string, unknown>; paused?: string[]; routes?: Record<string, string> };
-  relay?: { reject?: unknown[] };
+  smtp?: { dnsbl?: unknown[]; helo?: Record<string, unknown>; spf?: Record<string, unknown> };
+  relay?: { reject?: unknown[]; checkSenderDomain?: boolean };
 }
 
 interface RulesTestBody {
@@ -137,13 +160,15 @@ function sharedSections(body: PutBody): string[] {
   if (body.delivery?.paused !== undefined) sections.push('delivery.paused');
   if (body.delivery?.routes !== undefined) sections.push('delivery.routes');
   if (body.relay?.reject !== undefined) sections.push('relay.reject');
+  if (body.relay?.checkSenderDomain !== undefined) sections.push('relay.checkSenderDomain');
+  for (const key of ['dnsbl', 'helo', 'spf'] as const) if (body.smtp?.[key] !== undefined) sections.push(`smtp.${key}`);
   return sections;
 }
 
 export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Promise<void> {
   app.get('/config', {
     schema: {
-      summary: 'The running priorities, rules, per-destination delivery limits, paused domains, routes and relay.reject',
+      summary: 'The running priorities, rules, per-destination delivery limits, paused domains, routes, relay.reject and the door\'s DNS checks',
       tags: ['config'],
       response: { 200: configView, ...errorResponses },
     },
@@ -151,7 +176,7 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
 
   app.put<{ Body: PutBody }>('/config', {
     schema: {
-      summary: 'Change priorities, rules, per-destination limits, the paused domains, the routes and/or relay.reject; saved and applied without restart',
+      summary: 'Change priorities, rules, per-destination limits, the paused domains, the routes, relay.reject and/or the door\'s DNS checks; saved and applied without restart',
       tags: ['config'],
       body: {
         type: 'object',
@@ -163,7 +188,13 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
             properties: { limits: anyObject, paused: { type: 'array', items: { type: 'string' } }, routes: { type: 'object', additionalProperties: { type: 'string' } } },
             additionalProperties: false,
           },
-          relay: { type: 'object', properties: { reject: { type: 'array', items: anyObject } }, additionalProperties: false, minProperties: 1 },
+          relay: { type: 'object', properties: { reject: { type: 'array', items: anyObject }, checkSenderDomain: { type: 'boolean' } }, additionalProperties: false, minProperties: 1 },
+          smtp: {
+            type: 'object',
+            properties: { dnsbl: { type: 'array', items: { anyOf: [{ type: 'string' }, anyObject] } }, helo: anyObject, spf: anyObject },
+            additionalProperties: false,
+            minProperties: 1,
+          },
         },
         additionalProperties: false,
         minProperties: 1,
@@ -175,9 +206,10 @@ export async function configRoutes(app: FastifyInstance, ctx: AdminContext): Pro
     const patch: Record<string, unknown> = {};
     if (body.priorities !== undefined) patch.priorities = body.priorities;
     if (body.rules !== undefined) patch.rules = body.rules;
-    // The body schema allows only delivery.limits, delivery.paused, delivery.routes and relay.reject.
+    // The body schema allows only delivery.limits/paused/routes, relay.reject/checkSenderDomain and smtp.dnsbl/helo/spf.
     if (body.delivery !== undefined) patch.delivery = body.delivery;
     if (body.relay !== undefined) patch.relay = body.relay;
+    if (body.smtp !== undefined) patch.smtp = body.smtp;
     const replace = [['priorities', 'classes'], ['delivery', 'limits', 'domains'], ['delivery', 'routes']];
     const next = await audited(ctx, request, { action: 'config.update', detail: { keys: Object.keys(patch), patch } }, async () => {
       const shared = ctx.queue.sharedSettings;
