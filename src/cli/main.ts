@@ -231,7 +231,7 @@ export function buildProgram(): Command {
     .argument('[domains...]', 'recipient domains, or "*"')
     .action(async (domains: string[], _o: unknown, cmd: Command) => {
       const { api, opts } = client(cmd);
-      const paused = await changePaused(api, (current) => [...new Set([...current, ...domains.map((d) => d.toLowerCase())])], domains.length > 0);
+      const paused = await changeDelivery(api, 'paused', domains.length > 0 ? (current) => [...new Set([...current, ...domains.map((d) => d.toLowerCase())])] : undefined);
       if (opts.json) printJson({ paused });
       else out(paused.length ? `Delivery paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
     });
@@ -244,7 +244,7 @@ export function buildProgram(): Command {
       if (!o.all && domains.length === 0) throw new CliError('resume: give domains, or --all', EXIT.usage);
       const { api, opts } = client(cmd);
       const gone = new Set(domains.map((d) => d.toLowerCase()));
-      const paused = await changePaused(api, (current) => (o.all ? [] : current.filter((d) => !gone.has(d))), true);
+      const paused = await changeDelivery(api, 'paused', (current) => (o.all ? [] : current.filter((d) => !gone.has(d))));
       if (opts.json) printJson({ paused });
       else out(paused.length ? `Delivery still paused for: ${paused.join(', ')}\n` : 'No delivery is paused.\n');
     });
@@ -256,7 +256,7 @@ export function buildProgram(): Command {
     .action(async (domain: string | undefined, host: string | undefined, _o: unknown, cmd: Command) => {
       if (domain !== undefined && host === undefined) throw new CliError('route: give DOMAIN HOST[:PORT], or nothing to list the routes', EXIT.usage);
       const { api, opts } = client(cmd);
-      const routes = await changeRoutes(api, domain === undefined ? undefined : (current) => ({ ...current, [domain.toLowerCase()]: host! }));
+      const routes = await changeDelivery(api, 'routes', domain === undefined ? undefined : (current) => ({ ...current, [domain.toLowerCase()]: host! }));
       if (opts.json) printJson({ routes });
       else out(showRoutes(routes));
     });
@@ -267,7 +267,7 @@ export function buildProgram(): Command {
     .action(async (domains: string[], _o: unknown, cmd: Command) => {
       const { api, opts } = client(cmd);
       const gone = new Set(domains.map((d) => d.toLowerCase()));
-      const routes = await changeRoutes(api, (current) => {
+      const routes = await changeDelivery(api, 'routes', (current) => {
         const unknown = [...gone].filter((d) => !(d in current));
         if (unknown.length) throw new CliError(`no route for ${unknown.join(', ')}`, EXIT.notFound);
         return Object.fromEntries(Object.entries(current).filter(([d]) => !gone.has(d)));
@@ -343,18 +343,17 @@ function showRejects(entries: RejectEntry[]): string {
 }
 
 /** Reads delivery.paused through the API and, when `write`, saves `change(current)` (PUT /api/config). */
-async function changePaused(api: ApiClient, change: (current: string[]) => string[], write: boolean): Promise<string[]> {
-  const current = (await api.json<{ delivery: { paused: string[] } }>('GET', 'api/config')).delivery.paused;
-  if (!write) return current;
-  const next = change(current);
-  return (await api.json<{ delivery: { paused: string[] } }>('PUT', 'api/config', { delivery: { paused: next } })).delivery.paused;
+interface DeliveryView {
+  delivery: { paused: string[]; routes: Record<string, string> };
 }
 
-async function changeRoutes(api: ApiClient, change?: (current: Record<string, string>) => Record<string, string>): Promise<Record<string, string>> {
-  type View = { delivery: { routes: Record<string, string> } };
-  const current = (await api.json<View>('GET', 'api/config')).delivery.routes;
+/** Reads one key of the running delivery config and, given a change, puts its new value back (PUT /api/config). */
+async function changeDelivery<K extends keyof DeliveryView['delivery']>(
+  api: ApiClient, key: K, change?: (current: DeliveryView['delivery'][K]) => DeliveryView['delivery'][K],
+): Promise<DeliveryView['delivery'][K]> {
+  const current = (await api.json<DeliveryView>('GET', 'api/config')).delivery[key];
   if (!change) return current;
-  return (await api.json<View>('PUT', 'api/config', { delivery: { routes: change(current) } })).delivery.routes;
+  return (await api.json<DeliveryView>('PUT', 'api/config', { delivery: { [key]: change(current) } })).delivery[key];
 }
 
 function showRoutes(routes: Record<string, string>): string {
