@@ -116,6 +116,8 @@ export interface Rates {
   deliveredPerMinute: number;
   deferredPerMinute: number;
   bouncedPerMinute: number;
+  /** SMTP commands and transactions refused at the door (spoolhouse_rejected_total). */
+  refusedPerMinute: number;
 }
 
 /** One point of GET /api/stats/history. */
@@ -148,6 +150,8 @@ export interface Stats {
     rows: { domain: string; total: number; counts: number[] }[];
   };
   rates: Rates;
+  /** The refusals of `rates.refusedPerMinute` by reason (the label of spoolhouse_rejected_total), per minute. */
+  refusedByReason: Record<string, number>;
   ratesWindowSeconds: number;
   /**
    * Destinations this node's delivery has suspended because no host could be reached (Postfix's
@@ -182,4 +186,37 @@ export interface BulkResult {
   errors: { id: string; message: string }[];
   /** Changed ids (at most 10,000; `changed` counts all), or a sample of 20 for a dry run. */
   ids: string[];
+}
+
+/** One reply of 400 or more the SMTP server sent (GET /api/refusals): who was refused, for what, why. */
+export interface Refusal {
+  /** Counts up from the node's start: the cursor of the next page. */
+  seq: number;
+  at: number;
+  /** The client's address (behind a PROXY balancer, the one it reported). */
+  client: string;
+  /** The name it gave in HELO/EHLO, if it had. */
+  helo?: string;
+  /** The authenticated user, if any. */
+  user?: string;
+  /** The open transaction's sender (MAIL FROM accepted before this refusal). */
+  sender?: string;
+  /** What was answered: the command line (credentials never), "DATA (end of data)", or absent for a refusal at connect or an idle timeout. */
+  command?: string;
+  reply: { code: number; enhanced: string; text: string };
+  /** The label of spoolhouse_rejected_total: relay, dnsbl, helo, spf, size, rate, auth, … */
+  reason: string;
+  /** The listener, "host:port". */
+  listener: string;
+}
+
+/** GET /api/refusals: newest first. */
+export interface RefusalPage {
+  items: Refusal[];
+  /** Give as `before` for older ones; absent at the end. */
+  nextCursor?: number;
+  /** How many this node keeps (the oldest go first). */
+  capacity: number;
+  /** Refusals since the node started, kept or not. */
+  total: number;
 }

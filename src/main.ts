@@ -57,6 +57,7 @@ async function main(argv: string[]): Promise<void> {
   const ingress = new SmtpIngress({ config: store, queue, logger, metrics, inFlow: (maxMs) => scheduler.inFlow(maxMs) });
   const admin = await createAdminServer({
     config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
+    refusals: ingress.refusals,
   });
 
   await ingress.listen();

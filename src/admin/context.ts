@@ -8,6 +8,7 @@ import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Queue } from '../queue/types.js';
+import type { RefusalLog } from '../ingress/refusals.js';
 import type { AuditEntry, AuditLog } from './audit.js';
 import { toApiError } from './errors.js';
 import type { DepthHistory } from './history.js';
@@ -27,6 +28,8 @@ export interface AdminContext {
   streams: Set<() => void>;
   /** This node's dead destinations (Scheduler.suspendedDestinations); none without a scheduler. */
   suspendedDestinations: () => SuspendedDestination[];
+  /** This node's recent refusals at the door (SmtpIngress.refusals); an empty log without an ingress. */
+  refusals: RefusalLog;
   /** Mails per step of a bulk action (tests make it small to exercise the paging). */
   bulkPageSize?: number;
 }

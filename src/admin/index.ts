@@ -23,6 +23,7 @@ import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { SuspendedDestination } from '../api-types.js';
+import { RefusalLog } from '../ingress/refusals.js';
 import { ConfigError, projectRoot } from '../config/load.js';
 import { parseHostPort, type Config } from '../config/schema.js';
 import { readTlsPair } from '../config/tls-files.js';
@@ -43,6 +44,7 @@ import { healthRoutes } from './routes/health.js';
 import { messageRoutes } from './routes/messages.js';
 import { metricsRoutes } from './routes/metrics.js';
 import { statsRoutes } from './routes/stats.js';
+import { refusalRoutes } from './routes/refusals.js';
 
 export const CONTENT_SECURITY_POLICY = [
   "default-src 'self'",
@@ -74,6 +76,8 @@ export interface AdminServerOptions {
   historyEveryMs?: number;
   /** This node's dead destinations for GET /api/stats (Scheduler.suspendedDestinations). */
   suspendedDestinations?: () => SuspendedDestination[];
+  /** This node's recent refusals for GET /api/refusals (SmtpIngress.refusals). */
+  refusals?: RefusalLog;
 }
 
 export interface AdminServer {
@@ -111,6 +115,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     heartbeatMs: o.heartbeatMs ?? 15_000,
     streams: new Set(),
     suspendedDestinations: o.suspendedDestinations ?? (() => []),
+    refusals: o.refusals ?? new RefusalLog(0),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });
@@ -156,6 +161,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     api.addHook('onRequest', authHook(authority));
     await api.register(async (p) => messageRoutes(p, ctx), { prefix: '/api' });
     await api.register(async (p) => statsRoutes(p, ctx), { prefix: '/api' });
+    await api.register(async (p) => refusalRoutes(p, ctx), { prefix: '/api' });
     await api.register(async (p) => configRoutes(p, ctx), { prefix: '/api' });
     await api.register(async (p) => eventRoutes(p, ctx), { prefix: '/api' });
     await api.register(async (p) => auditRoutes(p, ctx), { prefix: '/api' });

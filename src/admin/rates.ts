@@ -16,11 +16,23 @@ interface Sample {
   delivered: number;
   deferred: number;
   bounced: number;
+  refused: number;
+  /** spoolhouse_rejected_total by its reason label. */
+  refusedBy: Record<string, number>;
 }
 
 async function total(counter: Counter<string>): Promise<number> {
   const { values } = await counter.get();
   return values.reduce((sum, v) => sum + v.value, 0);
+}
+
+async function byLabel(counter: Counter<string>, label: string): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const v of (await counter.get()).values) {
+    const key = String(v.labels[label] ?? 'other');
+    out[key] = (out[key] ?? 0) + v.value;
+  }
+  return out;
 }
 
 export class RateWindow {
@@ -50,7 +62,10 @@ export class RateWindow {
       delivered: await total(m.deliveredTotal),
       deferred: await total(m.deferredTotal),
       bounced: await total(m.bouncedTotal),
+      refused: 0,
+      refusedBy: await byLabel(m.rejectedTotal, 'reason'),
     };
+    s.refused = Object.values(s.refusedBy).reduce((a, b) => a + b, 0);
     this.#samples.push(s);
     // Keep one sample older than the window so the window is always fully covered.
     while (this.#samples.length > 2 && this.#samples[1]!.at <= s.at - this.windowMs) this.#samples.shift();
@@ -58,17 +73,32 @@ export class RateWindow {
   }
 
   async rates(): Promise<Rates> {
+    return (await this.window()).rates;
+  }
+
+  /** The rates, and the refusals by reason (per minute; only reasons seen in the window). */
+  async window(): Promise<{ rates: Rates; refusedByReason: Record<string, number> }> {
     const now = await this.sample();
     // The newest sample at least a window old; until the server has run that long, the oldest.
     const base = [...this.#samples].reverse().find((s) => s.at <= now.at - this.windowMs) ?? this.#samples[0]!;
     // At least a second, so a burst right after start-up does not read as millions per minute.
     const minutes = Math.max(now.at - base.at, 1_000) / 60_000;
-    const per = (k: keyof Omit<Sample, 'at'>) => Math.round(((now[k] - base[k]) / minutes) * 100) / 100;
+    const perMinute = (n: number) => Math.round((n / minutes) * 100) / 100;
+    const per = (k: 'accepted' | 'delivered' | 'deferred' | 'bounced' | 'refused') => perMinute(now[k] - base[k]);
+    const refusedByReason: Record<string, number> = {};
+    for (const [reason, n] of Object.entries(now.refusedBy)) {
+      const d = n - (base.refusedBy[reason] ?? 0);
+      if (d > 0) refusedByReason[reason] = perMinute(d);
+    }
     return {
-      acceptedPerMinute: per('accepted'),
-      deliveredPerMinute: per('delivered'),
-      deferredPerMinute: per('deferred'),
-      bouncedPerMinute: per('bounced'),
+      rates: {
+        acceptedPerMinute: per('accepted'),
+        deliveredPerMinute: per('delivered'),
+        deferredPerMinute: per('deferred'),
+        bouncedPerMinute: per('bounced'),
+        refusedPerMinute: per('refused'),
+      },
+      refusedByReason,
     };
   }
 }

@@ -5,7 +5,7 @@
  * It reads the API's answers as typed in src/api-types.ts (shared with the server and the console).
  */
 
-import type { MailDetail, MailSummary, SmtpReply, Stats } from '../api-types.js';
+import type { MailDetail, MailSummary, RefusalPage, SmtpReply, Stats } from '../api-types.js';
 
 const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
 
@@ -130,6 +130,8 @@ export function showStats(s: Stats): string {
   if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));
   out.push(`Oldest:      ${s.oldestAgeSeconds === null || s.oldestAgeSeconds === undefined ? '-' : relative(Date.now() - s.oldestAgeSeconds * 1000)}`);
   if (s.rates) out.push('Rates/min:   ' + Object.entries(s.rates).map(([k, v]) => `${k.replace(/PerMinute$/, '')}=${v}`).join('  '));
+  const refused = Object.entries(s.refusedByReason ?? {});
+  if (refused.length) out.push('Refused/min: ' + refused.sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}=${v}`).join('  '));
   const labels = s.ageByDestination.bucketLabels ?? s.ageByDestination.bucketsMinutes.map((b) => (b === null ? 'more' : String(b)));
   const rows = s.ageByDestination.rows;
   out.push('');
@@ -146,4 +148,20 @@ export function showStats(s: Stats): string {
     for (const d of dead) out.push(`  ${d.domains.join(',')} [${d.destination}] until ${arrival(d.until)}: ${replyText(d.reply)}`);
   }
   return out.join('\n') + '\n';
+}
+
+/**
+ * `spoolhouse refusals`: one refusal a line, oldest first as in a log (like Postfix's "NOQUEUE:
+ * reject:" lines): when, the client, its HELO name, the sender, what it said, the reply and the
+ * reason. Everything but the time came from the client or is about it: printed terminal-safe.
+ */
+export function showRefusals(page: RefusalPage): string {
+  if (page.items.length === 0) return page.total === 0 ? 'Nothing was refused since the server started\n' : 'No refusal kept matches\n';
+  const lines = [...page.items].reverse().map((r) => {
+    const who = [`[${r.client}]`, r.helo !== undefined ? `helo=<${r.helo}>` : '', r.user !== undefined ? `user=${r.user}` : '', r.sender !== undefined ? `from=<${r.sender}>` : ''].filter(Boolean).join(' ');
+    const reply = `${r.reply.code}${r.reply.enhanced ? ' ' + r.reply.enhanced : ''} ${r.reply.text}`.trim();
+    return terminalSafe(`${arrival(r.at)} ${r.reason}: ${who}${r.command !== undefined ? `: ${r.command}` : ''}: ${reply}`);
+  });
+  if (page.nextCursor !== undefined) lines.unshift(`(older ones: --before ${page.nextCursor})`);
+  return lines.join('\n') + '\n';
 }

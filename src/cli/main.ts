@@ -25,8 +25,8 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
-import type { BrowsePage, BulkResult, MailDetail, MailSummary, Stats } from '../api-types.js';
-import { queueTable, showMail, showStats, terminalSafe } from './format.js';
+import type { BrowsePage, BulkResult, MailDetail, MailSummary, RefusalPage, Stats } from '../api-types.js';
+import { queueTable, showMail, showRefusals, showStats, terminalSafe } from './format.js';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
 
@@ -224,6 +224,28 @@ export function buildProgram(): Command {
       const stats = await api.json<Stats>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`);
       if (opts.json) printJson(stats);
       else out(showStats(stats));
+    });
+
+  program.command('refusals')
+    .description("the server's recent refusals at the door, oldest first, like Postfix's \"NOQUEUE: reject\" log lines (kept in memory per node: smtp.refusalsKept)")
+    .option('--client <address>', 'only this client address, or network (e.g. 198.51.100.0/24)')
+    .option('--reason <reason>', 'only this reason (relay, dnsbl, helo, spf, rate, auth, size, …)')
+    .option('--grep <text>', 'only those with this text in the HELO name, user, sender, command or reply')
+    .option('--limit <n>', 'how many (the newest; 1-1000)', '50')
+    .option('--before <cursor>', 'older ones (the cursor printed above a page)')
+    .action(async (o: { client?: string; reason?: string; grep?: string; limit: string; before?: string }, cmd: Command) => {
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit must be 1..1000', EXIT.usage);
+      if (o.before !== undefined && !/^\d+$/.test(o.before)) throw new CliError('--before takes the cursor printed above a page', EXIT.usage);
+      const { api, opts } = client(cmd);
+      const q = new URLSearchParams({
+        limit: String(limit),
+        ...(o.client ? { client: o.client } : {}), ...(o.reason ? { reason: o.reason } : {}),
+        ...(o.grep ? { text: o.grep } : {}), ...(o.before ? { before: o.before } : {}),
+      });
+      const page = await api.json<RefusalPage>('GET', `api/refusals?${q}`);
+      if (opts.json) printJson(page);
+      else out(showRefusals(page));
     });
 
   program.command('pause')

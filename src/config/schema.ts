@@ -250,6 +250,8 @@ export const configSchema = z.strictObject({
       privateKey: z.string().min(1),
     })),
     idleTimeout: duration,
+    /** Refusals kept in memory for GET /api/refusals and the console (the newest; 0 keeps none). */
+    refusalsKept: z.number().int().min(0).max(1_000_000),
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */
     earlyTalkerDelay: duration,
     /**

@@ -48,6 +48,7 @@ import { HeloCheck, heloChecksOn } from './helo.js';
 import { SpfCheck } from './spf.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
+import { RefusalLog } from './refusals.js';
 import { hasNonAscii, replyError, SpoolhouseSmtpServer, type Reply, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
 export interface ListenerInfo {
@@ -102,6 +103,8 @@ export class SmtpIngress {
   readonly #helo = new HeloCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #spf = new SpfCheck(() => makeResolver(this.#store.current.delivery.dns));
   readonly #userRates = new RateLimiter();
+  /** smtp.refusalsKept: the door's recent refusals, for GET /api/refusals. */
+  readonly #refusals: RefusalLog;
   #onChange = (next: Config) => this.#applyConfig(next);
   /** The scheduler's in-flow control (Scheduler.inFlow): a wait at MAIL FROM while delivery is behind. */
   readonly #inFlow?: (maxMs: number) => Promise<void> | undefined;
@@ -112,7 +115,13 @@ export class SmtpIngress {
     if (o.inFlow) this.#inFlow = o.inFlow;
     this.#logger = o.logger.child({ stage: 'ingress' });
     this.#metrics = o.metrics;
+    this.#refusals = new RefusalLog(this.#store.current.smtp.refusalsKept);
     this.#loadTables(this.#store.current, true);
+  }
+
+  /** The door's recent refusals (every reply of 400 or more), newest kept. */
+  get refusals(): RefusalLog {
+    return this.#refusals;
   }
 
   async listen(): Promise<ListenerInfo[]> {
@@ -233,11 +242,22 @@ export class SmtpIngress {
         if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
         return undefined;
       },
-      onRejection: (code: number, enhanced: string, conn: SpoolhouseConnection) => {
-        const state = this.#sessions.get(conn.session);
+      onRejection: (code: number, enhanced: string, text: string, conn: SpoolhouseConnection) => {
+        const session = conn.session;
+        const state = this.#sessions.get(session);
         const reason = state?.rejectReason ?? rejectionReason(code, enhanced);
         if (state) state.rejectReason = undefined;
         this.#metrics.rejectedTotal.inc({ reason });
+        const helo = conn.hostNameAppearsAs;
+        const user = authUserOf(session);
+        const sender = session.envelope?.mailFrom ? session.envelope.mailFrom.address : undefined;
+        // A refusal at connect, or an idle client's timeout, answers no command of the client's.
+        const command = reason === 'connections' || reason === 'timeout' ? undefined : conn.commandForLog;
+        this.#refusals.add({
+          at: Date.now(), client: conn.remoteAddress, ...(helo ? { helo } : {}), ...(user ? { user } : {}),
+          ...(sender !== undefined ? { sender } : {}), ...(command ? { command } : {}),
+          reply: { code, enhanced, text }, reason, listener: `${listener.host}:${listener.port}`,
+        });
       },
       expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };
@@ -674,6 +694,7 @@ export class SmtpIngress {
   }
 
   #applyConfig(next: Config): void {
+    this.#refusals.resize(next.smtp.refusalsKept);
     for (const { server } of this.#servers) {
       Object.assign(server.options, {
         name: next.smtp.hostname,

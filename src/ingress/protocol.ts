@@ -277,8 +277,8 @@ export interface ProtocolHooks {
   ehloFeatures(conn: SpoolhouseConnection, features: string[]): string[];
   /** A reason to refuse AUTH now (e.g. TLS required), else undefined. */
   authRefusal(conn: SpoolhouseConnection): Reply | undefined;
-  /** Called for every reply of 400 or more, with its enhanced code, for metrics. */
-  onRejection(code: number, enhanced: string, conn: SpoolhouseConnection): void;
+  /** Called for every reply of 400 or more, with its enhanced code and text, for metrics and the refusal log. */
+  onRejection(code: number, enhanced: string, text: string, conn: SpoolhouseConnection): void;
   /** Must a connection from this peer open with a PROXY protocol header (a trusted load balancer)? */
   expectsProxyHeader(peerAddress: string): boolean;
 }
@@ -392,6 +392,12 @@ export class SpoolhouseSmtpServer extends SMTPServer {
 
 export class SpoolhouseConnection extends SMTPConnection {
   #inEhlo = false;
+  /** The command line being answered, as smtp-server hands it (decoded only for a refusal). */
+  #command: Buffer | undefined;
+  /** It continues an AUTH exchange (credentials: never shown). */
+  #continuation = false;
+  /** 354 was sent: a refusal now answers the data's final ".". */
+  #afterData = false;
   /** The MAIL or RCPT command handler_MAIL/RCPT parsed last: smtp-server's handler parses it again. */
   #lastPath?: { kind: 'MAIL FROM' | 'RCPT TO'; raw: string; parsed: ParsedPathCommand | undefined };
 
@@ -455,6 +461,27 @@ export class SpoolhouseConnection extends SMTPConnection {
     });
   }
 
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    this.#command = command;
+    this.#continuation = this._nextHandler !== false;
+    this.#afterData = false;
+    super._onCommand(command, callback);
+  }
+
+  /**
+   * What the client said that is being answered, for the refusal log: the command line (cut at
+   * 200 characters), AUTH without its credentials, "DATA (end of data)" after 354, or undefined
+   * before the first command.
+   */
+  get commandForLog(): string | undefined {
+    if (!this.#command) return undefined;
+    if (this.#continuation) return 'AUTH (response)';
+    if (this.#afterData) return 'DATA (end of data)';
+    const line = this.#command.toString('utf8').replace(/[\r\n]+$/, '');
+    if (/^AUTH\b/i.test(line)) return line.split(/\s+/).slice(0, 2).join(' ');
+    return line.length > 200 ? `${line.slice(0, 200)}…` : line;
+  }
+
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     let payload = data;
     let ctx = context;
@@ -470,11 +497,13 @@ export class SpoolhouseConnection extends SMTPConnection {
       this.#inEhlo = false;
       payload = [payload[0]!, ...this.hooks.ehloFeatures(this, payload.slice(1))];
     }
-    if (code >= 400) {
+    if (code === 354) this.#afterData = true;
+    else if (code >= 400) {
       try {
-        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', this);
+        const text = Array.isArray(payload) ? payload.join(' ') : (payload ?? '');
+        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', text, this);
       } catch {
-        // metrics must never break a reply
+        // metrics and the refusal log must never break a reply
       }
     }
     super.send(code, payload, ctx);

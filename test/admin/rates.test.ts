@@ -15,10 +15,19 @@ it('rates are per minute over the window, from the counters', async () => {
   await w.sample();
   t += 30_000;
   // One minute since the first sample: 120 accepted, 30 delivered.
-  expect(await w.rates()).toEqual({ acceptedPerMinute: 120, deliveredPerMinute: 30, deferredPerMinute: 0, bouncedPerMinute: 0 });
+  expect(await w.rates()).toEqual({ acceptedPerMinute: 120, deliveredPerMinute: 30, deferredPerMinute: 0, bouncedPerMinute: 0, refusedPerMinute: 0 });
   // The next minute only 60 more arrive; the first minute has left the window.
   metrics.acceptedTotal.inc({ listener: 'a' }, 60);
   metrics.bouncedTotal.inc({ reason: '5xx' }, 2);
+  metrics.rejectedTotal.inc({ reason: 'relay' }, 10);
+  metrics.rejectedTotal.inc({ reason: 'dnsbl' }, 5);
   t += 60_000;
-  expect(await w.rates()).toEqual({ acceptedPerMinute: 60, deliveredPerMinute: 0, deferredPerMinute: 0, bouncedPerMinute: 2 });
+  expect(await w.window()).toEqual({
+    rates: { acceptedPerMinute: 60, deliveredPerMinute: 0, deferredPerMinute: 0, bouncedPerMinute: 2, refusedPerMinute: 15 },
+    refusedByReason: { relay: 10, dnsbl: 5 },
+  });
+  // A minute later only the relay refusals go on; reasons without refusals in the window are left out.
+  metrics.rejectedTotal.inc({ reason: 'relay' }, 3);
+  t += 60_000;
+  expect((await w.window()).refusedByReason).toEqual({ relay: 3 });
 });

@@ -57,8 +57,10 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
               properties: {
                 acceptedPerMinute: { type: 'number' }, deliveredPerMinute: { type: 'number' },
                 deferredPerMinute: { type: 'number' }, bouncedPerMinute: { type: 'number' },
+                refusedPerMinute: { type: 'number', description: 'SMTP commands and transactions refused at the door' },
               },
             },
+            refusedByReason: { type: 'object', additionalProperties: { type: 'number' }, description: 'The refusals per minute by reason (spoolhouse_rejected_total), reasons seen in the window only' },
             ratesWindowSeconds: { type: 'number' },
             suspendedDestinations: {
               type: 'array',
@@ -79,7 +81,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       },
     },
   }, async (request): Promise<Stats> => {
-    const [stats, rates] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.rates()]);
+    const [stats, { rates, refusedByReason }] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.window()]);
     const priorities = ctx.config.current.priorities;
     const byPriorityName: Record<string, number> = {};
     for (const [level, n] of Object.entries(stats.byPriority)) {
@@ -101,6 +103,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
         rows: stats.ageByDestination.rows,
       },
       rates,
+      refusedByReason,
       ratesWindowSeconds: ctx.rates.windowMs / 1000,
       suspendedDestinations: ctx.suspendedDestinations(),
     };
