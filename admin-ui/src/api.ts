@@ -106,7 +106,7 @@ export function query(params: Record<string, string | number | undefined | null>
 // (type-only, so nothing of src/ ends up in the bundle)
 
 export type {
-  AttemptRecord, BrowsePage, BulkAction, BulkResult, Classification, DepthHistoryPage, MailDetail, MailState, MailSummary, Recipient, SmtpReply, Stats,
+  AttemptRecord, BrowsePage, BulkAction, BulkResult, Classification, DepthHistoryPage, MailDetail, MailState, MailSummary, Recipient, Refusal, RefusalPage, SmtpReply, Stats,
 } from '../../src/api-types';
 
 export const MAIL_STATES: MailState[] = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];
@@ -125,11 +125,17 @@ export interface Rule {
 /** relay.reject: what is refused at the door; every key given must fit. */
 export interface RejectEntry { client?: string[]; sender?: string; senderDomain?: string; recipient?: string; recipientDomain?: string; reply?: string }
 export interface Priorities { classes: Record<string, number>; default: string; lowPriorityShare: number }
+/** smtp.dnsbl: a zone, with the answers that list a client (null: any). */
+export interface DnsblZone { zone: string; answers: string[] | null }
+/** The door's DNS checks (smtp.helo, smtp.spf). */
+export interface HeloChecks { rejectInvalid: boolean; rejectNonFqdn: boolean; rejectUnknown: boolean }
+export interface SpfCheck { check: boolean; reject: string[] }
 export interface ConsoleConfig {
   priorities: Priorities;
   rules: Rule[];
   delivery: { limits: { default: Limits; domains: Record<string, Limits> }; paused: string[]; routes: Record<string, string> };
-  relay: { reject: RejectEntry[] };
+  relay: { reject: RejectEntry[]; checkSenderDomain: boolean };
+  smtp: { dnsbl: DnsblZone[]; helo: HeloChecks; spf: SpfCheck };
   /** The overlay file changes are saved to. */
   file?: string;
 }

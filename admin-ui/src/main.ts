@@ -1,6 +1,6 @@
 /**
  * The console's shell: login screen, navigation and a hash router (#/queue, #/messages/ID,
- * #/stats, #/config, #/audit), so the admin server needs no fallback route and the back button
+ * #/stats, #/refusals, #/config, #/audit), so the admin server needs no fallback route and the back button
  * works. Each page renders into <main> and returns a cleanup for its timers and subscriptions.
  */
 import './styles.css';
@@ -13,6 +13,7 @@ import { renderMessage } from './pages/message';
 import { renderStats } from './pages/stats';
 import { renderConfig } from './pages/config';
 import { renderAudit } from './pages/audit';
+import { renderRefusals } from './pages/refusals';
 
 export type Cleanup = (() => void) | void;
 export type Page = (main: HTMLElement, params: URLSearchParams, rest: string[]) => Cleanup;
@@ -25,6 +26,7 @@ let unsubscribeLive: (() => void) | null = null;
 const NAV: { path: string; label: string }[] = [
   { path: 'queue', label: 'Queue' },
   { path: 'stats', label: 'Statistics' },
+  { path: 'refusals', label: 'Refusals' },
   { path: 'config', label: 'Configuration' },
   { path: 'audit', label: 'Audit log' },
 ];
@@ -37,7 +39,7 @@ function parseHash(): { path: string[]; params: URLSearchParams } {
 }
 
 function pageFor(name: string): Page | undefined {
-  return ({ queue: renderQueue, messages: renderMessage, stats: renderStats, config: renderConfig, audit: renderAudit } as Record<string, Page>)[name];
+  return ({ queue: renderQueue, messages: renderMessage, stats: renderStats, config: renderConfig, audit: renderAudit, refusals: renderRefusals } as Record<string, Page>)[name];
 }
 
 function renderLogin(): void {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { createAdminServer } from '../../src/admin/index.js';
 import { ConfigStore } from '../../src/config/store.js';
 import { Deliverer } from '../../src/delivery/deliverer.js';
+import { SmtpIngress } from '../../src/ingress/index.js';
 import { Scheduler } from '../../src/scheduler/index.js';
 import { silentLogger } from '../../src/logger.js';
 import { createMetrics } from '../../src/metrics.js';
@@ -33,6 +34,8 @@ export interface ConsoleServer {
   enqueue(m: MailSpec): Promise<QueuedMail>;
   /** With deliveryRoutes: the running scheduler. */
   scheduler: Scheduler | undefined;
+  /** With `ingress`: the SMTP port on 127.0.0.1. */
+  smtpPort: number | undefined;
   close(): Promise<void>;
 }
 
@@ -45,6 +48,8 @@ export interface ConsoleServerOptions {
    * due is delivered (the console's usual mails are not due for an hour).
    */
   deliveryRoutes?: Record<string, string>;
+  /** Also run the real SMTP ingress (its refusals feed GET /api/refusals), with these `relay` settings. */
+  ingress?: { relay: Record<string, unknown> };
 }
 
 export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerOptions = {}): Promise<ConsoleServer> {
@@ -55,6 +60,7 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
     spool: { dir: join(dir, 'spool') },
     admin: { listen: '127.0.0.1:0', token: TOKEN, tokens: [{ name: 'auditor', token: VIEWER_TOKEN, role: 'viewer' }] },
     log: { level: 'silent', pretty: false },
+    ...(opts.ingress ? { relay: opts.ingress.relay } : {}),
     ...(opts.deliveryRoutes ? { delivery: { routes: opts.deliveryRoutes, tls: { opportunistic: false, verify: false }, retry: { min: '10m', max: '1h', lifetime: '5d' } } } : {}),
   }, null, 2));
   const config = new ConfigStore(overlayFile);
@@ -74,8 +80,11 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
     scheduler = new Scheduler({ config, queue, delivery, logger, metrics, nodeName: 'console-node' });
     scheduler.start();
   }
+  const ingress = opts.ingress ? new SmtpIngress({ config, queue, logger, metrics }) : undefined;
+  const smtpPort = ingress ? (await ingress.listen())[0]!.port : undefined;
   const admin = await createAdminServer({
     config, queue, logger, metrics, dataDir: dir, ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations() } : {}),
+    ...(ingress ? { refusals: ingress.refusals } : {}),
   });
   const url = await admin.listen();
   return {
@@ -86,7 +95,9 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
     ids,
     enqueue,
     scheduler,
+    smtpPort,
     async close() {
+      await ingress?.close();
       await admin.close();
       await scheduler?.stop(2_000);
       await delivery?.close();

@@ -1,11 +1,12 @@
 /**
  * The running configuration an operator may change without a restart: priority classes, the
- * classification rules (with a tester), per-destination delivery limits, paused domains and the
- * clients, senders and recipients refused at the door (relay.reject). Each section saves
+ * classification rules (with a tester), per-destination delivery limits, paused domains, routes,
+ * the clients, senders and recipients refused at the door (relay.reject), and the door's DNS
+ * checks (smtp.dnsbl, smtp.helo, smtp.spf, relay.checkSenderDomain). Each section saves
  * on its own with PUT /api/config; the server validates, and its message (naming the key and
  * the problem) is shown next to the section.
  */
-import { api, ApiError, type ConsoleConfig, type Limits, type RejectEntry, type Rule } from '../api';
+import { api, ApiError, type ConsoleConfig, type DnsblZone, type Limits, type RejectEntry, type Rule } from '../api';
 import { field, h, mount, uid } from '../dom';
 import { durationText } from '../format';
 import { errorMessage, errorState, forgetConfig, loading, notify, priorityClasses, runningConfig } from '../ui';
@@ -404,6 +405,82 @@ function rejectEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
     form);
 }
 
+// ---- the door's DNS checks (smtp.dnsbl, smtp.helo, smtp.spf, relay.checkSenderDomain) ----
+
+const SPF_RESULTS = [
+  ['fail', 'fail (550 5.7.23)'],
+  ['softfail', 'softfail (550 5.7.23)'],
+  ['permerror', 'permerror: a broken SPF record (550 5.7.24)'],
+  ['temperror', 'temperror: DNS trouble (451 4.7.24, the sender retries)'],
+] as const;
+
+function dnsblRow(z: DnsblZone | null): HTMLTableRowElement {
+  const zone = z?.zone ?? '';
+  const tr = h('tr', null,
+    h('td', null, h('input', { type: 'text', name: 'zone', value: zone, placeholder: 'zen.example.org', 'aria-label': 'Blocklist zone' })),
+    h('td', null, h('input', { type: 'text', name: 'answers', value: z?.answers?.join(', ') ?? '', placeholder: 'any answer lists', 'aria-label': `Listing answers of ${zone || 'the new zone'}` })),
+    h('td', null, h('button', { type: 'button', class: 'link', onclick: () => tr.remove() }, `Remove ${zone || 'row'}`)));
+  return tr;
+}
+
+function checkbox(name: string, checked: boolean, label: string, hint?: string): { box: HTMLInputElement; el: HTMLElement } {
+  const box = h('input', { type: 'checkbox', name, checked });
+  return { box, el: h('div', { class: 'field check' }, h('label', null, box, ' ', label), hint ? h('span', { class: 'hint muted' }, hint) : null) };
+}
+
+function doorChecksEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
+  const rows = h('tbody');
+  for (const z of config.smtp.dnsbl) rows.append(dnsblRow(z));
+  const helo = {
+    rejectInvalid: checkbox('rejectInvalid', config.smtp.helo.rejectInvalid, 'Refuse a HELO name that is not a host name', 'reject_invalid_helo_hostname: 501 5.5.2'),
+    rejectNonFqdn: checkbox('rejectNonFqdn', config.smtp.helo.rejectNonFqdn, 'Refuse a HELO name that is not fully qualified', 'reject_non_fqdn_helo_hostname: 504 5.5.2'),
+    rejectUnknown: checkbox('rejectUnknown', config.smtp.helo.rejectUnknown, 'Defer a HELO name with no address and no MX', 'reject_unknown_helo_hostname: 450 4.7.1'),
+  };
+  const spfCheck = checkbox('spfCheck', config.smtp.spf.check, 'Check SPF at MAIL FROM', 'every mail checked gets a Received-SPF header');
+  const spfReject = SPF_RESULTS.map(([result, label]) => ({ result, ...checkbox(`spf-${result}`, config.smtp.spf.reject.includes(result), `Refuse ${label}`) }));
+  const senderDomain = checkbox('checkSenderDomain', config.relay.checkSenderDomain,
+    'Refuse senders whose domain cannot receive mail', 'reject_unknown_sender_domain: 450 4.1.8; a null MX 550 5.7.27');
+  const { row, status } = saveRow('Save checks');
+  const form = h('form', { 'aria-label': 'Checks at the door' },
+    h('fieldset', null, h('legend', null, 'DNS blocklists (smtp.dnsbl)'),
+      h('table', { class: 'edit' },
+        h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Zone'), h('th', { scope: 'col' }, 'Only these answers list (comma-separated)'), h('th', null))),
+        rows),
+      h('button', { type: 'button', onclick: () => rows.append(dnsblRow(null)) }, 'Add blocklist'),
+      h('p', { class: 'muted' }, 'A listed client gets 554 5.7.1 at RCPT. A list that does not answer lists nobody.')),
+    h('fieldset', null, h('legend', null, 'HELO name (smtp.helo)'), helo.rejectInvalid.el, helo.rejectNonFqdn.el, helo.rejectUnknown.el),
+    h('fieldset', null, h('legend', null, 'SPF (smtp.spf)'), spfCheck.el, h('div', { class: 'indent' }, spfReject.map((r) => r.el))),
+    h('fieldset', null, h('legend', null, 'Sender domain (relay.checkSenderDomain)'), senderDomain.el),
+    row);
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const dnsbl = [...rows.querySelectorAll('tr')].flatMap((tr): DnsblZone[] => {
+      const zone = (tr.querySelector('input[name=zone]') as HTMLInputElement).value.trim();
+      const answers = (tr.querySelector('input[name=answers]') as HTMLInputElement).value.split(/[\s,;]+/).filter(Boolean);
+      return zone ? [{ zone, answers: answers.length ? answers : null }] : [];
+    });
+    const next = {
+      dnsbl,
+      helo: { rejectInvalid: helo.rejectInvalid.box.checked, rejectNonFqdn: helo.rejectNonFqdn.box.checked, rejectUnknown: helo.rejectUnknown.box.checked },
+      spf: { check: spfCheck.box.checked, reject: spfReject.filter((r) => r.box.checked).map((r) => r.result) },
+    };
+    // Only the sections that changed: the overlay file (and a cluster's shared settings) get no more than was meant.
+    const smtp: Record<string, unknown> = {};
+    for (const key of ['dnsbl', 'helo', 'spf'] as const) if (JSON.stringify(next[key]) !== JSON.stringify(config.smtp[key])) smtp[key] = next[key];
+    const patch: Record<string, unknown> = {};
+    if (Object.keys(smtp).length) patch.smtp = smtp;
+    if (senderDomain.box.checked !== config.relay.checkSenderDomain) patch.relay = { checkSenderDomain: senderDomain.box.checked };
+    if (!Object.keys(patch).length) {
+      status.textContent = 'Nothing changed.';
+      return;
+    }
+    void save(patch, status, 'Checks at the door saved; they apply to sessions opened from now on.', reload);
+  });
+  return sectionBox('Checks at the door',
+    'DNS checks of clients outside relay.networks that did not authenticate. Changes apply to SMTP sessions opened from now on; what they refuse shows on the Refusals page.',
+    form);
+}
+
 export function renderConfig(main: HTMLElement): Cleanup {
   mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), loading('Loading the running configuration…'));
   const load = async () => {
@@ -417,7 +494,8 @@ export function renderConfig(main: HTMLElement): Cleanup {
         limitsEditor(config, () => void load()),
         pausedEditor(config, () => void load()),
         routesEditor(config, () => void load()),
-        rejectEditor(config, () => void load()));
+        rejectEditor(config, () => void load()),
+        doorChecksEditor(config, () => void load()));
     } catch (err) {
       mount(main, h('div', { class: 'page-head' }, h('h1', null, 'Configuration')), errorState('Could not load the configuration', err, () => void load()));
     }
