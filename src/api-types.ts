@@ -63,7 +63,8 @@ export interface MailSummary {
   messageId?: string;
   holdReason?: string;
   /** An operator asked to bounce it: its next attempt fails what is left, with a DSN. */
-  bounceRequest?: { reason: string; at: number };
+  /** An operator's bounce waiting for the next attempt; `recipients` (lower-cased) when only those. */
+  bounceRequest?: { reason: string; at: number; recipients?: string[] };
   /** The most recent reply any recipient got. */
   lastReply?: SmtpReply;
 }

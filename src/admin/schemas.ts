@@ -72,7 +72,11 @@ const summaryProperties = {
   subject: { type: 'string' },
   messageId: { type: 'string' },
   holdReason: { type: 'string' },
-  bounceRequest: { type: 'object', properties: { reason: { type: 'string' }, at: { type: 'number' } }, description: 'An operator asked to bounce it; its next attempt gives it up with a DSN' },
+  bounceRequest: {
+    type: 'object',
+    properties: { reason: { type: 'string' }, at: { type: 'number' }, recipients: { type: 'array', items: { type: 'string' } } },
+    description: 'An operator asked to bounce it; its next attempt gives it up with a DSN (only `recipients` when given)',
+  },
   lastReply: { ...smtpReply, description: 'The most recent reply any recipient got' },
 } as const;
 

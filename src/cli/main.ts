@@ -110,23 +110,26 @@ async function bulk(api: ApiClient, filter: Record<string, string>, action: Acti
 }
 
 function actionCommand(queue: Command, action: Exclude<Action, 'priority'>, description: string): void {
-  queue.command(action)
+  const command = queue.command(action)
     .description(description)
     .argument('[ids...]', 'mail ids')
     .option('-f, --filter <key=value>', 'act on every mail matching (repeatable)', collect)
     .option('-n, --dry-run', 'only say how many mails would change')
-    .option('--reason <text>', action === 'bounce' ? 'why (in the DSN sent to the sender, and the audit log)' : action === 'remove' || action === 'hold' ? 'why (kept with the mail and in the audit log)' : 'ignored')
-    .action(async (ids: string[], o: { filter?: string[]; dryRun?: boolean; reason?: string }, cmd: Command) => {
-      const filter = o.filter ? parseFilterArgs(o.filter) : undefined;
-      if (filter && ids.length) throw new CliError('give mail ids or --filter, not both', EXIT.usage);
-      if (!filter && ids.length === 0) throw new CliError(`${action}: give mail ids, or --filter key=value for every matching mail`, EXIT.usage);
-      if (!filter && o.dryRun) throw new CliError('--dry-run is for --filter', EXIT.usage);
-      const { api, opts } = client(cmd);
-      const reason = o.reason && (action === 'remove' || action === 'hold' || action === 'bounce') ? { reason: o.reason } : undefined;
-      process.exitCode = filter
-        ? await bulk(api, filter, action, !!o.dryRun, !!opts.json, reason ?? {})
-        : await oneByOne(api, ids, action, !!opts.json, action === 'hold' || action === 'bounce' ? reason : undefined);
-    });
+    .option('--reason <text>', action === 'bounce' ? 'why (in the DSN sent to the sender, and the audit log)' : action === 'remove' || action === 'hold' ? 'why (kept with the mail and in the audit log)' : 'ignored');
+  if (action === 'bounce') command.option('--recipient <address>', 'give up only this recipient of the one mail given; the others go on (repeatable)', collect);
+  command.action(async (ids: string[], o: { filter?: string[]; dryRun?: boolean; reason?: string; recipient?: string[] }, cmd: Command) => {
+    const filter = o.filter ? parseFilterArgs(o.filter) : undefined;
+    if (filter && ids.length) throw new CliError('give mail ids or --filter, not both', EXIT.usage);
+    if (!filter && ids.length === 0) throw new CliError(`${action}: give mail ids, or --filter key=value for every matching mail`, EXIT.usage);
+    if (!filter && o.dryRun) throw new CliError('--dry-run is for --filter', EXIT.usage);
+    if (o.recipient && (filter || ids.length !== 1)) throw new CliError('--recipient is for one mail id', EXIT.usage);
+    const { api, opts } = client(cmd);
+    const reason = o.reason && (action === 'remove' || action === 'hold' || action === 'bounce') ? { reason: o.reason } : undefined;
+    const body = o.recipient ? { ...reason, recipients: o.recipient } : reason;
+    process.exitCode = filter
+      ? await bulk(api, filter, action, !!o.dryRun, !!opts.json, reason ?? {})
+      : await oneByOne(api, ids, action, !!opts.json, action === 'hold' || action === 'bounce' ? body : undefined);
+  });
 }
 
 export function buildProgram(): Command {

@@ -41,6 +41,13 @@ export class InvalidTransitionError extends QueueError {
   }
 }
 
+/** An action on recipients of a mail names one it does not have (404) or one already done (409). */
+export class RecipientNotPendingError extends QueueError {
+  constructor(readonly id: string, readonly address: string, readonly done: boolean) {
+    super(done ? `Recipient ${address} of mail ${id} is already done` : `Mail ${id} has no recipient ${address}`, 550, '5.1.1', done ? 409 : 404);
+  }
+}
+
 /** The worker's lease is gone: expired, taken by another, or the mail was removed or held. */
 export class LeaseLostError extends QueueError {
   constructor(readonly id: string) {

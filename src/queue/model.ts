@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { monotonicFactory } from 'ulid';
-import { InvalidTransitionError, LeaseLostError } from './errors.js';
+import { InvalidTransitionError, LeaseLostError, RecipientNotPendingError } from './errors.js';
 import type {
   AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient,
 } from './types.js';
@@ -164,10 +164,15 @@ export function applyAttempt(mail: QueuedMail, token: string, result: AttemptRes
   };
   if (mail.state === 'removed') return changed(rest, patch, now);
   if (!left) return changed(rest, { ...patch, state: finalState(recipients) }, now);
+  // A partial bounce this attempt carried out is done with; one asked for while it ran is not.
+  const bounce = mail.bounceRequest;
+  const stillToBounce = bounce && (!bounce.recipients || bounce.recipients.some((a) => recipients.some((r) => r.address.toLowerCase() === a && !RECIPIENT_DONE.includes(r.status))));
+  const { bounceRequest: _b, ...keep } = rest;
+  const base = stillToBounce ? rest : keep;
   // An operator's bounce asked for while the attempt ran: due at once, to be given up.
-  const notBefore = mail.bounceRequest ? now : result.retryAt ?? now;
+  const notBefore = stillToBounce ? now : result.retryAt ?? now;
   // A mail held while its attempt ran stays held; otherwise it waits for its next try.
-  return changed(rest, { ...patch, state: mail.state === 'held' ? 'held' : 'queued', notBefore }, now);
+  return changed(base, { ...patch, state: mail.state === 'held' ? 'held' : 'queued', notBefore }, now);
 }
 
 export function applyHold(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
@@ -190,9 +195,15 @@ export function applyRemove(mail: QueuedMail, reason: string | undefined, now: M
   return changed(mail, { state: 'removed', holdReason: reason ?? mail.holdReason }, now);
 }
 
-export function applyBounce(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
+export function applyBounce(mail: QueuedMail, reason: string | undefined, now: Millis, recipients?: string[]): QueuedMail {
   if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'bounce');
-  const bounceRequest = { reason: reason ?? 'bounced by the operator', at: now };
+  const named = recipients?.length ? bounceTargets(mail, recipients) : undefined;
+  const bounceRequest: NonNullable<QueuedMail['bounceRequest']> = { reason: reason ?? 'bounced by the operator', at: now, ...(named ? { recipients: named } : {}) };
+  if (bounceRequest.recipients) {
+    // Only some recipients: the mail stays as it is (held stays held), due now when it waits.
+    if (mail.state === 'active' || mail.state === 'held') return changed(mail, { bounceRequest }, now);
+    return changed(mail, { bounceRequest, notBefore: Math.min(mail.notBefore, now) }, now);
+  }
   if (mail.state === 'active') return changed(mail, { bounceRequest }, now);
   const { holdReason: _r, ...rest } = mail;
   const unheld = mail.state === 'held' ? rest : mail;
@@ -200,6 +211,22 @@ export function applyBounce(mail: QueuedMail, reason: string | undefined, now: M
   // mail is active again; it is given up once the attempt is recorded (due at once then).
   if (mail.lease && mail.lease.until > now) return changed(unheld, { state: 'active', bounceRequest }, now);
   return changed(unheld, { state: 'queued', bounceRequest, notBefore: Math.min(mail.notBefore, now) }, now);
+}
+
+/**
+ * The recipients a partial bounce names (lower-cased, each a recipient not yet done), merged with
+ * those of a request still waiting; undefined when that is every recipient left (a whole bounce).
+ */
+function bounceTargets(mail: QueuedMail, addresses: string[]): string[] | undefined {
+  const pending = new Set(pendingRecipients(mail).map((r) => r.address.toLowerCase()));
+  const all = new Set(mail.recipients.map((r) => r.address.toLowerCase()));
+  const wanted = new Set(addresses.map((a) => a.toLowerCase()));
+  for (const a of wanted) if (!pending.has(a)) throw new RecipientNotPendingError(mail.id, a, all.has(a));
+  const earlier = mail.bounceRequest;
+  // A whole bounce still waiting stays whole; a partial one adds its recipients.
+  if (earlier && !earlier.recipients) return undefined;
+  for (const a of earlier?.recipients ?? []) if (pending.has(a)) wanted.add(a);
+  return wanted.size === pending.size ? undefined : [...wanted];
 }
 
 export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {

@@ -126,8 +126,11 @@ export interface QueuedMail {
   updatedAt: Millis;
   /** When a delay warning (DSN action=delayed) was sent, if one was. */
   delayWarnedAt?: Millis;
-  /** An operator asked to bounce it (Queue.bounce): its next attempt fails what is left, with a DSN. */
-  bounceRequest?: { reason: string; at: Millis };
+  /**
+   * An operator asked to bounce it (Queue.bounce): its next attempt fails what is left, with a
+   * DSN; with `recipients` (lower-cased), only those, and the others go on as before.
+   */
+  bounceRequest?: { reason: string; at: Millis; recipients?: string[] };
 }
 
 export interface Lease {
@@ -311,8 +314,11 @@ export interface Queue {
    * Gives the mail up, with a DSN to its sender (exim's -Mg): marks it, and makes it due now (a
    * held mail too); its next attempt fails every recipient not yet done, delivering nothing. An
    * attempt already running finishes first (what it delivers stays delivered).
+   * With `recipients`, only those are given up (each must be a recipient not yet done:
+   * RecipientNotPendingError otherwise); the others are tried as before, and a held mail stays held.
+   * A second request adds its recipients to a first one still waiting (the newer reason for all).
    */
-  bounce(id: MailId, reason?: string): Promise<QueuedMail>;
+  bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail>;
   /** Makes a queued (deferred or delayed) mail due now. */
   retryNow(id: MailId): Promise<QueuedMail>;
   setPriority(id: MailId, priority: number): Promise<QueuedMail>;

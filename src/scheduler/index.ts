@@ -423,17 +423,23 @@ export class Scheduler {
       byDomain.set(d, [...(byDomain.get(d) ?? []), r]);
     }
     if (mail.bounceRequest) {
-      // Given up by an operator (Queue.bounce): every recipient left fails now, with a DSN, and
-      // nothing is looked up or connected to.
+      // Given up by an operator (Queue.bounce): every recipient left (or those it names) fails
+      // now, with a DSN, and is looked up and connected to by no one; the others go on.
       const reply: Reply = { code: 550, enhanced: '5.0.0', message: `Delivery cancelled by the operator: ${mail.bounceRequest.reason}` };
-      const recipients = [...byDomain.values()].flat();
+      const named = mail.bounceRequest.recipients && new Set(mail.bounceRequest.recipients);
+      const recipients: Recipient[] = [];
+      for (const [domain, list] of byDomain) {
+        const given = named ? list.filter((r) => named.has(r.address.toLowerCase())) : list;
+        if (given.length === list.length) byDomain.delete(domain);
+        else if (given.length) byDomain.set(domain, list.filter((r) => !given.includes(r)));
+        recipients.push(...given);
+      }
       for (const r of recipients) {
         attempt.outcomes.push({ address: r.address, outcome: 'failed', reply });
         attempt.labels.set(r.address, 'operator');
       }
-      attempt.history.push({ at: this.#now(), recipients: recipients.map((r) => r.address), outcome: 'failed', reply, durationMs: 0 });
-      attempt.log.info({ recipients: recipients.length, reason: mail.bounceRequest.reason }, 'bounced by the operator');
-      byDomain.clear();
+      if (recipients.length) attempt.history.push({ at: this.#now(), recipients: recipients.map((r) => r.address), outcome: 'failed', reply, durationMs: 0 });
+      attempt.log.info({ recipients: recipients.length, of: named ? 'some' : 'all', reason: mail.bounceRequest.reason }, 'bounced by the operator');
     }
     // delivery.paused: deferred at once, looked up and connected to by no one.
     const paused = this.#config.current.delivery.paused;

@@ -223,6 +223,27 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('bounces one recipient of a mail, the others left to go on', async () => {
+    const m = await server.enqueue({ subject: 'One misspelt recipient', to: ['friend@gmial.example', 'fine@example.com'] });
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${m.id}`);
+    const table = page.getByRole('table', { name: 'Recipients' });
+    await table.getByRole('button', { name: 'Bounce friend@gmial.example' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Bounce friend@gmial.example?' });
+    await expectText(dialog, 'The other recipients are tried as before.');
+    await dialog.getByLabel('Reason, told to the sender').fill('misspelt domain');
+    await dialog.getByRole('button', { name: 'Bounce friend@gmial.example' }).click();
+    await expectText(page.locator('.hold-reason'), 'To be bounced (only friend@gmial.example): misspelt domain');
+    await expectText(page.getByRole('table', { name: 'Recipients' }).locator('tr', { hasText: 'friend@gmial.example' }), 'to be bounced');
+    const after = await server.queue.get(m.id);
+    expect(after?.bounceRequest).toMatchObject({ reason: 'misspelt domain', recipients: ['friend@gmial.example'] });
+    expect(after?.state).toBe('queued');
+    // The other recipient is untouched and can still be given up on its own.
+    expect(after?.recipients.map((r) => r.status)).toEqual(['pending', 'pending']);
+    expect(await page.getByRole('table', { name: 'Recipients' }).getByRole('button', { name: 'Bounce fine@example.com' }).count()).toBe(1);
+    await ctx.close();
+  });
+
   it('bounces all mail to a domain in bulk, with one reason for every sender', async () => {
     const { ctx, page } = await openPage();
     await signIn(page, '#/queue?domain=campaign.example');

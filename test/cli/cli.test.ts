@@ -165,6 +165,18 @@ describe('actions', () => {
     expect((await h.queue.get(target))!.bounceRequest?.reason).toBe('campaign cancelled');
   });
 
+  it('bounce of some recipients of one mail; 3 for an address the mail does not have, 2 without one id', async () => {
+    const m = await h.enqueue({ subject: 'two recipients', to: ['typo@gmial.example', 'ok@example.com'] });
+    const r = await cli(['queue', 'bounce', m.id, '--recipient', 'typo@gmial.example', '--reason', 'misspelt']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await h.queue.get(m.id))!.bounceRequest).toMatchObject({ reason: 'misspelt', recipients: ['typo@gmial.example'] });
+    const unknown = await cli(['queue', 'bounce', m.id, '--recipient', 'nobody@example.com']);
+    expect(unknown.code).toBe(3);
+    expect(unknown.stderr).toMatch(/has no recipient nobody@example\.com/);
+    expect((await cli(['queue', 'bounce', '--filter', 'domain=gmial.example', '--recipient', 'typo@gmial.example'])).code).toBe(2);
+    await h.queue.remove(m.id);
+  });
+
   it('exit 1 when the state does not allow it; 3 when one of several ids is unknown', async () => {
     const r = await cli(['queue', 'release', id('big report')]);
     expect(r.code).toBe(1);

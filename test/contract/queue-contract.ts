@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidTransitionError, LeaseLostError, MailNotFoundError } from '../../src/queue/errors.js';
+import { InvalidTransitionError, LeaseLostError, MailNotFoundError, RecipientNotPendingError } from '../../src/queue/errors.js';
 import { newMailId } from '../../src/queue/model.js';
 import type { EnqueueRequest, Queue, QueuedMail, QueueEvent, SortField } from '../../src/queue/types.js';
 import { bodyOf } from '../helpers/body.js';
@@ -500,6 +500,55 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         const after = await q.recordAttempt(m.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'deferred' }], retryAt: Date.now() + 3_600_000 });
         expect(after.state).toBe('queued');
         expect(after.notBefore).toBeLessThanOrEqual(Date.now());
+      });
+
+      it('bounce of some recipients: only those, merged with a request still waiting; held stays held; unknown or done ones refused', async () => {
+        const three = [{ address: 'a@one.example' }, { address: 'b@two.example' }, { address: 'c@three.example' }];
+        const m = await q.enqueue(request({ recipients: three, notBefore: Date.now() + 3_600_000 }));
+        const first = await q.bounce(m.id, 'typo', ['B@Two.example']);
+        expect(first.state).toBe('queued');
+        expect(first.bounceRequest).toMatchObject({ reason: 'typo', recipients: ['b@two.example'] });
+        expect(first.notBefore).toBeLessThanOrEqual(Date.now());
+        const second = await q.bounce(m.id, 'dead domain', ['c@three.example']);
+        expect(second.bounceRequest?.reason).toBe('dead domain');
+        expect([...second.bounceRequest!.recipients!].sort()).toEqual(['b@two.example', 'c@three.example']);
+        await expect(q.bounce(m.id, 'x', ['nobody@else.example'])).rejects.toSatisfy((e) => e instanceof RecipientNotPendingError && (e as RecipientNotPendingError).httpStatus === 404);
+        // Its attempt fails the two named, defers the third: the request is done with, the mail waits for its retry.
+        const r = await reserveOne(q, m.id);
+        const after = await q.recordAttempt(m.id, r.lease!.token, {
+          outcomes: [{ address: 'a@one.example', outcome: 'deferred' }, { address: 'b@two.example', outcome: 'failed' }, { address: 'c@three.example', outcome: 'failed' }],
+          retryAt: Date.now() + 3_600_000,
+        });
+        expect(after.state).toBe('queued');
+        expect(after.bounceRequest).toBeUndefined();
+        expect(after.notBefore).toBeGreaterThan(Date.now() + 3_000_000);
+        await expect(q.bounce(m.id, 'x', ['b@two.example'])).rejects.toSatisfy((e) => e instanceof RecipientNotPendingError && (e as RecipientNotPendingError).httpStatus === 409);
+        // Naming every recipient left is a whole bounce.
+        expect((await q.bounce(m.id, 'all of it', ['a@one.example'])).bounceRequest).toEqual({ reason: 'all of it', at: expect.any(Number) });
+
+        const held = await q.enqueue(request({ recipients: three }));
+        await q.hold(held.id, 'look first');
+        const h = await q.bounce(held.id, 'typo', ['a@one.example']);
+        expect([h.state, h.holdReason, h.bounceRequest?.recipients]).toEqual(['held', 'look first', ['a@one.example']]);
+        expect((await q.reserveDue({ owner: OWNER, limit: 10, leaseMs: 60_000 })).map((x) => x.id)).not.toContain(held.id);
+        // A whole bounce replaces a partial one.
+        expect((await q.bounce(held.id, 'everything')).bounceRequest).toEqual({ reason: 'everything', at: expect.any(Number) });
+      });
+
+      it('bounce of some recipients asked while an attempt runs survives that attempt: due at once after it', async () => {
+        const two = [{ address: 'a@one.example' }, { address: 'b@two.example' }];
+        const m = await q.enqueue(request({ recipients: two }));
+        const r = await reserveOne(q, m.id);
+        const marked = await q.bounce(m.id, 'typo', ['b@two.example']);
+        expect(marked.state).toBe('active');
+        const after = await q.recordAttempt(m.id, r.lease!.token, {
+          outcomes: [{ address: 'a@one.example', outcome: 'delivered' }, { address: 'b@two.example', outcome: 'deferred' }],
+          retryAt: Date.now() + 3_600_000,
+        });
+        expect(after.state).toBe('queued');
+        expect(after.bounceRequest?.recipients).toEqual(['b@two.example']);
+        expect(after.notBefore).toBeLessThanOrEqual(Date.now());
+        expect((await reserveOne(q, m.id)).id).toBe(m.id);
       });
 
       it('setPriority and setNotBefore change the due order', async () => {

@@ -49,4 +49,39 @@ describe('a mail bounced by the operator', () => {
     expect(dsns.every((t) => t.mailFrom.address === '')).toBe(true);
     expect(await h.metrics.registry.getSingleMetricAsString('spoolhouse_bounced_total')).toMatch(/reason="operator"\} 2/);
   });
+
+  it('of some recipients: those fail with a DSN and are never connected to; the others are delivered as before', async () => {
+    const typo = await startReceiver();
+    const good = await startReceiver({ script: { rcpt: { 'later@good.test': '451 4.2.1 Try later' } } });
+    const senderMx = await startReceiver();
+    cleanups.push(() => typo.close(), () => good.close(), () => senderMx.close());
+    const h = await startScheduler({
+      delivery: { routes: { 'gmial.test': typo.address, 'good.test': good.address, 'origin.test': senderMx.address }, retry: { min: '1h', max: '1h', lifetime: '5d' } },
+    });
+    cleanups.push(() => h.close());
+
+    // Held first (as a rule's quarantine would), so the operator acts before any attempt.
+    const m = await h.enqueue({ to: ['friend@gmial.test', 'later@good.test', 'now@good.test'], hold: { reason: 'look first' } });
+    const marked = await h.queue.bounce(m.id, 'misspelt domain', ['friend@gmial.test']);
+    expect(marked.state).toBe('held');
+    await h.queue.release(m.id);
+    const after = await waitFor('the attempt', async () => {
+      const x = await h.queue.get(m.id);
+      return x && x.attempts === 1 ? x : undefined;
+    });
+    expect(after.recipients.map((r) => [r.address, r.status])).toEqual([['friend@gmial.test', 'failed'], ['later@good.test', 'deferred'], ['now@good.test', 'delivered']]);
+    expect(after.recipients[0]!.lastReply?.message).toBe('Delivery cancelled by the operator: misspelt domain');
+    expect(after.state).toBe('queued');
+    expect(after.bounceRequest).toBeUndefined();
+    // Waits for its retry, an hour away: the request did not leave it due.
+    expect(after.notBefore).toBeGreaterThan(Date.now() + 50 * 60_000);
+    expect(typo.acceptedConnections).toBe(0);
+    expect(good.completed().map((t) => t.rcptTo.map((r) => r.address))).toEqual([['now@good.test']]);
+
+    const [dsn] = await senderMx.waitForCompleted(1);
+    const parsed = await parseDsn(dsn!.data);
+    expect(parsed.blocks.slice(1)).toEqual([
+      expect.objectContaining({ 'final-recipient': 'rfc822; friend@gmial.test', action: 'failed', status: '5.0.0', 'diagnostic-code': expect.stringMatching(/misspelt domain/) }),
+    ]);
+  });
 });

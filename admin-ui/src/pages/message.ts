@@ -110,6 +110,35 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
       }, 'Bounce'));
   }
 
+  /**
+   * Gives up one recipient (a misspelt address, a dead domain) while the others go on: for a live
+   * mail with more than one recipient left. Marked instead when already asked for.
+   */
+  function recipientBounce(m: MailDetail, address: string, status: string): HTMLElement | null {
+    const live = m.state === 'queued' || m.state === 'active' || m.state === 'held';
+    const left = m.recipients.filter((r) => r.status === 'pending' || r.status === 'deferred');
+    if (!live || left.length < 2 || (status !== 'pending' && status !== 'deferred')) return null;
+    if (m.bounceRequest?.recipients?.includes(address.toLowerCase())) return h('span', { class: 'muted' }, 'to be bounced');
+    return h('button', {
+      type: 'button', class: 'link danger',
+      onclick: async () => {
+        const reason = h('input', { type: 'text', name: 'bounce-reason', placeholder: 'bounced by the operator', maxlength: '500' });
+        const ok = await confirmDialog({
+          title: `Bounce ${address}?`,
+          body: [
+            h('p', null, 'Give up delivery to ', h('code', null, address), ' only; ', m.sender ? `${m.sender} gets a delivery status notification for it.` : 'the mail is a bounce itself, so nobody is notified.',
+              ' The other recipients are tried as before', m.state === 'held' ? ', once the mail is released.' : '.'),
+            h('label', { class: 'field' }, 'Reason, told to the sender ', reason),
+          ],
+          confirm: `Bounce ${address}`,
+          danger: true,
+        });
+        const why = reason.value.trim();
+        if (ok) await act(`${address} set to bounce.`, () => api('POST', `/api/messages/${encodeURIComponent(m.id)}/bounce`, { body: { recipients: [address], ...(why ? { reason: why } : {}) } }));
+      },
+    }, `Bounce ${address}`);
+  }
+
   function render(m: MailDetail): void {
     const p = m.parsed;
     const subject = p?.subject ?? m.subject;
@@ -119,7 +148,9 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
         h('h1', { class: 'subject' }, subject ? subject : h('em', null, '(no subject)')),
         stateBadge(m.state)),
       m.holdReason && m.state === 'held' ? h('p', { class: 'hold-reason' }, 'Held: ', m.holdReason) : null,
-      m.bounceRequest && (m.state === 'queued' || m.state === 'active') ? h('p', { class: 'hold-reason' }, 'To be bounced: ', m.bounceRequest.reason) : null,
+      m.bounceRequest && (m.state === 'queued' || m.state === 'active' || m.state === 'held')
+        ? h('p', { class: 'hold-reason' }, 'To be bounced', m.bounceRequest.recipients ? ` (only ${m.bounceRequest.recipients.join(', ')})` : '', ': ', m.bounceRequest.reason)
+        : null,
       actions(m),
       h('div', { class: 'grid2' },
         section('Envelope', dl([
@@ -152,13 +183,14 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
         ]))),
       section('Recipients',
         h('table', { class: 'recipients', 'aria-label': 'Recipients' },
-          h('thead', null, h('tr', null, ['Address', 'Status', 'Last reply', 'Remote host', 'Last attempt'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('thead', null, h('tr', null, ['Address', 'Status', 'Last reply', 'Remote host', 'Last attempt', ''].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', null, m.recipients.map((r) => h('tr', null,
             h('td', { class: 'addr' }, r.address),
             h('td', null, stateBadge(r.status)),
             h('td', { class: 'reply' }, replyText(r.lastReply)),
             h('td', null, r.remoteHost ?? '—'),
-            h('td', null, timeEl(r.lastAttemptAt))))))),
+            h('td', null, timeEl(r.lastAttemptAt)),
+            h('td', null, recipientBounce(m, r.address, r.status))))))),
       section('Attempts',
         m.history.length === 0
           ? h('p', { class: 'muted' }, m.state === 'queued' ? 'No delivery attempt yet. It is tried when due; use "Retry now" to try at once.' : 'No delivery attempt was made.')

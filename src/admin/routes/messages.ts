@@ -297,7 +297,7 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
   });
 
   const single = (
-    verb: 'remove' | 'hold' | 'release' | 'retry' | 'bounce',
+    verb: 'remove' | 'hold' | 'release' | 'retry',
     run: (id: string, request: FastifyRequest<{ Params: IdParams; Body: { reason?: string } | undefined }>) => Promise<QueuedMail>,
   ) => async (request: FastifyRequest<{ Params: IdParams; Body: { reason?: string } | undefined }>) => {
     const id = normaliseId(request.params.id);
@@ -331,12 +331,33 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
     schema: { summary: 'Make a queued (deferred or delayed) mail due now', tags: ['messages'], params: mailIdParams, response: actionResponse },
   }, single('retry', (id) => ctx.queue.retryNow(id)));
 
-  app.post<{ Params: IdParams; Body: { reason?: string } | undefined }>('/messages/:id/bounce', {
+  app.post<{ Params: IdParams; Body: { reason?: string; recipients?: string[] } | undefined }>('/messages/:id/bounce', {
     schema: {
       summary: 'Give a mail up with a DSN to its sender: due now (a held one too), its next attempt fails every recipient not yet done and delivers nothing',
-      tags: ['messages'], params: mailIdParams, body: reasonBody, response: actionResponse,
+      description: 'With `recipients`, only those are given up (each a recipient not yet done: 404 for an address the mail does not have, 409 for one already done); the others are tried as before, and a held mail stays held until released.',
+      tags: ['messages'], params: mailIdParams,
+      body: {
+        anyOf: [
+          {
+            type: 'object',
+            properties: {
+              reason: { type: 'string', maxLength: 500 },
+              recipients: { type: 'array', items: { type: 'string', minLength: 1, maxLength: 512 }, minItems: 1, maxItems: 1000 },
+            },
+            additionalProperties: false,
+          },
+          { type: 'null' },
+        ],
+      },
+      response: actionResponse,
     },
-  }, single('bounce', (id, r) => ctx.queue.bounce(id, r.body?.reason ?? 'bounced by the operator')));
+  }, async (request) => {
+    const id = normaliseId(request.params.id);
+    const recipients = request.body?.recipients;
+    const what = { action: 'bounce', ids: [id], ...(recipients ? { detail: { recipients } } : {}) };
+    const mail = await audited(ctx, request, what, () => ctx.queue.bounce(id, request.body?.reason ?? 'bounced by the operator', recipients));
+    return summarise(mail, priorities());
+  });
 
   app.patch<{ Params: IdParams; Body: { priority?: string | number; notBefore?: string | number } }>('/messages/:id', {
     schema: {

@@ -815,8 +815,8 @@ export class KafkaQueue implements Queue {
     return this.transition(id, 'remove', (m, now) => applyRemove(m, reason, now));
   }
 
-  bounce(id: MailId, reason?: string): Promise<QueuedMail> {
-    return this.transition(id, 'bounce', (m, now) => applyBounce(m, reason, now));
+  bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail> {
+    return this.transition(id, 'bounce', (m, now) => applyBounce(m, reason, now, recipients));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {

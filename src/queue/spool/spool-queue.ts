@@ -1072,8 +1072,8 @@ export class SpoolQueue implements Queue {
     return this.change(id, (m, now) => applyRemove(m, reason, now));
   }
 
-  bounce(id: MailId, reason?: string): Promise<QueuedMail> {
-    return this.change(id, (m, now) => applyBounce(m, reason, now));
+  bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyBounce(m, reason, now, recipients));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {
