@@ -221,3 +221,29 @@ export interface RefusalPage {
   /** Refusals since the node started, kept or not. */
   total: number;
 }
+
+/** One line of GET /api/stats/replies: recipients that got one reply from one destination. */
+export interface ReplyDigestRow {
+  outcome: 'deferred' | 'failed' | 'expired';
+  /** The recipients' domain. */
+  domain: string;
+  /** The reply with what varies from mail to mail masked (<ip>, <address>, # for ids and numbers). */
+  reply: { code: number; enhanced?: string; message: string };
+  /** Recipients in the window. */
+  count: number;
+  lastAt: number;
+  /** The mail of the last one, to look at. */
+  lastMailId: string;
+  /** The last reply's text as the remote sent it. */
+  example: string;
+}
+
+/** GET /api/stats/replies: this node's deferrals and bounces by destination and reply (pflogsumm's detail). */
+export interface ReplyDigestPage {
+  rows: ReplyDigestRow[];
+  /** Recipients in the window, all rows (not only those listed). */
+  total: number;
+  /** Recipients counted but not itemised (too many different replies in a minute). */
+  notItemised?: number;
+  windowSeconds: number;
+}

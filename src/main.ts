@@ -58,6 +58,7 @@ async function main(argv: string[]): Promise<void> {
   const admin = await createAdminServer({
     config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
     refusals: ingress.refusals,
+    replies: (q) => scheduler.replies(q),
   });
 
   await ingress.listen();

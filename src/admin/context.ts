@@ -3,7 +3,7 @@
  * this), and the audit helper that records an operator action however it ends.
  */
 import type { FastifyRequest } from 'fastify';
-import type { SuspendedDestination } from '../api-types.js';
+import type { ReplyDigestPage, ReplyDigestRow, SuspendedDestination } from '../api-types.js';
 import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -28,6 +28,8 @@ export interface AdminContext {
   streams: Set<() => void>;
   /** This node's dead destinations (Scheduler.suspendedDestinations); none without a scheduler. */
   suspendedDestinations: () => SuspendedDestination[];
+  /** This node's deferrals and bounces of the last hour by destination and reply (Scheduler.replies); none without a scheduler. */
+  replies: (q: { windowMs?: number; outcome?: ReplyDigestRow['outcome']; domain?: string; limit?: number }) => ReplyDigestPage;
   /** This node's recent refusals at the door (SmtpIngress.refusals); an empty log without an ingress. */
   refusals: RefusalLog;
   /** Mails per step of a bulk action (tests make it small to exercise the paging). */

@@ -76,6 +76,8 @@ export interface AdminServerOptions {
   historyEveryMs?: number;
   /** This node's dead destinations for GET /api/stats (Scheduler.suspendedDestinations). */
   suspendedDestinations?: () => SuspendedDestination[];
+  /** This node's deferral and bounce detail for GET /api/stats/replies (Scheduler.replies). */
+  replies?: AdminContext['replies'];
   /** This node's recent refusals for GET /api/refusals (SmtpIngress.refusals). */
   refusals?: RefusalLog;
 }
@@ -116,6 +118,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     streams: new Set(),
     suspendedDestinations: o.suspendedDestinations ?? (() => []),
     refusals: o.refusals ?? new RefusalLog(0),
+    replies: o.replies ?? (() => ({ rows: [], total: 0, windowSeconds: 3600 })),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });

@@ -5,7 +5,7 @@
  * It reads the API's answers as typed in src/api-types.ts (shared with the server and the console).
  */
 
-import type { MailDetail, MailSummary, RefusalPage, SmtpReply, Stats } from '../api-types.js';
+import type { MailDetail, MailSummary, RefusalPage, ReplyDigestPage, SmtpReply, Stats } from '../api-types.js';
 
 const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
 
@@ -124,7 +124,7 @@ export function showMail(m: MailDetail): string {
   return out.join('\n') + '\n';
 }
 
-export function showStats(s: Stats): string {
+export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   const out: string[] = [];
   out.push('By state:    ' + Object.entries(s.byState).map(([k, v]) => `${k}=${v}`).join('  '));
   if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));
@@ -147,20 +147,28 @@ export function showStats(s: Stats): string {
     out.push('', 'Suspended destinations (no host reachable; mail deferred without connecting):');
     for (const d of dead) out.push(`  ${d.domains.join(',')} [${d.destination}] until ${arrival(d.until)}: ${replyText(d.reply)}`);
   }
+  if (replies?.rows.length) {
+    // pflogsumm's "message deferral detail" / "message bounce detail": recipients, destination, reply.
+    out.push('', `Deferrals and bounces by reply (last hour, ${replies.total} recipient${replies.total === 1 ? '' : 's'}):`);
+    const cw = Math.max(...replies.rows.map((r) => String(r.count).length));
+    const dw = Math.max(...replies.rows.map((r) => r.domain.length));
+    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${r.domain.padEnd(dw)}  ${replyText(r.reply)}`);
+  }
   return out.join('\n') + '\n';
 }
 
 /**
  * `spoolhouse refusals`: one refusal a line, oldest first as in a log (like Postfix's "NOQUEUE:
  * reject:" lines): when, the client, its HELO name, the sender, what it said, the reply and the
- * reason. Everything but the time came from the client or is about it: printed terminal-safe.
+ * reason. Everything but the time came from the client or is about it: the CLI prints it through
+ * terminalSafe, as all its output.
  */
 export function showRefusals(page: RefusalPage): string {
   if (page.items.length === 0) return page.total === 0 ? 'Nothing was refused since the server started\n' : 'No refusal kept matches\n';
   const lines = [...page.items].reverse().map((r) => {
     const who = [`[${r.client}]`, r.helo !== undefined ? `helo=<${r.helo}>` : '', r.user !== undefined ? `user=${r.user}` : '', r.sender !== undefined ? `from=<${r.sender}>` : ''].filter(Boolean).join(' ');
     const reply = `${r.reply.code}${r.reply.enhanced ? ' ' + r.reply.enhanced : ''} ${r.reply.text}`.trim();
-    return terminalSafe(`${arrival(r.at)} ${r.reason}: ${who}${r.command !== undefined ? `: ${r.command}` : ''}: ${reply}`);
+    return `${arrival(r.at)} ${r.reason}: ${who}${r.command !== undefined ? `: ${r.command}` : ''}: ${reply}`;
   });
   if (page.nextCursor !== undefined) lines.unshift(`(older ones: --before ${page.nextCursor})`);
   return lines.join('\n') + '\n';

@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
-import type { BrowsePage, BulkResult, MailDetail, MailSummary, RefusalPage, Stats } from '../api-types.js';
+import type { BrowsePage, BulkResult, MailDetail, MailSummary, RefusalPage, ReplyDigestPage, Stats } from '../api-types.js';
 import { queueTable, showMail, showRefusals, showStats, terminalSafe } from './format.js';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
@@ -220,13 +220,16 @@ export function buildProgram(): Command {
     });
 
   queue.command('stats')
-    .description('counts by state and priority, oldest mail, rates, and the age-by-destination table (qshape)')
+    .description('counts by state and priority, oldest mail, rates, the age-by-destination table (qshape), and the deferrals and bounces of the last hour by reply')
     .option('--top <n>', 'destinations shown', '10')
     .action(async (o: { top: string }, cmd: Command) => {
       const { api, opts } = client(cmd);
-      const stats = await api.json<Stats>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`);
-      if (opts.json) printJson(stats);
-      else out(showStats(stats));
+      const [stats, replies] = await Promise.all([
+        api.json<Stats>('GET', `api/stats?topN=${encodeURIComponent(o.top)}`),
+        api.json<ReplyDigestPage>('GET', `api/stats/replies?limit=${encodeURIComponent(o.top)}`),
+      ]);
+      if (opts.json) printJson({ ...stats, replies });
+      else out(showStats(stats, replies));
     });
 
   program.command('refusals')

@@ -48,6 +48,7 @@ import type {
 import { enqueueDsn, planDsn } from '../bounce/index.js';
 import { limitsFor, TokenBucket } from './limits.js';
 import { isExpired, nextRetryAt, type RetryPolicy } from './retry.js';
+import { ReplyDigest, type ReplyDigestPage } from './reply-digest.js';
 
 export { backoffDelay, nextRetryAt, isExpired, expiresAt } from './retry.js';
 export { limitsFor, TokenBucket } from './limits.js';
@@ -172,6 +173,8 @@ export class Scheduler {
   readonly #attempts = new Map<string, Attempt>();
   readonly #pools = new Map<string, DestinationPool>();
   readonly #resolved = new Map<string, { until: number; destination: Promise<Destination> }>();
+  /** Deferrals and bounces of the last hour by destination and reply (GET /api/stats/replies). */
+  readonly #replies: ReplyDigest;
   #activeConnections = 0;
   #jobSeq = 0;
   #lastReserveAt = 0;
@@ -219,6 +222,7 @@ export class Scheduler {
     this.#owner = o.nodeName;
     this.#now = o.clock ?? Date.now;
     this.#random = o.random ?? Math.random;
+    this.#replies = new ReplyDigest({ now: this.#now });
   }
 
   start(): void {
@@ -254,6 +258,14 @@ export class Scheduler {
   /** Reserved mails not yet recorded (for tests and /health). */
   get inFlight(): number {
     return this.#attempts.size;
+  }
+
+  /**
+   * Deferrals and bounces of the last hour by outcome, destination domain and reply (pflogsumm's
+   * deferral and bounce detail), most recipients first.
+   */
+  replies(q: Parameters<ReplyDigest['top']>[0] = {}): ReplyDigestPage {
+    return this.#replies.top(q);
   }
 
   /** Destinations suspended now (dead: no host could be reached), with when they resume and why. */
@@ -900,6 +912,7 @@ export class Scheduler {
       } else {
         this.#metrics.bouncedTotal.inc({ reason: o.outcome === 'expired' ? 'expired' : label === 'dns' || label === 'operator' ? label : '5xx' });
       }
+      if (o.outcome !== 'delivered' && o.reply) this.#replies.record(o.outcome, domainOf(o.address).toLowerCase(), o.reply, attempt.mail.id);
     }
   }
 

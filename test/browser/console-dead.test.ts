@@ -2,7 +2,7 @@
  * A dead destination in the console (real Chromium; the real admin server, spool, scheduler and
  * delivery; a receiving SMTP server on loopback that refuses every session with a 421 greeting
  * whose text is hostile markup): the Statistics page lists the suspended destination with its
- * reply, shown as text.
+ * reply, and the deferral in its reply detail, shown as text.
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { chromium, type Browser } from 'playwright-core';
@@ -45,8 +45,14 @@ describe('console: dead destinations', () => {
     expect(cells[0]).toBe('dead.example');
     expect(cells[1]).toContain(rx.address.split(':')[0]);
     expect(cells[3]).toBe(`421 4.3.2 ${HOSTILE} down`);
+    // The deferral it caused, in the reply detail: the destination links to its waiting mail.
+    const detail = page.getByRole('table', { name: 'Deferrals and bounces by reply' });
+    const cellsOf = await detail.locator('tbody tr').first().locator('td').allTextContents();
+    expect(cellsOf.slice(0, 4)).toEqual(['deferred', 'dead.example', `421 4.3.2 ${HOSTILE} down`, '1']);
+    expect(await detail.getByRole('link', { name: 'dead.example' }).getAttribute('href')).toBe('#/queue?domain=dead.example');
     // Shown as characters: no element was made of it, no script ran.
     expect(await page.locator('section.suspended img').count()).toBe(0);
+    expect(await page.locator('section.replies img').count()).toBe(0);
     expect(dialogs).toEqual([]);
     await ctx.close();
   });

@@ -83,7 +83,8 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
   const ingress = opts.ingress ? new SmtpIngress({ config, queue, logger, metrics }) : undefined;
   const smtpPort = ingress ? (await ingress.listen())[0]!.port : undefined;
   const admin = await createAdminServer({
-    config, queue, logger, metrics, dataDir: dir, ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations() } : {}),
+    config, queue, logger, metrics, dataDir: dir,
+    ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q) } : {}),
     ...(ingress ? { refusals: ingress.refusals } : {}),
   });
   const url = await admin.listen();

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import nodemailer from 'nodemailer';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Stats } from '../../src/api-types.js';
+import type { ReplyDigestPage, Stats } from '../../src/api-types.js';
 import { startReceiver, type Receiver } from '../helpers/receiver.js';
 import { projectRoot, startServer, type ServerProcess } from '../helpers/server-process.js';
 
@@ -62,6 +62,16 @@ describe('dead destinations in the admin API', () => {
     // Ten minutes (retry.min) from the failure, give or take the test's own time.
     expect(d!.until - Date.now()).toBeGreaterThan(9 * 60_000);
     expect(d!.until - Date.now()).toBeLessThanOrEqual(10 * 60_000);
+    // The deferral in the reply detail (pflogsumm's), linked to the mail that got it.
+    const replies = (await (await fetch(`${server.adminUrl}/api/stats/replies?outcome=deferred`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as ReplyDigestPage;
+    expect(replies.rows).toEqual([expect.objectContaining({
+      outcome: 'deferred', domain: 'dead.example', reply: { code: 421, enhanced: '4.3.2', message: 'Closed for maintenance' }, count: 1, example: 'Closed for maintenance',
+    })]);
+    const [mail] = (await (await fetch(`${server.adminUrl}/api/messages`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).items as { id: string }[];
+    expect(replies.rows[0]!.lastMailId).toBe(mail!.id);
+    const badWindow = await fetch(`${server.adminUrl}/api/stats/replies?window=2h`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    expect(badWindow.status).toBe(400);
+    expect(((await badWindow.json()) as { message: string }).message).toMatch(/^window: "2h" must be from 1s to 1h/);
     const metrics = await (await fetch(`${server.adminUrl}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     expect(metrics).toMatch(/^spoolhouse_destinations_suspended 1$/m);
     expect(rx.acceptedConnections).toBe(1);
@@ -73,5 +83,6 @@ describe('dead destinations in the admin API', () => {
     });
     expect(cli).toMatch(/^Suspended destinations/m);
     expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);
+    expect(cli).toMatch(/^Deferrals and bounces by reply \(last hour, 1 recipient\):\n {2}1 deferred dead\.example {2}421 4\.3\.2 Closed for maintenance$/m);
   });
 });

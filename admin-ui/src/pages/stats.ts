@@ -2,12 +2,13 @@
  * Statistics: counts by state, queue depth over time (the server's own history of the last day
  * from GET /api/stats/history, then this page's samples of GET /api/stats every few seconds),
  * the qshape age-by-destination heatmap, priorities, top destinations, the ingress/delivery
- * rates the server reports, and the destinations this node has suspended (dead: unreachable).
+ * rates the server reports, the destinations this node has suspended (dead: unreachable), and
+ * what remote servers answered the deferred and bounced recipients of the last hour.
  */
-import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPage, type Stats } from '../api';
+import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPage, type ReplyDigestPage, type Stats } from '../api';
 import { barChart, heatmap, lineChart, type Series } from '../charts';
-import { h, mount } from '../dom';
-import { ageText, absoluteTime, replyText, timeEl } from '../format';
+import { h, mount, type Child } from '../dom';
+import { ageText, absoluteTime, replyText, stateBadge, timeEl } from '../format';
 import { errorState, loading, priorityLabel, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
@@ -34,9 +35,28 @@ function rateLabel(key: string): string {
   return key.replace(/PerMinute$/, '').replace(/([a-z])([A-Z])/g, '$1 $2').toLowerCase();
 }
 
+/** What remote servers answered, most recipients first (pflogsumm's deferral and bounce detail). */
+function replyDetail(page: ReplyDigestPage | null): HTMLElement {
+  const box = (...children: Child[]) => h('section', { class: 'table-area replies', 'aria-label': 'Deferrals and bounces by reply' },
+    h('h2', null, 'Deferrals and bounces by reply (last hour)'), ...children);
+  if (!page || page.rows.length === 0) return box(h('p', { class: 'muted' }, 'No recipient was deferred or bounced in the last hour.'));
+  return box(
+    h('p', { class: 'muted' }, `${page.total.toLocaleString()} recipients on this node; replies that differ only in addresses and ids (masked as <ip>, <address>, #) are counted together.`
+      + (page.notItemised ? ` ${page.notItemised.toLocaleString()} more were counted without their reply (too many different replies).` : '')),
+    h('table', { 'aria-label': 'Deferrals and bounces by reply' },
+      h('thead', null, h('tr', null, ['Outcome', 'Destination', 'Reply', 'Recipients', 'Last'].map((t) => h('th', { scope: 'col' }, t)))),
+      h('tbody', null, page.rows.map((r) => h('tr', null,
+        h('td', null, stateBadge(r.outcome)),
+        h('td', null, h('a', { href: `#/queue?domain=${encodeURIComponent(r.domain)}`, title: `Waiting mail to ${r.domain}` }, r.domain)),
+        h('td', { class: 'reply', title: `Last as sent: ${r.example}` }, replyText(r.reply)),
+        h('td', { class: 'num' }, r.count.toLocaleString()),
+        h('td', null, h('a', { href: `#/messages/${encodeURIComponent(r.lastMailId)}`, title: 'The last mail that got it' }, timeEl(r.lastAt))))))));
+}
+
 export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup {
   let config: ConsoleConfig | null = null;
   let last: Stats | null = null;
+  let replies: ReplyDigestPage | null = null;
   let failed: unknown = null;
   const asked = Number(params.get('every'));
   const intervalS = INTERVALS_S.includes(asked) ? asked : DEFAULT_INTERVAL_S;
@@ -111,6 +131,7 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
       cards,
       h('p', { class: 'muted' }, `${live.toLocaleString()} mails waiting (queued, active or held).`),
       dead,
+      replyDetail(replies),
       h('div', { class: 'grid2' }, depth, rates),
       qshape,
       h('div', { class: 'grid2' }, byPriority, top));
@@ -118,8 +139,9 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
 
   async function sample(): Promise<void> {
     try {
-      const st = await api<Stats>('GET', '/api/stats');
+      const [st, rd] = await Promise.all([api<Stats>('GET', '/api/stats'), api<ReplyDigestPage>('GET', '/api/stats/replies?limit=15')]);
       last = st;
+      replies = rd;
       failed = null;
       samples.push({ at: st.at ?? Date.now(), byState: { ...st.byState }, rates: flattenRates(st.rates) });
       if (samples.length > MAX_SAMPLES) samples.splice(0, samples.length - MAX_SAMPLES);

@@ -3,9 +3,10 @@
  * rates from the Prometheus counters over a sliding window (see rates.ts).
  */
 import type { FastifyInstance } from 'fastify';
-import type { DepthHistoryPage, Stats } from '../../api-types.js';
+import type { DepthHistoryPage, ReplyDigestPage, Stats } from '../../api-types.js';
 import type { AdminContext } from '../context.js';
 import { priorityNameOf } from '../filters.js';
+import { BadRequestError } from '../errors.js';
 import { errorResponses } from '../schemas.js';
 
 const counts = { type: 'object', additionalProperties: { type: 'integer' } } as const;
@@ -107,6 +108,52 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       ratesWindowSeconds: ctx.rates.windowMs / 1000,
       suspendedDestinations: ctx.suspendedDestinations(),
     };
+  });
+
+  app.get<{ Querystring: { window: string; outcome?: 'deferred' | 'failed' | 'expired'; domain?: string; limit: number } }>('/stats/replies', {
+    schema: {
+      summary: "This node's deferrals and bounces by destination and reply, most recipients first (pflogsumm's deferral and bounce detail)",
+      description: 'Recipients deferred, failed or expired in the window (at most the last hour), grouped by outcome, recipient domain and reply; replies that differ only in addresses, numbers and ids count as one (`reply.message` masked, `example` the last one as sent). In memory, per node.',
+      tags: ['stats'],
+      querystring: {
+        type: 'object',
+        properties: {
+          window: { type: 'string', pattern: '^\\d+[smh]$', default: '1h', description: 'e.g. 15m, 1h (at most 1h)' },
+          outcome: { type: 'string', enum: ['deferred', 'failed', 'expired'] },
+          domain: { type: 'string', maxLength: 253 },
+          limit: { type: 'integer', minimum: 1, maximum: 500, default: 50 },
+        },
+        additionalProperties: false,
+      },
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            rows: {
+              type: 'array',
+              items: {
+                type: 'object',
+                properties: {
+                  outcome: { type: 'string' }, domain: { type: 'string' },
+                  reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } },
+                  count: { type: 'integer' }, lastAt: { type: 'number' }, lastMailId: { type: 'string' }, example: { type: 'string' },
+                },
+              },
+            },
+            total: { type: 'integer' },
+            notItemised: { type: 'integer' },
+            windowSeconds: { type: 'integer' },
+          },
+        },
+        ...errorResponses,
+      },
+    },
+  }, async (request): Promise<ReplyDigestPage> => {
+    const { window, outcome, domain, limit } = request.query;
+    const n = Number(window.slice(0, -1));
+    const windowMs = n * ({ s: 1_000, m: 60_000, h: 3_600_000 } as const)[window.slice(-1) as 's' | 'm' | 'h'];
+    if (windowMs < 1_000 || windowMs > 3_600_000) throw new BadRequestError(`window: "${window}" must be from 1s to 1h`);
+    return ctx.replies({ windowMs, limit, ...(outcome ? { outcome } : {}), ...(domain ? { domain } : {}) });
   });
 
   app.get<{ Querystring: { since: number } }>('/stats/history', {
