@@ -18,7 +18,7 @@ import { createMetrics } from './metrics.js';
 import { openQueue } from './queue/index.js';
 import { SmtpIngress, checkIngressFiles } from './ingress/index.js';
 import { Scheduler } from './scheduler/index.js';
-import { Deliverer } from './delivery/deliverer.js';
+import { checkDeliveryFiles, Deliverer } from './delivery/deliverer.js';
 import { checkAdminFiles, createAdminServer } from './admin/index.js';
 
 const SHUTDOWN_TIMEOUT_MS = 30_000;
@@ -114,7 +114,7 @@ function applySharedSetting(store: ConfigStore, logger: Logger, section: string,
 
 /** Every file the config names, each checked as its stage will read it. */
 function configFiles(config: Config): { key: string; file: string; entries?: number; problem?: string }[] {
-  return [...checkIngressFiles(config), ...checkAdminFiles(config)];
+  return [...checkIngressFiles(config), ...checkAdminFiles(config), ...checkDeliveryFiles(config)];
 }
 
 /** Writes one line per file of the config that cannot be used; true when there was one. */

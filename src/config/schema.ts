@@ -376,6 +376,10 @@ export const configSchema = z.strictObject({
        * (STARTTLS required with a certificate valid for the MX host name). Beats the two above.
        */
       policy: z.record(z.string().regex(/^(?=.{1,253}$)(?!-)[a-z0-9-]+(\.[a-z0-9-]+)*$/, 'must be a domain name in lower case'), z.enum(['none', 'may', 'encrypt', 'verify'])),
+      /** MTA-STS (RFC 8461, delivery/mta-sts.ts) for MX delivery to domains without a `policy` entry. */
+      mtaSts: z.boolean(),
+      /** Extra trusted CA certificates (PEM) for verifying remote servers and MTA-STS policy hosts, with the system's (Postfix's smtp_tls_CAfile). */
+      caFile: z.union([z.null(), z.string().min(1)]),
     }),
     timeouts: z.strictObject({ connect: duration, greeting: duration, command: duration, data: duration }),
     /**

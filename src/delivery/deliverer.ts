@@ -25,6 +25,9 @@
  *   has its own level (resolve.ts puts it on the destination): "none", "may" (as above, not
  *   verified), "encrypt" (STARTTLS required, a failure or its absence fails the host, never a
  *   plaintext retry), "verify" (that, and the certificate must verify for the MX host name).
+ *   A domain without such an entry that publishes an MTA-STS policy in enforce mode (mta-sts.ts)
+ *   is delivered as "verify", to the MX hosts its policy names only. delivery.tls.caFile adds
+ *   trusted CAs to the system's wherever certificates are verified.
  *   Smarthost `tls`: "none" plaintext; "starttls" STARTTLS is required (verification per
  *   delivery.tls.verify); "required" STARTTLS is required and the certificate must verify;
  *   "implicit" TLS from the first byte (port 465 by default); unset: as MX delivery.
@@ -36,7 +39,10 @@ import { isIP, isIPv6 } from 'node:net';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
-import { addressesOf, makeResolver, resolveDestination } from './resolve.js';
+import { addressesOf, makeResolver, normaliseDomain, resolveDestination } from './resolve.js';
+import { MtaSts, mxMatches, type StsPolicy } from './mta-sts.js';
+import { readCaFile } from '../config/tls-files.js';
+import { rootCertificates } from 'node:tls';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
 import type { DeliverOptions, DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
 
@@ -75,16 +81,36 @@ export class Deliverer implements DeliveryAgent {
   readonly #random: () => number;
   readonly #sessions = new Set<OutboundSession>();
 
-  constructor(o: { config: () => Config; logger: Logger; now?: () => number; random?: () => number }) {
+  readonly #mtaSts: MtaSts;
+  /** delivery.tls.caFile read (with the system's CAs), again for each new configuration (SIGHUP, API). */
+  #ca: { config: Config; pems: string[] | undefined } | undefined;
+
+  constructor(o: { config: () => Config; logger: Logger; now?: () => number; random?: () => number; mtaStsPort?: number }) {
     this.#config = o.config;
     this.#log = o.logger.child({ stage: 'delivery' });
     this.#now = o.now ?? Date.now;
     this.#random = o.random ?? Math.random;
+    this.#mtaSts = new MtaSts({
+      resolver: () => makeResolver(this.#config().delivery.dns),
+      ca: () => this.#trustedCas(this.#config()),
+      log: this.#log,
+      now: this.#now,
+      ...(o.mtaStsPort !== undefined ? { port: o.mtaStsPort } : {}),
+    });
   }
 
   async resolve(domain: string): Promise<Destination> {
     try {
-      const destination = await resolveDestination(domain, this.#config(), this.#random);
+      const config = this.#config();
+      const asciiDomain = normaliseDomain(domain);
+      // The MTA-STS lookup runs beside the MX lookup; only MX delivery without a tls.policy entry uses it.
+      const sts = config.delivery.tls.mtaSts && !config.delivery.smarthost && config.delivery.routes[asciiDomain] === undefined
+        && config.delivery.tls.policy[asciiDomain] === undefined
+        ? this.#mtaSts.policyFor(asciiDomain)
+        : undefined;
+      let destination = await resolveDestination(domain, config, this.#random);
+      const policy = await sts;
+      if (policy && destination.kind === 'hosts' && destination.via === 'mx') destination = this.#applySts(destination, policy);
       this.#log.debug({ domain, destination }, 'destination resolved');
       return destination;
     } catch (err) {
@@ -92,6 +118,45 @@ export class Deliverer implements DeliveryAgent {
       this.#log.error({ err, domain }, 'resolving the destination failed unexpectedly');
       return { kind: 'failure', domain, key: domain, permanent: false, reply: made.local(`cannot resolve ${domain}: ${(err as Error).message}`) };
     }
+  }
+
+  /**
+   * A domain's MTA-STS policy applied to its MX hosts: enforce keeps the hosts its mx patterns
+   * match, with TLS required and verified (none matching: a temporary failure); testing logs what
+   * enforce would refuse and changes nothing.
+   */
+  #applySts(destination: HostsDestination, policy: StsPolicy): Destination {
+    if (policy.mode === 'none') return destination;
+    const matching = destination.hosts.filter((h) => mxMatches(h.host, policy.mx));
+    if (policy.mode === 'testing') {
+      const others = [...new Set(destination.hosts.filter((h) => !matching.includes(h)).map((h) => h.host))];
+      if (others.length) this.#log.info({ domain: destination.domain, hosts: others, mx: policy.mx }, 'MTA-STS testing: these MX hosts are not in the policy');
+      return destination;
+    }
+    if (matching.length === 0) {
+      return { kind: 'failure', domain: destination.domain, key: destination.key, permanent: false, reply: made.stsNoMx(destination.domain, policy.mx) };
+    }
+    return { ...destination, hosts: matching, key: `${destination.key} mta-sts`, tlsPolicy: 'verify', mtaSts: true };
+  }
+
+  /**
+   * The system's CAs and delivery.tls.caFile's, when the file is set. Read again with each new
+   * configuration (a renewed file is picked up at SIGHUP).
+   */
+  #trustedCas(config: Config): string[] | undefined {
+    if (this.#ca?.config === config) return this.#ca.pems;
+    const file = config.delivery.tls.caFile;
+    let pems: string[] | undefined;
+    if (file) {
+      try {
+        pems = [...rootCertificates, ...readCaFile('delivery.tls.caFile', file)];
+      } catch (err) {
+        // Checked at start (main.js --check too): a file broken since is logged, and the system's CAs used.
+        this.#log.error({ err: (err as Error).message }, "delivery.tls.caFile cannot be read; verifying with the system's CAs only");
+      }
+    }
+    this.#ca = { config, pems };
+    return pems;
   }
 
   async deliver(destination: HostsDestination, messages: OutboundMessage[], options: DeliverOptions = {}): Promise<MessageResult[]> {
@@ -272,7 +337,7 @@ export class Deliverer implements DeliveryAgent {
       port: target.port,
       heloName: d.heloName ?? config.smtp.hostname,
       ...(localAddress ? { localAddress } : {}),
-      tls: { mode, verify: tls.verify },
+      tls: { mode, verify: tls.verify, ...(tls.verify ? withCa(this.#trustedCas(config)) : {}) },
       ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
       timeouts: d.timeouts,
       logger: this.#log,
@@ -354,4 +419,20 @@ function newState(message: OutboundMessage): MessageState {
 
 function isUndecided(s: MessageState): boolean {
   return !s.aborted && s.pending.length > 0;
+}
+
+function withCa(ca: string[] | undefined): { ca?: string[] } {
+  return ca ? { ca } : {};
+}
+
+/** delivery.tls.caFile checked as at start (`main.js --check`): readable, PEM certificates. */
+export function checkDeliveryFiles(config: Config): { key: string; file: string; entries?: number; problem?: string }[] {
+  const file = config.delivery.tls.caFile;
+  if (!file) return [];
+  try {
+    return [{ key: 'delivery.tls.caFile', file, entries: readCaFile('delivery.tls.caFile', file).length }];
+  } catch (err) {
+    const problem = (err as { problems?: { problem: string }[] }).problems?.[0]?.problem ?? (err as Error).message;
+    return [{ key: 'delivery.tls.caFile', file, problem: `${file}: ${problem}` }];
+  }
 }

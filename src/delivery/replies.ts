@@ -56,6 +56,7 @@ export const made = {
   tooBig: (remote: string, size: number, limit: number): Reply => ({ code: 552, enhanced: '5.3.4', message: `message size ${size} exceeds size limit ${limit} of server ${remote}` }),
   smtputf8: (remote: string): Reply => ({ code: 550, enhanced: '5.6.7', message: `SMTPUTF8 is required, but was not offered by host ${remote}` }),
   nullMx: (): Reply => ({ code: 556, enhanced: '5.1.10', message: 'Recipient address has null MX' }),
+  stsNoMx: (domain: string, mx: string[]): Reply => ({ code: 451, enhanced: '4.7.5', message: `MTA-STS policy of ${domain} allows no MX host it has (mx: ${mx.join(', ')})` }),
   nxdomain: (name: string, type: string): Reply => ({ code: 550, enhanced: '5.1.2', message: `Host or domain name not found. Name service error for name=${name} type=${type}: Host not found` }),
   noAddress: (name: string): Reply => ({ code: 550, enhanced: '5.4.4', message: `Host or domain name not found. Name service error for name=${name}: no MX, A or AAAA record` }),
   dnsTemporary: (name: string, type: string, why: string): Reply => ({ code: 451, enhanced: '4.4.3', message: `Host or domain name not found. Name service error for name=${name} type=${type}: ${why}, try again` }),

@@ -51,7 +51,8 @@ export interface SessionOptions {
   heloName: string;
   /** The local address to connect from (delivery.bindAddress for the remote's family). */
   localAddress?: string;
-  tls: { mode: TlsMode; verify: boolean };
+  /** `ca`: the trusted CAs when not only the system's (delivery.tls.caFile added to them). */
+  tls: { mode: TlsMode; verify: boolean; ca?: string[] };
   auth?: { user: string; pass: string };
   timeouts: { connect: number; greeting: number; command: number; data: number };
   logger: Logger;
@@ -148,7 +149,7 @@ export class OutboundSession {
   static async open(o: SessionOptions): Promise<OutboundSession> {
     const remote = describeHost(o);
     const socket = await connectTcp(o.address, o.port, o.timeouts.connect, remote, o.localAddress);
-    const { mode, verify } = o.tls;
+    const { mode, verify, ca } = o.tls;
     const conn = new SMTPConnection({
       connection: socket,
       host: o.host,
@@ -158,7 +159,7 @@ export class OutboundSession {
       ignoreTLS: mode === 'none',
       requireTLS: mode === 'required',
       opportunisticTLS: mode === 'opportunistic',
-      tls: { rejectUnauthorized: verify, ...(net.isIP(o.host) ? {} : { servername: o.host }) },
+      tls: { rejectUnauthorized: verify, ...(net.isIP(o.host) ? {} : { servername: o.host }), ...(ca ? { ca } : {}) },
       greetingTimeout: o.timeouts.greeting,
       // Bounds the whole set-up (greeting, EHLO, STARTTLS, EHLO again) in nodemailer.
       connectionTimeout: o.timeouts.greeting + 3 * o.timeouts.command,

@@ -30,8 +30,10 @@ export type Destination =
       /** Hosts in the order to try them (RFC 5321 §5.1: by preference, random among equals). */
       hosts: DestinationHost[];
       via: 'mx' | 'implicit-mx' | 'route' | 'smarthost';
-      /** delivery.tls.policy of the domain (not for a smarthost, whose own `tls` rules). */
+      /** delivery.tls.policy of the domain (not for a smarthost, whose own `tls` rules), or "verify" under an MTA-STS policy. */
       tlsPolicy?: 'none' | 'may' | 'encrypt' | 'verify';
+      /** The hosts are those the domain's MTA-STS policy (enforce) allows. */
+      mtaSts?: boolean;
     }
   /** Nothing can be delivered now; e.g. DNS SERVFAIL (4.4.3) or a null MX (5.1.10). */
   | { kind: 'failure'; domain: string; key: string; permanent: boolean; reply: Reply };

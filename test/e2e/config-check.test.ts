@@ -71,6 +71,15 @@ describe('main.js --check', () => {
     expect(lines[2]).toBe(`spoolhouse: relay.recipients: ${path('broken')}:2: expected "user@domain" or "@domain", not "no-at-sign"`);
   });
 
+  it('checks delivery.tls.caFile: its certificates counted, or the file and its problem named', () => {
+    const ok = run({ delivery: { tls: { caFile: path('a.crt') } } }, '--check');
+    expect(ok.status).toBe(0);
+    expect(ok.stdout).toContain(`${path('a.crt')} (delivery.tls.caFile, 1 entries)`);
+    const noPem = run({ delivery: { tls: { caFile: path('users') } } }, '--check');
+    expect(noPem.status).toBe(78);
+    expect(noPem.stderr.trim()).toBe(`spoolhouse: delivery.tls.caFile: ${path('users')}: no PEM certificate in it`);
+  });
+
   it('a start with a missing auth.users file stops with the same message', () => {
     const r = run({ auth: { users: path('no-such-users') } });
     expect(r.status).toBe(78);

@@ -65,8 +65,10 @@ export interface ReceiverOptions {
   port?: number;
   /** The server's name in its greeting and EHLO reply. */
   name?: string;
-  /** Offer STARTTLS with a generated self-signed certificate. */
+  /** Offer STARTTLS with a generated self-signed certificate (or `certificate`). */
   starttls?: boolean;
+  /** The certificate to offer instead of the generated one (PEM). */
+  certificate?: { key: string; cert: string };
   /** Offer STARTTLS but make every handshake fail (the server speaks only TLS 1.0/1.1, which clients refuse). */
   brokenTls?: boolean;
   /** TLS from the first byte (SMTPS), with the same generated certificate. */
@@ -185,7 +187,7 @@ export class Receiver {
     this.script = options.script ?? {};
     this.host = options.host ?? '127.0.0.1';
     this.port = options.port ?? 0;
-    const tls = options.starttls || options.implicitTls || options.brokenTls ? testCertificate() : undefined;
+    const tls = options.starttls || options.implicitTls || options.brokenTls ? options.certificate ?? testCertificate() : undefined;
     this.#server = new SMTPServer({
       name: options.name ?? 'receiver.test',
       secure: options.implicitTls === true,
