@@ -36,13 +36,13 @@
  */
 import { promises as dns } from 'node:dns';
 import { isIP, isIPv6 } from 'node:net';
+import { rootCertificates } from 'node:tls';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
 import { addressesOf, makeResolver, normaliseDomain, resolveDestination } from './resolve.js';
 import { MtaSts, mxMatches, type StsPolicy } from './mta-sts.js';
 import { readCaFile } from '../config/tls-files.js';
-import { rootCertificates } from 'node:tls';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
 import type { DeliverOptions, DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
 
