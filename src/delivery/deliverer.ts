@@ -36,6 +36,7 @@
  */
 import { promises as dns } from 'node:dns';
 import { isIP, isIPv6 } from 'node:net';
+import { join } from 'node:path';
 import { rootCertificates } from 'node:tls';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
@@ -96,6 +97,7 @@ export class Deliverer implements DeliveryAgent {
       log: this.#log,
       now: this.#now,
       ...(o.mtaStsPort !== undefined ? { port: o.mtaStsPort } : {}),
+      file: join(o.config().spool.dir, 'mta-sts.json'),
     });
   }
 
@@ -176,6 +178,7 @@ export class Deliverer implements DeliveryAgent {
   async close(): Promise<void> {
     for (const s of this.#sessions) s.destroy();
     this.#sessions.clear();
+    await this.#mtaSts.flushed();
   }
 
   async #deliverAll(destination: HostsDestination, call: Call): Promise<void> {

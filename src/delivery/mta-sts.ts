@@ -14,9 +14,12 @@
  *   and the certificate verified for the MX host name; none matching is a temporary failure.
  *   `testing`: mail goes as without a policy, and what enforce would have refused is logged.
  *   `none`: nothing.
- * Policies are cached in memory per node (lost at a restart: fetched again on first use).
+ * Policies are cached per node, in memory and in `file` (written atomically after each fetch, read
+ * at start), so a restart does not forget a policy an attacker could then keep from being fetched.
  */
 import { promises as dns } from 'node:dns';
+import { readFileSync } from 'node:fs';
+import { rename, writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import { checkServerIdentity } from 'node:tls';
 
@@ -83,6 +86,8 @@ export interface MtaStsOptions {
   now?: () => number;
   /** The HTTPS port of policy hosts: 443 (RFC 8461); tests serve elsewhere. */
   port?: number;
+  /** Where the cache is kept across restarts (JSON); none: memory only. */
+  file?: string;
 }
 
 export class MtaSts {
@@ -91,8 +96,60 @@ export class MtaSts {
   /** One lookup at a time per domain. */
   readonly #pending = new Map<string, Promise<StsPolicy | undefined>>();
 
+  /** A write of the cache file in progress, and whether another is wanted after it. */
+  #saving: Promise<void> | undefined;
+  #saveAgain = false;
+
   constructor(o: MtaStsOptions) {
     this.#o = o;
+    if (o.file) this.#load(o.file);
+  }
+
+  /** The cache as the last run left it: unexpired policies only; a broken file is logged and ignored. */
+  #load(file: string): void {
+    let saved: Record<string, CacheEntry>;
+    try {
+      saved = JSON.parse(readFileSync(file, 'utf8')) as Record<string, CacheEntry>;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.#o.log.warn({ file, err: (err as Error).message }, 'MTA-STS cache file not read; starting empty');
+      return;
+    }
+    const now = (this.#o.now ?? Date.now)();
+    for (const [domain, e] of Object.entries(saved)) {
+      try {
+        if (typeof e?.id !== 'string' || !(e.expiresAt > now)) continue;
+        const policy = parseStsPolicy(`version: STSv1\nmode: ${e.policy.mode}\n${e.policy.mx.map((m) => `mx: ${m}\n`).join('')}max_age: ${e.policy.maxAgeSeconds}\n`);
+        // Asked again soon after a start: the TXT id may have changed meanwhile.
+        this.#cache.set(domain, { id: e.id, policy, expiresAt: e.expiresAt, recheckAt: now });
+      } catch {
+        // An entry that is not a policy is dropped.
+      }
+    }
+  }
+
+  #save(): void {
+    const file = this.#o.file;
+    if (!file) return;
+    if (this.#saving) {
+      this.#saveAgain = true;
+      return;
+    }
+    const tmp = `${file}.tmp`;
+    this.#saving = writeFile(tmp, JSON.stringify(Object.fromEntries(this.#cache)))
+      .then(() => rename(tmp, file))
+      .catch((err: unknown) => this.#o.log.warn({ file, err: (err as Error).message }, 'MTA-STS cache file not written'))
+      .finally(() => {
+        this.#saving = undefined;
+        if (this.#saveAgain) {
+          this.#saveAgain = false;
+          this.#save();
+        }
+      });
+  }
+
+  /** Resolves once the cache file holds what is cached now (for shutdown and tests). */
+  async flushed(): Promise<void> {
+    while (this.#saving) await this.#saving;
   }
 
   /** The domain's policy now, or undefined (none published, or none could be had and none is cached). */
@@ -128,6 +185,7 @@ export class MtaSts {
     try {
       const policy = parseStsPolicy(await this.#fetch(domain));
       this.#cache.set(domain, { id, policy, expiresAt: now + policy.maxAgeSeconds * 1000, recheckAt: now + Math.min(TXT_RECHECK_MS, policy.maxAgeSeconds * 1000) });
+      this.#save();
       this.#o.log.info({ domain, mode: policy.mode, mx: policy.mx, maxAge: policy.maxAgeSeconds, id }, 'MTA-STS policy fetched');
       return policy;
     } catch (err) {

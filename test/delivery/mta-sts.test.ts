@@ -87,8 +87,10 @@ describe('MX delivery under an MTA-STS policy', () => {
 
   const enforce = (mx = 'mx1.sts.test') => `version: STSv1\nmode: enforce\nmx: ${mx}\nmax_age: 86400\n`;
 
-  function deliverer(port: number, o: { caFile?: boolean; now?: () => number; mtaSts?: boolean } = {}): Deliverer {
+  function deliverer(port: number, o: { caFile?: boolean; now?: () => number; mtaSts?: boolean; spool?: string } = {}): Deliverer {
     const config = testConfig({
+      // Each deliverer its own cache file, unless a test shares one on purpose.
+      spool: { dir: o.spool ?? mkdtempSync(join(dir, 'spool-')) },
       delivery: {
         port,
         dns: { servers: [dns.address], timeout: '500ms' },
@@ -159,6 +161,24 @@ describe('MX delivery under an MTA-STS policy', () => {
     const off = await deliverer(25, { mtaSts: false }).resolve('sts.test');
     expect(off).toMatchObject({ kind: 'hosts', key: 'mx1.sts.test,mx2.elsewhere.test' });
     expect(dns.queriesFor('_mta-sts.sts.test', 'TXT').length).toBe(asked);
+  });
+
+  it('a restart keeps the cached policy (the cache file in spool.dir): a policy host blocked since cannot turn it off', async () => {
+    policy = enforce();
+    const spool = mkdtempSync(join(dir, 'spool-'));
+    const first = deliverer(25, { spool });
+    expect(await first.resolve('sts.test')).toMatchObject({ mtaSts: true });
+    await first.close();
+    expect(JSON.parse(readFileSync(join(spool, 'mta-sts.json'), 'utf8'))['sts.test']).toMatchObject({ id: '20261204a', policy: { mode: 'enforce', mx: ['mx1.sts.test'] } });
+    policy = '';
+    const fetches = policyFetches;
+    const restarted = deliverer(25, { spool });
+    const dest = await restarted.resolve('sts.test');
+    expect(dest).toMatchObject({ mtaSts: true });
+    // The TXT id is asked again at once after a start; unchanged, the saved policy is used without a fetch.
+    expect(policyFetches).toBe(fetches);
+    // A fresh spool knows nothing: the broken host gives no policy.
+    expect(await deliverer(25).resolve('sts.test')).not.toHaveProperty('mtaSts');
   });
 
   it('a cached policy still applies when the TXT record or the policy host goes away, until it expires; a new id fetches it again', async () => {
