@@ -137,6 +137,8 @@ export interface DepthHistoryPage {
 /** GET /api/stats. */
 export interface Stats {
   at: number;
+  /** The node that answered (kafka.nodeId or its host name): rates, suspended destinations, refusals and replies are its own. */
+  node: string;
   byState: Record<MailState, number>;
   /** Live mail by priority level, and by class name. */
   byPriority: Record<string, number>;

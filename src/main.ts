@@ -59,6 +59,7 @@ async function main(argv: string[]): Promise<void> {
     config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
     refusals: ingress.refusals,
     replies: (q) => scheduler.replies(q),
+    nodeName,
   });
 
   await ingress.listen();

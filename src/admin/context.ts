@@ -28,6 +28,8 @@ export interface AdminContext {
   streams: Set<() => void>;
   /** This node's dead destinations (Scheduler.suspendedDestinations); none without a scheduler. */
   suspendedDestinations: () => SuspendedDestination[];
+  /** This node's name (kafka.nodeId or the host name). */
+  nodeName: string;
   /** This node's deferrals and bounces of the last hour by destination and reply (Scheduler.replies); none without a scheduler. */
   replies: (q: { windowMs?: number; outcome?: ReplyDigestRow['outcome']; domain?: string; limit?: number }) => ReplyDigestPage;
   /** This node's recent refusals at the door (SmtpIngress.refusals); an empty log without an ingress. */

@@ -16,6 +16,7 @@
  *   nothing taken from a mail can run as script in the console.
  */
 import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import type { Server as TlsServer } from 'node:tls';
 import fastifyStatic from '@fastify/static';
@@ -76,6 +77,8 @@ export interface AdminServerOptions {
   historyEveryMs?: number;
   /** This node's dead destinations for GET /api/stats (Scheduler.suspendedDestinations). */
   suspendedDestinations?: () => SuspendedDestination[];
+  /** This node's name (kafka.nodeId or the host name), for GET /api/stats: the per-node figures say whose they are. */
+  nodeName?: string;
   /** This node's deferral and bounce detail for GET /api/stats/replies (Scheduler.replies). */
   replies?: AdminContext['replies'];
   /** This node's recent refusals for GET /api/refusals (SmtpIngress.refusals). */
@@ -119,6 +122,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     suspendedDestinations: o.suspendedDestinations ?? (() => []),
     refusals: o.refusals ?? new RefusalLog(0),
     replies: o.replies ?? (() => ({ rows: [], total: 0, windowSeconds: 3600 })),
+    nodeName: o.nodeName ?? hostname(),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });

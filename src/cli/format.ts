@@ -126,6 +126,7 @@ export function showMail(m: MailDetail): string {
 
 export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   const out: string[] = [];
+  if (s.node) out.push(`Node:        ${s.node} (rates, suspensions and replies are this node's)`);
   out.push('By state:    ' + Object.entries(s.byState).map(([k, v]) => `${k}=${v}`).join('  '));
   if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));
   out.push(`Oldest:      ${s.oldestAgeSeconds === null || s.oldestAgeSeconds === undefined ? '-' : relative(Date.now() - s.oldestAgeSeconds * 1000)}`);

@@ -5,6 +5,7 @@
  * which the ingress then refuses; the Configuration page's "Checks at the door" switches on a
  * HELO check that the ingress then applies, and shows the server's validation message.
  */
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
@@ -66,6 +67,7 @@ describe('console: the door', () => {
     expect(relay.slice(1, 7)).toEqual(['127.0.0.1', 'client.example', 'someone@outside.example', 'RCPT TO:<x@elsewhere.example>', expect.stringMatching(/^554 5\.7\.1 /), 'relay']);
     expect(await page.locator('table.refusals img').count()).toBe(0);
     await expectText(page.locator('.reason-rates'), 'refused a minute over the last minute');
+    await expectText(page.locator('.page-head .summary'), `node ${hostname()} keeps the last 1,000`);
     await page.screenshot({ path: join(SHOTS, 'refusals.png'), fullPage: true });
 
     // The reason's link in the rate summary filters the table, and the filter lands in the URL.

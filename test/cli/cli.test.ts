@@ -230,6 +230,7 @@ describe('queue stats', () => {
     const r = await cli(['queue', 'stats']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^By state:\s+queued=\d+/m);
+    expect(r.stdout).toMatch(/^Node: {8}\S+ \(rates, suspensions and replies are this node's\)$/m);
     expect(r.stdout).toMatch(/^By priority:.*urgent=\d/m);
     expect(r.stdout).toMatch(/^\s+T\s+0-5m\s+5-10m/m);
     expect(r.stdout).toMatch(/^TOTAL\s+\d+/m);

@@ -5,7 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -86,6 +86,8 @@ describe('the refusals an operator sees', () => {
 
   it('GET /api/stats has the refusal rate and its reasons', async () => {
     const { body } = await get<Stats>('/api/stats');
+    // Whose figures they are: without kafka.nodeId, the host's name.
+    expect(body.node).toBe(hostname());
     // Four refusals within the window (at least a second of it): three for relaying, one a syntax error.
     expect(body.rates.refusedPerMinute).toBeGreaterThan(0);
     expect(Object.keys(body.refusedByReason).sort()).toEqual(['relay', 'syntax']);

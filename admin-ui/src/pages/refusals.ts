@@ -61,6 +61,7 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
   let items: Refusal[] = [];
   let reasons: Record<string, number> = {};
   let refusedPerMinute = 0;
+  let node = '';
 
   const reasonSelect = h('select', { name: 'reason' }, h('option', { value: '' }, 'Any reason'));
   const clientInput = h('input', { type: 'text', name: 'client', value: filter.client ?? '', placeholder: '198.51.100.7 or 198.51.100.0/24' });
@@ -100,7 +101,7 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
 
   function render(page: RefusalPage): void {
     summary.textContent = `${filtered ? `${items.length}${page.nextCursor !== undefined ? '+' : ''} match the filters; ` : ''}`
-      + `this node keeps the last ${page.capacity.toLocaleString()} and has refused ${page.total.toLocaleString()} since it started.`;
+      + `${node ? `node ${node}` : 'this node'} keeps the last ${page.capacity.toLocaleString()} and has refused ${page.total.toLocaleString()} since it started.`;
     fillReasons();
     if (items.length === 0) {
       mount(body, filtered
@@ -133,6 +134,7 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
       if (stats) {
         reasons = stats.refusedByReason ?? {};
         refusedPerMinute = stats.rates.refusedPerMinute ?? 0;
+        node = stats.node ?? '';
       }
       items = before === undefined ? page.items : [...items, ...page.items];
       render(page);

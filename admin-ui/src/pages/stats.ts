@@ -73,7 +73,7 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
     body);
 
   function render(): void {
-    lastAt.textContent = last?.at ? `· last ${new Date(last.at).toLocaleTimeString()}` : '';
+    lastAt.textContent = last?.at ? `· last ${new Date(last.at).toLocaleTimeString()}${last.node ? ` from node ${last.node}` : ''}` : '';
     if (!last) {
       mount(body, errorState('Could not load statistics', failed, () => void sample()));
       return;

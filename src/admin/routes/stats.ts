@@ -34,6 +34,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
           type: 'object',
           properties: {
             at: { type: 'number' },
+            node: { type: 'string', description: "The node that answered (kafka.nodeId or its host name): the rates, suspended destinations, refusals and replies are this node's" },
             byState: counts,
             byPriority: { ...counts, description: 'Live mail by priority level' },
             byPriorityName: { ...counts, description: 'Live mail by priority class name' },
@@ -92,6 +93,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
     const buckets = stats.ageByDestination.bucketsMinutes;
     return {
       at: stats.at,
+      node: ctx.nodeName,
       byState: stats.byState,
       byPriority: stats.byPriority,
       byPriorityName,
