@@ -1,6 +1,6 @@
 /**
  * The console's shell: login screen, navigation and a hash router (#/queue, #/messages/ID,
- * #/stats, #/refusals, #/config, #/audit), so the admin server needs no fallback route and the back button
+ * #/stats, #/destinations/DOMAIN, #/refusals, #/config, #/audit), so the admin server needs no fallback route and the back button
  * works. Each page renders into <main> and returns a cleanup for its timers and subscriptions.
  */
 import './styles.css';
@@ -14,6 +14,7 @@ import { renderStats } from './pages/stats';
 import { renderConfig } from './pages/config';
 import { renderAudit } from './pages/audit';
 import { renderRefusals } from './pages/refusals';
+import { renderDestination } from './pages/destination';
 
 export type Cleanup = (() => void) | void;
 export type Page = (main: HTMLElement, params: URLSearchParams, rest: string[]) => Cleanup;
@@ -39,7 +40,7 @@ function parseHash(): { path: string[]; params: URLSearchParams } {
 }
 
 function pageFor(name: string): Page | undefined {
-  return ({ queue: renderQueue, messages: renderMessage, stats: renderStats, config: renderConfig, audit: renderAudit, refusals: renderRefusals } as Record<string, Page>)[name];
+  return ({ queue: renderQueue, messages: renderMessage, stats: renderStats, config: renderConfig, audit: renderAudit, refusals: renderRefusals, destinations: renderDestination } as Record<string, Page>)[name];
 }
 
 function renderLogin(): void {
@@ -120,7 +121,7 @@ function renderApp(): void {
     location.replace('#/queue');
     return;
   }
-  const active = path[0] === 'messages' ? 'queue' : path[0]!;
+  const active = path[0] === 'messages' ? 'queue' : path[0] === 'destinations' ? 'stats' : path[0]!;
   const main = shell(active);
   startEvents();
   const page = pageFor(path[0]!);

@@ -4,6 +4,7 @@
  * whose text is hostile markup): the Statistics page lists the suspended destination with its
  * reply, and the deferral in its reply detail, shown as text.
  */
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { chromium, type Browser } from 'playwright-core';
 import { startReceiver, type Receiver } from '../helpers/receiver.js';
@@ -49,11 +50,49 @@ describe('console: dead destinations', () => {
     const detail = page.getByRole('table', { name: 'Deferrals and bounces by reply' });
     const cellsOf = await detail.locator('tbody tr').first().locator('td').allTextContents();
     expect(cellsOf.slice(0, 4)).toEqual(['deferred', 'dead.example', `421 4.3.2 ${HOSTILE} down`, '1']);
-    expect(await detail.getByRole('link', { name: 'dead.example' }).getAttribute('href')).toBe('#/queue?domain=dead.example');
+    expect(await detail.getByRole('link', { name: 'dead.example' }).getAttribute('href')).toBe('#/destinations/dead.example');
     // Shown as characters: no element was made of it, no script ran.
     expect(await page.locator('section.suspended img').count()).toBe(0);
     expect(await page.locator('section.replies img').count()).toBe(0);
     expect(dialogs).toEqual([]);
+    await ctx.close();
+  });
+
+  it('shows the destination on its own page, and pauses it and holds and releases its mail from there', async () => {
+    const { ctx, page, dialogs } = await openConsolePage(browser);
+    await page.goto(`${server.url}/#/stats`);
+    await page.getByLabel('Admin token').fill(TOKEN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('table', { name: 'Suspended destinations' }).getByRole('link', { name: 'dead.example' }).click();
+    await page.waitForURL(/#\/destinations\/dead\.example$/);
+    const cards = page.getByRole('list', { name: 'Waiting mail by state' });
+    await cards.waitFor();
+    expect(await cards.locator('li.state-queued .stat-value').textContent()).toBe('1');
+    const delivery = page.getByRole('region', { name: 'Delivery' });
+    await delivery.filter({ hasText: 'Suspended by this node (it tries again' }).waitFor();
+    expect(await delivery.textContent()).toContain(`last reply 421 4.3.2 ${HOSTILE} down`);
+    expect(await page.getByRole('table', { name: 'Replies from dead.example' }).locator('tbody td').nth(1).textContent()).toBe(`421 4.3.2 ${HOSTILE} down`);
+    expect(await page.locator('main img').count()).toBe(0);
+
+    await page.getByRole('button', { name: 'Pause delivery' }).click();
+    await page.getByRole('button', { name: 'Resume delivery' }).waitFor();
+    expect(server.config.current.delivery.paused).toEqual(['dead.example']);
+
+    const id = server.ids.get('To a dead host')!;
+    await page.getByRole('button', { name: 'Hold all' }).click();
+    await page.getByRole('dialog', { name: 'Hold 1 mail to dead.example?' }).getByRole('button', { name: 'Hold 1' }).click();
+    await page.getByRole('status').filter({ hasText: '1 of 1 mails: hold done' }).first().waitFor();
+    expect((await server.queue.get(id))?.state).toBe('held');
+    await page.getByRole('button', { name: 'Release all' }).click();
+    await page.getByRole('dialog', { name: 'Release 1 mail to dead.example?' }).getByRole('button', { name: 'Release 1' }).click();
+    await page.getByRole('status').filter({ hasText: '1 of 1 mails: release done' }).first().waitFor();
+    expect((await server.queue.get(id))?.state).not.toBe('held');
+
+    await page.getByRole('button', { name: 'Resume delivery' }).click();
+    await page.getByRole('button', { name: 'Pause delivery' }).waitFor();
+    expect(server.config.current.delivery.paused).toEqual([]);
+    expect(dialogs).toEqual([]);
+    await page.screenshot({ path: join(import.meta.dirname, '..', 'screenshots', 'destination.png'), fullPage: true });
     await ctx.close();
   });
 });

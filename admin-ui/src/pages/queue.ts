@@ -180,7 +180,8 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' }, prevButton, pageInfo, nextButton);
 
   mount(main,
-    h('div', { class: 'page-head' }, h('h1', null, 'Queue'), summary),
+    h('div', { class: 'page-head' }, h('h1', null, 'Queue'), summary,
+      filter.domain ? h('a', { href: `#/destinations/${encodeURIComponent(filter.domain)}` }, `Destination ${filter.domain}: replies and actions`) : null),
     form, bulkBar, tableArea, pager);
 
   function renderBulkState(): void {

@@ -47,7 +47,7 @@ function replyDetail(page: ReplyDigestPage | null): HTMLElement {
       h('thead', null, h('tr', null, ['Outcome', 'Destination', 'Reply', 'Recipients', 'Last'].map((t) => h('th', { scope: 'col' }, t)))),
       h('tbody', null, page.rows.map((r) => h('tr', null,
         h('td', null, stateBadge(r.outcome)),
-        h('td', null, h('a', { href: `#/queue?domain=${encodeURIComponent(r.domain)}`, title: `Waiting mail to ${r.domain}` }, r.domain)),
+        h('td', null, h('a', { href: `#/destinations/${encodeURIComponent(r.domain)}`, title: `The destination ${r.domain}: its mail, replies and actions` }, r.domain)),
         h('td', { class: 'reply', title: `Last as sent: ${r.example}` }, replyText(r.reply)),
         h('td', { class: 'num' }, r.count.toLocaleString()),
         h('td', null, h('a', { href: `#/messages/${encodeURIComponent(r.lastMailId)}`, title: 'The last mail that got it' }, timeEl(r.lastAt))))))));
@@ -124,7 +124,7 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
         h('table', { 'aria-label': 'Suspended destinations' },
           h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Domains'), h('th', { scope: 'col' }, 'Hosts'), h('th', { scope: 'col' }, 'Resumes'), h('th', { scope: 'col' }, 'Last reply'))),
           h('tbody', null, suspended.map((d) => h('tr', null,
-            h('td', null, d.domains.join(', ')), h('td', null, d.destination), h('td', null, timeEl(d.until)), h('td', { class: 'reply' }, replyText(d.reply)))))))
+            h('td', null, d.domains.map((dom, i) => [i ? ', ' : '', h('a', { href: `#/destinations/${encodeURIComponent(dom)}` }, dom)])), h('td', null, d.destination), h('td', null, timeEl(d.until)), h('td', { class: 'reply' }, replyText(d.reply)))))))
       : null;
     mount(body,
       failed ? errorState('The last sample failed; showing the one before', failed) : null,

@@ -1,0 +1,135 @@
+/**
+ * One destination (recipient domain) at a glance, and steered from one place: its waiting mail by
+ * state, whether this node has suspended it (dead) and why, what its servers answered in the last
+ * hour (GET /api/stats/replies?domain=), its limits, route and pause; and the actions an operator
+ * takes on a troubled destination: pause or resume delivery, retry all its mail now, hold or
+ * release all of it, give all of it up with a DSN. Bulk actions ask the server for the count first
+ * (dryRun) and confirm. Everything a remote wrote is shown as text.
+ */
+import { api, type BulkAction, type BulkResult, type BrowsePage, type ConsoleConfig, type ReplyDigestPage, type Stats } from '../api';
+import { h, mount } from '../dom';
+import { replyText, stateBadge, timeEl } from '../format';
+import { confirmDialog, errorMessage, errorState, forgetConfig, loading, notify, runningConfig } from '../ui';
+import type { Cleanup } from '../main';
+
+const COUNTED = ['queued', 'active', 'held'] as const;
+
+interface Facts {
+  counts: Record<(typeof COUNTED)[number], { count: number; exact: boolean }>;
+  stats: Stats;
+  replies: ReplyDigestPage;
+  config: ConsoleConfig;
+}
+
+async function countOf(domain: string, state: string): Promise<{ count: number; exact: boolean }> {
+  const page = await api<BrowsePage>('GET', `/api/messages?domain=${encodeURIComponent(domain)}&state=${state}&limit=1`);
+  return page.total;
+}
+
+export function renderDestination(main: HTMLElement, _params: URLSearchParams, rest: string[]): Cleanup {
+  const domain = (rest[0] ?? '').toLowerCase();
+  const head = h('div', { class: 'page-head' }, h('h1', null, 'Destination ', h('code', null, domain)),
+    h('p', { class: 'summary' }, h('a', { href: `#/queue?domain=${encodeURIComponent(domain)}` }, 'Show its mail in the queue')));
+  mount(main, head, loading('Loading the destination…'));
+
+  async function bulk(action: BulkAction, label: string, state: string | undefined, danger: boolean): Promise<void> {
+    const filter = { domain, ...(state ? { state } : {}) };
+    try {
+      const preview = await api<BulkResult>('POST', '/api/messages/actions', { body: { filter, action, dryRun: true } });
+      if (preview.matched === 0) {
+        notify(`No mail to ${domain} to ${label.toLowerCase()}.`);
+        return;
+      }
+      const reason = h('input', { type: 'text', name: 'bulk-reason', placeholder: action === 'bounce' ? 'bounced by the operator' : 'optional', maxlength: '500' });
+      const ok = await confirmDialog({
+        title: `${label} ${preview.matched.toLocaleString()} mail${preview.matched === 1 ? '' : 's'} to ${domain}?`,
+        body: [
+          h('p', null, `${label}: every mail to ${domain}${state ? ` that is ${state}` : ''} (${preview.matched.toLocaleString()} now).`),
+          action === 'bounce' || action === 'hold' ? h('label', { class: 'field' }, action === 'bounce' ? 'Reason, told to each sender ' : 'Reason ', reason) : null,
+          action === 'bounce' ? h('p', { class: 'warn' }, 'Each sender gets a delivery status notification; nothing more of these mails is delivered. This cannot be undone.') : null,
+        ],
+        confirm: `${label} ${preview.matched.toLocaleString()}`,
+        danger,
+      });
+      if (!ok) return;
+      const why = reason.value.trim();
+      const r = await api<BulkResult>('POST', '/api/messages/actions', { body: { filter, action, dryRun: false, ...(why ? { reason: why } : {}) } });
+      notify(`${r.changed.toLocaleString()} of ${r.matched.toLocaleString()} mails: ${label.toLowerCase()} done${r.failed ? `, ${r.failed} failed` : ''}.`, r.failed ? 'error' : 'ok');
+    } catch (err) {
+      notify(`Failed: ${errorMessage(err)}`, 'error');
+    }
+    void load();
+  }
+
+  async function setPaused(paused: boolean, current: string[]): Promise<void> {
+    try {
+      const next = paused ? [...new Set([...current, domain])] : current.filter((d) => d !== domain);
+      await api('PUT', '/api/config', { body: { delivery: { paused: next } } });
+      forgetConfig();
+      notify(paused ? `Delivery to ${domain} paused.` : `Delivery to ${domain} resumed.`);
+    } catch (err) {
+      notify(`Failed: ${errorMessage(err)}`, 'error');
+    }
+    void load();
+  }
+
+  function render(f: Facts): void {
+    const { config, stats, replies } = f;
+    const paused = config.delivery.paused ?? [];
+    const pausedHere = paused.includes(domain);
+    const pausedAll = paused.includes('*');
+    const suspended = (stats.suspendedDestinations ?? []).filter((d) => d.domains.includes(domain));
+    const limits = config.delivery.limits.domains?.[domain] ?? config.delivery.limits.default;
+    const route = config.delivery.routes?.[domain];
+    const waiting = COUNTED.reduce((n, s) => n + f.counts[s].count, 0);
+    const count = (s: (typeof COUNTED)[number]) => `${f.counts[s].exact ? '' : 'about '}${f.counts[s].count.toLocaleString()}`;
+    mount(main, head,
+      h('ul', { class: 'cards', 'aria-label': 'Waiting mail by state' },
+        COUNTED.map((s) => h('li', { class: `stat state-${s}` }, h('span', { class: 'stat-value' }, count(s)), h('span', { class: 'stat-label' }, s)))),
+      h('section', { class: 'card', 'aria-label': 'Delivery' },
+        h('h2', null, 'Delivery'),
+        h('ul', { class: 'facts' },
+          h('li', null, pausedHere || pausedAll
+            ? h('strong', null, `Paused by the operator${pausedAll && !pausedHere ? ' (all domains are paused)' : ''}: its mail is deferred without a connection.`)
+            : 'Not paused.'),
+          suspended.length
+            ? suspended.map((d) => h('li', { class: 'warn' }, 'Suspended by this node (it tries again ', timeEl(d.until), '): no host of ', h('code', null, d.destination), ' could be reached; last reply ', h('span', { class: 'reply' }, replyText(d.reply)), '.'))
+            : h('li', null, 'Not suspended on this node.'),
+          h('li', null, route ? ['Routed to ', h('code', null, route), ' (delivery.routes) instead of its MX.'] : 'Delivered to its MX.'),
+          h('li', null, `Limits: ${limits.connections ?? 'default'} connections, ${limits.messagesPerConnection ?? 'default'} mails a connection, ${limits.rate ? `at most ${limits.rate}` : 'no rate limit'}${config.delivery.limits.domains?.[domain] ? ' (its own)' : ' (the default)'}.`)),
+        h('div', { class: 'actions', role: 'toolbar', 'aria-label': 'Actions on this destination' },
+          pausedHere
+            ? h('button', { type: 'button', class: 'primary', onclick: () => void setPaused(false, paused) }, 'Resume delivery')
+            : h('button', { type: 'button', onclick: () => void setPaused(true, paused) }, 'Pause delivery'),
+          h('button', { type: 'button', disabled: f.counts.queued.count === 0, onclick: () => void bulk('retry', 'Retry now', 'queued', false) }, 'Retry all now'),
+          h('button', { type: 'button', disabled: waiting - f.counts.held.count === 0, onclick: () => void bulk('hold', 'Hold', undefined, false) }, 'Hold all'),
+          h('button', { type: 'button', disabled: f.counts.held.count === 0, onclick: () => void bulk('release', 'Release', 'held', false) }, 'Release all'),
+          h('button', { type: 'button', class: 'danger', disabled: waiting === 0, onclick: () => void bulk('bounce', 'Bounce', undefined, true) }, 'Bounce all'))),
+      h('section', { class: 'table-area replies', 'aria-label': 'Replies' },
+        h('h2', null, `What its servers answered (last hour, node ${stats.node})`),
+        replies.rows.length === 0
+          ? h('p', { class: 'muted' }, 'No recipient was deferred or bounced in the last hour.')
+          : h('table', { 'aria-label': `Replies from ${domain}` },
+            h('thead', null, h('tr', null, ['Outcome', 'Reply', 'Recipients', 'Last'].map((t) => h('th', { scope: 'col' }, t)))),
+            h('tbody', null, replies.rows.map((r) => h('tr', null,
+              h('td', null, stateBadge(r.outcome)),
+              h('td', { class: 'reply', title: `Last as sent: ${r.example}` }, replyText(r.reply)),
+              h('td', { class: 'num' }, r.count.toLocaleString()),
+              h('td', null, h('a', { href: `#/messages/${encodeURIComponent(r.lastMailId)}`, title: 'The last mail that got it' }, timeEl(r.lastAt)))))))));
+  }
+
+  async function load(): Promise<void> {
+    try {
+      const [queued, active, held, stats, replies, config] = await Promise.all([
+        countOf(domain, 'queued'), countOf(domain, 'active'), countOf(domain, 'held'),
+        api<Stats>('GET', '/api/stats?topN=1'),
+        api<ReplyDigestPage>('GET', `/api/stats/replies?domain=${encodeURIComponent(domain)}&limit=20`),
+        runningConfig(true),
+      ]);
+      render({ counts: { queued, active, held }, stats, replies, config });
+    } catch (err) {
+      mount(main, head, errorState('Could not load the destination', err, () => void load()));
+    }
+  }
+  void load();
+}
