@@ -249,3 +249,18 @@ export interface ReplyDigestPage {
   notItemised?: number;
   windowSeconds: number;
 }
+
+/** GET /api/destinations/:domain: where this node would send the domain's mail now, looked up afresh. */
+export interface DestinationView {
+  domain: string;
+  /** How it was found: its MX records, its own address (no MX), delivery.routes, delivery.smarthost; or not at all. */
+  via: 'mx' | 'implicit-mx' | 'route' | 'smarthost' | 'none';
+  /** In the order they would be tried; `address` when already looked up. */
+  hosts: { host: string; port: number; preference?: number; address?: string }[];
+  /** How TLS is used: the domain's delivery.tls.policy level, "verify" under MTA-STS enforce, else the defaults (absent). */
+  tlsPolicy?: 'none' | 'may' | 'encrypt' | 'verify';
+  /** The hosts are those its MTA-STS policy (enforce) allows. */
+  mtaSts?: boolean;
+  /** Why nothing can be delivered now (via "none"): a DNS failure, a null MX, an MTA-STS policy naming no MX host, … */
+  failure?: { permanent: boolean; reply: { code: number; enhanced?: string; message: string } };
+}

@@ -18,7 +18,7 @@ import { createMetrics } from './metrics.js';
 import { openQueue } from './queue/index.js';
 import { SmtpIngress, checkIngressFiles } from './ingress/index.js';
 import { Scheduler } from './scheduler/index.js';
-import { checkDeliveryFiles, Deliverer } from './delivery/deliverer.js';
+import { checkDeliveryFiles, Deliverer, destinationView } from './delivery/deliverer.js';
 import { checkAdminFiles, createAdminServer } from './admin/index.js';
 
 const SHUTDOWN_TIMEOUT_MS = 30_000;
@@ -59,6 +59,7 @@ async function main(argv: string[]): Promise<void> {
     config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
     refusals: ingress.refusals,
     replies: (q) => scheduler.replies(q),
+    whereTo: (domain) => delivery.resolve(domain).then(destinationView),
     nodeName,
   });
 

@@ -106,7 +106,7 @@ export function query(params: Record<string, string | number | undefined | null>
 // (type-only, so nothing of src/ ends up in the bundle)
 
 export type {
-  AttemptRecord, BrowsePage, BulkAction, BulkResult, Classification, DepthHistoryPage, MailDetail, MailState, MailSummary, Recipient, Refusal, RefusalPage, ReplyDigestPage, ReplyDigestRow, SmtpReply, Stats,
+  AttemptRecord, BrowsePage, BulkAction, BulkResult, Classification, DepthHistoryPage, MailDetail, MailState, MailSummary, Recipient, Refusal, RefusalPage, DestinationView, ReplyDigestPage, ReplyDigestRow, SmtpReply, Stats,
 } from '../../src/api-types';
 
 export const MAIL_STATES: MailState[] = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];

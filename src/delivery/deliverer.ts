@@ -45,6 +45,7 @@ import { addressesOf, makeResolver, normaliseDomain, resolveDestination } from '
 import { MtaSts, mxMatches, type StsPolicy } from './mta-sts.js';
 import { readCaFile } from '../config/tls-files.js';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
+import type { DestinationView } from '../api-types.js';
 import type { DeliverOptions, DeliveryAgent, Destination, DestinationHost, HostAttempt, MessageResult, OutboundMessage, RecipientResult, Reply } from './types.js';
 
 type HostsDestination = Extract<Destination, { kind: 'hosts' }>;
@@ -438,4 +439,16 @@ export function checkDeliveryFiles(config: Config): { key: string; file: string;
     const problem = (err as { problems?: { problem: string }[] }).problems?.[0]?.problem ?? (err as Error).message;
     return [{ key: 'delivery.tls.caFile', file, problem: `${file}: ${problem}` }];
   }
+}
+
+/** A destination as GET /api/destinations/:domain shows it. */
+export function destinationView(d: Destination): DestinationView {
+  if (d.kind === 'failure') return { domain: d.domain, via: 'none', hosts: [], failure: { permanent: d.permanent, reply: d.reply } };
+  return {
+    domain: d.domain,
+    via: d.via,
+    hosts: d.hosts.map((h) => ({ host: h.host, port: h.port, ...(h.preference !== undefined ? { preference: h.preference } : {}), ...(h.address ? { address: h.address } : {}) })),
+    ...(d.tlsPolicy ? { tlsPolicy: d.tlsPolicy } : {}),
+    ...(d.mtaSts ? { mtaSts: true } : {}),
+  };
 }

@@ -73,6 +73,9 @@ describe('console: dead destinations', () => {
     expect(await delivery.textContent()).toContain(`last reply 421 4.3.2 ${HOSTILE} down`);
     expect(await page.getByRole('table', { name: 'Replies from dead.example' }).locator('tbody td').nth(1).textContent()).toBe(`421 4.3.2 ${HOSTILE} down`);
     expect(await page.locator('main img').count()).toBe(0);
+    const where = page.getByRole('region', { name: 'Where its mail goes now' });
+    await where.filter({ hasText: 'Through a route (delivery.routes)' }).waitFor();
+    expect(await where.getByRole('list', { name: 'Hosts in order' }).textContent()).toBe(rx.address);
 
     await page.getByRole('button', { name: 'Pause delivery' }).click();
     await page.getByRole('button', { name: 'Resume delivery' }).waitFor();

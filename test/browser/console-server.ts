@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createAdminServer } from '../../src/admin/index.js';
 import { ConfigStore } from '../../src/config/store.js';
-import { Deliverer } from '../../src/delivery/deliverer.js';
+import { Deliverer, destinationView } from '../../src/delivery/deliverer.js';
 import { SmtpIngress } from '../../src/ingress/index.js';
 import { Scheduler } from '../../src/scheduler/index.js';
 import { silentLogger } from '../../src/logger.js';
@@ -85,6 +85,7 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
   const admin = await createAdminServer({
     config, queue, logger, metrics, dataDir: dir,
     ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q) } : {}),
+    ...(delivery ? { whereTo: (domain: string) => delivery!.resolve(domain).then(destinationView) } : {}),
     ...(ingress ? { refusals: ingress.refusals } : {}),
   });
   const url = await admin.listen();

@@ -10,7 +10,7 @@ import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Deliverer } from '../../src/delivery/deliverer.js';
+import { Deliverer, destinationView } from '../../src/delivery/deliverer.js';
 import { mxMatches, parseStsPolicy } from '../../src/delivery/mta-sts.js';
 import { silentLogger } from '../../src/logger.js';
 import { DnsServer } from '../helpers/dns-server.js';
@@ -109,6 +109,10 @@ describe('MX delivery under an MTA-STS policy', () => {
     if (dest.kind !== 'hosts') throw new Error('no hosts');
     expect(dest.hosts.map((h) => h.host)).toEqual(['mx1.sts.test']);
     expect(dest.key).toBe('mx1.sts.test,mx2.elsewhere.test mta-sts');
+    // As GET /api/destinations/sts.test shows it.
+    expect(destinationView(dest)).toEqual({
+      domain: 'sts.test', via: 'mx', hosts: [{ host: 'mx1.sts.test', port: good!.port, preference: 10, address: '127.0.0.1' }], tlsPolicy: 'verify', mtaSts: true,
+    });
     const [result] = await d.deliver(dest, [outbound({ to: ['bob@sts.test'] })]);
     expect(result!.recipients[0]!.outcome).toBe('delivered');
     expect(good!.connections[0]!.secure).toBe(true);
@@ -136,9 +140,11 @@ describe('MX delivery under an MTA-STS policy', () => {
   it('enforce: no MX host in the policy is a temporary failure naming the policy; testing and none change nothing', async () => {
     policy = enforce('mx.nowhere.test');
     const d = deliverer(25);
-    expect(await d.resolve('sts.test')).toMatchObject({
+    const none = await d.resolve('sts.test');
+    expect(none).toMatchObject({
       kind: 'failure', permanent: false, reply: { code: 451, enhanced: '4.7.5', message: 'MTA-STS policy of sts.test allows no MX host it has (mx: mx.nowhere.test)' },
     });
+    expect(destinationView(none)).toMatchObject({ domain: 'sts.test', via: 'none', hosts: [], failure: { permanent: false, reply: { code: 451 } } });
     for (const mode of ['testing', 'none']) {
       policy = `version: STSv1\nmode: ${mode}\nmx: mx.nowhere.test\nmax_age: 86400\n`;
       dns.set('_mta-sts.sts.test', { txt: [`v=STSv1; id=${mode}`] });

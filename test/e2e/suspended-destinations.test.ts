@@ -69,6 +69,9 @@ describe('dead destinations in the admin API', () => {
     })]);
     const [mail] = (await (await fetch(`${server.adminUrl}/api/messages`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).items as { id: string }[];
     expect(replies.rows[0]!.lastMailId).toBe(mail!.id);
+    // Where its mail goes now: the route, looked up afresh.
+    const where = await (await fetch(`${server.adminUrl}/api/destinations/dead.example`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    expect(where).toEqual({ domain: 'dead.example', via: 'route', hosts: [{ host: '127.0.0.1', port: Number(rx.address.split(':')[1]), address: '127.0.0.1' }] });
     const badWindow = await fetch(`${server.adminUrl}/api/stats/replies?window=2h`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(badWindow.status).toBe(400);
     expect(((await badWindow.json()) as { message: string }).message).toMatch(/^window: "2h" must be from 1s to 1h/);

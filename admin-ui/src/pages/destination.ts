@@ -1,12 +1,13 @@
 /**
- * One destination (recipient domain) at a glance, and steered from one place: its waiting mail by
+ * One destination (recipient domain) at a glance, and steered from one place: where its mail goes
+ * now (GET /api/destinations/: hosts in order, TLS, MTA-STS, or why nowhere), its waiting mail by
  * state, whether this node has suspended it (dead) and why, what its servers answered in the last
  * hour (GET /api/stats/replies?domain=), its limits, route and pause; and the actions an operator
  * takes on a troubled destination: pause or resume delivery, retry all its mail now, hold or
  * release all of it, give all of it up with a DSN. Bulk actions ask the server for the count first
  * (dryRun) and confirm. Everything a remote wrote is shown as text.
  */
-import { api, type BulkAction, type BulkResult, type BrowsePage, type ConsoleConfig, type ReplyDigestPage, type Stats } from '../api';
+import { api, type BulkAction, type BulkResult, type BrowsePage, type ConsoleConfig, type DestinationView, type ReplyDigestPage, type Stats } from '../api';
 import { h, mount } from '../dom';
 import { replyText, stateBadge, timeEl } from '../format';
 import { confirmDialog, errorMessage, errorState, forgetConfig, loading, notify, runningConfig } from '../ui';
@@ -19,6 +20,26 @@ interface Facts {
   stats: Stats;
   replies: ReplyDigestPage;
   config: ConsoleConfig;
+  /** Where its mail goes now, or why that could not be asked. */
+  where: DestinationView | { error: string };
+}
+
+const VIA: Record<DestinationView['via'], string> = {
+  mx: 'its MX hosts', 'implicit-mx': 'its own address (it has no MX)', route: 'a route (delivery.routes)', smarthost: 'the smarthost', none: 'nowhere now',
+};
+
+function whereSection(where: Facts['where']): HTMLElement {
+  const box = (...children: (Node | string | null)[]) => h('section', { class: 'card', 'aria-label': 'Where its mail goes now' }, h('h2', null, 'Where its mail goes now'), ...children);
+  if ('error' in where) return box(h('p', { class: 'muted' }, `Could not be asked: ${where.error}`));
+  if (where.failure) {
+    return box(h('p', { class: 'warn' }, where.failure.permanent ? 'Its mail would bounce: ' : 'Its mail would be deferred: ', h('span', { class: 'reply' }, replyText(where.failure.reply))));
+  }
+  const tls = where.mtaSts ? 'TLS required, certificate verified for the MX name (its MTA-STS policy, enforce)'
+    : where.tlsPolicy ? `TLS: "${where.tlsPolicy}" (delivery.tls.policy)` : 'TLS as configured for every domain (delivery.tls)';
+  return box(
+    h('p', null, `Through ${VIA[where.via]}, tried in this order; ${tls}.`),
+    h('ol', { class: 'hosts', 'aria-label': 'Hosts in order' }, where.hosts.map((x) => h('li', null,
+      h('code', null, `${x.host}:${x.port}`), x.address && x.address !== x.host ? ` (${x.address})` : '', x.preference !== undefined ? ` preference ${x.preference}` : ''))));
 }
 
 async function countOf(domain: string, state: string): Promise<{ count: number; exact: boolean }> {
@@ -84,6 +105,7 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
     const waiting = COUNTED.reduce((n, s) => n + f.counts[s].count, 0);
     const count = (s: (typeof COUNTED)[number]) => `${f.counts[s].exact ? '' : 'about '}${f.counts[s].count.toLocaleString()}`;
     mount(main, head,
+      whereSection(f.where),
       h('ul', { class: 'cards', 'aria-label': 'Waiting mail by state' },
         COUNTED.map((s) => h('li', { class: `stat state-${s}` }, h('span', { class: 'stat-value' }, count(s)), h('span', { class: 'stat-label' }, s)))),
       h('section', { class: 'card', 'aria-label': 'Delivery' },
@@ -120,13 +142,14 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
 
   async function load(): Promise<void> {
     try {
-      const [queued, active, held, stats, replies, config] = await Promise.all([
+      const [queued, active, held, stats, replies, config, where] = await Promise.all([
         countOf(domain, 'queued'), countOf(domain, 'active'), countOf(domain, 'held'),
         api<Stats>('GET', '/api/stats?topN=1'),
         api<ReplyDigestPage>('GET', `/api/stats/replies?domain=${encodeURIComponent(domain)}&limit=20`),
         runningConfig(true),
+        api<DestinationView>('GET', `/api/destinations/${encodeURIComponent(domain)}`).catch((err: unknown) => ({ error: errorMessage(err) })),
       ]);
-      render({ counts: { queued, active, held }, stats, replies, config });
+      render({ counts: { queued, active, held }, stats, replies, config, where });
     } catch (err) {
       mount(main, head, errorState('Could not load the destination', err, () => void load()));
     }

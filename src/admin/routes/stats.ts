@@ -3,10 +3,10 @@
  * rates from the Prometheus counters over a sliding window (see rates.ts).
  */
 import type { FastifyInstance } from 'fastify';
-import type { DepthHistoryPage, ReplyDigestPage, Stats } from '../../api-types.js';
+import type { DepthHistoryPage, DestinationView, ReplyDigestPage, Stats } from '../../api-types.js';
 import type { AdminContext } from '../context.js';
 import { priorityNameOf } from '../filters.js';
-import { BadRequestError } from '../errors.js';
+import { BadRequestError, HttpError } from '../errors.js';
 import { errorResponses } from '../schemas.js';
 
 const counts = { type: 'object', additionalProperties: { type: 'integer' } } as const;
@@ -156,6 +156,39 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
     const windowMs = n * ({ s: 1_000, m: 60_000, h: 3_600_000 } as const)[window.slice(-1) as 's' | 'm' | 'h'];
     if (windowMs < 1_000 || windowMs > 3_600_000) throw new BadRequestError(`window: "${window}" must be from 1s to 1h`);
     return ctx.replies({ windowMs, limit, ...(outcome ? { outcome } : {}), ...(domain ? { domain } : {}) });
+  });
+
+  app.get<{ Params: { domain: string } }>('/destinations/:domain', {
+    schema: {
+      summary: 'Where this node would send the mail of a domain now: its MX hosts (or route, or smarthost) in order, and how TLS is used (its policy, MTA-STS)',
+      description: 'Looked up afresh (DNS, the MTA-STS policy), as the next delivery attempt would; a domain that cannot be delivered to now has `via: "none"` and the `failure` its mail would be deferred or bounced with.',
+      tags: ['stats'],
+      params: {
+        type: 'object',
+        properties: { domain: { type: 'string', minLength: 1, maxLength: 253, pattern: '^[^\\s@/]+$' } },
+        required: ['domain'],
+      },
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            domain: { type: 'string' },
+            via: { type: 'string' },
+            hosts: { type: 'array', items: { type: 'object', properties: { host: { type: 'string' }, port: { type: 'integer' }, preference: { type: 'integer' }, address: { type: 'string' } } } },
+            tlsPolicy: { type: 'string' },
+            mtaSts: { type: 'boolean' },
+            failure: {
+              type: 'object',
+              properties: { permanent: { type: 'boolean' }, reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } } },
+            },
+          },
+        },
+        ...errorResponses,
+      },
+    },
+  }, async (request): Promise<DestinationView> => {
+    if (!ctx.whereTo) throw new HttpError(503, 'This server runs no delivery to ask');
+    return ctx.whereTo(request.params.domain);
   });
 
   app.get<{ Querystring: { since: number } }>('/stats/history', {
