@@ -5,7 +5,7 @@
  * It reads the API's answers as typed in src/api-types.ts (shared with the server and the console).
  */
 
-import type { MailDetail, MailSummary, RefusalPage, ReplyDigestPage, SmtpReply, Stats } from '../api-types.js';
+import type { DestinationView, MailDetail, MailSummary, RefusalPage, ReplyDigestPage, SmtpReply, Stats } from '../api-types.js';
 
 const STATE_MARK: Record<string, string> = { active: '*', held: '!' };
 
@@ -173,4 +173,26 @@ export function showRefusals(page: RefusalPage): string {
   });
   if (page.nextCursor !== undefined) lines.unshift(`(older ones: --before ${page.nextCursor})`);
   return lines.join('\n') + '\n';
+}
+
+const VIA: Record<DestinationView['via'], string> = {
+  mx: 'its MX hosts', 'implicit-mx': 'its own address (no MX)', route: 'a route (delivery.routes)', smarthost: 'the smarthost', none: 'nowhere now',
+};
+
+/** `spoolhouse destination DOMAIN`: where its mail goes now, what waits for it, what its servers answered. */
+export function showDestination(where: DestinationView, waiting: Record<string, { count: number; exact: boolean }>, replies: ReplyDigestPage, node: string): string {
+  const out: string[] = [`Destination ${where.domain} (node ${node})`];
+  if (where.failure) out.push(`Its mail would be ${where.failure.permanent ? 'bounced' : 'deferred'}: ${replyText(where.failure.reply)}`);
+  else {
+    const tls = where.mtaSts ? 'TLS required and verified (MTA-STS enforce)' : where.tlsPolicy ? `TLS "${where.tlsPolicy}" (delivery.tls.policy)` : 'TLS as for every domain';
+    out.push(`Goes through ${VIA[where.via]}, ${tls}:`);
+    where.hosts.forEach((x, i) => out.push(`  ${i + 1}. ${x.host}:${x.port}${x.address && x.address !== x.host ? ` (${x.address})` : ''}${x.preference !== undefined ? ` preference ${x.preference}` : ''}`));
+  }
+  out.push('Waiting:     ' + Object.entries(waiting).map(([k, v]) => `${k}=${v.exact ? '' : '~'}${v.count}`).join('  '));
+  if (replies.rows.length) {
+    out.push(`Replies in the last hour (${replies.total} recipient${replies.total === 1 ? '' : 's'}):`);
+    const cw = Math.max(...replies.rows.map((r) => String(r.count).length));
+    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${replyText(r.reply)}`);
+  } else out.push('No recipient deferred or bounced in the last hour.');
+  return out.join('\n') + '\n';
 }

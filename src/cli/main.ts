@@ -25,8 +25,8 @@ import { fileURLToPath } from 'node:url';
 import { Command, CommanderError, Option } from 'commander';
 import { ApiClient, CliError, EXIT } from './client.js';
 import { resolveConnection, type ConnectionFlags } from './connection.js';
-import type { BrowsePage, BulkResult, MailDetail, MailSummary, RefusalPage, ReplyDigestPage, Stats } from '../api-types.js';
-import { queueTable, showMail, showRefusals, showStats, terminalSafe } from './format.js';
+import type { BrowsePage, BulkResult, DestinationView, MailDetail, MailSummary, RefusalPage, ReplyDigestPage, Stats } from '../api-types.js';
+import { queueTable, showDestination, showMail, showRefusals, showStats, terminalSafe } from './format.js';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
 
@@ -230,6 +230,24 @@ export function buildProgram(): Command {
       ]);
       if (opts.json) printJson({ ...stats, replies });
       else out(showStats(stats, replies));
+    });
+
+  program.command('destination')
+    .description("where a recipient domain's mail goes now (hosts in order, route or smarthost, TLS, MTA-STS), what of it waits, and its last hour's deferrals and bounces by reply")
+    .argument('<domain>', 'recipient domain')
+    .action(async (domain: string, _o: unknown, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const d = encodeURIComponent(domain.toLowerCase());
+      const count = async (state: string) => (await api.json<BrowsePage>('GET', `api/messages?domain=${d}&state=${state}&limit=1`)).total;
+      const [where, replies, stats, queued, active, held] = await Promise.all([
+        api.json<DestinationView>('GET', `api/destinations/${d}`),
+        api.json<ReplyDigestPage>('GET', `api/stats/replies?domain=${d}&limit=20`),
+        api.json<Stats>('GET', 'api/stats?topN=1'),
+        count('queued'), count('active'), count('held'),
+      ]);
+      const waiting = { queued, active, held };
+      if (opts.json) printJson({ ...where, waiting, replies, node: stats.node });
+      else out(showDestination(where, waiting, replies, stats.node));
     });
 
   program.command('refusals')

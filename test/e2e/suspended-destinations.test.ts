@@ -87,5 +87,19 @@ describe('dead destinations in the admin API', () => {
     expect(cli).toMatch(/^Suspended destinations/m);
     expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);
     expect(cli).toMatch(/^Deferrals and bounces by reply \(last hour, 1 recipient\):\n {2}1 deferred dead\.example {2}421 4\.3\.2 Closed for maintenance$/m);
+
+    const dest = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, [join(projectRoot, 'dist', 'src', 'cli', 'main.js'), 'destination', 'DEAD.example'], {
+        env: { PATH: process.env.PATH ?? '', HOME: dir, SPOOLHOUSE_URL: server.adminUrl!, SPOOLHOUSE_TOKEN: TOKEN },
+      }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+    });
+    expect(dest.split('\n').slice(1)).toEqual([
+      'Goes through a route (delivery.routes), TLS as for every domain:',
+      `  1. ${rx.address}`,
+      'Waiting:     queued=1  active=0  held=0',
+      'Replies in the last hour (1 recipient):',
+      '  1 deferred 421 4.3.2 Closed for maintenance',
+      '',
+    ]);
   });
 });
