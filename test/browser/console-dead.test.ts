@@ -83,12 +83,16 @@ describe('console: dead destinations', () => {
 
     const id = server.ids.get('To a dead host')!;
     await page.getByRole('button', { name: 'Hold all' }).click();
-    await page.getByRole('dialog', { name: 'Hold 1 mail to dead.example?' }).getByRole('button', { name: 'Hold 1' }).click();
-    await page.getByRole('status').filter({ hasText: '1 of 1 mails: hold done' }).first().waitFor();
+    const hold = page.getByRole('dialog', { name: 'Hold 1 mail?' });
+    await hold.filter({ hasText: 'Hold all 1 mail to dead.example.' }).waitFor();
+    await hold.getByRole('button', { name: 'Hold 1 mail' }).click();
+    await page.getByRole('status').filter({ hasText: '1 mail held (1 matched).' }).first().waitFor();
     expect((await server.queue.get(id))?.state).toBe('held');
     await page.getByRole('button', { name: 'Release all' }).click();
-    await page.getByRole('dialog', { name: 'Release 1 mail to dead.example?' }).getByRole('button', { name: 'Release 1' }).click();
-    await page.getByRole('status').filter({ hasText: '1 of 1 mails: release done' }).first().waitFor();
+    const release = page.getByRole('dialog', { name: 'Release 1 mail?' });
+    await release.filter({ hasText: 'Release all 1 mail to dead.example (held).' }).waitFor();
+    await release.getByRole('button', { name: 'Release 1 mail' }).click();
+    await page.getByRole('status').filter({ hasText: '1 mail released (1 matched).' }).first().waitFor();
     expect((await server.queue.get(id))?.state).not.toBe('held');
 
     await page.getByRole('button', { name: 'Resume delivery' }).click();

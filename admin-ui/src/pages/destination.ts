@@ -7,10 +7,11 @@
  * release all of it, give all of it up with a DSN. Bulk actions ask the server for the count first
  * (dryRun) and confirm. Everything a remote wrote is shown as text.
  */
-import { api, type BulkAction, type BulkResult, type BrowsePage, type ConsoleConfig, type DestinationView, type ReplyDigestPage, type Stats } from '../api';
+import { api, type BulkAction, type BrowsePage, type ConsoleConfig, type DestinationView, type ReplyDigestPage, type Stats } from '../api';
+import { bulkByFilter } from '../bulk';
 import { h, mount } from '../dom';
 import { replyText, stateBadge, timeEl } from '../format';
-import { confirmDialog, errorMessage, errorState, forgetConfig, loading, notify, runningConfig } from '../ui';
+import { errorMessage, errorState, forgetConfig, loading, notify, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
 const COUNTED = ['queued', 'active', 'held'] as const;
@@ -53,32 +54,8 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
     h('p', { class: 'summary' }, h('a', { href: `#/queue?domain=${encodeURIComponent(domain)}` }, 'Show its mail in the queue')));
   mount(main, head, loading('Loading the destination…'));
 
-  async function bulk(action: BulkAction, label: string, state: string | undefined, danger: boolean): Promise<void> {
-    const filter = { domain, ...(state ? { state } : {}) };
-    try {
-      const preview = await api<BulkResult>('POST', '/api/messages/actions', { body: { filter, action, dryRun: true } });
-      if (preview.matched === 0) {
-        notify(`No mail to ${domain} to ${label.toLowerCase()}.`);
-        return;
-      }
-      const reason = h('input', { type: 'text', name: 'bulk-reason', placeholder: action === 'bounce' ? 'bounced by the operator' : 'optional', maxlength: '500' });
-      const ok = await confirmDialog({
-        title: `${label} ${preview.matched.toLocaleString()} mail${preview.matched === 1 ? '' : 's'} to ${domain}?`,
-        body: [
-          h('p', null, `${label}: every mail to ${domain}${state ? ` that is ${state}` : ''} (${preview.matched.toLocaleString()} now).`),
-          action === 'bounce' || action === 'hold' ? h('label', { class: 'field' }, action === 'bounce' ? 'Reason, told to each sender ' : 'Reason ', reason) : null,
-          action === 'bounce' ? h('p', { class: 'warn' }, 'Each sender gets a delivery status notification; nothing more of these mails is delivered. This cannot be undone.') : null,
-        ],
-        confirm: `${label} ${preview.matched.toLocaleString()}`,
-        danger,
-      });
-      if (!ok) return;
-      const why = reason.value.trim();
-      const r = await api<BulkResult>('POST', '/api/messages/actions', { body: { filter, action, dryRun: false, ...(why ? { reason: why } : {}) } });
-      notify(`${r.changed.toLocaleString()} of ${r.matched.toLocaleString()} mails: ${label.toLowerCase()} done${r.failed ? `, ${r.failed} failed` : ''}.`, r.failed ? 'error' : 'ok');
-    } catch (err) {
-      notify(`Failed: ${errorMessage(err)}`, 'error');
-    }
+  async function bulk(action: BulkAction, state?: string): Promise<void> {
+    await bulkByFilter({ domain, ...(state ? { state } : {}) }, action, { which: `to ${domain}${state ? ` (${state})` : ''}` });
     void load();
   }
 
@@ -123,10 +100,10 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
           pausedHere
             ? h('button', { type: 'button', class: 'primary', onclick: () => void setPaused(false, paused) }, 'Resume delivery')
             : h('button', { type: 'button', onclick: () => void setPaused(true, paused) }, 'Pause delivery'),
-          h('button', { type: 'button', disabled: f.counts.queued.count === 0, onclick: () => void bulk('retry', 'Retry now', 'queued', false) }, 'Retry all now'),
-          h('button', { type: 'button', disabled: waiting - f.counts.held.count === 0, onclick: () => void bulk('hold', 'Hold', undefined, false) }, 'Hold all'),
-          h('button', { type: 'button', disabled: f.counts.held.count === 0, onclick: () => void bulk('release', 'Release', 'held', false) }, 'Release all'),
-          h('button', { type: 'button', class: 'danger', disabled: waiting === 0, onclick: () => void bulk('bounce', 'Bounce', undefined, true) }, 'Bounce all'))),
+          h('button', { type: 'button', disabled: f.counts.queued.count === 0, onclick: () => void bulk('retry', 'queued') }, 'Retry all now'),
+          h('button', { type: 'button', disabled: waiting - f.counts.held.count === 0, onclick: () => void bulk('hold') }, 'Hold all'),
+          h('button', { type: 'button', disabled: f.counts.held.count === 0, onclick: () => void bulk('release', 'held') }, 'Release all'),
+          h('button', { type: 'button', class: 'danger', disabled: waiting === 0, onclick: () => void bulk('bounce') }, 'Bounce all'))),
       h('section', { class: 'table-area replies', 'aria-label': 'Replies' },
         h('h2', null, `What its servers answered (last hour, node ${stats.node})`),
         replies.rows.length === 0

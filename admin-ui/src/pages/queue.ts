@@ -4,12 +4,13 @@
  * actions on "all mails matching the filter" first ask the server for the count (dryRun) so the
  * confirmation names the real number.
  */
-import { api, query, MAIL_STATES, type BrowsePage, type BulkAction, type BulkResult, type ConsoleConfig, type MailSummary } from '../api';
+import { api, query, MAIL_STATES, type BrowsePage, type BulkAction, type ConsoleConfig, type MailSummary } from '../api';
 import { field, h, mount } from '../dom';
 import { onQueueEvent } from '../events';
 import { parseLocalDateTime, parseSizeInput, replyText, senderText, sizeEl, stateBadge, timeEl } from '../format';
 import { confirmDialog, coalesce, emptyState, errorMessage, errorState, loading, notify, priorityClasses, priorityLabel, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
+import { ACTION_WORDS, bulkByFilter, bulkWarning, mails } from '../bulk';
 
 const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'q', 'since', 'until', 'minSize', 'maxSize'] as const;
 type FilterKey = (typeof FILTER_KEYS)[number];
@@ -34,19 +35,6 @@ export function apiFilter(f: Partial<Record<FilterKey, string>>): Record<string,
   return out;
 }
 
-const ACTION_WORDS: Record<BulkAction, { verb: string; done: string }> = {
-  remove: { verb: 'Remove', done: 'removed' },
-  hold: { verb: 'Hold', done: 'held' },
-  release: { verb: 'Release', done: 'released' },
-  retry: { verb: 'Retry now', done: 'scheduled for retry' },
-  priority: { verb: 'Set priority of', done: 'reprioritised' },
-  bounce: { verb: 'Bounce', done: 'set to bounce' },
-};
-
-function mails(n: number): string {
-  return `${n.toLocaleString()} ${n === 1 ? 'mail' : 'mails'}`;
-}
-
 /** One operator action on one mail, through the per-message routes. */
 async function actOnOne(id: string, action: BulkAction, priority?: number, reason?: string): Promise<void> {
   const path = `/api/messages/${encodeURIComponent(id)}`;
@@ -57,14 +45,6 @@ async function actOnOne(id: string, action: BulkAction, priority?: number, reaso
 }
 
 /** What the confirmation of a destructive action warns of (and, for a bounce, asks the reason). */
-function warning(action: BulkAction, reasonInput: HTMLInputElement): HTMLElement | null {
-  if (action === 'remove') return h('p', { class: 'warn' }, 'Removed mail is never delivered. This cannot be undone.');
-  if (action !== 'bounce') return null;
-  return h('div', null,
-    h('label', { class: 'field' }, 'Reason, told to the senders ', reasonInput),
-    h('p', { class: 'warn' }, 'Bounced mail is given up: each sender gets a delivery status notification with this reason, and nothing more is delivered. This cannot be undone.'));
-}
-
 /** Runs `fn` over `items` with a few requests in flight at once. */
 async function inBatches<T>(items: T[], fn: (item: T) => Promise<void>, width = 4): Promise<{ ok: number; failed: { item: T; err: unknown }[] }> {
   let ok = 0;
@@ -322,46 +302,14 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
     const reason = () => reasonInput.value.trim() || undefined;
     const danger = action === 'remove' || action === 'bounce';
     if (allMatching.checked) {
-      const body = { filter: apiFilter(filter), action, ...(action === 'priority' ? { priority } : {}) };
-      let preview: BulkResult;
-      try {
-        preview = await api<BulkResult>('POST', '/api/messages/actions', { body: { ...body, dryRun: true } });
-      } catch (err) {
-        notify(`Could not count the mails: ${errorMessage(err)}`, 'error');
-        return;
-      }
-      if (preview.matched === 0) {
-        notify('No mail matches the filter; nothing to do.');
-        return;
-      }
-      const ok = await confirmDialog({
-        title: `${words.verb} ${mails(preview.matched)}?`,
-        body: [
-          h('p', null, `${words.verb} all ${mails(preview.matched)} matching the current filter${priorityNote}.`),
-          warning(action, reasonInput),
-        ],
-        confirm: `${words.verb} ${mails(preview.matched)}`,
-        danger,
-      });
-      if (!ok) return;
-      try {
-        const why = action === 'bounce' ? reason() : undefined;
-        const result = await api<BulkResult>('POST', '/api/messages/actions', { body: { ...body, dryRun: false, ...(why ? { reason: why } : {}) } });
-        const failed = result.failed ?? 0;
-        const skipped = result.skipped ?? 0;
-        const extra = [`${result.matched.toLocaleString()} matched`, skipped ? `${skipped} had moved on` : '', failed ? `${failed} failed: ${result.errors?.[0]?.message ?? 'see the audit log'}` : ''].filter(Boolean).join(', ');
-        notify(`${mails(result.changed)} ${words.done} (${extra}).`, failed ? 'error' : 'ok');
-        allMatching.checked = false;
-      } catch (err) {
-        notify(`${words.verb} failed: ${errorMessage(err)}`, 'error');
-      }
+      if (await bulkByFilter(apiFilter(filter), action, { which: 'matching the current filter', note: priorityNote, ...(priority !== undefined ? { priority } : {}) })) allMatching.checked = false;
     } else {
       const ids = [...selected];
       const ok = await confirmDialog({
         title: `${words.verb} ${mails(ids.length)}?`,
         body: [
           h('p', null, `${words.verb} the ${mails(ids.length)} you selected${priorityNote}.`),
-          warning(action, reasonInput),
+          bulkWarning(action, reasonInput),
         ],
         confirm: `${words.verb} ${mails(ids.length)}`,
         danger,
