@@ -10,7 +10,8 @@
 import { api, type BulkAction, type BrowsePage, type ConsoleConfig, type DestinationView, type ReplyDigestPage, type Stats } from '../api';
 import { bulkByFilter } from '../bulk';
 import { h, mount } from '../dom';
-import { replyText, stateBadge, timeEl } from '../format';
+import { replyText, timeEl } from '../format';
+import { repliesTable } from '../replies';
 import { errorMessage, errorState, forgetConfig, loading, notify, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
@@ -108,13 +109,7 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
         h('h2', null, `What its servers answered (last hour, node ${stats.node})`),
         replies.rows.length === 0
           ? h('p', { class: 'muted' }, 'No recipient was deferred or bounced in the last hour.')
-          : h('table', { 'aria-label': `Replies from ${domain}` },
-            h('thead', null, h('tr', null, ['Outcome', 'Reply', 'Recipients', 'Last'].map((t) => h('th', { scope: 'col' }, t)))),
-            h('tbody', null, replies.rows.map((r) => h('tr', null,
-              h('td', null, stateBadge(r.outcome)),
-              h('td', { class: 'reply', title: `Last as sent: ${r.example}` }, replyText(r.reply)),
-              h('td', { class: 'num' }, r.count.toLocaleString()),
-              h('td', null, h('a', { href: `#/messages/${encodeURIComponent(r.lastMailId)}`, title: 'The last mail that got it' }, timeEl(r.lastAt)))))))));
+          : repliesTable(`Replies from ${domain}`, replies.rows, { withDestination: false })));
   }
 
   async function load(): Promise<void> {

@@ -8,7 +8,8 @@
 import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPage, type ReplyDigestPage, type Stats } from '../api';
 import { barChart, heatmap, lineChart, type Series } from '../charts';
 import { h, mount, type Child } from '../dom';
-import { ageText, absoluteTime, replyText, stateBadge, timeEl } from '../format';
+import { ageText, absoluteTime, replyText, timeEl } from '../format';
+import { repliesTable } from '../replies';
 import { errorState, loading, priorityLabel, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
@@ -43,14 +44,7 @@ function replyDetail(page: ReplyDigestPage | null): HTMLElement {
   return box(
     h('p', { class: 'muted' }, `${page.total.toLocaleString()} recipients on this node; replies that differ only in addresses and ids (masked as <ip>, <address>, #) are counted together.`
       + (page.notItemised ? ` ${page.notItemised.toLocaleString()} more were counted without their reply (too many different replies).` : '')),
-    h('table', { 'aria-label': 'Deferrals and bounces by reply' },
-      h('thead', null, h('tr', null, ['Outcome', 'Destination', 'Reply', 'Recipients', 'Last'].map((t) => h('th', { scope: 'col' }, t)))),
-      h('tbody', null, page.rows.map((r) => h('tr', null,
-        h('td', null, stateBadge(r.outcome)),
-        h('td', null, h('a', { href: `#/destinations/${encodeURIComponent(r.domain)}`, title: `The destination ${r.domain}: its mail, replies and actions` }, r.domain)),
-        h('td', { class: 'reply', title: `Last as sent: ${r.example}` }, replyText(r.reply)),
-        h('td', { class: 'num' }, r.count.toLocaleString()),
-        h('td', null, h('a', { href: `#/messages/${encodeURIComponent(r.lastMailId)}`, title: 'The last mail that got it' }, timeEl(r.lastAt))))))));
+    repliesTable('Deferrals and bounces by reply', page.rows, { withDestination: true }));
 }
 
 export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup {
