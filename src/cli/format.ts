@@ -164,8 +164,11 @@ export function showStats(s: Stats, replies?: ReplyDigestPage): string {
  * reason. Everything but the time came from the client or is about it: the CLI prints it through
  * terminalSafe, as all its output.
  */
-export function showRefusals(page: RefusalPage): string {
-  if (page.items.length === 0) return page.total === 0 ? 'Nothing was refused since the server started\n' : 'No refusal kept matches\n';
+export function showRefusals(page: RefusalPage, following = false): string {
+  if (page.items.length === 0) {
+    if (following) return '';
+    return page.total === 0 ? 'Nothing was refused since the server started\n' : 'No refusal kept matches\n';
+  }
   const lines = [...page.items].reverse().map((r) => {
     const who = [`[${r.client}]`, r.helo !== undefined ? `helo=<${r.helo}>` : '', r.user !== undefined ? `user=${r.user}` : '', r.sender !== undefined ? `from=<${r.sender}>` : ''].filter(Boolean).join(' ');
     const reply = `${r.reply.code}${r.reply.enhanced ? ' ' + r.reply.enhanced : ''} ${r.reply.text}`.trim();

@@ -132,6 +132,9 @@ function actionCommand(queue: Command, action: Exclude<Action, 'priority'>, desc
   });
 }
 
+/** How often `refusals --follow` asks for new ones. */
+const FOLLOW_POLL_MS = 1_000;
+
 export function buildProgram(): Command {
   const program = new Command('spoolhouse')
     .description('Operate a Spoolhouse mail queue through its admin API.\nExit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 authentication/permission.')
@@ -257,19 +260,31 @@ export function buildProgram(): Command {
     .option('--grep <text>', 'only those with this text in the HELO name, user, sender, command or reply')
     .option('--limit <n>', 'how many (the newest; 1-1000)', '50')
     .option('--before <cursor>', 'older ones (the cursor printed above a page)')
-    .action(async (o: { client?: string; reason?: string; grep?: string; limit: string; before?: string }, cmd: Command) => {
+    .option('-f, --follow', 'then print new refusals as they come, like tail -f, until interrupted')
+    .action(async (o: { client?: string; reason?: string; grep?: string; limit: string; before?: string; follow?: boolean }, cmd: Command) => {
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new CliError('--limit must be 1..1000', EXIT.usage);
       if (o.before !== undefined && !/^\d+$/.test(o.before)) throw new CliError('--before takes the cursor printed above a page', EXIT.usage);
+      if (o.before !== undefined && o.follow) throw new CliError('--follow shows what comes; --before what was: not both', EXIT.usage);
       const { api, opts } = client(cmd);
-      const q = new URLSearchParams({
-        limit: String(limit),
-        ...(o.client ? { client: o.client } : {}), ...(o.reason ? { reason: o.reason } : {}),
-        ...(o.grep ? { text: o.grep } : {}), ...(o.before ? { before: o.before } : {}),
-      });
-      const page = await api.json<RefusalPage>('GET', `api/refusals?${q}`);
+      const filters = {
+        ...(o.client ? { client: o.client } : {}), ...(o.reason ? { reason: o.reason } : {}), ...(o.grep ? { text: o.grep } : {}),
+      };
+      const page = await api.json<RefusalPage>('GET', `api/refusals?${new URLSearchParams({ limit: String(limit), ...filters, ...(o.before ? { before: o.before } : {}) })}`);
       if (opts.json) printJson(page);
-      else out(showRefusals(page));
+      else out(showRefusals(page, !!o.follow));
+      if (!o.follow) return;
+      // The newest seen so far; those that did not match the filters are skipped again cheaply.
+      let seen = page.total;
+      for (;;) {
+        await new Promise((resolve) => setTimeout(resolve, FOLLOW_POLL_MS));
+        const next = await api.json<RefusalPage>('GET', `api/refusals?${new URLSearchParams({ limit: '1000', ...filters, after: String(seen) })}`);
+        seen = Math.max(seen, next.total);
+        if (next.items.length === 0) continue;
+        if (next.nextCursor !== undefined && !opts.json) out('(more than 1000 new refusals since the last look; only the newest 1000 follow)\n');
+        if (opts.json) for (const r of [...next.items].reverse()) process.stdout.write(`${JSON.stringify(r)}\n`);
+        else out(showRefusals({ ...next, nextCursor: undefined } as RefusalPage, true));
+      }
     });
 
   program.command('pause')

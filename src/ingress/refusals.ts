@@ -15,6 +15,8 @@ export interface RefusalQuery {
   limit?: number;
   /** Only those older than this seq (a page's nextCursor). */
   before?: number;
+  /** Only those newer than this seq (the newest one seen: to follow the log). */
+  after?: number;
   reason?: string;
   /** An address, or a network in CIDR notation ("198.51.100.0/24"). */
   client?: string;
@@ -101,6 +103,7 @@ export class RefusalLog {
     const items: Refusal[] = [];
     let nextCursor: number | undefined;
     for (const r of this.#newestFirst()) {
+      if (q.after !== undefined && r.seq <= q.after) break;
       if (q.before !== undefined && r.seq >= q.before) continue;
       if (q.reason && r.reason !== q.reason) continue;
       if (client && !client(r.client)) continue;

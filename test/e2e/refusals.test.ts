@@ -3,7 +3,7 @@
  * over SMTP, then GET /api/refusals (filters, cursor, a 400 for a bad filter), the refusal rates
  * by reason in GET /api/stats, and `spoolhouse refusals` printing them log-like and terminal-safe.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -104,5 +104,27 @@ describe('the refusals an operator sees', () => {
     expect(lines[0]).toMatch(/ relay: \[127\.0\.0\.1\] helo=<first\.example> from=<someone@outside\.example>: RCPT TO:<a@elsewhere\.example>: 554 5\.7\.1 /);
     expect(lines[3]).toMatch(/ syntax: \[127\.0\.0\.1\]: EHLO evil\\u001b\]0;pwned\\u0007\.example: 501 /);
     expect(stdout).not.toContain('\u001b');
+  });
+
+  it('`spoolhouse refusals --follow` prints the new ones as they come', async () => {
+    const follower = spawn(process.execPath, [join(projectRoot, 'dist', 'src', 'cli', 'main.js'), 'refusals', '--follow', '--reason', 'relay', '--limit', '1'], {
+      env: { PATH: process.env.PATH ?? '', SPOOLHOUSE_URL: server.adminUrl!, SPOOLHOUSE_TOKEN: TOKEN },
+    });
+    let output = '';
+    follower.stdout.on('data', (c: Buffer) => { output += c.toString(); });
+    try {
+      const lines = async (n: number) => {
+        for (let i = 0; i < 100 && output.split('\n').filter(Boolean).length < n; i++) await new Promise((r) => setTimeout(r, 100));
+        return output.split('\n').filter(Boolean);
+      };
+      // The newest one kept, then the cursor line for older ones.
+      expect(await lines(2)).toEqual([expect.stringMatching(/^\(older ones: --before \d+\)$/), expect.stringMatching(/RCPT TO:<c@elsewhere\.example>: 554 5\.7\.1 /)]);
+      await relayAttempts('third.example', ['d@elsewhere.example']);
+      const after = await lines(3);
+      expect(after).toHaveLength(3);
+      expect(after[2]).toMatch(/ relay: \[127\.0\.0\.1\] helo=<third\.example> from=<someone@outside\.example>: RCPT TO:<d@elsewhere\.example>: 554 5\.7\.1 /);
+    } finally {
+      follower.kill();
+    }
   });
 });

@@ -136,5 +136,8 @@ describe('RefusalLog', () => {
     log.add(entry(11));
     expect(log.page().items.map((r) => r.at)).toEqual([11, 10]);
     expect(log.page().total).toBe(11);
+    // `after`: only newer than the newest seen (to follow).
+    expect(log.page({ after: 10 }).items.map((r) => r.seq)).toEqual([11]);
+    expect(log.page({ after: 11 }).items).toEqual([]);
   });
 });

@@ -10,6 +10,7 @@ import { errorResponses } from '../schemas.js';
 interface Query {
   limit: number;
   before?: number;
+  after?: number;
   reason?: string;
   client?: string;
   text?: string;
@@ -42,6 +43,7 @@ export async function refusalRoutes(app: FastifyInstance, ctx: AdminContext): Pr
         properties: {
           limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
           before: { type: 'integer', minimum: 1, description: 'A nextCursor: only older refusals' },
+          after: { type: 'integer', minimum: 0, description: 'The seq of the newest refusal seen: only newer ones (to follow the log)' },
           reason: { type: 'string', maxLength: 64, description: 'e.g. relay, dnsbl, helo, spf, rate, auth, size' },
           client: { type: 'string', maxLength: 64, description: 'An IP address, or a network such as 198.51.100.0/24' },
           text: { type: 'string', maxLength: 256, description: 'Case-insensitive text in the HELO name, user, sender, command or reply' },
@@ -62,9 +64,12 @@ export async function refusalRoutes(app: FastifyInstance, ctx: AdminContext): Pr
       },
     },
   }, async (request) => {
-    const { limit, before, reason, client, text } = request.query;
+    const { limit, before, after, reason, client, text } = request.query;
     try {
-      return ctx.refusals.page({ limit, ...(before !== undefined ? { before } : {}), ...(reason ? { reason } : {}), ...(client ? { client } : {}), ...(text ? { text } : {}) });
+      return ctx.refusals.page({
+        limit, ...(before !== undefined ? { before } : {}), ...(after !== undefined ? { after } : {}),
+        ...(reason ? { reason } : {}), ...(client ? { client } : {}), ...(text ? { text } : {}),
+      });
     } catch (err) {
       if (err instanceof Error && err.name === 'BadClientFilter') throw new BadRequestError(err.message);
       throw err;
