@@ -174,9 +174,10 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
     expect(put.status, JSON.stringify(put.body)).toBe(200);
 
     type View = { relay: { reject: { sender?: string }[] }; delivery: { paused: string[]; routes: Record<string, string> }; smtp: { helo: { rejectInvalid: boolean } } };
+    // Each section is a record of its own, applied as A reads it: wait for the last one published (smtp.helo).
     const seen = await until('node A has the change made on B', async () => {
       const v = (await apiA.json<View>('GET', '/api/config')).body;
-      return v.relay.reject.some((e) => e.sender === blocked) && v;
+      return v.relay.reject.some((e) => e.sender === blocked) && v.smtp.helo.rejectInvalid && v;
     }, 15_000);
     expect(seen.delivery.paused).toEqual(['paused.test']);
     expect(seen.smtp.helo.rejectInvalid).toBe(true);
@@ -188,7 +189,10 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
 
     // Undone through A: B follows, and A takes the sender again.
     expect((await apiA.json('PUT', '/api/config', { smtp: { helo: { rejectInvalid: false } }, relay: { reject: [] }, delivery: { paused: [], routes: { 'dest.test': rx.address } } })).status).toBe(200);
-    await until('node B has the change made on A', async () => (await apiB.json<View>('GET', '/api/config')).body.relay.reject.length === 0, 15_000);
+    await until('node B has the change made on A', async () => {
+      const v = (await apiB.json<View>('GET', '/api/config')).body;
+      return v.relay.reject.length === 0 && !v.smtp.helo.rejectInvalid;
+    }, 15_000);
     expect((await mailFromA()).code).toBe(250);
   });
 
