@@ -16,8 +16,7 @@ interface Sample {
   delivered: number;
   deferred: number;
   bounced: number;
-  refused: number;
-  /** spoolhouse_rejected_total by its reason label. */
+  /** spoolhouse_rejected_total by its reason label (their sum: the refusals). */
   refusedBy: Record<string, number>;
 }
 
@@ -62,10 +61,8 @@ export class RateWindow {
       delivered: await total(m.deliveredTotal),
       deferred: await total(m.deferredTotal),
       bounced: await total(m.bouncedTotal),
-      refused: 0,
       refusedBy: await byLabel(m.rejectedTotal, 'reason'),
     };
-    s.refused = Object.values(s.refusedBy).reduce((a, b) => a + b, 0);
     this.#samples.push(s);
     // Keep one sample older than the window so the window is always fully covered.
     while (this.#samples.length > 2 && this.#samples[1]!.at <= s.at - this.windowMs) this.#samples.shift();
@@ -84,7 +81,8 @@ export class RateWindow {
     // At least a second, so a burst right after start-up does not read as millions per minute.
     const minutes = Math.max(now.at - base.at, 1_000) / 60_000;
     const perMinute = (n: number) => Math.round((n / minutes) * 100) / 100;
-    const per = (k: 'accepted' | 'delivered' | 'deferred' | 'bounced' | 'refused') => perMinute(now[k] - base[k]);
+    const per = (k: 'accepted' | 'delivered' | 'deferred' | 'bounced') => perMinute(now[k] - base[k]);
+    const sum = (by: Record<string, number>) => Object.values(by).reduce((a, b) => a + b, 0);
     const refusedByReason: Record<string, number> = {};
     for (const [reason, n] of Object.entries(now.refusedBy)) {
       const d = n - (base.refusedBy[reason] ?? 0);
@@ -96,7 +94,7 @@ export class RateWindow {
         deliveredPerMinute: per('delivered'),
         deferredPerMinute: per('deferred'),
         bouncedPerMinute: per('bounced'),
-        refusedPerMinute: per('refused'),
+        refusedPerMinute: perMinute(sum(now.refusedBy) - sum(base.refusedBy)),
       },
       refusedByReason,
     };
