@@ -49,7 +49,7 @@ async function main(argv: string[]): Promise<void> {
   await queue.start();
   // On a cluster: the run-time settings any node's operator changed (the last value of each at
   // start, then each change as it comes), before the stages start.
-  queue.sharedSettings?.subscribe((section, value) => applySharedSetting(store, logger, section, value));
+  queue.sharedSettings?.subscribe((sections) => applySharedSettings(store, logger, sections));
 
   const nodeName = config.kafka.nodeId ?? hostname();
   const delivery = new Deliverer({ config: () => store.current, logger });
@@ -105,12 +105,13 @@ async function main(argv: string[]): Promise<void> {
 }
 
 /** A section of the run-time configuration set through a node of the cluster (this one included). */
-function applySharedSetting(store: ConfigStore, logger: Logger, section: string, value: unknown): void {
+/** One change made on any node of the cluster (the sections of one PUT /api/config), applied as one. */
+function applySharedSettings(store: ConfigStore, logger: Logger, sections: Record<string, unknown>): void {
   try {
-    if (store.replaceSections({ [section]: value })) logger.info({ section }, 'configuration changed through the cluster');
+    if (store.replaceSections(sections)) logger.info({ sections: Object.keys(sections) }, 'configuration changed through the cluster');
   } catch (err) {
     // E.g. a rule naming a priority class this node's files lack: this node keeps what it has.
-    logger.error({ err, section }, 'a setting shared through the cluster is not valid here; this node keeps its own');
+    logger.error({ err, sections: Object.keys(sections) }, 'a change shared through the cluster is not valid here; this node keeps its own');
   }
 }
 

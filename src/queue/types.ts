@@ -348,9 +348,10 @@ export interface SharedSettings {
   /** Stores the sections for every node; resolves once the cluster has them. Throws QueueUnavailableError. */
   publish(sections: Record<string, unknown>): Promise<void>;
   /**
-   * Calls `listener` with the last value of every section published so far (at once), then with
-   * each one published afterwards by any node, this one included, in the cluster's order.
+   * Calls `listener` with the last value of every section published so far (at once, in one call),
+   * then with the sections of each publish afterwards by any node, this one included, in the
+   * cluster's order: one call a publish, so that sections changed together are applied together.
    * Returns an unsubscribe function.
    */
-  subscribe(listener: (section: string, value: unknown) => void): () => void;
+  subscribe(listener: (sections: Record<string, unknown>) => void): () => void;
 }

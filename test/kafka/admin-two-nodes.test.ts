@@ -174,7 +174,7 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
     expect(put.status, JSON.stringify(put.body)).toBe(200);
 
     type View = { relay: { reject: { sender?: string }[] }; delivery: { paused: string[]; routes: Record<string, string> }; smtp: { helo: { rejectInvalid: boolean } } };
-    // Each section is a record of its own, applied as A reads it: wait for the last one published (smtp.helo).
+    // The sections of one PUT reach A as one change.
     const seen = await until('node A has the change made on B', async () => {
       const v = (await apiA.json<View>('GET', '/api/config')).body;
       return v.relay.reject.some((e) => e.sender === blocked) && v.smtp.helo.rejectInvalid && v;
@@ -194,6 +194,37 @@ describe('two Spoolhouse processes on one Kafka: operating node B on mail accept
       return v.relay.reject.length === 0 && !v.smtp.helo.rejectInvalid;
     }, 15_000);
     expect((await mailFromA()).code).toBe(250);
+  });
+
+  it('applies the sections of one change together on the other node: a new class and the rules that name it, then both taken away', async () => {
+    type View = { priorities: { classes: Record<string, number> }; rules: { name: string; priority?: string }[] };
+    const { classes } = (await apiB.json<View>('GET', '/api/config')).body.priorities;
+    const { rules } = (await apiB.json<View>('GET', '/api/config')).body;
+    const vip = (v: View) => v.rules.some((r) => r.name === 'vip');
+    // Every view of A while it takes the change: the old one or the new one, never half of each.
+    const views: View[] = [];
+    const whole = () => {
+      for (const v of views) expect([vip(v), v.priorities.classes.vip]).toEqual(vip(v) ? [true, 40] : [false, undefined]);
+    };
+    const watch = async (what: string, done: (v: View) => boolean) => until(what, async () => {
+      const v = (await apiA.json<View>('GET', '/api/config')).body;
+      views.push(v);
+      return done(v);
+    }, 15_000, 5);
+
+    const vipRule = { name: 'vip', match: { senderDomain: 'vip.test' }, priority: 'vip' };
+    expect((await apiB.json('PUT', '/api/config', { priorities: { classes: { ...classes, vip: 40 } }, rules: [vipRule, ...rules] })).status).toBe(200);
+    await watch('node A has the class and the rule', vip);
+    expect(views.at(-1)!.priorities.classes.vip).toBe(40);
+    whole();
+
+    // Both taken away in one change. Applied a section at a time, A would refuse the classes
+    // (its rule still names vip) and keep vip for good.
+    views.length = 0;
+    expect((await apiB.json('PUT', '/api/config', { priorities: { classes }, rules })).status).toBe(200);
+    await watch('node A has neither the class nor the rule', (v) => !vip(v) && v.priorities.classes.vip === undefined);
+    whole();
+    expect(views.at(-1)!.rules).toEqual(rules);
   });
 
   it('lists, shows, downloads, holds, releases and removes on B what A accepted', async () => {
