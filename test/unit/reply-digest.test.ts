@@ -9,8 +9,13 @@ describe('replyShape', () => {
     expect(replyShape(outlook('192.0.2.7', '50', '2026-12-04T21:00:00.000Z'))).toBe(replyShape(outlook('198.51.100.9', '61', '2026-12-04T21:07:13.512Z')));
     expect(replyShape(outlook('192.0.2.7', '50', '2026-12-04T21:00:00.000Z'))).toBe('Server busy. Please try again later from <ip>. (#) [# # #]');
     const yahoo = 'Messages from 192.0.2.7 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes';
-    // Yahoo's own code (4.16.55.1) is a dotted quad too: masked as an address, which it could be.
-    expect(replyShape(yahoo)).toBe('Messages from <ip> temporarily deferred due to unexpected volume or user complaints - <ip>; see https://postmaster.yahooinc.com/error-codes');
+    // Yahoo's own code after the dash (4.16.55.1) is a dotted quad too, but names the kind of
+    // deferral: kept, so that its kinds stay apart; the client's address is masked.
+    expect(replyShape(yahoo)).toBe('Messages from <ip> temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes');
+    expect(replyShape(yahoo.replace('192.0.2.7', '203.0.113.80'))).toBe(replyShape(yahoo));
+    expect(replyShape(yahoo.replace('4.16.55.1', '4.16.56.1'))).not.toBe(replyShape(yahoo));
+    // An address after a dash that is not a reply class's code is still an address.
+    expect(replyShape('Blocked - 192.0.2.7 listed')).toBe('Blocked - <ip> listed');
     expect(replyShape('<bob@example.com>: Recipient address rejected: User unknown in virtual mailbox table'))
       .toBe(replyShape('<carol@example.com>:   Recipient address rejected: User unknown\r\n in virtual mailbox table'));
     expect(replyShape('<bob@example.com>: Recipient address rejected: User unknown')).toBe('<address>: Recipient address rejected: User unknown');
