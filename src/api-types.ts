@@ -155,6 +155,7 @@ export interface Stats {
   rates: Rates;
   /** The refusals of `rates.refusedPerMinute` by reason (the label of spoolhouse_rejected_total), per minute. */
   refusedByReason: Record<string, number>;
+  /** The seconds the rates were measured over: the window, or less on a node younger than it (the rates then extrapolated to a minute). */
   ratesWindowSeconds: number;
   /**
    * Destinations this node's delivery has suspended because no host could be reached (Postfix's

@@ -73,13 +73,18 @@ export class RateWindow {
     return (await this.window()).rates;
   }
 
-  /** The rates, and the refusals by reason (per minute; only reasons seen in the window). */
-  async window(): Promise<{ rates: Rates; refusedByReason: Record<string, number> }> {
+  /**
+   * The rates, the refusals by reason (per minute; only reasons seen in the window), and the
+   * seconds the rates were measured over: the window, or less while the server is younger than it
+   * (a rate from a few seconds is extrapolated to a minute, and says so).
+   */
+  async window(): Promise<{ rates: Rates; refusedByReason: Record<string, number>; seconds: number }> {
     const now = await this.sample();
     // The newest sample at least a window old; until the server has run that long, the oldest.
     const base = [...this.#samples].reverse().find((s) => s.at <= now.at - this.windowMs) ?? this.#samples[0]!;
     // At least a second, so a burst right after start-up does not read as millions per minute.
-    const minutes = Math.max(now.at - base.at, 1_000) / 60_000;
+    const elapsed = Math.max(now.at - base.at, 1_000);
+    const minutes = elapsed / 60_000;
     const perMinute = (n: number) => Math.round((n / minutes) * 100) / 100;
     const per = (k: 'accepted' | 'delivered' | 'deferred' | 'bounced') => perMinute(now[k] - base[k]);
     const sum = (by: Record<string, number>) => Object.values(by).reduce((a, b) => a + b, 0);
@@ -97,6 +102,7 @@ export class RateWindow {
         refusedPerMinute: perMinute(sum(now.refusedBy) - sum(base.refusedBy)),
       },
       refusedByReason,
+      seconds: Math.round(Math.min(elapsed, this.windowMs) / 1000),
     };
   }
 }

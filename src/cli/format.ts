@@ -130,7 +130,9 @@ export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   out.push('By state:    ' + Object.entries(s.byState).map(([k, v]) => `${k}=${v}`).join('  '));
   if (s.byPriorityName) out.push('By priority: ' + Object.entries(s.byPriorityName).map(([k, v]) => `${k}=${v}`).join('  '));
   out.push(`Oldest:      ${s.oldestAgeSeconds === null || s.oldestAgeSeconds === undefined ? '-' : relative(Date.now() - s.oldestAgeSeconds * 1000)}`);
-  if (s.rates) out.push('Rates/min:   ' + Object.entries(s.rates).map(([k, v]) => `${k.replace(/PerMinute$/, '')}=${v}`).join('  '));
+  // A node younger than the window measured its rates over fewer seconds: say so.
+  const young = s.ratesWindowSeconds !== undefined && s.ratesWindowSeconds < 60 ? `  (over the ${s.ratesWindowSeconds} s since start)` : '';
+  if (s.rates) out.push('Rates/min:   ' + Object.entries(s.rates).map(([k, v]) => `${k.replace(/PerMinute$/, '')}=${v}`).join('  ') + young);
   const refused = Object.entries(s.refusedByReason ?? {});
   if (refused.length) out.push('Refused/min: ' + refused.sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}=${v}`).join('  '));
   const labels = s.ageByDestination.bucketLabels ?? s.ageByDestination.bucketsMinutes.map((b) => (b === null ? 'more' : String(b)));

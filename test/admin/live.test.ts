@@ -126,7 +126,9 @@ describe('GET /api/stats', () => {
     expect(body.rates.acceptedPerMinute).toBeGreaterThan(0);
     expect(body.rates.deliveredPerMinute).toBeGreaterThan(0);
     expect(body.rates.bouncedPerMinute).toBe(0);
-    expect(body.ratesWindowSeconds).toBe(60);
+    // The server started within the test: the rates cover the seconds since.
+    expect(body.ratesWindowSeconds).toBeGreaterThanOrEqual(1);
+    expect(body.ratesWindowSeconds).toBeLessThanOrEqual(60);
   });
 
   it('400 for a bad topN', async () => {

@@ -93,6 +93,12 @@ describe('the refusals an operator sees', () => {
     expect(Object.keys(body.refusedByReason).sort()).toEqual(['relay', 'syntax']);
     expect(body.refusedByReason.relay).toBeCloseTo(3 * body.refusedByReason.syntax!, 1);
     expect(body.refusedByReason.relay! + body.refusedByReason.syntax!).toBeCloseTo(body.rates.refusedPerMinute, 1);
+    // The server is younger than the minute's window: the rates say what they were measured over,
+    // and four refusals over those seconds, extrapolated to a minute, are what they show.
+    expect(body.ratesWindowSeconds).toBeGreaterThanOrEqual(1);
+    expect(body.ratesWindowSeconds).toBeLessThan(60);
+    expect(body.rates.refusedPerMinute).toBeGreaterThan((4 * 60) / (body.ratesWindowSeconds + 1));
+    expect(body.rates.refusedPerMinute).toBeLessThanOrEqual((4 * 60) / Math.max(body.ratesWindowSeconds - 1, 1));
   });
 
   it('`spoolhouse refusals` prints them oldest first, like log lines, with escapes made harmless', async () => {

@@ -85,6 +85,8 @@ describe('dead destinations in the admin API', () => {
       }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
     });
     expect(cli).toMatch(/^Suspended destinations/m);
+    // The server is seconds old: its rates say what they were measured over.
+    expect(cli).toMatch(/^Rates\/min: .* deferred=\d.* {2}\(over the [1-5]?\d s since start\)$/m);
     expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);
     expect(cli).toMatch(/^Deferrals and bounces by reply \(last hour, 1 recipient\):\n {2}1 deferred dead\.example {2}421 4\.3\.2 Closed for maintenance$/m);
 

@@ -22,6 +22,11 @@ function perMinute(n: number): string {
   return n.toLocaleString(undefined, { maximumFractionDigits: n < 10 ? 1 : 0 });
 }
 
+/** "over the last minute", or the seconds a node younger than a minute measured its rates over. */
+function overWindow(seconds: number): string {
+  return seconds < 60 ? `over the ${seconds} s since this node started` : 'over the last minute';
+}
+
 function replyCell(r: Refusal): HTMLElement {
   return h('td', { class: 'reply' }, `${r.reply.code}${r.reply.enhanced ? ` ${r.reply.enhanced}` : ''} ${r.reply.text}`);
 }
@@ -61,6 +66,7 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
   let items: Refusal[] = [];
   let reasons: Record<string, number> = {};
   let refusedPerMinute = 0;
+  let windowSeconds = 60;
   let node = '';
 
   const reasonSelect = h('select', { name: 'reason' }, h('option', { value: '' }, 'Any reason'));
@@ -94,9 +100,9 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
     reasonSelect.replaceChildren(h('option', { value: '' }, 'Any reason'), ...known.map((r) => h('option', { value: r, selected: r === current }, r)));
     const byRate = Object.entries(reasons).sort((a, b) => b[1] - a[1]);
     mount(rateList, byRate.length
-      ? h('p', null, `${perMinute(refusedPerMinute)} refused a minute over the last minute: `,
+      ? h('p', null, `${perMinute(refusedPerMinute)} refused a minute ${overWindow(windowSeconds)}: `,
         byRate.map(([reason, n], i) => [i ? ', ' : '', h('a', { href: '#/refusals' + query({ ...filter, reason }) }, reason), ` ${perMinute(n)}`]))
-      : h('p', { class: 'muted' }, 'Nothing was refused in the last minute.'));
+      : h('p', { class: 'muted' }, windowSeconds < 60 ? `Nothing was refused ${overWindow(windowSeconds)}.` : 'Nothing was refused in the last minute.'));
   }
 
   function render(page: RefusalPage): void {
@@ -134,6 +140,7 @@ export function renderRefusals(main: HTMLElement, params: URLSearchParams): Clea
       if (stats) {
         reasons = stats.refusedByReason ?? {};
         refusedPerMinute = stats.rates.refusedPerMinute ?? 0;
+        windowSeconds = stats.ratesWindowSeconds ?? 60;
         node = stats.node ?? '';
       }
       items = before === undefined ? page.items : [...items, ...page.items];

@@ -63,7 +63,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
               },
             },
             refusedByReason: { type: 'object', additionalProperties: { type: 'number' }, description: 'The refusals per minute by reason (spoolhouse_rejected_total), reasons seen in the window only' },
-            ratesWindowSeconds: { type: 'number' },
+            ratesWindowSeconds: { type: 'number', description: 'The seconds the rates were measured over: the window (60), or less on a node younger than that, whose rates are extrapolated to a minute' },
             suspendedDestinations: {
               type: 'array',
               description: "Destinations this node's delivery suspended because no host could be reached: their mail is deferred without connecting until `until`",
@@ -83,7 +83,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       },
     },
   }, async (request): Promise<Stats> => {
-    const [stats, { rates, refusedByReason }] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.window()]);
+    const [stats, { rates, refusedByReason, seconds }] = await Promise.all([ctx.queue.stats({ topN: request.query.topN }), ctx.rates.window()]);
     const priorities = ctx.config.current.priorities;
     const byPriorityName: Record<string, number> = {};
     for (const [level, n] of Object.entries(stats.byPriority)) {
@@ -107,7 +107,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       },
       rates,
       refusedByReason,
-      ratesWindowSeconds: ctx.rates.windowMs / 1000,
+      ratesWindowSeconds: seconds,
       suspendedDestinations: ctx.suspendedDestinations(),
     };
   });
