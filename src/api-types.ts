@@ -264,4 +264,21 @@ export interface DestinationView {
   mtaSts?: boolean;
   /** Why nothing can be delivered now (via "none"): a DNS failure, a null MX, an MTA-STS policy naming no MX host, … */
   failure?: { permanent: boolean; reply: { code: number; enhanced?: string; message: string } };
+  /** This node's delivery to it now; absent when this node has had no mail for it lately. */
+  connections?: DestinationConnections;
+}
+
+/** A destination's connections on this node (its pool: the domains that share its hosts). */
+export interface DestinationConnections {
+  /** The pool's key (its hosts, the route or the smarthost) and the domains whose mail it carries. */
+  destination: string;
+  domains: string[];
+  /** Connections open now. */
+  open: number;
+  /** How many it may open now: moved by the concurrency feedback between 1 and `limit` (1 while a suspended destination is probed). */
+  allowed: number;
+  /** delivery.limits' `connections` for it. */
+  limit: number;
+  /** Mails (recipient groups) waiting in this node's memory for a connection. */
+  waiting: number;
 }

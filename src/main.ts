@@ -60,6 +60,7 @@ async function main(argv: string[]): Promise<void> {
     refusals: ingress.refusals,
     replies: (q) => scheduler.replies(q),
     whereTo: (domain) => delivery.resolve(domain).then(destinationView),
+    connectionsTo: (domain) => scheduler.destinationConnections(domain),
     nodeName,
   });
 

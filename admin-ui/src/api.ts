@@ -112,7 +112,7 @@ export type {
 export const MAIL_STATES: MailState[] = ['queued', 'active', 'held', 'delivered', 'bounced', 'expired', 'removed'];
 export const LIVE_STATES: MailState[] = ['queued', 'active', 'held'];
 
-export interface Limits { connections?: number; messagesPerConnection?: number; rate?: string | null }
+export interface Limits { connections?: number; initialConnections?: number; messagesPerConnection?: number; rate?: string | null }
 export interface Rule {
   name: string;
   match: { sender?: string; senderDomain?: string; recipientDomain?: string; authUser?: string; header?: { name: string; value: string }; body?: string; minSize?: number | string; maxSize?: number | string };

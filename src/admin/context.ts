@@ -3,7 +3,7 @@
  * this), and the audit helper that records an operator action however it ends.
  */
 import type { FastifyRequest } from 'fastify';
-import type { DestinationView, ReplyDigestPage, ReplyDigestRow, SuspendedDestination } from '../api-types.js';
+import type { DestinationConnections, DestinationView, ReplyDigestPage, ReplyDigestRow, SuspendedDestination } from '../api-types.js';
 import type { ConfigStore } from '../config/store.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -30,6 +30,8 @@ export interface AdminContext {
   suspendedDestinations: () => SuspendedDestination[];
   /** Where this node would send a domain's mail now (Deliverer.resolve, looked up afresh); none without delivery. */
   whereTo?: (domain: string) => Promise<DestinationView>;
+  /** This node's connections to a domain's destination now (Scheduler.destinationConnections); none without a scheduler. */
+  connectionsTo?: (domain: string) => DestinationConnections | undefined;
   /** This node's name (kafka.nodeId or the host name). */
   nodeName: string;
   /** This node's deferrals and bounces of the last hour by destination and reply (Scheduler.replies); none without a scheduler. */

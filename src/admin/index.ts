@@ -79,6 +79,8 @@ export interface AdminServerOptions {
   suspendedDestinations?: () => SuspendedDestination[];
   /** Where this node would send a domain's mail now, for GET /api/destinations/:domain. */
   whereTo?: AdminContext['whereTo'];
+  /** This node's connections to a domain's destination (Scheduler.destinationConnections). */
+  connectionsTo?: AdminContext['connectionsTo'];
   /** This node's name (kafka.nodeId or the host name), for GET /api/stats: the per-node figures say whose they are. */
   nodeName?: string;
   /** This node's deferral and bounce detail for GET /api/stats/replies (Scheduler.replies). */
@@ -126,6 +128,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     replies: o.replies ?? (() => ({ rows: [], total: 0, windowSeconds: 3600 })),
     nodeName: o.nodeName ?? hostname(),
     ...(o.whereTo ? { whereTo: o.whereTo } : {}),
+    ...(o.connectionsTo ? { connectionsTo: o.connectionsTo } : {}),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });

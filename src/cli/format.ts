@@ -194,6 +194,10 @@ export function showDestination(where: DestinationView, waiting: Record<string, 
     where.hosts.forEach((x, i) => out.push(`  ${i + 1}. ${x.host}:${x.port}${x.address && x.address !== x.host ? ` (${x.address})` : ''}${x.preference !== undefined ? ` preference ${x.preference}` : ''}`));
   }
   out.push('Waiting:     ' + Object.entries(waiting).map(([k, v]) => `${k}=${v.exact ? '' : '~'}${v.count}`).join('  '));
+  const c = where.connections;
+  out.push(c
+    ? `Connections: ${c.open} open, ${c.allowed} allowed now of ${c.limit}, ${c.waiting} waiting${c.domains.length > 1 ? ` (shared with ${c.domains.filter((d) => d !== where.domain).join(', ')})` : ''}`
+    : 'Connections: none (no mail for it on this node lately)');
   if (replies.rows.length) {
     out.push(`Replies in the last hour (${replies.total} recipient${replies.total === 1 ? '' : 's'}):`);
     const cw = Math.max(...replies.rows.map((r) => String(r.count).length));

@@ -135,6 +135,8 @@ const priorityName = z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lowe
 
 const limits = z.strictObject({
   connections: z.number().int().min(1).max(1000).optional(),
+  /** Where a destination's concurrency starts (Postfix's initial_destination_concurrency), then moved by feedback within 1..connections. */
+  initialConnections: z.number().int().min(1).max(1000).optional(),
   messagesPerConnection: z.number().int().min(1).max(100_000).optional(),
   /** "10/s", "600/m", "3600/h"; null for no rate limit. */
   rate: z.union([z.null(), z.string().regex(/^\d+(\.\d+)?\/(s|m|h)$/, 'must be a rate such as "10/s", "600/m" or "3600/h"')]).optional(),

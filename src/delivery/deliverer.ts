@@ -244,10 +244,10 @@ export class Deliverer implements DeliveryAgent {
                 session = await this.#open(target, destination, config, true);
               } catch (again) {
                 if (!(again instanceof SessionError)) throw again;
-                return this.#giveUpHost(target, waiting, again.reply, opened);
+                return this.#giveUpHost(target, waiting, again.reply, opened, call);
               }
             } else {
-              return this.#giveUpHost(target, waiting, err.reply, opened);
+              return this.#giveUpHost(target, waiting, err.reply, opened, call);
             }
           }
           call.connected = true;
@@ -267,9 +267,12 @@ export class Deliverer implements DeliveryAgent {
         state.lastReply = outcome.reply;
         state.lastRemote = session.remote;
         if (outcome.kind === 'host-failure') {
+          this.#feedback(call, 'failed');
           log().info({ remote: session.remote, reply: outcome.reply }, 'host failed during the transaction; trying the next host');
           return outcome.reply;
         }
+        // A 421 ends the session however far the transaction got (service not available: often a remote's throttle).
+        this.#feedback(call, outcome.reply.code === 421 ? 'failed' : 'ok');
         this.#record(state, outcome.recipients);
         this.#report(call, state);
         // Debug: the scheduler logs each attempt once, with every recipient's host and reply.
@@ -315,8 +318,17 @@ export class Deliverer implements DeliveryAgent {
     }
   }
 
+  #feedback(call: Call, kind: 'ok' | 'failed'): void {
+    try {
+      call.options.onFeedback?.(kind);
+    } catch (err) {
+      this.#log.error({ err }, 'onFeedback threw');
+    }
+  }
+
   /** Records a host that could not be used for every message that was waiting for it. */
-  #giveUpHost(target: Target, waiting: MessageState[], reply: Reply, started: number): Reply {
+  #giveUpHost(target: Target, waiting: MessageState[], reply: Reply, started: number, call: Call): Reply {
+    this.#feedback(call, 'failed');
     const remote = describeHost(target);
     this.#log.info({ remote, reply, mailIds: waiting.map((s) => s.message.id) }, 'cannot use host; trying the next one');
     const attempt: HostAttempt = { at: started, host: remote, durationMs: this.#now() - started, reply };

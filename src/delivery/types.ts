@@ -103,6 +103,13 @@ export interface DeliverOptions {
   more?: () => Promise<OutboundMessage[]>;
   /** Called exactly once per message (given or pulled), as soon as its outcome is known. */
   onResult?: (result: MessageResult) => void;
+  /**
+   * Concurrency feedback (Postfix's): `'ok'` for each transaction a host carried to its end
+   * (the site works, whatever it said of the recipients), `'failed'` for each connection that
+   * could not be used or ended with a host-level reply (connection refused or timed out, a 4xx
+   * or 5xx greeting, EHLO, TLS or AUTH trouble, 4xx to MAIL FROM, a dropped session, a `421`).
+   */
+  onFeedback?: (kind: 'ok' | 'failed') => void;
 }
 
 /**

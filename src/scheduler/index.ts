@@ -20,7 +20,11 @@
  *   suspends its destination for `delivery.retry.min`; its mail meanwhile is deferred at once,
  *   without a connection ("delivery temporarily suspended: <last reply>"), and then one
  *   connection at a time probes it until a host is reached. A mail an operator retried since its
- *   last attempt lifts the suspension for that probe at once.
+ *   last attempt lifts the suspension for that probe at once. Not when another connection to it
+ *   carried a transaction through meanwhile (judged when none is in flight): busy, not dead.
+ * - Concurrency feedback (Postfix's): a destination new to this node starts at its limits'
+ *   `initialConnections`; each transaction carried through adds 1/n connection, each failed
+ *   connection (refused, timed out, a 4xx greeting, a 421) takes 1/n away, within 1..connections.
  * - Order: the queue hands out higher priority first (with `lowPriorityShare` for the others);
  *   within a destination, batches are formed by priority, then not-before.
  * - No busy polling: the loop sleeps until `queue.nextDueAt()` or a queue event (enqueued,
@@ -37,6 +41,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { Gauge } from 'prom-client';
 import type { ConfigStore } from '../config/store.js';
 import type { Config } from '../config/schema.js';
+import type { DestinationConnections } from '../api-types.js';
 import type { DeliveryAgent, Destination, MessageResult, OutboundMessage, Reply } from '../delivery/types.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
@@ -46,7 +51,7 @@ import type {
   AttemptRecord, Queue, QueueEvent, QueuedMail, Recipient, RecipientOutcome,
 } from '../queue/types.js';
 import { enqueueDsn, planDsn } from '../bounce/index.js';
-import { limitsFor, TokenBucket } from './limits.js';
+import { limitsFor, TokenBucket, type DestinationLimits } from './limits.js';
 import { isExpired, nextRetryAt, type RetryPolicy } from './retry.js';
 import { ReplyDigest, type ReplyDigestPage } from './reply-digest.js';
 
@@ -139,8 +144,23 @@ class DestinationPool {
   suspendedReply: Reply | undefined;
   /** Suspended before and not reached since: one connection at a time (a probe). */
   probing = false;
-  constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number) {
+  /**
+   * The concurrency feedback's window (Postfix's destination concurrency): connections this
+   * destination may have open now, a fraction while it moves; kept within 1..limits.connections.
+   */
+  window: number;
+  /** When a transaction on one of its connections last ended well (concurrency feedback 'ok'). */
+  lastOkAt = -Infinity;
+  /** A call reached no host (the first since the last that did), judged when no call is in flight. */
+  unreachable: { reply: Reply; since: number } | undefined;
+  constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number, initialConnections: number) {
     this.idleSince = now;
+    this.window = initialConnections;
+  }
+
+  /** Connections it may have open now: the window's whole part, within its limit (one while probing). */
+  allowed(limits: DestinationLimits): number {
+    return this.probing ? 1 : Math.max(1, Math.min(limits.connections, Math.floor(this.window)));
   }
 
   /** Keeps jobs ordered by priority (high first), then not-before, then arrival. */
@@ -273,6 +293,17 @@ export class Scheduler {
     const now = this.#now();
     return [...this.#pools.values()].filter((p) => p.suspendedUntil > now && p.suspendedReply)
       .map((p) => ({ destination: p.destination.key, domains: [...p.domains], until: p.suspendedUntil, reply: p.suspendedReply! }));
+  }
+
+  /** This node's connections to the destination that carries `domain`'s mail, if it had mail for it lately. */
+  destinationConnections(domain: string): DestinationConnections | undefined {
+    const wanted = domain.toLowerCase();
+    const pool = [...this.#pools.values()].find((p) => p.domains.has(wanted));
+    if (!pool) return undefined;
+    const limits = limitsFor(pool.domains, this.#config.current);
+    return {
+      destination: pool.destination.key, domains: [...pool.domains], open: pool.active, allowed: pool.allowed(limits), limit: limits.connections, waiting: pool.jobs.length,
+    };
   }
 
   /**
@@ -522,7 +553,7 @@ export class Scheduler {
     let pool = this.#pools.get(destination.key);
     if (!pool) {
       const limits = limitsFor([destination.domain], this.#config.current);
-      pool = new DestinationPool(destination, new TokenBucket(limits.ratePerSecond, now), now);
+      pool = new DestinationPool(destination, new TokenBucket(limits.ratePerSecond, now), now, limits.initialConnections);
       this.#pools.set(destination.key, pool);
     } else {
       pool.destination = destination; // the latest resolution (hosts may have changed)
@@ -552,7 +583,7 @@ export class Scheduler {
         pool.lingering.clear();
         continue;
       }
-      const connections = pool.probing ? 1 : limits.connections;
+      const connections = pool.allowed(limits);
       while (pool.jobs.length > 0 && pool.active < connections && this.#activeConnections < config.delivery.concurrency) {
         const wanted = Math.min(limits.messagesPerConnection, pool.jobs.length);
         const granted = pool.bucket.take(wanted, now);
@@ -582,25 +613,60 @@ export class Scheduler {
    * A delivery call reached no host of its destination: its mail waits `delivery.retry.min`
    * (Postfix's minimal_backoff_time, for which it marks a destination dead) before the next try,
    * and mail for it meanwhile is deferred without connecting. Any call that reaches a host ends
-   * the suspension.
+   * the suspension. A call that reached no host is judged when no other call to the destination
+   * is in flight: if another connection carried a transaction through since it started, the
+   * destination is busy (a remote refusing connections beyond its own limit), not dead, and the
+   * concurrency feedback answers that, not a suspension.
    */
-  #noteReachability(pool: DestinationPool, results: MessageResult[]): void {
+  #noteReachability(pool: DestinationPool, results: MessageResult[], startedAt: number): void {
     if (results.length > 0 && results.every((r) => r.unreachable)) {
       const reply = results[0]!.recipients[0]?.reply;
-      const ms = this.#config.current.delivery.retry.min;
-      if (!reply || ms <= 0) return;
-      const wasProbing = pool.probing;
-      pool.suspendedUntil = this.#now() + ms;
-      pool.suspendedReply = reply;
-      pool.probing = true;
-      this.#log.warn({
-        destination: pool.destination.key, domains: [...pool.domains], reply, resumesAt: new Date(pool.suspendedUntil).toISOString(), probe: wasProbing,
-      }, 'destination unreachable: its mail is deferred without connecting until it resumes (delivery.retry.min)');
-    } else if (results.some((r) => !r.aborted && !r.unreachable) && (pool.probing || pool.suspendedUntil > 0)) {
-      pool.probing = false;
-      pool.suspendedUntil = 0;
-      pool.suspendedReply = undefined;
-      this.#log.info({ destination: pool.destination.key, domains: [...pool.domains] }, 'destination reachable again');
+      // Judged once no other connection to the destination is in flight (below).
+      if (reply && !pool.unreachable) pool.unreachable = { reply, since: startedAt };
+    } else if (results.some((r) => !r.aborted && !r.unreachable)) {
+      pool.unreachable = undefined;
+      if (pool.probing || pool.suspendedUntil > 0) {
+        pool.probing = false;
+        pool.suspendedUntil = 0;
+        pool.suspendedReply = undefined;
+        this.#log.info({ destination: pool.destination.key, domains: [...pool.domains] }, 'destination reachable again');
+      }
+    }
+    if (!pool.unreachable || pool.active > 0) return;
+    const { reply, since } = pool.unreachable;
+    pool.unreachable = undefined;
+    // Another connection carried a transaction through meanwhile: busy (refusing connections
+    // beyond its own limit), not dead. The concurrency feedback answers that.
+    if (pool.lastOkAt >= since) return;
+    const ms = this.#config.current.delivery.retry.min;
+    if (ms <= 0) return;
+    const wasProbing = pool.probing;
+    pool.suspendedUntil = this.#now() + ms;
+    pool.suspendedReply = reply;
+    pool.probing = true;
+    this.#log.warn({
+      destination: pool.destination.key, domains: [...pool.domains], reply, resumesAt: new Date(pool.suspendedUntil).toISOString(), probe: wasProbing,
+    }, 'destination unreachable: its mail is deferred without connecting until it resumes (delivery.retry.min)');
+  }
+
+  /**
+   * Postfix's destination concurrency feedback: each transaction a host carried to its end adds
+   * 1/n to the window (n: the connections it allows now), so a new destination opens one more
+   * connection for about every n mails delivered, up to its limit; each connection that failed
+   * (refused, timed out, a 4xx greeting, a 421: what a remote's throttle looks like) takes 1/n
+   * away, down to one. Connections already open are not closed: fewer are opened.
+   */
+  #feedback(pool: DestinationPool, kind: 'ok' | 'failed'): void {
+    const limits = limitsFor(pool.domains, this.#config.current);
+    const before = pool.allowed(limits);
+    const n = Math.max(1, Math.min(limits.connections, Math.floor(pool.window)));
+    pool.window = Math.max(1, Math.min(limits.connections, pool.window + (kind === 'ok' ? 1 : -1) / n));
+    if (kind === 'ok') pool.lastOkAt = this.#now();
+    const after = pool.allowed(limits);
+    if (after < before) {
+      this.#log.info({ destination: pool.destination.key, domains: [...pool.domains], connections: after, limit: limits.connections }, 'destination concurrency lowered after a failed connection');
+    } else if (after > before && pool.jobs.length > 0) {
+      queueMicrotask(() => this.#dispatch());
     }
   }
 
@@ -657,6 +723,7 @@ export class Scheduler {
    * Each job is finished as soon as the delivery stage reports its message.
    */
   async #deliverBatch(pool: DestinationPool, jobs: Job[]): Promise<void> {
+    const startedAt = this.#now();
     pool.active++;
     this.#activeConnections++;
     const byId = new Map<string, Job>();
@@ -694,10 +761,11 @@ export class Scheduler {
         if (!(await this.#lingerFor(pool))) return [];
       }
     };
+    const onFeedback = (kind: 'ok' | 'failed') => this.#feedback(pool, kind);
     let results: MessageResult[] = [];
     try {
       const first = take(jobs);
-      if (first.length > 0) results = await this.#delivery.deliver(pool.destination, first, { more, onResult });
+      if (first.length > 0) results = await this.#delivery.deliver(pool.destination, first, { more, onResult, onFeedback });
     } catch (err) {
       // The delivery stage promises not to throw; if it does, nothing is known to have been sent.
       this.#log.error({ err, destination: pool.destination.key }, 'delivery stage threw; deferring the batch');
@@ -707,7 +775,7 @@ export class Scheduler {
       pool.active--;
       this.#activeConnections--;
     }
-    this.#noteReachability(pool, results);
+    this.#noteReachability(pool, results, startedAt);
     try {
       for (const r of results) onResult(r);
       // A message the delivery stage gave no result for: finished as "no result" (deferred).

@@ -15,13 +15,15 @@ import { parseRate, type Config } from '../config/schema.js';
 
 export interface DestinationLimits {
   connections: number;
+  /** Where the concurrency of a destination new to this node starts (at most `connections`). */
+  initialConnections: number;
   messagesPerConnection: number;
   /** Messages per second, or undefined for no limit. */
   ratePerSecond: number | undefined;
 }
 
 /** Used when config leaves a field out. */
-const FALLBACK = { connections: 20, messagesPerConnection: 100 };
+const FALLBACK = { connections: 20, initialConnections: 5, messagesPerConnection: 100 };
 
 export function limitsFor(domains: Iterable<string>, config: Pick<Config, 'delivery'>): DestinationLimits {
   const { default: base, domains: overrides } = config.delivery.limits;
@@ -31,8 +33,10 @@ export function limitsFor(domains: Iterable<string>, config: Pick<Config, 'deliv
     if (override) break;
   }
   const merged = { ...base, ...(override ?? {}) };
+  const connections = merged.connections ?? FALLBACK.connections;
   return {
-    connections: merged.connections ?? FALLBACK.connections,
+    connections,
+    initialConnections: Math.min(connections, merged.initialConnections ?? FALLBACK.initialConnections),
     messagesPerConnection: merged.messagesPerConnection ?? FALLBACK.messagesPerConnection,
     ratePerSecond: parseRate(merged.rate ?? null),
   };

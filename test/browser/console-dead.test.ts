@@ -71,6 +71,8 @@ describe('console: dead destinations', () => {
     const delivery = page.getByRole('region', { name: 'Delivery' });
     await delivery.filter({ hasText: 'Suspended by this node (it tries again' }).waitFor();
     expect(await delivery.textContent()).toContain(`last reply 421 4.3.2 ${HOSTILE} down`);
+    // Suspended, it is probed over one connection at a time when it resumes.
+    expect(await delivery.textContent()).toContain('Connections on this node: 0 open, 1 allowed now of its limit of 20');
     expect(await page.getByRole('table', { name: 'Replies from dead.example' }).locator('tbody td').nth(1).textContent()).toBe(`421 4.3.2 ${HOSTILE} down`);
     expect(await page.locator('main img').count()).toBe(0);
     const where = page.getByRole('region', { name: 'Where its mail goes now' });

@@ -84,7 +84,7 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
   const smtpPort = ingress ? (await ingress.listen())[0]!.port : undefined;
   const admin = await createAdminServer({
     config, queue, logger, metrics, dataDir: dir,
-    ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q) } : {}),
+    ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q), connectionsTo: (d: string) => scheduler.destinationConnections(d) } : {}),
     ...(delivery ? { whereTo: (domain: string) => delivery!.resolve(domain).then(destinationView) } : {}),
     ...(ingress ? { refusals: ingress.refusals } : {}),
   });

@@ -418,6 +418,7 @@ describe('web console', () => {
     await form.getByRole('button', { name: 'Add destination' }).click();
     await form.getByLabel('Destination domain').fill('slow.example');
     await form.getByLabel('Connections for').last().fill('2');
+    await form.getByLabel('Initial concurrency for').last().fill('1');
     await form.getByLabel('Rate for').last().fill('fast');
     await form.getByRole('button', { name: 'Save limits' }).click();
     await expectText(form.getByRole('alert'), 'rate');
@@ -426,7 +427,7 @@ describe('web console', () => {
     await form.getByLabel('Rate for').last().fill('30/m');
     await form.getByRole('button', { name: 'Save limits' }).click();
     await page.getByRole('status').filter({ hasText: 'Delivery limits saved' }).first().waitFor();
-    expect(server.config.current.delivery.limits.domains['slow.example']).toMatchObject({ connections: 2, rate: '30/m' });
+    expect(server.config.current.delivery.limits.domains['slow.example']).toMatchObject({ connections: 2, initialConnections: 1, rate: '30/m' });
     // The page reloads the running configuration: the new row is there.
     await page.getByRole('form', { name: 'Delivery limits' }).getByLabel('Connections for slow.example').waitFor();
     await ctx.close();

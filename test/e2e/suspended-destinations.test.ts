@@ -71,7 +71,11 @@ describe('dead destinations in the admin API', () => {
     expect(replies.rows[0]!.lastMailId).toBe(mail!.id);
     // Where its mail goes now: the route, looked up afresh.
     const where = await (await fetch(`${server.adminUrl}/api/destinations/dead.example`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
-    expect(where).toEqual({ domain: 'dead.example', via: 'route', hosts: [{ host: '127.0.0.1', port: Number(rx.address.split(':')[1]), address: '127.0.0.1' }] });
+    expect(where).toEqual({
+      domain: 'dead.example', via: 'route', hosts: [{ host: '127.0.0.1', port: Number(rx.address.split(':')[1]), address: '127.0.0.1' }],
+      // Suspended: none open, one (a probe) when it resumes.
+      connections: { destination: rx.address, domains: ['dead.example'], open: 0, allowed: 1, limit: 20, waiting: 0 },
+    });
     const badWindow = await fetch(`${server.adminUrl}/api/stats/replies?window=2h`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(badWindow.status).toBe(400);
     expect(((await badWindow.json()) as { message: string }).message).toMatch(/^window: "2h" must be from 1s to 1h/);
@@ -99,6 +103,8 @@ describe('dead destinations in the admin API', () => {
       'Goes through a route (delivery.routes), TLS as for every domain:',
       `  1. ${rx.address}`,
       'Waiting:     queued=1  active=0  held=0',
+      // Suspended: one connection at a time (a probe) when it resumes, none open now.
+      'Connections: 0 open, 1 allowed now of 20, 0 waiting',
       'Replies in the last hour (1 recipient):',
       '  1 deferred 421 4.3.2 Closed for maintenance',
       '',

@@ -45,8 +45,12 @@ import { SMTPServer, type SMTPServerAddress, type SMTPServerSession } from 'smtp
 export type ScriptStep = string | 'drop' | 'stall';
 
 export interface ReceiverScript {
-  /** Instead of the 220 greeting: a 4xx/5xx reply (then the server closes), "drop" or "stall". */
-  greeting?: ScriptStep;
+  /**
+   * Instead of the 220 greeting: a 4xx/5xx reply (then the server closes), "drop" or "stall"; or
+   * a function of the sessions greeted with 220 and still open (a remote's per-client limit),
+   * which may also have the greeting wait (`{ step, delayMs }`).
+   */
+  greeting?: ScriptStep | ((sessionsOpen: number) => ScriptStep | undefined | { step?: ScriptStep; delayMs: number });
   /** Reply to EHLO/HELO ("drop"/"stall" or a 4xx/5xx reply). */
   ehlo?: ScriptStep;
   /** Reply to MAIL FROM, fixed or per sender. */
@@ -55,6 +59,8 @@ export interface ReceiverScript {
   rcpt?: Record<string, ScriptStep> | ((address: string, connection: ReceivedConnection) => ScriptStep | undefined);
   /** Reply after the final "." (the whole message has been read by then). */
   dataEnd?: ScriptStep | ((transaction: ReceivedTransaction) => ScriptStep | undefined);
+  /** Wait this long before that reply (a slow remote: keeps connections open). */
+  dataEndDelayMs?: number;
 }
 
 export interface ReceiverOptions {
@@ -110,8 +116,9 @@ export interface ReceivedTransaction {
   readonly bytes: number;
   /** The final "." arrived: the remote had the whole message. */
   complete: boolean;
-  /** The reply given to the final "." (undefined when none was given). */
+  /** The reply given to the final "." (undefined when none was given), and when (ms since the epoch). */
   reply?: string;
+  repliedAt?: number;
   secure: boolean;
 }
 
@@ -120,6 +127,8 @@ export interface ReceivedConnection {
   remoteAddress: string;
   openedAt: number;
   closedAt?: number;
+  /** Greeted with 220 (not refused at the greeting). */
+  greeted?: boolean;
   /** The name given in EHLO/HELO. */
   heloName?: string;
   secure: boolean;
@@ -381,13 +390,20 @@ export class Receiver {
 
   #onConnect(session: SMTPServerSession, cb: Callback): void {
     const c = this.#connection(session);
-    const step = this.script.greeting;
-    if (step === 'drop') {
-      c.closedAt = Date.now();
-      return this.#drop(session);
-    }
-    this.#wrapEhlo(session);
-    this.#step(step, session, cb);
+    const g = this.script.greeting;
+    const chosen = typeof g === 'function' ? g(this.connections.filter((x) => x.greeted && x.closedAt === undefined).length) : g;
+    const { step, delayMs } = typeof chosen === 'object' ? chosen : { step: chosen, delayMs: 0 };
+    const greet = () => {
+      if (step === 'drop') {
+        c.closedAt = Date.now();
+        return this.#drop(session);
+      }
+      this.#wrapEhlo(session);
+      if (step === undefined || /^2/.test(step)) c.greeted = true;
+      this.#step(step, session, cb);
+    };
+    if (delayMs > 0) setTimeout(greet, delayMs);
+    else greet();
   }
 
   /** smtp-server has no EHLO hook: intercept the connection's EHLO/HELO handlers for scripts. */
@@ -455,6 +471,11 @@ export class Receiver {
     });
     stream.on('end', () => {
       tx.complete = true;
+      const delay = this.script.dataEndDelayMs ?? 0;
+      if (delay > 0) setTimeout(answer, delay);
+      else answer();
+    });
+    const answer = () => {
       const s = this.script.dataEnd;
       const step = typeof s === 'function' ? s(tx) : s;
       if (step === 'stall') return this.#notify();
@@ -462,6 +483,7 @@ export class Receiver {
         this.#drop(session);
         return this.#notify();
       }
+      tx.repliedAt = Date.now();
       if (step === undefined || /^2/.test(step)) {
         tx.reply = step ?? '250 2.0.0 Ok: queued';
         cb(null, tx.reply.slice(4));
@@ -471,7 +493,7 @@ export class Receiver {
         cb(err);
       }
       this.#notify();
-    });
+    };
   }
 
   /** A bunyan-style logger that keeps each client command line (smtp-server logs them at debug). */

@@ -40,10 +40,15 @@ describe('destination limits', () => {
   };
 
   it('applies per-domain overrides over the default', () => {
-    expect(limitsFor(['fast.test'], withLimits)).toEqual({ connections: 5, messagesPerConnection: 10, ratePerSecond: undefined });
-    expect(limitsFor(['other.test', 'SLOW.test'], withLimits)).toEqual({ connections: 1, messagesPerConnection: 10, ratePerSecond: 2 });
+    // initialConnections: the fallback 5, within connections.
+    expect(limitsFor(['fast.test'], withLimits)).toEqual({ connections: 5, initialConnections: 5, messagesPerConnection: 10, ratePerSecond: undefined });
+    expect(limitsFor(['other.test', 'SLOW.test'], withLimits)).toEqual({ connections: 1, initialConnections: 1, messagesPerConnection: 10, ratePerSecond: 2 });
     expect(limitsFor(['x.test'], { delivery: { ...config.delivery, limits: { default: { rate: '600/m' }, domains: {} } } }))
-      .toEqual({ connections: 20, messagesPerConnection: 100, ratePerSecond: 10 });
+      .toEqual({ connections: 20, initialConnections: 5, messagesPerConnection: 100, ratePerSecond: 10 });
+    // A domain's own initialConnections; never above its connections.
+    const own = { delivery: { ...config.delivery, limits: { default: { connections: 4, initialConnections: 9 }, domains: { 'own.test': { initialConnections: 2 } } } } };
+    expect(limitsFor(['own.test'], own)).toMatchObject({ connections: 4, initialConnections: 2 });
+    expect(limitsFor(['x.test'], own)).toMatchObject({ connections: 4, initialConnections: 4 });
   });
 
   it('is read from the config of the moment (ConfigStore default)', () => {

@@ -254,6 +254,7 @@ function limitsRow(domain: string | null, l: Limits): HTMLTableRowElement {
   const tr = h('tr', { 'data-default': domain === null ? 'yes' : 'no' },
     h('td', null, domain === null ? h('strong', null, 'All other domains') : h('input', { type: 'text', name: 'domain', value: domain, 'aria-label': 'Destination domain', placeholder: 'example.com' })),
     h('td', null, num('connections', l.connections, 'Connections')),
+    h('td', null, num('initialConnections', l.initialConnections, 'Initial concurrency')),
     h('td', null, num('messagesPerConnection', l.messagesPerConnection, 'Messages per connection')),
     h('td', null, h('input', { type: 'text', name: 'rate', value: l.rate ?? '', placeholder: 'e.g. 10/s, 600/m', 'aria-label': `Rate for ${who}` })),
     h('td', null, domain === null ? null : h('button', { type: 'button', class: 'link', onclick: () => tr.remove() }, `Remove ${domain || 'row'}`)));
@@ -264,6 +265,7 @@ function readLimitsRow(tr: Element): Limits {
   const get = (n: string) => (tr.querySelector(`input[name=${n}]`) as HTMLInputElement).value.trim();
   const out: Limits = {};
   if (get('connections')) out.connections = Number(get('connections'));
+  if (get('initialConnections')) out.initialConnections = Number(get('initialConnections'));
   if (get('messagesPerConnection')) out.messagesPerConnection = Number(get('messagesPerConnection'));
   out.rate = get('rate') || null;
   return out;
@@ -277,7 +279,7 @@ function limitsEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
   const { row, status } = saveRow('Save limits');
   const form = h('form', { 'aria-label': 'Delivery limits' },
     h('table', { class: 'edit' },
-      h('thead', null, h('tr', null, ['Destination', 'Connections', 'Messages per connection', 'Rate', ''].map((t) => h('th', { scope: 'col' }, t)))),
+      h('thead', null, h('tr', null, ['Destination', 'Connections', 'Starting connections', 'Messages per connection', 'Rate', ''].map((t) => h('th', { scope: 'col' }, t)))),
       rows),
     h('button', { type: 'button', onclick: () => rows.append(limitsRow('', {})) }, 'Add destination'),
     row);
@@ -291,7 +293,7 @@ function limitsEditor(config: ConsoleConfig, reload: () => void): HTMLElement {
     }
     void save({ delivery: { limits: { default: readLimitsRow(trs[0]!), domains } } }, status, 'Delivery limits saved and applied.', reload);
   });
-  return sectionBox('Per-destination limits', 'Concurrent connections, messages per connection and sending rate, per destination domain. Empty rate means no rate limit.', form);
+  return sectionBox('Per-destination limits', 'Concurrent connections, messages per connection and sending rate, per destination domain. Empty rate means no rate limit. A destination starts at its starting connections and gains one for about every n mails delivered at n connections, up to its limit; failed connections take them away again (Postfix\'s concurrency feedback).', form);
 }
 
 // ---- paused delivery ----

@@ -72,6 +72,17 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
     void load();
   }
 
+  /** This node's connections to it now, and where the concurrency feedback has them. */
+  function connectionsFact(c: DestinationView['connections'], name: string): HTMLElement {
+    if (!c) return h('li', null, 'No connections on this node: it had no mail for this destination lately.');
+    const others = c.domains.filter((d) => d !== name);
+    return h('li', null,
+      `Connections on this node: ${c.open} open, ${c.allowed} allowed now of its limit of ${c.limit}`,
+      c.allowed < c.limit ? ' (the concurrency feedback: one more for about every ' + c.allowed + ' mails delivered, one fewer for about as many failed connections)' : '',
+      `; ${c.waiting} waiting for one.`,
+      others.length ? [' Shared with ', others.join(', '), ' (the same hosts).'] : '');
+  }
+
   function render(f: Facts): void {
     const { config, stats, replies } = f;
     const paused = config.delivery.paused ?? [];
@@ -96,6 +107,7 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
             ? suspended.map((d) => h('li', { class: 'warn' }, 'Suspended by this node (it tries again ', timeEl(d.until), '): no host of ', h('code', null, d.destination), ' could be reached; last reply ', h('span', { class: 'reply' }, replyText(d.reply)), '.'))
             : h('li', null, 'Not suspended on this node.'),
           h('li', null, route ? ['Routed to ', h('code', null, route), ' (delivery.routes) instead of its MX.'] : 'Delivered to its MX.'),
+          connectionsFact(f.where.connections, domain),
           h('li', null, `Limits: ${limits.connections ?? 'default'} connections, ${limits.messagesPerConnection ?? 'default'} mails a connection, ${limits.rate ? `at most ${limits.rate}` : 'no rate limit'}${config.delivery.limits.domains?.[domain] ? ' (its own)' : ' (the default)'}.`)),
         h('div', { class: 'actions', role: 'toolbar', 'aria-label': 'Actions on this destination' },
           pausedHere

@@ -181,6 +181,14 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
               type: 'object',
               properties: { permanent: { type: 'boolean' }, reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } } },
             },
+            connections: {
+              type: 'object',
+              description: "This node's delivery to it now (absent when this node had no mail for it lately): connections `open`, how many it may open now (`allowed`: moved by the concurrency feedback between 1 and `limit`), and the mails `waiting` for one",
+              properties: {
+                destination: { type: 'string' }, domains: { type: 'array', items: { type: 'string' } },
+                open: { type: 'integer' }, allowed: { type: 'integer' }, limit: { type: 'integer' }, waiting: { type: 'integer' },
+              },
+            },
           },
         },
         ...errorResponses,
@@ -188,7 +196,9 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
     },
   }, async (request): Promise<DestinationView> => {
     if (!ctx.whereTo) throw new HttpError(503, 'This server runs no delivery to ask');
-    return ctx.whereTo(request.params.domain);
+    const view = await ctx.whereTo(request.params.domain);
+    const connections = ctx.connectionsTo?.(view.domain);
+    return connections ? { ...view, connections } : view;
   });
 
   app.get<{ Querystring: { since: number } }>('/stats/history', {
