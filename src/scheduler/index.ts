@@ -151,7 +151,10 @@ class DestinationPool {
   window: number;
   /** When a transaction on one of its connections last ended well (concurrency feedback 'ok'). */
   lastOkAt = -Infinity;
-  /** A call reached no host (the first since the last that did), judged when no call is in flight. */
+  /**
+   * A call reached no host (the first since the last that did): judged when no call is in flight;
+   * until then no new connection is opened.
+   */
   unreachable: { reply: Reply; since: number } | undefined;
   constructor(public destination: HostsDestination, public readonly bucket: TokenBucket, now: number, initialConnections: number) {
     this.idleSince = now;
@@ -583,7 +586,9 @@ export class Scheduler {
         pool.lingering.clear();
         continue;
       }
-      const connections = pool.allowed(limits);
+      // A connection that reached no host holds back new ones until those in flight tell
+      // whether the destination is dead or only busy (#noteReachability).
+      const connections = pool.unreachable ? 0 : pool.allowed(limits);
       while (pool.jobs.length > 0 && pool.active < connections && this.#activeConnections < config.delivery.concurrency) {
         const wanted = Math.min(limits.messagesPerConnection, pool.jobs.length);
         const granted = pool.bucket.take(wanted, now);

@@ -106,12 +106,23 @@ describe('destination concurrency feedback', () => {
     expect(rx.completed()).toHaveLength(2);
   });
 
-  it('a destination that refuses every connection is still suspended as dead', async () => {
-    const { rx, h } = await setUp('dead.test', { connections: 4, initialConnections: 4, messagesPerConnection: 1 }, { greeting: '421 4.3.2 Closed' });
-    for (let i = 0; i < 4; i++) await h.enqueue({ to: [`u${i}@dead.test`] });
-    await waitFor('suspended', () => h.scheduler.suspendedDestinations().length === 1 || undefined, 10_000);
-    expect(h.scheduler.suspendedDestinations()[0]).toMatchObject({ domains: ['dead.test'], reply: { code: 421 } });
-    expect(rx.acceptedConnections).toBeGreaterThanOrEqual(1);
-    expect(rx.acceptedConnections).toBeLessThanOrEqual(4);
+  it('a destination that refuses every connection is still suspended as dead, after no more connections than it had open', async () => {
+    // Refused after 50 ms: the first refusals come while the other connections are still open.
+    const { rx, h } = await setUp('dead.test', { connections: 4, initialConnections: 4, messagesPerConnection: 1 }, {
+      greeting: () => ({ step: '421 4.3.2 Closed', delayMs: 50 }),
+    });
+    for (let i = 0; i < 40; i++) await h.enqueue({ to: [`u${i}@dead.test`] });
+    const suspended = await waitFor('suspended', () => h.scheduler.suspendedDestinations()[0], 10_000);
+    const connectionsBefore = rx.acceptedConnections;
+    expect(suspended).toMatchObject({ domains: ['dead.test'], reply: { code: 421 } });
+    // No new connection while those in flight could still show it alive: at most the four.
+    expect(connectionsBefore).toBeGreaterThanOrEqual(1);
+    expect(connectionsBefore).toBeLessThanOrEqual(4);
+    // The rest are deferred as suspended, without a connection.
+    const mails = await waitFor('all 40 deferred', async () => {
+      const all = await h.mails();
+      return all.every((m) => m.attempts >= 1) && all;
+    }, 10_000);
+    expect(mails.filter((m) => /^delivery temporarily suspended/.test(m.history[0]!.reply?.message ?? '')).length).toBeGreaterThanOrEqual(36);
   });
 });
