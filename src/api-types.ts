@@ -262,6 +262,8 @@ export interface DestinationView {
   tlsPolicy?: 'none' | 'may' | 'encrypt' | 'verify';
   /** The hosts are those its MTA-STS policy (enforce) allows. */
   mtaSts?: boolean;
+  /** delivery.fallbackRelay, tried after `hosts` when none of them can be used. */
+  fallbackRelay?: { host: string; port: number }[];
   /** Why nothing can be delivered now (via "none"): a DNS failure, a null MX, an MTA-STS policy naming no MX host, … */
   failure?: { permanent: boolean; reply: { code: number; enhanced?: string; message: string } };
   /** This node's delivery to it now; absent when this node has had no mail for it lately. */

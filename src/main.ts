@@ -59,7 +59,7 @@ async function main(argv: string[]): Promise<void> {
     config: store, queue, logger, metrics, dataDir: config.spool.dir, suspendedDestinations: () => scheduler.suspendedDestinations(),
     refusals: ingress.refusals,
     replies: (q) => scheduler.replies(q),
-    whereTo: (domain) => delivery.resolve(domain).then(destinationView),
+    whereTo: (domain) => delivery.resolve(domain).then((d) => destinationView(d, store.current)),
     connectionsTo: (domain) => scheduler.destinationConnections(domain),
     nodeName,
   });

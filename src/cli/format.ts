@@ -192,6 +192,7 @@ export function showDestination(where: DestinationView, waiting: Record<string, 
     const tls = where.mtaSts ? 'TLS required and verified (MTA-STS enforce)' : where.tlsPolicy ? `TLS "${where.tlsPolicy}" (delivery.tls.policy)` : 'TLS as for every domain';
     out.push(`Goes through ${VIA[where.via]}, ${tls}:`);
     where.hosts.forEach((x, i) => out.push(`  ${i + 1}. ${x.host}:${x.port}${x.address && x.address !== x.host ? ` (${x.address})` : ''}${x.preference !== undefined ? ` preference ${x.preference}` : ''}`));
+    if (where.fallbackRelay?.length) out.push(`  then, if none of them can be used, the fallback relay: ${where.fallbackRelay.map((x) => `${x.host}:${x.port}`).join(', ')}`);
   }
   out.push('Waiting:     ' + Object.entries(waiting).map(([k, v]) => `${k}=${v.exact ? '' : '~'}${v.count}`).join('  '));
   const c = where.connections;

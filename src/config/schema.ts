@@ -356,6 +356,8 @@ export const configSchema = z.strictObject({
     })]),
     /** Transport map: domain → "host:port". */
     routes: z.record(domainName, hostOptionalPort),
+    /** Postfix's smtp_fallback_relay: hosts tried, in order, when no MX host of a domain could be used. */
+    fallbackRelay: z.array(hostOptionalPort).max(16),
     /**
      * Recipient domains whose delivery is paused ("*": all), Postfix's defer_transports by
      * domain: each attempt defers them at once (4.3.2), without a lookup or a connection.

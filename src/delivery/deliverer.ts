@@ -41,7 +41,8 @@ import { rootCertificates } from 'node:tls';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
-import { addressesOf, makeResolver, normaliseDomain, resolveDestination } from './resolve.js';
+import { addressesOf, literal, makeResolver, normaliseDomain, resolveDestination } from './resolve.js';
+import { parseHostPort } from '../config/schema.js';
 import { MtaSts, mxMatches, type StsPolicy } from './mta-sts.js';
 import { readCaFile } from '../config/tls-files.js';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
@@ -186,7 +187,7 @@ export class Deliverer implements DeliveryAgent {
     const config = this.#config();
     const { states } = call;
     let lastHostReply: Reply | undefined;
-    for (const host of destination.hosts) {
+    for (const host of [...destination.hosts, ...fallbackRelayFor(destination, config)]) {
       if (!states.some(isUndecided)) break;
       const targets = await this.#addresses(host, config);
       if ('reply' in targets) {
@@ -454,13 +455,32 @@ export function checkDeliveryFiles(config: Config): { key: string; file: string;
 }
 
 /** A destination as GET /api/destinations/:domain shows it. */
-export function destinationView(d: Destination): DestinationView {
+/**
+ * delivery.fallbackRelay (Postfix's smtp_fallback_relay), tried after every MX host of the
+ * domain: for MX delivery only (a route or a smarthost is the operator's own choice), and not for
+ * a domain whose mail must reach its own hosts over verified TLS (a delivery.tls.policy of
+ * "encrypt" or "verify", or MTA-STS enforce), which the relay could not promise.
+ */
+export function fallbackRelayFor(destination: HostsDestination, config: Config): DestinationHost[] {
+  const relays = config.delivery.fallbackRelay;
+  if (relays.length === 0 || (destination.via !== 'mx' && destination.via !== 'implicit-mx')) return [];
+  if (destination.mtaSts || destination.tlsPolicy === 'encrypt' || destination.tlsPolicy === 'verify') return [];
+  return relays.map((relay) => {
+    const { host, port } = parseHostPort(relay, config.delivery.port)!;
+    return { host, port, ...literal(host) };
+  });
+}
+
+/** How GET /api/destinations/:domain shows a resolved destination (and its fallback relay, given the config). */
+export function destinationView(d: Destination, config?: Config): DestinationView {
   if (d.kind === 'failure') return { domain: d.domain, via: 'none', hosts: [], failure: { permanent: d.permanent, reply: d.reply } };
+  const fallback = config ? fallbackRelayFor(d, config) : [];
   return {
     domain: d.domain,
     via: d.via,
     hosts: d.hosts.map((h) => ({ host: h.host, port: h.port, ...(h.preference !== undefined ? { preference: h.preference } : {}), ...(h.address ? { address: h.address } : {}) })),
     ...(d.tlsPolicy ? { tlsPolicy: d.tlsPolicy } : {}),
     ...(d.mtaSts ? { mtaSts: true } : {}),
+    ...(fallback.length ? { fallbackRelay: fallback.map((h) => ({ host: h.host, port: h.port })) } : {}),
   };
 }

@@ -68,7 +68,7 @@ export async function resolveDestination(rawDomain: string, config: Pick<Config,
 }
 
 /** `{ address }` when the host is an IP literal (no lookup needed). */
-function literal(host: string): { address?: string } {
+export function literal(host: string): { address?: string } {
   return isIP(host) ? { address: host } : {};
 }
 

@@ -85,7 +85,7 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
   const admin = await createAdminServer({
     config, queue, logger, metrics, dataDir: dir,
     ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q), connectionsTo: (d: string) => scheduler.destinationConnections(d) } : {}),
-    ...(delivery ? { whereTo: (domain: string) => delivery!.resolve(domain).then(destinationView) } : {}),
+    ...(delivery ? { whereTo: (domain: string) => delivery!.resolve(domain).then((d) => destinationView(d, config.current)) } : {}),
     ...(ingress ? { refusals: ingress.refusals } : {}),
   });
   const url = await admin.listen();

@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDnsServer, type DnsServer, type DnsZone } from '../helpers/dns-server.js';
+import { destinationView } from '../../src/delivery/deliverer.js';
 import { hostsFor, makeDeliverer, outbound, receiversPerTest, testConfig } from './harness.js';
 
 let dns: DnsServer;
@@ -17,9 +18,9 @@ afterAll(async () => {
   await dns.close();
 });
 
-function world(zone: DnsZone, port: number, random?: () => number) {
+function world(zone: DnsZone, port: number, random?: () => number, delivery: Record<string, unknown> = {}) {
   dns.setZone(zone);
-  const config = testConfig({ delivery: { port, dns: { servers: [dns.address], timeout: '2s' }, timeouts: { connect: '3s', greeting: '3s', command: '3s', data: '3s' } } });
+  const config = testConfig({ delivery: { port, dns: { servers: [dns.address], timeout: '2s' }, timeouts: { connect: '3s', greeting: '3s', command: '3s', data: '3s' }, ...delivery } });
   return makeDeliverer(config, random ? { random } : {});
 }
 
@@ -153,4 +154,51 @@ describe('MX delivery and host fail-over', () => {
     }
     expect(results[1]!.recipients).toHaveLength(2);
   });
+});
+
+describe('delivery.fallbackRelay (Postfix\'s smtp_fallback_relay)', () => {
+  // The MX (127.0.0.1) and the relay (127.0.0.2, by name through DNS) share the port.
+  const zone: DnsZone = {
+    'dest.test': { mx: [{ preference: 10, exchange: 'mx.dest.test' }] },
+    'mx.dest.test': { a: ['127.0.0.1'] },
+    'relay.test': { a: ['127.0.0.2'] },
+  };
+
+  it('takes the mail when no MX host can be used, after them', async () => {
+    const [mx, relay] = await receiversOn({ script: { greeting: '421 4.3.2 Down for maintenance' } }, {});
+    const deliverer = world(zone, mx!.port, undefined, { fallbackRelay: ['relay.test'] });
+    const dest = await hostsFor(deliverer, 'dest.test');
+    // Where its mail goes, as the API shows it: the MX, then the relay.
+    expect(destinationView(dest, testConfig({ delivery: { port: mx!.port, fallbackRelay: ['relay.test'] } })).fallbackRelay).toEqual([{ host: 'relay.test', port: mx!.port }]);
+    const [result] = await deliverer.deliver(dest, [outbound({ to: ['u@dest.test', 'v@dest.test'] })]);
+    expect(result!.recipients.map((r) => [r.outcome, r.remoteHost])).toEqual([
+      ['delivered', `relay.test[127.0.0.2]:${mx!.port}`], ['delivered', `relay.test[127.0.0.2]:${mx!.port}`],
+    ]);
+    expect(result!.hosts.map((h) => h.host)).toEqual([`mx.dest.test[127.0.0.1]:${mx!.port}`, `relay.test[127.0.0.2]:${mx!.port}`]);
+    expect(result!.unreachable).toBeUndefined();
+    expect(relay!.accepted()[0]!.rcptTo.map((r) => r.address)).toEqual(['u@dest.test', 'v@dest.test']);
+  });
+
+  it('is not used while an MX host takes the mail, nor for what an MX host decided (a 4xx to RCPT)', async () => {
+    const [mx, relay] = await receiversOn({ script: { rcpt: { 'grey@dest.test': '450 4.2.0 Greylisted, try again later' } } }, {});
+    const deliverer = world(zone, mx!.port, undefined, { fallbackRelay: ['relay.test'] });
+    const [result] = await deliverer.deliver(await hostsFor(deliverer, 'dest.test'), [outbound({ to: ['u@dest.test', 'grey@dest.test'] })]);
+    expect(result!.recipients.map((r) => r.outcome)).toEqual(['delivered', 'deferred']);
+    expect(relay!.acceptedConnections).toBe(0);
+  });
+
+  it('is not used for a route, nor for a domain whose mail must reach its own hosts over verified TLS', async () => {
+    const [mx, relay] = await receiversOn({ script: { greeting: '421 4.3.2 Down for maintenance' } }, {});
+    const routed = world(zone, mx!.port, undefined, { fallbackRelay: ['relay.test'], routes: { 'dest.test': `127.0.0.1:${mx!.port}` } });
+    const routedDest = await hostsFor(routed, 'dest.test');
+    expect(destinationView(routedDest, testConfig({ delivery: { fallbackRelay: ['relay.test'] } })).fallbackRelay).toBeUndefined();
+    const [viaRoute] = await routed.deliver(routedDest, [outbound({ to: ['u@dest.test'] })]);
+    expect(viaRoute!.recipients[0]!.outcome).toBe('deferred');
+    const strict = world(zone, mx!.port, undefined, { fallbackRelay: ['relay.test'], tls: { opportunistic: true, verify: false, policy: { 'dest.test': 'encrypt' } } });
+    const [encrypted] = await strict.deliver(await hostsFor(strict, 'dest.test'), [outbound({ to: ['u@dest.test'] })]);
+    expect(encrypted!.recipients[0]!.outcome).toBe('deferred');
+    expect(encrypted!.hosts).toHaveLength(1);
+    expect(relay!.acceptedConnections).toBe(0);
+  });
+
 });

@@ -71,6 +71,13 @@ describe('config loading', () => {
     expect(problems.find((p) => p.key === 'delivery.retry.min')!.problem).toMatch(/not a duration/);
   });
 
+  it('reads delivery.fallbackRelay hosts, and names a bad one', () => {
+    expect(loadConfig(overlay('fallback.json', JSON.stringify({ delivery: { fallbackRelay: ['relay.example', '[2001:db8::1]:2525'] } }))).config.delivery.fallbackRelay)
+      .toEqual(['relay.example', '[2001:db8::1]:2525']);
+    const bad = overlay('fallback-bad.json', JSON.stringify({ delivery: { fallbackRelay: ['relay.example', 'not a host:25'] } }));
+    expect(problemsOf(() => loadConfig(bad))).toEqual([{ file: bad, key: 'delivery.fallbackRelay.1', problem: 'must be "host" or "host:port"' }]);
+  });
+
   it('reads smtp.dnsbl zones, with or without the answers that list, and names a bad one', () => {
     const good = overlay('dnsbl.json', JSON.stringify({ smtp: { dnsbl: ['Zen.Example.', { zone: 'picky.example', answers: ['127.0.0.4'] }] } }));
     expect(loadConfig(good).config.smtp.dnsbl).toEqual([{ zone: 'zen.example', answers: null }, { zone: 'picky.example', answers: ['127.0.0.4'] }]);

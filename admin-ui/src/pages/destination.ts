@@ -41,7 +41,10 @@ function whereSection(where: Facts['where']): HTMLElement {
   return box(
     h('p', null, `Through ${VIA[where.via]}, tried in this order; ${tls}.`),
     h('ol', { class: 'hosts', 'aria-label': 'Hosts in order' }, where.hosts.map((x) => h('li', null,
-      h('code', null, `${x.host}:${x.port}`), x.address && x.address !== x.host ? ` (${x.address})` : '', x.preference !== undefined ? ` preference ${x.preference}` : ''))));
+      h('code', null, `${x.host}:${x.port}`), x.address && x.address !== x.host ? ` (${x.address})` : '', x.preference !== undefined ? ` preference ${x.preference}` : ''))),
+    where.fallbackRelay?.length
+      ? h('p', null, 'Then, if none of them can be used, the fallback relay (delivery.fallbackRelay): ', where.fallbackRelay.map((x, i) => [i ? ', ' : '', h('code', null, `${x.host}:${x.port}`)]), '.')
+      : null);
 }
 
 async function countOf(domain: string, state: string): Promise<{ count: number; exact: boolean }> {

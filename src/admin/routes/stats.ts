@@ -177,6 +177,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
             hosts: { type: 'array', items: { type: 'object', properties: { host: { type: 'string' }, port: { type: 'integer' }, preference: { type: 'integer' }, address: { type: 'string' } } } },
             tlsPolicy: { type: 'string' },
             mtaSts: { type: 'boolean' },
+            fallbackRelay: { type: 'array', description: 'delivery.fallbackRelay, tried after `hosts` when none of them can be used', items: { type: 'object', properties: { host: { type: 'string' }, port: { type: 'integer' } } } },
             failure: {
               type: 'object',
               properties: { permanent: { type: 'boolean' }, reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } } },
