@@ -92,7 +92,8 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
     const pausedHere = paused.includes(domain);
     const pausedAll = paused.includes('*');
     const suspended = (stats.suspendedDestinations ?? []).filter((d) => d.domains.includes(domain));
-    const limits = config.delivery.limits.domains?.[domain] ?? config.delivery.limits.default;
+    // Its own limits over the default ones, key by key (as the scheduler reads them).
+    const limits = { ...config.delivery.limits.default, ...config.delivery.limits.domains?.[domain] };
     const route = config.delivery.routes?.[domain];
     const waiting = COUNTED.reduce((n, s) => n + f.counts[s].count, 0);
     const count = (s: (typeof COUNTED)[number]) => `${f.counts[s].exact ? '' : 'about '}${f.counts[s].count.toLocaleString()}`;
@@ -110,8 +111,8 @@ export function renderDestination(main: HTMLElement, _params: URLSearchParams, r
             ? suspended.map((d) => h('li', { class: 'warn' }, 'Suspended by this node (it tries again ', timeEl(d.until), '): no host of ', h('code', null, d.destination), ' could be reached; last reply ', h('span', { class: 'reply' }, replyText(d.reply)), '.'))
             : h('li', null, 'Not suspended on this node.'),
           h('li', null, route ? ['Routed to ', h('code', null, route), ' (delivery.routes) instead of its MX.'] : 'Delivered to its MX.'),
-          connectionsFact(f.where.connections, domain),
-          h('li', null, `Limits: ${limits.connections ?? 'default'} connections, ${limits.messagesPerConnection ?? 'default'} mails a connection, ${limits.rate ? `at most ${limits.rate}` : 'no rate limit'}${config.delivery.limits.domains?.[domain] ? ' (its own)' : ' (the default)'}.`)),
+          connectionsFact('error' in f.where ? undefined : f.where.connections, domain),
+          h('li', null, `Limits: ${limits.connections ?? 'default'} connections${limits.initialConnections ? ` (starting at ${Math.min(limits.initialConnections, limits.connections ?? Infinity)})` : ''}, ${limits.messagesPerConnection ?? 'default'} mails a connection, ${limits.rate ? `at most ${limits.rate}` : 'no rate limit'}${config.delivery.limits.domains?.[domain] ? ' (its own)' : ' (the default)'}.`)),
         h('div', { class: 'actions', role: 'toolbar', 'aria-label': 'Actions on this destination' },
           pausedHere
             ? h('button', { type: 'button', class: 'primary', onclick: () => void setPaused(false, paused) }, 'Resume delivery')
