@@ -8,6 +8,7 @@
  *   spoolhouse queue show ID [--json | --raw]
  *   spoolhouse queue remove|hold|release|retry|bounce ID… | --filter key=value … [--dry-run]
  *   spoolhouse queue priority ID… LEVEL | --filter key=value … LEVEL [--dry-run]
+ *   spoolhouse queue redirect ID FROM TO   (correct a recipient not yet done)
  *   spoolhouse queue stats [--json]
  *   spoolhouse pause [DOMAIN…]          (no domain: list the paused ones; "*" pauses all delivery)
  *   spoolhouse route [DOMAIN HOST[:PORT]] / unroute DOMAIN…   (delivery.routes; no argument: the list)
@@ -202,6 +203,18 @@ export function buildProgram(): Command {
   actionCommand(queue, 'release', 'release held mails');
   actionCommand(queue, 'retry', 'make queued (deferred or delayed) mails due now');
   actionCommand(queue, 'bounce', 'give mails up with a DSN to their senders (due now, held ones too; nothing more is delivered)');
+
+  queue.command('redirect')
+    .description("correct a recipient not yet done (exim's -Mar with -Mmd): FROM is TO from now on, tried afresh; DSNs still name FROM")
+    .argument('<id>', 'mail id')
+    .argument('<from>', 'the recipient to correct')
+    .argument('<to>', 'its new address')
+    .action(async (id: string, from: string, to: string, _o: unknown, cmd: Command) => {
+      const { api, opts } = client(cmd);
+      const mail = await api.json<MailSummary>('POST', `${idPath(id)}/redirect`, { from, to });
+      if (opts.json) printJson(mail);
+      else out(`${id}: ${terminalSafe(from)} is now ${terminalSafe(to)} (mail ${mail.state}${mail.state === 'queued' ? ', due now' : ''})\n`);
+    });
 
   queue.command('priority')
     .description('set the priority class of mails: priority ID… LEVEL, or priority --filter key=value LEVEL')

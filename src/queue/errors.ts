@@ -48,6 +48,13 @@ export class RecipientNotPendingError extends QueueError {
   }
 }
 
+/** A redirect names an address the mail already has as a recipient (409). */
+export class RecipientExistsError extends QueueError {
+  constructor(readonly id: string, readonly address: string) {
+    super(`Mail ${id} already has the recipient ${address}`, 550, '5.1.1', 409);
+  }
+}
+
 /** The worker's lease is gone: expired, taken by another, or the mail was removed or held. */
 export class LeaseLostError extends QueueError {
   constructor(readonly id: string) {

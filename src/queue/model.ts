@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { monotonicFactory } from 'ulid';
-import { InvalidTransitionError, LeaseLostError, RecipientNotPendingError } from './errors.js';
+import { InvalidTransitionError, LeaseLostError, RecipientExistsError, RecipientNotPendingError } from './errors.js';
 import type {
   AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient,
 } from './types.js';
@@ -227,6 +227,27 @@ function bounceTargets(mail: QueuedMail, addresses: string[]): string[] | undefi
   if (earlier && !earlier.recipients) return undefined;
   for (const a of earlier?.recipients ?? []) if (pending.has(a)) wanted.add(a);
   return wanted.size === pending.size ? undefined : [...wanted];
+}
+
+/**
+ * An operator corrects a recipient (a misspelt address, a mailbox that moved): the recipient
+ * `from`, not yet done, is `to` from now on, and is tried afresh (its last reply and host
+ * forgotten). Its ORCPT keeps the address the sender gave (RFC 3461 §4.2), so a DSN still names
+ * it. A mail being delivered cannot be changed (its attempt is sending to `from`): hold it
+ * first, or wait for the attempt to end. A queued mail is due at once; a held one stays held.
+ */
+export function applyRedirect(mail: QueuedMail, from: string, to: string, now: Millis): QueuedMail {
+  if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'redirect a recipient of');
+  if (mail.state === 'active') throw new InvalidTransitionError(mail.id, 'being delivered (hold it first, or try again when the attempt ends)', 'redirect a recipient of');
+  const wanted = from.toLowerCase();
+  const i = mail.recipients.findIndex((r) => r.address.toLowerCase() === wanted);
+  if (i < 0) throw new RecipientNotPendingError(mail.id, from, false);
+  const old = mail.recipients[i]!;
+  if (RECIPIENT_DONE.includes(old.status)) throw new RecipientNotPendingError(mail.id, from, true);
+  if (mail.recipients.some((r, j) => j !== i && r.address.toLowerCase() === to.toLowerCase())) throw new RecipientExistsError(mail.id, to);
+  const { lastReply: _l, remoteHost: _h, lastAttemptAt: _a, ...keep } = old;
+  const recipients = mail.recipients.map((r, j) => (j === i ? { ...keep, address: to, status: 'pending' as const, orcpt: old.orcpt ?? `rfc822;${old.address}` } : r));
+  return changed(mail, { recipients, ...(mail.state === 'queued' ? { notBefore: Math.min(mail.notBefore, now) } : {}) }, now);
 }
 
 export function applyRetryNow(mail: QueuedMail, now: Millis): QueuedMail {

@@ -319,6 +319,14 @@ export interface Queue {
    * A second request adds its recipients to a first one still waiting (the newer reason for all).
    */
   bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail>;
+  /**
+   * Corrects a recipient not yet done (exim's -Mar with -Mmd, in one step): `from` is `to` from
+   * now on, tried afresh; its ORCPT keeps the sender's address for DSNs. RecipientNotPendingError
+   * for an address the mail lacks or one already done, RecipientExistsError when `to` is already
+   * a recipient, InvalidTransitionError while an attempt runs (active) or when final. A queued
+   * mail is due at once; a held one stays held.
+   */
+  redirect(id: MailId, from: string, to: string): Promise<QueuedMail>;
   /** Makes a queued (deferred or delayed) mail due now. */
   retryNow(id: MailId): Promise<QueuedMail>;
   setPriority(id: MailId, priority: number): Promise<QueuedMail>;

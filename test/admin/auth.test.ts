@@ -36,6 +36,7 @@ const ROUTES: [string, string, unknown?][] = [
   ['POST', '/api/messages/ID/release'],
   ['POST', '/api/messages/ID/retry'],
   ['POST', '/api/messages/ID/bounce'],
+  ['POST', '/api/messages/ID/redirect', { from: 'a@b.example', to: 'c@d.example' }],
   ['PATCH', '/api/messages/ID', { priority: 'bulk' }],
   ['POST', '/api/messages/actions', { filter: {}, action: 'remove' }],
   ['GET', '/api/stats'],

@@ -289,6 +289,30 @@ describe('actions on one mail', () => {
     expect(r.body.message).toMatch(message);
   });
 
+  it('redirect corrects a recipient, audited; 404, 409 and 400 say what is wrong', async () => {
+    const target = id('with attachment');
+    const r = await h.json('POST', `/api/messages/${target}/redirect`, { body: { from: 'DAVE@slow.example', to: 'dave@fast.example' } });
+    expect(r.status).toBe(200);
+    expect(r.body.recipients).toEqual([expect.objectContaining({ address: 'dave@fast.example', status: 'pending' })]);
+    expect((await h.queue.get(target))!.recipients[0]).toMatchObject({ address: 'dave@fast.example', orcpt: 'rfc822;dave@slow.example' });
+    const audit = await h.json('GET', '/api/audit?limit=1');
+    expect(audit.body.items[0]).toMatchObject({ action: 'redirect', ids: [target], detail: { from: 'DAVE@slow.example', to: 'dave@fast.example' } });
+    const unknown = await h.json('POST', `/api/messages/${target}/redirect`, { body: { from: 'dave@slow.example', to: 'x@y.example' } });
+    expect([unknown.status, unknown.body.message]).toEqual([404, expect.stringMatching(/has no recipient dave@slow\.example/)]);
+    const same = await h.json('POST', `/api/messages/${target}/redirect`, { body: { from: 'dave@fast.example', to: 'Dave@Fast.example' } });
+    expect(same.status).toBe(200);
+    for (const body of [{ from: 'dave@fast.example', to: 'not an address' }, { from: 'dave@fast.example' }, { from: 'dave@fast.example', to: 'a@b.example', why: 'x' }]) {
+      const bad = await h.json('POST', `/api/messages/${target}/redirect`, { body });
+      expect(bad.status, JSON.stringify(body)).toBe(400);
+      expect(bad.body.message).toMatch(/to|required|additional/);
+    }
+    const taken = await h.json('POST', `/api/messages/${id('weekly newsletter 1')}/redirect`, { body: { from: 'a@example.org', to: 'B@example.org' } });
+    expect([taken.status, taken.body.message]).toEqual([409, expect.stringMatching(/already has the recipient B@example\.org/)]);
+    // A held mail stays held.
+    const held = await h.json('POST', `/api/messages/${id('held by rule')}/redirect`, { body: { from: 'eve@slow.example', to: 'eve@fast.example' } });
+    expect(held.body).toMatchObject({ state: 'held', recipients: [expect.objectContaining({ address: 'eve@fast.example' })] });
+  });
+
   it('DELETE removes for good; a removed mail cannot be held or removed from delivered', async () => {
     const target = id('bounce of something');
     const r = await h.json('DELETE', `/api/messages/${target}`);

@@ -244,6 +244,30 @@ describe('web console', () => {
     await ctx.close();
   });
 
+  it('changes a misspelt recipient of a mail; the address the sender gave is still shown; a bad address is refused', async () => {
+    const m = await server.enqueue({ subject: 'Misspelt, to be changed', to: ['pal@gmial.example', 'ok@example.com'] });
+    const { ctx, page } = await openPage();
+    await signIn(page, `#/messages/${m.id}`);
+    const table = page.getByRole('table', { name: 'Recipients' });
+    await table.getByRole('button', { name: 'Change pal@gmial.example' }).click();
+    let dialog = page.getByRole('dialog', { name: 'Change pal@gmial.example?' });
+    await expectText(dialog, 'Delivery status notifications still name the address the sender gave.');
+    await dialog.getByLabel('New address').fill('not an address');
+    await dialog.getByRole('button', { name: 'Change the address' }).click();
+    await page.locator('.notice-error').filter({ hasText: /^Failed: .*\bto\b/ }).first().waitFor();
+    expect((await server.queue.get(m.id))?.recipients[0]?.address).toBe('pal@gmial.example');
+
+    await page.getByRole('table', { name: 'Recipients' }).getByRole('button', { name: 'Change pal@gmial.example' }).click();
+    dialog = page.getByRole('dialog', { name: 'Change pal@gmial.example?' });
+    await dialog.getByLabel('New address').fill('pal@gmail.example');
+    await dialog.getByRole('button', { name: 'Change the address' }).click();
+    const row = page.getByRole('table', { name: 'Recipients' }).locator('tr', { hasText: 'pal@gmail.example' });
+    await expectText(row, 'given as pal@gmial.example');
+    const after = await server.queue.get(m.id);
+    expect(after?.recipients.map((r) => [r.address, r.status, r.orcpt])).toEqual([['pal@gmail.example', 'pending', 'rfc822;pal@gmial.example'], ['ok@example.com', 'pending', undefined]]);
+    await ctx.close();
+  });
+
   it('bounces all mail to a domain in bulk, with one reason for every sender', async () => {
     const { ctx, page } = await openPage();
     await signIn(page, '#/queue?domain=campaign.example');

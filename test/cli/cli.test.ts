@@ -177,6 +177,20 @@ describe('actions', () => {
     await h.queue.remove(m.id);
   });
 
+  it('redirect corrects a recipient of one mail; 3 for an address it lacks, 1 for one it already has, 2 for a bad address', async () => {
+    const m = await h.enqueue({ subject: 'misspelt', to: ['typo@gmial.example', 'ok@example.com'] });
+    const r = await cli(['queue', 'redirect', m.id, 'typo@gmial.example', 'typo@gmail.example']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(`${m.id}: typo@gmial.example is now typo@gmail.example (mail queued, due now)\n`);
+    expect((await h.queue.get(m.id))!.recipients.map((x) => x.address)).toEqual(['typo@gmail.example', 'ok@example.com']);
+    const unknown = await cli(['queue', 'redirect', m.id, 'typo@gmial.example', 'x@example.com']);
+    expect([unknown.code, unknown.stderr]).toEqual([3, expect.stringMatching(/has no recipient typo@gmial\.example/)]);
+    const taken = await cli(['queue', 'redirect', m.id, 'typo@gmail.example', 'ok@example.com']);
+    expect([taken.code, taken.stderr]).toEqual([1, expect.stringMatching(/already has the recipient ok@example\.com/)]);
+    expect((await cli(['queue', 'redirect', m.id, 'typo@gmail.example', 'no address'])).code).toBe(2);
+    await h.queue.remove(m.id);
+  });
+
   it('exit 1 when the state does not allow it; 3 when one of several ids is unknown', async () => {
     const r = await cli(['queue', 'release', id('big report')]);
     expect(r.code).toBe(1);

@@ -502,6 +502,42 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         expect(after.notBefore).toBeLessThanOrEqual(Date.now());
       });
 
+      it('redirect corrects a recipient not yet done: tried afresh at the new address, its ORCPT kept for DSNs; browse finds it by the new domain', async () => {
+        const two = [{ address: 'ann@gmial.example' }, { address: 'bob@dest.example', orcpt: 'rfc822;Bob@Dest.example' }];
+        const m = await q.enqueue(request({ recipients: two }));
+        // A first try defers both, for an hour.
+        const r0 = await reserveOne(q, m.id);
+        expect(r0.id).toBe(m.id);
+        await q.recordAttempt(m.id, r0.lease!.token, {
+          outcomes: [{ address: 'ann@gmial.example', outcome: 'deferred', reply: { code: 451, enhanced: '4.4.1', message: 'no route' } }, { address: 'bob@dest.example', outcome: 'deferred' }],
+          retryAt: Date.now() + 3_600_000,
+        });
+        const fixed = await q.redirect(m.id, 'ANN@gmial.example', 'ann@gmail.example');
+        expect(fixed.state).toBe('queued');
+        expect(fixed.notBefore).toBeLessThanOrEqual(Date.now());
+        expect(fixed.recipients[0]).toEqual({ address: 'ann@gmail.example', status: 'pending', orcpt: 'rfc822;ann@gmial.example' });
+        expect(fixed.recipients[1]!.address).toBe('bob@dest.example');
+        expect((await q.get(m.id))?.recipients[0]?.address).toBe('ann@gmail.example');
+        // An ORCPT the sender gave is kept as it was.
+        expect((await q.redirect(m.id, 'bob@dest.example', 'robert@dest.example')).recipients[1]).toMatchObject({ address: 'robert@dest.example', orcpt: 'rfc822;Bob@Dest.example' });
+        expect((await q.browse({ domain: 'gmail.example' })).items.map((x) => x.id)).toContain(m.id);
+        expect((await q.browse({ domain: 'gmial.example' })).items.map((x) => x.id)).not.toContain(m.id);
+        // Refused: an address it lacks (404), one it already has (409), while an attempt runs (409), once done (409).
+        await expect(q.redirect(m.id, 'nobody@else.example', 'x@y.example')).rejects.toSatisfy((e) => e instanceof RecipientNotPendingError && (e as RecipientNotPendingError).httpStatus === 404);
+        await expect(q.redirect(m.id, 'ann@gmail.example', 'Robert@dest.example')).rejects.toSatisfy((e) => (e as { httpStatus?: number }).httpStatus === 409);
+        const r = await reserveOne(q, m.id);
+        await expect(q.redirect(m.id, 'ann@gmail.example', 'a@b.example')).rejects.toBeInstanceOf(InvalidTransitionError);
+        const after = await q.recordAttempt(m.id, r.lease!.token, {
+          outcomes: [{ address: 'ann@gmail.example', outcome: 'delivered' }, { address: 'robert@dest.example', outcome: 'deferred' }],
+          retryAt: Date.now() + 3_600_000,
+        });
+        expect(after.recipients.map((x) => [x.address, x.status])).toEqual([['ann@gmail.example', 'delivered'], ['robert@dest.example', 'deferred']]);
+        await expect(q.redirect(m.id, 'ann@gmail.example', 'a@b.example')).rejects.toSatisfy((e) => e instanceof RecipientNotPendingError && (e as RecipientNotPendingError).httpStatus === 409);
+        // A held mail stays held.
+        await q.hold(m.id, 'look');
+        expect(await q.redirect(m.id, 'robert@dest.example', 'bob@dest.example')).toMatchObject({ state: 'held', holdReason: 'look' });
+      });
+
       it('bounce of some recipients: only those, merged with a request still waiting; held stays held; unknown or done ones refused', async () => {
         const three = [{ address: 'a@one.example' }, { address: 'b@two.example' }, { address: 'c@three.example' }];
         const m = await q.enqueue(request({ recipients: three, notBefore: Date.now() + 3_600_000 }));

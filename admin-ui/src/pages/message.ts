@@ -139,6 +139,40 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
     }, `Bounce ${address}`);
   }
 
+  /**
+   * Corrects one recipient not yet done (a misspelt address, a moved mailbox): it is tried afresh
+   * at the new address. Not while an attempt runs: the attempt is sending to the old address.
+   */
+  function recipientRedirect(m: MailDetail, address: string, status: string): HTMLElement | null {
+    if ((m.state !== 'queued' && m.state !== 'held') || (status !== 'pending' && status !== 'deferred')) return null;
+    return h('button', {
+      type: 'button', class: 'link',
+      onclick: async () => {
+        const to = h('input', { type: 'email', name: 'redirect-to', value: address, required: true, maxlength: '320', autocomplete: 'off' });
+        const ok = await confirmDialog({
+          title: `Change ${address}?`,
+          body: [
+            h('p', null, 'Deliver to another address instead of ', h('code', null, address), ', tried afresh',
+              m.state === 'held' ? ' once the mail is released.' : ' at once.',
+              ' Delivery status notifications still name the address the sender gave.'),
+            h('label', { class: 'field' }, 'New address ', to),
+          ],
+          confirm: 'Change the address',
+        });
+        const next = to.value.trim();
+        if (ok && next && next !== address) {
+          await act(`${address} is now ${next}.`, () => api('POST', `/api/messages/${encodeURIComponent(m.id)}/redirect`, { body: { from: address, to: next } }));
+        }
+      },
+    }, `Change ${address}`);
+  }
+
+  /** "ann@gmail.example", and the address the sender gave when an operator changed it (its ORCPT). */
+  function recipientCell(r: MailDetail['recipients'][number]): HTMLElement {
+    const given = r.orcpt?.replace(/^rfc822;/i, '');
+    return h('td', { class: 'addr' }, r.address, given && given.toLowerCase() !== r.address.toLowerCase() ? h('div', { class: 'muted' }, `given as ${given}`) : null);
+  }
+
   function render(m: MailDetail): void {
     const p = m.parsed;
     const subject = p?.subject ?? m.subject;
@@ -185,12 +219,12 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
         h('table', { class: 'recipients', 'aria-label': 'Recipients' },
           h('thead', null, h('tr', null, ['Address', 'Status', 'Last reply', 'Remote host', 'Last attempt', ''].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', null, m.recipients.map((r) => h('tr', null,
-            h('td', { class: 'addr' }, r.address),
+            recipientCell(r),
             h('td', null, stateBadge(r.status)),
             h('td', { class: 'reply' }, replyText(r.lastReply)),
             h('td', null, r.remoteHost ?? '—'),
             h('td', null, timeEl(r.lastAttemptAt)),
-            h('td', null, recipientBounce(m, r.address, r.status))))))),
+            h('td', { class: 'recipient-actions' }, recipientRedirect(m, r.address, r.status), ' ', recipientBounce(m, r.address, r.status))))))),
       section('Attempts',
         m.history.length === 0
           ? h('p', { class: 'muted' }, m.state === 'queued' ? 'No delivery attempt yet. It is tried when due; use "Retry now" to try at once.' : 'No delivery attempt was made.')

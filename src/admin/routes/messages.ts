@@ -359,6 +359,29 @@ export async function messageRoutes(app: FastifyInstance, ctx: AdminContext): Pr
     return summarise(mail, priorities());
   });
 
+  app.post<{ Params: IdParams; Body: { from: string; to: string } }>('/messages/:id/redirect', {
+    schema: {
+      summary: 'Correct a recipient not yet done (a misspelt address, a moved mailbox): it is tried afresh at the new address',
+      description: "The recipient `from` is `to` from now on; its ORCPT keeps the sender's address, so a DSN still names it. A queued mail is due at once, a held one stays held. 404 for an address the mail does not have; 409 for one already done, for a `to` the mail already has, or while an attempt runs (hold it first).",
+      tags: ['messages'], params: mailIdParams,
+      body: {
+        type: 'object',
+        properties: {
+          from: { type: 'string', minLength: 3, maxLength: 512 },
+          to: { type: 'string', maxLength: 320, pattern: '^[^\\s<>@]{1,64}@[^\\s<>@]{1,253}$', description: 'local@domain' },
+        },
+        required: ['from', 'to'],
+        additionalProperties: false,
+      },
+      response: actionResponse,
+    },
+  }, async (request) => {
+    const id = normaliseId(request.params.id);
+    const { from, to } = request.body;
+    const mail = await audited(ctx, request, { action: 'redirect', ids: [id], detail: { from, to } }, () => ctx.queue.redirect(id, from, to));
+    return summarise(mail, priorities());
+  });
+
   app.patch<{ Params: IdParams; Body: { priority?: string | number; notBefore?: string | number } }>('/messages/:id', {
     schema: {
       summary: 'Change the priority and/or the not-before time of a mail',

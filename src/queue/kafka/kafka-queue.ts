@@ -53,7 +53,7 @@ import { BodyCache } from '../body-cache.js';
 import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
-  applyAttempt, applyBounce, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
+  applyAttempt, applyBounce, applyRedirect, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
   applySetNotBefore, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
 } from '../model.js';
 import type {
@@ -817,6 +817,10 @@ export class KafkaQueue implements Queue {
 
   bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail> {
     return this.transition(id, 'bounce', (m, now) => applyBounce(m, reason, now, recipients));
+  }
+
+  redirect(id: MailId, from: string, to: string): Promise<QueuedMail> {
+    return this.transition(id, 'redirect', (m, now) => applyRedirect(m, from, to, now));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {

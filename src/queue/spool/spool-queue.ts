@@ -54,7 +54,7 @@ import type { Logger } from '../../logger.js';
 import { InvalidTransitionError, MailNotFoundError, QueueError, QueueUnavailableError, SpoolFullError, storageError } from '../errors.js';
 import {
   AGE_BUCKETS_MINUTES, DueOrder, applyAttempt, applyHold, applyReleaseLease, applyRelease, applyRemove, applyRenewLease,
-  applyBounce, applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
+  applyBounce, applyRedirect, applyReserve, applyRetryNow, applySetNotBefore, applySetPriority, createMail, eventTypeFor, isTerminal, leaseValid,
   newLeaseToken,
 } from '../model.js';
 import type {
@@ -1074,6 +1074,10 @@ export class SpoolQueue implements Queue {
 
   bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail> {
     return this.change(id, (m, now) => applyBounce(m, reason, now, recipients));
+  }
+
+  redirect(id: MailId, from: string, to: string): Promise<QueuedMail> {
+    return this.change(id, (m, now) => applyRedirect(m, from, to, now));
   }
 
   retryNow(id: MailId): Promise<QueuedMail> {
