@@ -162,6 +162,8 @@ export interface Stats {
    * dead destinations): their mail is deferred without connecting until `until`.
    */
   suspendedDestinations: SuspendedDestination[];
+  /** What this node is delivering now: destinations with connections open or mail waiting for one, most first (at most 20). */
+  deliveringNow: DestinationConnections[];
 }
 
 export interface SuspendedDestination {

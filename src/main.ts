@@ -61,6 +61,7 @@ async function main(argv: string[]): Promise<void> {
     replies: (q) => scheduler.replies(q),
     whereTo: (domain) => delivery.resolve(domain).then((d) => destinationView(d, store.current)),
     connectionsTo: (domain) => scheduler.destinationConnections(domain),
+    deliveringNow: () => scheduler.deliveringNow(),
     nodeName,
   });
 

@@ -32,6 +32,8 @@ export interface AdminContext {
   whereTo?: (domain: string) => Promise<DestinationView>;
   /** This node's connections to a domain's destination now (Scheduler.destinationConnections); none without a scheduler. */
   connectionsTo?: (domain: string) => DestinationConnections | undefined;
+  /** What this node is delivering now (Scheduler.deliveringNow); none without a scheduler. */
+  deliveringNow?: () => DestinationConnections[];
   /** This node's name (kafka.nodeId or the host name). */
   nodeName: string;
   /** This node's deferrals and bounces of the last hour by destination and reply (Scheduler.replies); none without a scheduler. */

@@ -81,6 +81,8 @@ export interface AdminServerOptions {
   whereTo?: AdminContext['whereTo'];
   /** This node's connections to a domain's destination (Scheduler.destinationConnections). */
   connectionsTo?: AdminContext['connectionsTo'];
+  /** What this node is delivering now, for GET /api/stats (Scheduler.deliveringNow). */
+  deliveringNow?: AdminContext['deliveringNow'];
   /** This node's name (kafka.nodeId or the host name), for GET /api/stats: the per-node figures say whose they are. */
   nodeName?: string;
   /** This node's deferral and bounce detail for GET /api/stats/replies (Scheduler.replies). */
@@ -129,6 +131,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     nodeName: o.nodeName ?? hostname(),
     ...(o.whereTo ? { whereTo: o.whereTo } : {}),
     ...(o.connectionsTo ? { connectionsTo: o.connectionsTo } : {}),
+    ...(o.deliveringNow ? { deliveringNow: o.deliveringNow } : {}),
     ...(o.bulkPageSize !== undefined ? { bulkPageSize: o.bulkPageSize } : {}),
   };
   const authority = new TokenAuthority({ config: () => o.config.current, dataDir: o.dataDir, logger });

@@ -145,6 +145,13 @@ export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   const totals = labels.map((_, i) => rows.reduce((sum, r) => sum + (r.counts[i] ?? 0), 0));
   out.push('TOTAL'.padEnd(dw) + String(rows.reduce((a, r) => a + r.total, 0)).padStart(7) + totals.map((n) => String(n).padStart(cw)).join(''));
   for (const r of rows) out.push(r.domain.padEnd(dw) + String(r.total).padStart(7) + r.counts.map((n) => String(n).padStart(cw)).join(''));
+  const now = s.deliveringNow ?? [];
+  if (now.length) {
+    // What this node is delivering: connections open of those allowed now (concurrency feedback) and the limit.
+    out.push('', 'Delivering now (connections open/allowed/limit, mails waiting):');
+    const dw = Math.max(...now.map((d) => d.domains.join(',').length));
+    for (const d of now) out.push(`  ${d.domains.join(',').padEnd(dw)}  ${d.open}/${d.allowed}/${d.limit}  ${d.waiting} waiting  [${d.destination}]`);
+  }
   const dead = s.suspendedDestinations ?? [];
   if (dead.length) {
     out.push('', 'Suspended destinations (no host reachable; mail deferred without connecting):');

@@ -302,7 +302,21 @@ export class Scheduler {
   destinationConnections(domain: string): DestinationConnections | undefined {
     const wanted = domain.toLowerCase();
     const pool = [...this.#pools.values()].find((p) => p.domains.has(wanted));
-    if (!pool) return undefined;
+    return pool && this.#connectionsOf(pool);
+  }
+
+  /**
+   * What this node is delivering now: each destination with connections open or mail waiting for
+   * one, most connections and mail first (KumoMTA's ready queues, Postfix's qmgr in memory).
+   */
+  deliveringNow(limit = 20): DestinationConnections[] {
+    return [...this.#pools.values()].filter((p) => p.active > 0 || p.jobs.length > 0)
+      .map((p) => this.#connectionsOf(p))
+      .sort((a, b) => b.open + b.waiting - (a.open + a.waiting) || a.destination.localeCompare(b.destination))
+      .slice(0, limit);
+  }
+
+  #connectionsOf(pool: DestinationPool): DestinationConnections {
     const limits = limitsFor(pool.domains, this.#config.current);
     return {
       destination: pool.destination.key, domains: [...pool.domains], open: pool.active, allowed: pool.allowed(limits), limit: limits.connections, waiting: pool.jobs.length,

@@ -15,14 +15,21 @@ const HOSTILE = '<img src=x onerror=alert(7)>';
 
 let server: ConsoleServer;
 let rx: Receiver;
+/** Takes its mail and never answers the final ".": a connection stays open. */
+let slow: Receiver;
 let browser: Browser;
 
 beforeAll(async () => {
   const ws = inject('browserWs');
   if (!ws) throw new Error('no browser: test/browser/global-setup.ts did not start Chromium');
   rx = await startReceiver({ script: { greeting: `421 4.3.2 ${HOSTILE} down` } });
-  server = await startConsoleServer([{ subject: 'To a dead host', to: ['x@dead.example'], dueInMs: 0 }], { deliveryRoutes: { 'dead.example': rx.address } });
+  slow = await startReceiver({ script: { dataEnd: 'stall' } });
+  server = await startConsoleServer([
+    { subject: 'To a dead host', to: ['x@dead.example'], dueInMs: 0 },
+    { subject: 'To a slow host', to: ['y@slow.example'], dueInMs: 0 },
+  ], { deliveryRoutes: { 'dead.example': rx.address, 'slow.example': slow.address } });
   await waitFor('the destination suspended', () => server.scheduler!.suspendedDestinations().length === 1);
+  await waitFor('the slow one being delivered', () => slow.transactions.some((t) => t.complete));
   browser = await chromium.connect(ws);
 });
 
@@ -30,6 +37,7 @@ afterAll(async () => {
   await browser?.close();
   await server?.close();
   await rx?.close();
+  await slow?.close();
 });
 
 describe('console: dead destinations', () => {
@@ -51,6 +59,11 @@ describe('console: dead destinations', () => {
     const cellsOf = await detail.locator('tbody tr').first().locator('td').allTextContents();
     expect(cellsOf.slice(0, 4)).toEqual(['deferred', 'dead.example', `421 4.3.2 ${HOSTILE} down`, '1']);
     expect(await detail.getByRole('link', { name: 'dead.example' }).getAttribute('href')).toBe('#/destinations/dead.example');
+    // What it is delivering now: the slow destination, one connection open of the five allowed at first.
+    const delivering = page.getByRole('table', { name: 'Delivering now' });
+    expect(await delivering.locator('tbody tr').count()).toBe(1);
+    expect(await delivering.locator('tbody tr td').allTextContents()).toEqual(['slow.example', slow.address, '1', '5', '20', '0']);
+    expect(await delivering.getByRole('link', { name: 'slow.example' }).getAttribute('href')).toBe('#/destinations/slow.example');
     // Shown as characters: no element was made of it, no script ran.
     expect(await page.locator('section.suspended img').count()).toBe(0);
     expect(await page.locator('section.replies img').count()).toBe(0);

@@ -84,7 +84,7 @@ export async function startConsoleServer(mails: MailSpec[], opts: ConsoleServerO
   const smtpPort = ingress ? (await ingress.listen())[0]!.port : undefined;
   const admin = await createAdminServer({
     config, queue, logger, metrics, dataDir: dir,
-    ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q), connectionsTo: (d: string) => scheduler.destinationConnections(d) } : {}),
+    ...(scheduler ? { suspendedDestinations: () => scheduler.suspendedDestinations(), replies: (q) => scheduler.replies(q), connectionsTo: (d: string) => scheduler.destinationConnections(d), deliveringNow: () => scheduler.deliveringNow() } : {}),
     ...(delivery ? { whereTo: (domain: string) => delivery!.resolve(domain).then((d) => destinationView(d, config.current)) } : {}),
     ...(ingress ? { refusals: ingress.refusals } : {}),
   });

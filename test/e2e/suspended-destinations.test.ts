@@ -17,11 +17,14 @@ import { projectRoot, startServer, type ServerProcess } from '../helpers/server-
 const TOKEN = 'suspended-destinations-test-token-0123';
 let dir: string;
 let rx: Receiver;
+/** A destination that takes the mail and never answers its final ".": a connection stays open. */
+let slow: Receiver;
 let server: ServerProcess;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'spoolhouse-suspended-'));
   rx = await startReceiver({ script: { greeting: '421 4.3.2 Closed for maintenance' } });
+  slow = await startReceiver({ script: { dataEnd: 'stall' } });
   server = await startServer({
     config: {
       dir,
@@ -31,7 +34,7 @@ beforeAll(async () => {
         admin: { listen: '127.0.0.1:0', token: TOKEN },
         log: { level: 'info', pretty: false },
         delivery: {
-          routes: { 'dead.example': rx.address },
+          routes: { 'dead.example': rx.address, 'slow.example': slow.address },
           tls: { opportunistic: false, verify: false },
           retry: { min: '10m', max: '1h', lifetime: '5d' },
         },
@@ -42,18 +45,31 @@ beforeAll(async () => {
 afterAll(async () => {
   await server?.kill9();
   await rx?.close();
+  await slow?.close();
   rmSync(dir, { recursive: true, force: true });
 });
+
+async function waitUntil(done: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!done()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 describe('dead destinations in the admin API', () => {
   it('GET /api/stats lists the suspended destination with its reply; the gauge counts it', async () => {
     const t = nodemailer.createTransport({ host: server.smtp[0]!.host, port: server.smtp[0]!.port, secure: false, ignoreTLS: true });
     await t.sendMail({ from: 'ops@example.org', to: 'someone@dead.example', subject: 'to a dead destination', text: 'hello' });
+    await t.sendMail({ from: 'ops@example.org', to: 'someone@slow.example', subject: 'to a slow destination', text: 'hello' });
     t.close();
+    await waitUntil(() => slow.transactions.some((x) => x.complete));
     await server.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('destination unreachable'), 15_000);
     const res = await fetch(`${server.adminUrl}/api/stats`, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(res.status).toBe(200);
     const stats = (await res.json()) as Stats;
+    // The slow one is being delivered: one connection open (of the five allowed at first), nothing waiting.
+    expect(stats.deliveringNow).toEqual([{ destination: slow.address, domains: ['slow.example'], open: 1, allowed: 5, limit: 20, waiting: 0 }]);
     expect(stats.suspendedDestinations).toHaveLength(1);
     const [d] = stats.suspendedDestinations;
     expect(d!.domains).toEqual(['dead.example']);
@@ -67,7 +83,7 @@ describe('dead destinations in the admin API', () => {
     expect(replies.rows).toEqual([expect.objectContaining({
       outcome: 'deferred', domain: 'dead.example', reply: { code: 421, enhanced: '4.3.2', message: 'Closed for maintenance' }, count: 1, example: 'Closed for maintenance',
     })]);
-    const [mail] = (await (await fetch(`${server.adminUrl}/api/messages`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).items as { id: string }[];
+    const [mail] = (await (await fetch(`${server.adminUrl}/api/messages?domain=dead.example`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).items as { id: string }[];
     expect(replies.rows[0]!.lastMailId).toBe(mail!.id);
     // Where its mail goes now: the route, looked up afresh.
     const where = await (await fetch(`${server.adminUrl}/api/destinations/dead.example`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
@@ -89,6 +105,7 @@ describe('dead destinations in the admin API', () => {
       }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
     });
     expect(cli).toMatch(/^Suspended destinations/m);
+    expect(cli).toContain(`Delivering now (connections open/allowed/limit, mails waiting):\n  slow.example  1/5/20  0 waiting  [${slow.address}]\n`);
     // The server is seconds old: its rates say what they were measured over.
     expect(cli).toMatch(/^Rates\/min: .* deferred=\d.* {2}\(over the [1-5]?\d s since start\)$/m);
     expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);

@@ -36,6 +36,10 @@ describe('destination concurrency feedback', () => {
     // at once show the concurrency the scheduler allows.
     const { rx, h } = await setUp('ramp.test', { connections: 6, initialConnections: 2, messagesPerConnection: 1 }, { dataEndDelayMs: 150 });
     for (let i = 0; i < 40; i++) await h.enqueue({ to: [`u${i}@ramp.test`] });
+    // While it runs, the node lists it as being delivered: connections open, mail waiting.
+    const busy = await waitFor('being delivered', () => h.scheduler.deliveringNow().find((d) => d.open >= 2 && d.waiting > 0), 10_000);
+    expect(busy).toMatchObject({ domains: ['ramp.test'], limit: 6 });
+    expect(busy.open).toBeLessThanOrEqual(busy.allowed);
     await waitFor('all 40 delivered', async () => (await h.mails()).every((m) => m.state === 'delivered') || undefined, 30_000);
     expect(rx.completed()).toHaveLength(40);
 
@@ -48,6 +52,7 @@ describe('destination concurrency feedback', () => {
       destination: expect.any(String), domains: ['ramp.test'], open: 0, allowed: 6, limit: 6, waiting: 0,
     });
     expect(h.scheduler.destinationConnections('other.test')).toBeUndefined();
+    expect(h.scheduler.deliveringNow()).toEqual([]);
   });
 
   it('a remote refusing connections beyond its own limit brings the concurrency down; the destination is busy, not dead', async () => {

@@ -120,10 +120,26 @@ export function renderStats(main: HTMLElement, params: URLSearchParams): Cleanup
           h('tbody', null, suspended.map((d) => h('tr', null,
             h('td', null, d.domains.map((dom, i) => [i ? ', ' : '', h('a', { href: `#/destinations/${encodeURIComponent(dom)}` }, dom)])), h('td', null, d.destination), h('td', null, timeEl(d.until)), h('td', { class: 'reply' }, replyText(d.reply)))))))
       : null;
+    const delivering = st.deliveringNow ?? [];
+    const now = delivering.length
+      ? h('section', { class: 'table-area delivering', 'aria-label': 'Delivering now' },
+        h('h2', null, `Delivering now (node ${st.node})`),
+        h('p', { class: 'muted' }, 'Destinations this node has connections open to, or mail waiting for one. Allowed: the connections the concurrency feedback lets it open now, which rises with each mail delivered and falls with each failed connection, up to the limit.'),
+        h('table', { 'aria-label': 'Delivering now' },
+          h('thead', null, h('tr', null, ['Domains', 'Hosts', 'Open', 'Allowed', 'Limit', 'Waiting'].map((t) => h('th', { scope: 'col' }, t)))),
+          h('tbody', null, delivering.map((d) => h('tr', null,
+            h('td', null, d.domains.map((dom, i) => [i ? ', ' : '', h('a', { href: `#/destinations/${encodeURIComponent(dom)}` }, dom)])),
+            h('td', null, d.destination),
+            h('td', { class: 'num' }, String(d.open)),
+            h('td', { class: 'num' }, String(d.allowed)),
+            h('td', { class: 'num' }, String(d.limit)),
+            h('td', { class: 'num' }, d.waiting.toLocaleString()))))))
+      : null;
     mount(body,
       failed ? errorState('The last sample failed; showing the one before', failed) : null,
       cards,
       h('p', { class: 'muted' }, `${live.toLocaleString()} mails waiting (queued, active or held).`),
+      now,
       dead,
       replyDetail(replies),
       h('div', { class: 'grid2' }, depth, rates),

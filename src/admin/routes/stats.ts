@@ -64,6 +64,17 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
             },
             refusedByReason: { type: 'object', additionalProperties: { type: 'number' }, description: 'The refusals per minute by reason (spoolhouse_rejected_total), reasons seen in the window only' },
             ratesWindowSeconds: { type: 'number', description: 'The seconds the rates were measured over: the window (60), or less on a node younger than that, whose rates are extrapolated to a minute' },
+            deliveringNow: {
+              type: 'array',
+              description: "What this node is delivering now: each destination with connections open or mail waiting for one (at most 20, most first), with the connections the concurrency feedback allows it now",
+              items: {
+                type: 'object',
+                properties: {
+                  destination: { type: 'string' }, domains: { type: 'array', items: { type: 'string' } },
+                  open: { type: 'integer' }, allowed: { type: 'integer' }, limit: { type: 'integer' }, waiting: { type: 'integer' },
+                },
+              },
+            },
             suspendedDestinations: {
               type: 'array',
               description: "Destinations this node's delivery suspended because no host could be reached: their mail is deferred without connecting until `until`",
@@ -109,6 +120,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       refusedByReason,
       ratesWindowSeconds: seconds,
       suspendedDestinations: ctx.suspendedDestinations(),
+      deliveringNow: ctx.deliveringNow?.() ?? [],
     };
   });
 
