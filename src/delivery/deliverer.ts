@@ -12,8 +12,11 @@
  *   failed, what is left is deferred with the last host's reply (made temporary: a host-level 5xx
  *   such as a 554 greeting is not a verdict on the mail). Each try of a host is kept in
  *   `MessageResult.hosts`.
+ * - After the MX hosts, delivery.fallbackRelay (fallbackRelayFor), for MX delivery only.
  * - A call that opened no SMTP session with any host marks what it deferred `unreachable` (the
  *   scheduler then suspends the destination); a call that reached a host never does.
+ * - Concurrency feedback for the scheduler (DeliverOptions.onFeedback): 'ok' for each transaction
+ *   a host carried to its end, 'failed' for each host given up on and each 421.
  * - One connection per host carries all the messages of the call (the scheduler bounds them by
  *   messagesPerConnection); RSET is sent between messages when a transaction did not end with a
  *   reply to "." (a completed transaction needs none, RFC 5321 §4.1.1.5). A connection that was
@@ -38,11 +41,10 @@ import { promises as dns } from 'node:dns';
 import { isIP, isIPv6 } from 'node:net';
 import { join } from 'node:path';
 import { rootCertificates } from 'node:tls';
-import type { Config } from '../config/schema.js';
+import { parseHostPort, type Config } from '../config/schema.js';
 import type { Logger } from '../logger.js';
 import { asTemporary, describeHost, made } from './replies.js';
 import { addressesOf, literal, makeResolver, normaliseDomain, resolveDestination } from './resolve.js';
-import { parseHostPort } from '../config/schema.js';
 import { MtaSts, mxMatches, type StsPolicy } from './mta-sts.js';
 import { readCaFile } from '../config/tls-files.js';
 import { OutboundSession, SessionError, type TlsMode } from './session.js';
@@ -454,7 +456,6 @@ export function checkDeliveryFiles(config: Config): { key: string; file: string;
   }
 }
 
-/** A destination as GET /api/destinations/:domain shows it. */
 /**
  * delivery.fallbackRelay (Postfix's smtp_fallback_relay), tried after every MX host of the
  * domain: for MX delivery only (a route or a smarthost is the operator's own choice), and not for
