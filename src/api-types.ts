@@ -230,6 +230,8 @@ export interface RefusalPage {
 /** One line of GET /api/stats/replies: recipients that got one reply from one destination. */
 export interface ReplyDigestRow {
   outcome: 'deferred' | 'failed' | 'expired';
+  /** What kind of trouble the reply tells of (src/scheduler/reply-kind.ts): invalid-recipient, mailbox-full, rate-limited, spam-block, … */
+  kind: string;
   /** The recipients' domain. */
   domain: string;
   /** The reply with what varies from mail to mail masked (<ip>, <address>, # for ids and numbers). */
@@ -248,6 +250,8 @@ export interface ReplyDigestPage {
   rows: ReplyDigestRow[];
   /** Recipients in the window, all rows (not only those listed). */
   total: number;
+  /** Those recipients by kind of reply. */
+  byKind: Record<string, number>;
   /** Recipients counted but not itemised (too many different replies in a minute). */
   notItemised?: number;
   windowSeconds: number;

@@ -9,6 +9,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Queue } from '../queue/types.js';
 import type { RefusalLog } from '../ingress/refusals.js';
+import type { ReplyKind } from '../scheduler/reply-kind.js';
 import type { AuditEntry, AuditLog } from './audit.js';
 import { toApiError } from './errors.js';
 import type { DepthHistory } from './history.js';
@@ -37,7 +38,7 @@ export interface AdminContext {
   /** This node's name (kafka.nodeId or the host name). */
   nodeName: string;
   /** This node's deferrals and bounces of the last hour by destination and reply (Scheduler.replies); none without a scheduler. */
-  replies: (q: { windowMs?: number; outcome?: ReplyDigestRow['outcome']; domain?: string; limit?: number }) => ReplyDigestPage;
+  replies: (q: { windowMs?: number; outcome?: ReplyDigestRow['outcome']; domain?: string; kind?: ReplyKind; limit?: number }) => ReplyDigestPage;
   /** This node's recent refusals at the door (SmtpIngress.refusals); an empty log without an ingress. */
   refusals: RefusalLog;
   /** Mails per step of a bulk action (tests make it small to exercise the paging). */

@@ -127,7 +127,7 @@ export async function createAdminServer(o: AdminServerOptions): Promise<AdminSer
     streams: new Set(),
     suspendedDestinations: o.suspendedDestinations ?? (() => []),
     refusals: o.refusals ?? new RefusalLog(0),
-    replies: o.replies ?? (() => ({ rows: [], total: 0, windowSeconds: 3600 })),
+    replies: o.replies ?? (() => ({ rows: [], total: 0, byKind: {}, windowSeconds: 3600 })),
     nodeName: o.nodeName ?? hostname(),
     ...(o.whereTo ? { whereTo: o.whereTo } : {}),
     ...(o.connectionsTo ? { connectionsTo: o.connectionsTo } : {}),

@@ -124,6 +124,11 @@ export function showMail(m: MailDetail): string {
   return out.join('\n') + '\n';
 }
 
+/** "rate-limited 40, invalid-recipient 3": recipients by kind of reply, most first. */
+function kindsText(replies: ReplyDigestPage): string {
+  return Object.entries(replies.byKind ?? {}).sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(', ');
+}
+
 export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   const out: string[] = [];
   if (s.node) out.push(`Node:        ${s.node} (rates, suspensions and replies are this node's)`);
@@ -159,10 +164,11 @@ export function showStats(s: Stats, replies?: ReplyDigestPage): string {
   }
   if (replies?.rows.length) {
     // pflogsumm's "message deferral detail" / "message bounce detail": recipients, destination, reply.
-    out.push('', `Deferrals and bounces by reply (last hour, ${replies.total} recipient${replies.total === 1 ? '' : 's'}):`);
+    out.push('', `Deferrals and bounces by reply (last hour, ${replies.total} recipient${replies.total === 1 ? '' : 's'}; ${kindsText(replies)}):`);
     const cw = Math.max(...replies.rows.map((r) => String(r.count).length));
     const dw = Math.max(...replies.rows.map((r) => r.domain.length));
-    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${r.domain.padEnd(dw)}  ${replyText(r.reply)}`);
+    const kw = Math.max(...replies.rows.map((r) => (r.kind ?? '').length));
+    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${r.domain.padEnd(dw)}  ${(r.kind ?? '').padEnd(kw)}  ${replyText(r.reply)}`);
   }
   return out.join('\n') + '\n';
 }
@@ -207,9 +213,10 @@ export function showDestination(where: DestinationView, waiting: Record<string, 
     ? `Connections: ${c.open} open, ${c.allowed} allowed now of ${c.limit}, ${c.waiting} waiting${c.domains.length > 1 ? ` (shared with ${c.domains.filter((d) => d !== where.domain).join(', ')})` : ''}`
     : 'Connections: none (no mail for it on this node lately)');
   if (replies.rows.length) {
-    out.push(`Replies in the last hour (${replies.total} recipient${replies.total === 1 ? '' : 's'}):`);
+    out.push(`Replies in the last hour (${replies.total} recipient${replies.total === 1 ? '' : 's'}; ${kindsText(replies)}):`);
     const cw = Math.max(...replies.rows.map((r) => String(r.count).length));
-    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${replyText(r.reply)}`);
+    const kw = Math.max(...replies.rows.map((r) => (r.kind ?? '').length));
+    for (const r of replies.rows) out.push(`  ${String(r.count).padStart(cw)} ${r.outcome.padEnd(8)} ${(r.kind ?? '').padEnd(kw)}  ${replyText(r.reply)}`);
   } else out.push('No recipient deferred or bounced in the last hour.');
   return out.join('\n') + '\n';
 }

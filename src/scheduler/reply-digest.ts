@@ -7,12 +7,14 @@
  * seen as it was.
  */
 import type { ReplyDigestPage, ReplyDigestRow } from '../api-types.js';
+import { REPLY_KINDS, replyKind, type ReplyKind } from './reply-kind.js';
 
 export type { ReplyDigestPage, ReplyDigestRow };
 export type DigestOutcome = ReplyDigestRow['outcome'];
 
 interface Entry {
   outcome: DigestOutcome;
+  kind: ReplyKind;
   domain: string;
   code: number;
   enhanced?: string;
@@ -87,12 +89,12 @@ export class ReplyDigest {
       return;
     }
     bucket.entries.set(key, {
-      outcome, domain, code: reply.code, ...(reply.enhanced ? { enhanced: reply.enhanced } : {}), message, count: 1, lastAt: at, lastMailId: mailId, example: reply.message,
+      outcome, kind: replyKind(reply), domain, code: reply.code, ...(reply.enhanced ? { enhanced: reply.enhanced } : {}), message, count: 1, lastAt: at, lastMailId: mailId, example: reply.message,
     });
   }
 
-  /** The rows of the last `windowMs` (at most an hour), most recipients first. */
-  top(q: { windowMs?: number; outcome?: DigestOutcome; domain?: string; limit?: number } = {}): ReplyDigestPage {
+  /** The rows of the last `windowMs` (at most an hour), most recipients first; and the recipients by kind of reply. */
+  top(q: { windowMs?: number; outcome?: DigestOutcome; domain?: string; kind?: ReplyKind; limit?: number } = {}): ReplyDigestPage {
     const now = this.#now();
     const windowMs = Math.min(q.windowMs ?? this.#keepMs, this.#keepMs);
     this.#expire(now);
@@ -107,6 +109,7 @@ export class ReplyDigest {
       for (const [key, e] of b.entries) {
         if (q.outcome && e.outcome !== q.outcome) continue;
         if (domain && e.domain !== domain) continue;
+        if (q.kind && e.kind !== q.kind) continue;
         const m = merged.get(key);
         if (!m) merged.set(key, { ...e });
         else {
@@ -117,12 +120,16 @@ export class ReplyDigest {
     }
     const rows = [...merged.values()].sort((a, b) => b.count - a.count || b.lastAt - a.lastAt);
     const total = rows.reduce((n, r) => n + r.count, 0);
+    const byKind: Partial<Record<ReplyKind, number>> = {};
+    for (const r of rows) byKind[r.kind] = (byKind[r.kind] ?? 0) + r.count;
     return {
       rows: rows.slice(0, q.limit ?? 50).map((e): ReplyDigestRow => ({
-        outcome: e.outcome, domain: e.domain, reply: { code: e.code, ...(e.enhanced ? { enhanced: e.enhanced } : {}), message: e.message },
+        outcome: e.outcome, kind: e.kind, domain: e.domain, reply: { code: e.code, ...(e.enhanced ? { enhanced: e.enhanced } : {}), message: e.message },
         count: e.count, lastAt: e.lastAt, lastMailId: e.lastMailId, example: e.example,
       })),
       total,
+      // In the order of REPLY_KINDS, for a stable display.
+      byKind: Object.fromEntries(REPLY_KINDS.filter((k) => byKind[k]).map((k) => [k, byKind[k]!])),
       ...(overflow ? { notItemised: overflow } : {}),
       windowSeconds: Math.round(windowMs / 1000),
     };

@@ -57,7 +57,8 @@ describe('console: dead destinations', () => {
     // The deferral it caused, in the reply detail: the destination links to its waiting mail.
     const detail = page.getByRole('table', { name: 'Deferrals and bounces by reply' });
     const cellsOf = await detail.locator('tbody tr').first().locator('td').allTextContents();
-    expect(cellsOf.slice(0, 4)).toEqual(['deferred', 'dead.example', `421 4.3.2 ${HOSTILE} down`, '1']);
+    expect(cellsOf.slice(0, 5)).toEqual(['deferred', 'dead.example', `421 4.3.2 ${HOSTILE} down`, 'connection', '1']);
+    expect(await page.locator('section.replies .reply-kinds').textContent()).toBe('By kind: connection 1');
     expect(await detail.getByRole('link', { name: 'dead.example' }).getAttribute('href')).toBe('#/destinations/dead.example');
     // What it is delivering now: the slow destination, one connection open of the five allowed at first.
     const delivering = page.getByRole('table', { name: 'Delivering now' });

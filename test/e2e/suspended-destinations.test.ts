@@ -81,8 +81,12 @@ describe('dead destinations in the admin API', () => {
     // The deferral in the reply detail (pflogsumm's), linked to the mail that got it.
     const replies = (await (await fetch(`${server.adminUrl}/api/stats/replies?outcome=deferred`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as ReplyDigestPage;
     expect(replies.rows).toEqual([expect.objectContaining({
-      outcome: 'deferred', domain: 'dead.example', reply: { code: 421, enhanced: '4.3.2', message: 'Closed for maintenance' }, count: 1, example: 'Closed for maintenance',
+      outcome: 'deferred', kind: 'connection', domain: 'dead.example', reply: { code: 421, enhanced: '4.3.2', message: 'Closed for maintenance' }, count: 1, example: 'Closed for maintenance',
     })]);
+    expect(replies.byKind).toEqual({ connection: 1 });
+    const byKind = (await (await fetch(`${server.adminUrl}/api/stats/replies?kind=rate-limited`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as ReplyDigestPage;
+    expect([byKind.rows, byKind.total]).toEqual([[], 0]);
+    expect((await fetch(`${server.adminUrl}/api/stats/replies?kind=weather`, { headers: { authorization: `Bearer ${TOKEN}` } })).status).toBe(400);
     const [mail] = (await (await fetch(`${server.adminUrl}/api/messages?domain=dead.example`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()).items as { id: string }[];
     expect(replies.rows[0]!.lastMailId).toBe(mail!.id);
     // Where its mail goes now: the route, looked up afresh.
@@ -109,7 +113,7 @@ describe('dead destinations in the admin API', () => {
     // The server is seconds old: its rates say what they were measured over.
     expect(cli).toMatch(/^Rates\/min: .* deferred=\d.* {2}\(over the [1-5]?\d s since start\)$/m);
     expect(cli).toMatch(/^ {2}dead\.example \[.+\] until .+: 421 4\.3\.2 Closed for maintenance$/m);
-    expect(cli).toMatch(/^Deferrals and bounces by reply \(last hour, 1 recipient\):\n {2}1 deferred dead\.example {2}421 4\.3\.2 Closed for maintenance$/m);
+    expect(cli).toMatch(/^Deferrals and bounces by reply \(last hour, 1 recipient; connection 1\):\n {2}1 deferred dead\.example {2}connection {2}421 4\.3\.2 Closed for maintenance$/m);
 
     const dest = await new Promise<string>((resolve, reject) => {
       execFile(process.execPath, [join(projectRoot, 'dist', 'src', 'cli', 'main.js'), 'destination', 'DEAD.example'], {
@@ -122,8 +126,8 @@ describe('dead destinations in the admin API', () => {
       'Waiting:     queued=1  active=0  held=0',
       // Suspended: one connection at a time (a probe) when it resumes, none open now.
       'Connections: 0 open, 1 allowed now of 20, 0 waiting',
-      'Replies in the last hour (1 recipient):',
-      '  1 deferred 421 4.3.2 Closed for maintenance',
+      'Replies in the last hour (1 recipient; connection 1):',
+      '  1 deferred connection  421 4.3.2 Closed for maintenance',
       '',
     ]);
   });

@@ -41,10 +41,13 @@ describe('ReplyDigest', () => {
     expect(page.total).toBe(5);
     expect(page.windowSeconds).toBe(3600);
     expect(page.rows[0]).toEqual({
-      outcome: 'deferred', domain: 'outlook.example', reply: { code: 451, enhanced: '4.7.500', message: 'Server busy from <ip>' },
+      outcome: 'deferred', kind: 'rate-limited', domain: 'outlook.example', reply: { code: 451, enhanced: '4.7.500', message: 'Server busy from <ip>' },
       count: 3, lastAt: now, lastMailId: 'm4', example: 'Server busy from [192.0.2.3]',
     });
     expect(page.rows.map((r) => [r.domain, r.outcome, r.count])).toEqual([['outlook.example', 'deferred', 3], ['other.example', 'deferred', 1], ['gmail.example', 'failed', 1]]);
+    // By kind of reply: the throttle's four, the unknown user; and a filter by kind.
+    expect(page.byKind).toEqual({ 'invalid-recipient': 1, 'rate-limited': 4 });
+    expect(d.top({ kind: 'invalid-recipient' }).rows.map((r) => [r.domain, r.kind])).toEqual([['gmail.example', 'invalid-recipient']]);
     // The last 10 minutes hold only the second burst; filters by outcome and domain.
     expect(d.top({ windowMs: 10 * 60_000 }).rows.map((r) => [r.domain, r.count])).toEqual([['outlook.example', 1], ['other.example', 1]]);
     expect(d.top({ outcome: 'failed' }).rows.map((r) => r.domain)).toEqual(['gmail.example']);
@@ -55,7 +58,7 @@ describe('ReplyDigest', () => {
     now += 31 * 60_000;
     expect(d.top().rows.map((r) => [r.domain, r.count])).toEqual([['outlook.example', 1], ['other.example', 1]]);
     now += 60 * 60_000;
-    expect(d.top()).toEqual({ rows: [], total: 0, windowSeconds: 3600 });
+    expect(d.top()).toEqual({ rows: [], total: 0, byKind: {}, windowSeconds: 3600 });
   });
 
   it('counts but does not itemise past its number of different replies a minute', () => {

@@ -9,7 +9,7 @@ import { api, LIVE_STATES, MAIL_STATES, type ConsoleConfig, type DepthHistoryPag
 import { barChart, heatmap, lineChart, type Series } from '../charts';
 import { h, mount, type Child } from '../dom';
 import { ageText, absoluteTime, replyText, timeEl } from '../format';
-import { repliesTable } from '../replies';
+import { byKindText, repliesTable } from '../replies';
 import { errorState, loading, priorityLabel, runningConfig } from '../ui';
 import type { Cleanup } from '../main';
 
@@ -44,6 +44,7 @@ function replyDetail(page: ReplyDigestPage | null): HTMLElement {
   return box(
     h('p', { class: 'muted' }, `${page.total.toLocaleString()} recipients on this node; replies that differ only in addresses and ids (masked as <ip>, <address>, #) are counted together.`
       + (page.notItemised ? ` ${page.notItemised.toLocaleString()} more were counted without their reply (too many different replies).` : '')),
+    h('p', { class: 'reply-kinds' }, 'By kind: ', byKindText(page)),
     repliesTable('Deferrals and bounces by reply', page.rows, { withDestination: true }));
 }
 

@@ -8,6 +8,7 @@ import type { AdminContext } from '../context.js';
 import { priorityNameOf } from '../filters.js';
 import { BadRequestError, HttpError } from '../errors.js';
 import { errorResponses } from '../schemas.js';
+import { REPLY_KINDS, type ReplyKind } from '../../scheduler/reply-kind.js';
 
 const counts = { type: 'object', additionalProperties: { type: 'integer' } } as const;
 
@@ -124,10 +125,10 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
     };
   });
 
-  app.get<{ Querystring: { window: string; outcome?: 'deferred' | 'failed' | 'expired'; domain?: string; limit: number } }>('/stats/replies', {
+  app.get<{ Querystring: { window: string; outcome?: 'deferred' | 'failed' | 'expired'; domain?: string; kind?: ReplyKind; limit: number } }>('/stats/replies', {
     schema: {
       summary: "This node's deferrals and bounces by destination and reply, most recipients first (pflogsumm's deferral and bounce detail)",
-      description: 'Recipients deferred, failed or expired in the window (at most the last hour), grouped by outcome, recipient domain and reply; replies that differ only in addresses, numbers and ids count as one (`reply.message` masked, `example` the last one as sent). In memory, per node.',
+      description: 'Recipients deferred, failed or expired in the window (at most the last hour), grouped by outcome, recipient domain and reply; replies that differ only in addresses, numbers and ids count as one (`reply.message` masked, `example` the last one as sent). Each row has the `kind` of trouble its reply tells of (invalid-recipient, mailbox-full, rate-limited, spam-block, …), and `byKind` counts the recipients of all rows by kind. In memory, per node.',
       tags: ['stats'],
       querystring: {
         type: 'object',
@@ -135,6 +136,7 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
           window: { type: 'string', pattern: '^\\d+[smh]$', default: '1h', description: 'e.g. 15m, 1h (at most 1h)' },
           outcome: { type: 'string', enum: ['deferred', 'failed', 'expired'] },
           domain: { type: 'string', maxLength: 253 },
+          kind: { type: 'string', enum: [...REPLY_KINDS] },
           limit: { type: 'integer', minimum: 1, maximum: 500, default: 50 },
         },
         additionalProperties: false,
@@ -148,13 +150,14 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
               items: {
                 type: 'object',
                 properties: {
-                  outcome: { type: 'string' }, domain: { type: 'string' },
+                  outcome: { type: 'string' }, kind: { type: 'string' }, domain: { type: 'string' },
                   reply: { type: 'object', properties: { code: { type: 'integer' }, enhanced: { type: 'string' }, message: { type: 'string' } } },
                   count: { type: 'integer' }, lastAt: { type: 'number' }, lastMailId: { type: 'string' }, example: { type: 'string' },
                 },
               },
             },
             total: { type: 'integer' },
+            byKind: { type: 'object', additionalProperties: { type: 'integer' } },
             notItemised: { type: 'integer' },
             windowSeconds: { type: 'integer' },
           },
@@ -163,11 +166,11 @@ export async function statsRoutes(app: FastifyInstance, ctx: AdminContext): Prom
       },
     },
   }, async (request): Promise<ReplyDigestPage> => {
-    const { window, outcome, domain, limit } = request.query;
+    const { window, outcome, domain, kind, limit } = request.query;
     const n = Number(window.slice(0, -1));
     const windowMs = n * ({ s: 1_000, m: 60_000, h: 3_600_000 } as const)[window.slice(-1) as 's' | 'm' | 'h'];
     if (windowMs < 1_000 || windowMs > 3_600_000) throw new BadRequestError(`window: "${window}" must be from 1s to 1h`);
-    return ctx.replies({ windowMs, limit, ...(outcome ? { outcome } : {}), ...(domain ? { domain } : {}) });
+    return ctx.replies({ windowMs, limit, ...(outcome ? { outcome } : {}), ...(domain ? { domain } : {}), ...(kind ? { kind } : {}) });
   });
 
   app.get<{ Params: { domain: string } }>('/destinations/:domain', {
