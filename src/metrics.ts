@@ -16,6 +16,8 @@ export interface Metrics {
   deferredTotal: Counter<'reason'>;
   /** Recipients failed permanently (they get a DSN). */
   bouncedTotal: Counter<'reason'>;
+  /** Recipients deferred, failed or expired, by outcome and kind of reply (src/scheduler/reply-kind.ts). */
+  repliesTotal: Counter<'outcome' | 'kind'>;
   /** New mail transactions made to wait at MAIL FROM because delivery was behind (smtp.inFlowDelay). */
   inFlowWaits: Counter;
   /** Seconds from acceptance to delivery of a recipient. */
@@ -38,6 +40,7 @@ export function createMetrics(): Metrics {
     deferredTotal: new Counter({ name: 'spoolhouse_deferred_total', help: 'Recipient deliveries deferred, by reason', labelNames: ['reason'], registers }),
     inFlowWaits: new Counter({ name: 'spoolhouse_in_flow_waits_total', help: 'New mail transactions that waited at MAIL FROM for deliveries to finish (smtp.inFlowDelay)', registers }),
     bouncedTotal: new Counter({ name: 'spoolhouse_bounced_total', help: 'Recipients failed permanently, by reason', labelNames: ['reason'], registers }),
+    repliesTotal: new Counter({ name: 'spoolhouse_recipient_replies_total', help: 'Recipients deferred, failed or expired, by outcome and kind of reply (invalid-recipient, rate-limited, spam-block, ...)', labelNames: ['outcome', 'kind'], registers }),
     deliverySeconds: new Histogram({
       name: 'spoolhouse_delivery_seconds',
       help: 'Time from acceptance to delivery of a recipient',

@@ -999,7 +999,10 @@ export class Scheduler {
       } else {
         this.#metrics.bouncedTotal.inc({ reason: o.outcome === 'expired' ? 'expired' : label === 'dns' || label === 'operator' ? label : '5xx' });
       }
-      if (o.outcome !== 'delivered' && o.reply) this.#replies.record(o.outcome, domainOf(o.address).toLowerCase(), o.reply, attempt.mail.id);
+      if (o.outcome !== 'delivered' && o.reply) {
+        const kind = this.#replies.record(o.outcome, domainOf(o.address).toLowerCase(), o.reply, attempt.mail.id);
+        this.#metrics.repliesTotal.inc({ outcome: o.outcome, kind });
+      }
     }
   }
 

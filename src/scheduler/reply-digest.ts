@@ -71,7 +71,8 @@ export class ReplyDigest {
     return this.#keepMs;
   }
 
-  record(outcome: DigestOutcome, domain: string, reply: { code: number; enhanced?: string; message: string }, mailId: string): void {
+  /** Counts one recipient's reply; returns its kind. */
+  record(outcome: DigestOutcome, domain: string, reply: { code: number; enhanced?: string; message: string }, mailId: string): ReplyKind {
     const at = this.#now();
     const bucket = this.#bucketAt(at);
     const message = replyShape(reply.message);
@@ -82,15 +83,17 @@ export class ReplyDigest {
       entry.lastAt = at;
       entry.lastMailId = mailId;
       entry.example = reply.message;
-      return;
+      return entry.kind;
     }
+    const kind = replyKind(reply);
     if (bucket.entries.size >= this.#maxKeys) {
       bucket.overflow++;
-      return;
+      return kind;
     }
     bucket.entries.set(key, {
-      outcome, kind: replyKind(reply), domain, code: reply.code, ...(reply.enhanced ? { enhanced: reply.enhanced } : {}), message, count: 1, lastAt: at, lastMailId: mailId, example: reply.message,
+      outcome, kind, domain, code: reply.code, ...(reply.enhanced ? { enhanced: reply.enhanced } : {}), message, count: 1, lastAt: at, lastMailId: mailId, example: reply.message,
     });
+    return kind;
   }
 
   /** The rows of the last `windowMs` (at most an hour), most recipients first; and the recipients by kind of reply. */

@@ -101,6 +101,7 @@ describe('dead destinations in the admin API', () => {
     expect(((await badWindow.json()) as { message: string }).message).toMatch(/^window: "2h" must be from 1s to 1h/);
     const metrics = await (await fetch(`${server.adminUrl}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     expect(metrics).toMatch(/^spoolhouse_destinations_suspended 1$/m);
+    expect(metrics).toMatch(/^spoolhouse_recipient_replies_total\{outcome="deferred",kind="connection"\} 1$/m);
     expect(rx.acceptedConnections).toBe(1);
 
     const cli = await new Promise<string>((resolve, reject) => {
