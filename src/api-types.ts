@@ -23,6 +23,8 @@ export interface Recipient {
   address: string;
   status: RecipientStatus;
   lastReply?: SmtpReply;
+  /** In a mail's detail, for a recipient not delivered: the kind of trouble lastReply tells of (rate-limited, invalid-recipient, …). */
+  replyKind?: string;
   /** The host that gave lastReply. */
   remoteHost?: string;
   lastAttemptAt?: number;

@@ -10,6 +10,7 @@ import type { MailDetail, MailSummary, ParsedMessage } from '../api-types.js';
 import type { Config } from '../config/schema.js';
 import type { Queue, QueuedMail, SmtpReply } from '../queue/types.js';
 import { priorityNameOf } from './filters.js';
+import { replyKind } from '../scheduler/reply-kind.js';
 
 export const LIST_RECIPIENTS = 20;
 export const TEXT_PREVIEW_CHARS = 4096;
@@ -130,7 +131,8 @@ export async function detail(queue: Queue, mail: QueuedMail, priorities: Priorit
   return {
     ...rest,
     ...summarise(mail, priorities),
-    recipients: mail.recipients,
+    // What kind of trouble a recipient not delivered had, from its last reply (as the reply digest says it).
+    recipients: mail.recipients.map((r) => (r.lastReply && r.status !== 'delivered' ? { ...r, replyKind: replyKind(r.lastReply) } : r)),
     // The lease token is a worker's credential; operators see only who holds it and until when.
     ...(lease ? { lease: { owner: lease.owner, until: lease.until } } : {}),
     parsed: await parseStoredMessage(queue, mail.id),

@@ -45,6 +45,8 @@ const recipient = {
     notify: { type: 'array', items: { type: 'string' } },
     orcpt: { type: 'string' },
     lastReply: smtpReply,
+    /** In a mail's detail: the kind of trouble lastReply tells of, for a recipient not delivered. */
+    replyKind: { type: 'string' },
     remoteHost: { type: 'string' },
     lastAttemptAt: { type: 'number' },
   },

@@ -177,8 +177,10 @@ describe('GET /api/messages/:id', () => {
     expect(body.lease).toBeUndefined();
     expect(body.recipients).toEqual([
       expect.objectContaining({ address: 'ok@example.com', status: 'delivered', lastReply: expect.objectContaining({ code: 250 }), remoteHost: 'mx.example.com' }),
-      expect.objectContaining({ address: 'later@slow.example', status: 'deferred', lastReply: { code: 451, enhanced: '4.7.1', message: 'greylisted, try later' } }),
+      expect.objectContaining({ address: 'later@slow.example', status: 'deferred', lastReply: { code: 451, enhanced: '4.7.1', message: 'greylisted, try later' }, replyKind: 'greylisted' }),
     ]);
+    // A delivered recipient has no kind of trouble.
+    expect(body.recipients[0].replyKind).toBeUndefined();
     expect(body.history).toHaveLength(2);
     expect(body.history[1]).toMatchObject({ host: 'mx.slow.example', outcome: 'deferred', reply: { code: 451 } });
     const list = await h.json('GET', '/api/messages?q=tried%20once');

@@ -162,6 +162,8 @@ describe('web console', () => {
     await expectText(recipients, 'erin@slow.example');
     await expectText(recipients, '451 4.7.1 Greylisted, try again later');
     await expectText(recipients, 'deferred');
+    // The kind of trouble its reply tells of.
+    expect(await recipients.locator('tr', { hasText: 'erin@slow.example' }).locator('td.reply .badge').textContent()).toBe('greylisted');
     await expectText(page.getByRole('list', { name: 'Attempt timeline' }), 'mx1.slow.example');
     await expectText(page.getByRole('table', { name: 'Headers' }), 'Message-ID');
     await expectText(page.getByLabel('Text preview'), 'This is "Deferred once".');

@@ -221,7 +221,7 @@ export function renderMessage(main: HTMLElement, _params: URLSearchParams, rest:
           h('tbody', null, m.recipients.map((r) => h('tr', null,
             recipientCell(r),
             h('td', null, stateBadge(r.status)),
-            h('td', { class: 'reply' }, replyText(r.lastReply)),
+            h('td', { class: 'reply' }, replyText(r.lastReply), r.replyKind ? [' ', h('span', { class: 'badge' }, r.replyKind)] : null),
             h('td', null, r.remoteHost ?? '—'),
             h('td', null, timeEl(r.lastAttemptAt)),
             h('td', { class: 'recipient-actions' }, recipientRedirect(m, r.address, r.status), ' ', recipientBounce(m, r.address, r.status))))))),
