@@ -98,7 +98,8 @@ export function showMail(m: MailDetail): string {
   }
   out.push('Recipients:');
   for (const r of m.recipients) {
-    out.push(`  ${r.address}  ${r.status}${r.lastReply ? `  (${r.remoteHost ? r.remoteHost + ': ' : ''}${replyText(r.lastReply)})` : ''}`);
+    const given = r.orcpt?.replace(/^rfc822;/i, '');
+    out.push(`  ${r.address}${given && given.toLowerCase() !== r.address.toLowerCase() ? ` (given as ${given})` : ''}  ${r.status}${r.replyKind ? ` [${r.replyKind}]` : ''}${r.lastReply ? `  (${r.remoteHost ? r.remoteHost + ': ' : ''}${replyText(r.lastReply)})` : ''}`);
   }
   if (m.history?.length) {
     out.push('Attempts:');

@@ -188,6 +188,18 @@ describe('actions', () => {
     const taken = await cli(['queue', 'redirect', m.id, 'typo@gmail.example', 'ok@example.com']);
     expect([taken.code, taken.stderr]).toEqual([1, expect.stringMatching(/already has the recipient ok@example\.com/)]);
     expect((await cli(['queue', 'redirect', m.id, 'typo@gmail.example', 'no address'])).code).toBe(2);
+    // `queue show` names the address the sender gave, and the kind of a recipient's last reply.
+    const reserved = await h.queue.reserveDue({ owner: 'cli-test', limit: 100, leaseMs: 60_000 });
+    // The other mails due go back as they were.
+    for (const x of reserved) if (x.id !== m.id) await h.queue.releaseLease(x.id, x.lease!.token);
+    const leased = reserved.find((x) => x.id === m.id);
+    await h.queue.recordAttempt(m.id, leased!.lease!.token, {
+      outcomes: [{ address: 'ok@example.com', outcome: 'deferred', reply: { code: 452, enhanced: '4.2.2', message: 'Mailbox full' } }, { address: 'typo@gmail.example', outcome: 'deferred' }],
+      retryAt: Date.now() + 3_600_000,
+    });
+    const show = await cli(['queue', 'show', m.id]);
+    expect(show.stdout).toMatch(/^\s+typo@gmail\.example \(given as typo@gmial\.example\)\s+deferred$/m);
+    expect(show.stdout).toMatch(/^\s+ok@example\.com\s+deferred \[mailbox-full\]\s+\(452 4\.2\.2 Mailbox full\)$/m);
     await h.queue.remove(m.id);
   });
 
