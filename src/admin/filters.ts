@@ -12,7 +12,7 @@ import type { BrowseFilter, MailState } from '../queue/types.js';
 import { MAIL_STATES } from '../queue/types.js';
 import { BadRequestError } from './errors.js';
 
-export const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'] as const;
+export const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q', 'reply'] as const;
 export type FilterKey = (typeof FILTER_KEYS)[number];
 export type RawFilter = Partial<Record<FilterKey, unknown>>;
 
@@ -105,6 +105,11 @@ export function parseFilter(raw: RawFilter | Record<string, unknown>, priorities
       case 'q': {
         const q = textOf(key, value);
         if (q) filter.q = q;
+        break;
+      }
+      case 'reply': {
+        const reply = textOf(key, value);
+        if (reply) filter.reply = reply;
         break;
       }
       default:

@@ -17,7 +17,7 @@
  *                    [--recipient-domain GLOB] [--reply "554 5.7.1 text"]   (none: list relay.reject)
  *   spoolhouse unblock N… | --all      (N as "block" lists them, from 1)
  *
- * Filter keys: state, priority, sender, recipient, domain, since, until, minSize, maxSize, q.
+ * Filter keys: state, priority, sender, recipient, domain, since, until, minSize, maxSize, q, reply.
  * Exit codes: 0 ok, 1 error (server or network), 2 usage (bad arguments or input the API
  * refused as bad), 3 not found, 4 authentication or permission.
  */
@@ -29,7 +29,7 @@ import { resolveConnection, type ConnectionFlags } from './connection.js';
 import type { BrowsePage, BulkResult, DestinationView, MailDetail, MailSummary, RefusalPage, ReplyDigestPage, Stats } from '../api-types.js';
 import { queueTable, showDestination, showMail, showRefusals, showStats, terminalSafe } from './format.js';
 
-const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q'];
+const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'since', 'until', 'minSize', 'maxSize', 'q', 'reply'];
 
 interface GlobalOpts extends ConnectionFlags {
   json?: boolean;

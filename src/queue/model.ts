@@ -316,6 +316,11 @@ export function matchesFilter(mail: QueuedMail, f: BrowseFilter): boolean {
     const q = f.q.toLowerCase();
     if (!(mail.subject ?? '').toLowerCase().includes(q) && !(mail.messageId ?? '').toLowerCase().includes(q)) return false;
   }
+  if (f.reply) {
+    const want = f.reply.toLowerCase();
+    const said = (r: Recipient) => (r.lastReply ? `${r.lastReply.code} ${r.lastReply.enhanced ? `${r.lastReply.enhanced} ` : ''}${r.lastReply.message}`.toLowerCase() : '');
+    if (!mail.recipients.some((r) => said(r).includes(want))) return false;
+  }
   return true;
 }
 

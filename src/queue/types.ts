@@ -226,6 +226,11 @@ export interface BrowseFilter {
   maxSize?: number;
   /** Subject or Message-ID contains (case-insensitive). */
   q?: string;
+  /**
+   * A recipient's last reply contains (case-insensitive), as "CODE ENHANCED text" ("421 4.7.0
+   * [TSS04]", "over quota"): `mailq | grep` for what remote servers said.
+   */
+  reply?: string;
 }
 
 export interface BrowseOptions {

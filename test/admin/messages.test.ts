@@ -185,6 +185,12 @@ describe('GET /api/messages/:id', () => {
     expect(body.history[1]).toMatchObject({ host: 'mx.slow.example', outcome: 'deferred', reply: { code: 451 } });
     const list = await h.json('GET', '/api/messages?q=tried%20once');
     expect(list.body.items[0].lastReply).toMatchObject({ code: expect.any(Number) });
+    // Found by what its reply said, alone or with other filters; a dry run of a bulk retry by it counts it.
+    expect((await h.json('GET', '/api/messages?reply=GREYLISTED')).body.items.map((m: any) => m.id)).toEqual([mail.id]);
+    expect((await h.json('GET', '/api/messages?reply=451%204.7.1&domain=slow.example')).body.items.map((m: any) => m.id)).toEqual([mail.id]);
+    expect((await h.json('GET', '/api/messages?reply=over%20quota')).body.items).toEqual([]);
+    const dry = await h.json('POST', '/api/messages/actions', { body: { filter: { reply: 'greylisted' }, action: 'retry', dryRun: true } });
+    expect(dry.body).toMatchObject({ matched: 1 });
   });
 
   it('an active mail shows who holds its lease, never the lease token', async () => {

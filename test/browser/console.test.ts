@@ -144,6 +144,14 @@ describe('web console', () => {
     expect((await rows.allTextContents()).every((t) => t.includes('bulk.example'))).toBe(true);
     expect(page.url()).toContain('domain=bulk.example');
 
+    // By what the last reply said: the greylisted one.
+    await page.getByLabel('Recipient domain').fill('');
+    await page.getByLabel('Last reply contains').fill('greylisted');
+    await page.getByRole('button', { name: 'Apply filters' }).click();
+    await expectText(page.locator('.summary'), '1 mail matches the filters');
+    expect(page.url()).toContain('reply=greylisted');
+    await page.getByRole('link', { name: 'Deferred once' }).waitFor();
+
     await page.getByRole('button', { name: 'Clear filters' }).click();
     await page.getByRole('link', { name: 'Quarterly report' }).waitFor();
     await page.getByRole('button', { name: 'Sort by priority' }).click();

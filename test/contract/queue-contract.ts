@@ -502,6 +502,29 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         expect(after.notBefore).toBeLessThanOrEqual(Date.now());
       });
 
+      it('browse by what a recipient\'s last reply says (reply, case-insensitive): "mailq | grep"', async () => {
+        const yahoo = await q.enqueue(request({ recipients: [{ address: 'a@yahoo.example' }, { address: 'b@other.example' }] }));
+        const full = await q.enqueue(request({ recipients: [{ address: 'c@full.example' }] }));
+        const fresh = await q.enqueue(request({ recipients: [{ address: 'd@new.example' }], notBefore: Date.now() + 3_600_000 }));
+        const got = await q.reserveDue({ owner: OWNER, limit: 100, leaseMs: 60_000 });
+        const lease = (id: string) => got.find((m) => m.id === id)!.lease!.token;
+        await q.recordAttempt(yahoo.id, lease(yahoo.id), {
+          outcomes: [
+            { address: 'a@yahoo.example', outcome: 'deferred', reply: { code: 421, enhanced: '4.7.0', message: '[TSS04] Messages from 192.0.2.7 temporarily deferred' } },
+            { address: 'b@other.example', outcome: 'delivered', reply: { code: 250, message: 'ok' } },
+          ],
+          retryAt: Date.now() + 3_600_000,
+        });
+        await q.recordAttempt(full.id, lease(full.id), { outcomes: [{ address: 'c@full.example', outcome: 'deferred', reply: { code: 452, enhanced: '4.2.2', message: 'Mailbox full' } }], retryAt: Date.now() + 3_600_000 });
+        const ids = async (reply: string) => (await q.browse({ reply })).items.map((m) => m.id).filter((id) => [yahoo.id, full.id, fresh.id].includes(id));
+        expect(await ids('tss04')).toEqual([yahoo.id]);
+        expect(await ids('421 4.7.0 [TSS04]')).toEqual([yahoo.id]);
+        expect(await ids('4.2.2 mailbox FULL')).toEqual([full.id]);
+        expect((await ids('452')).sort()).toEqual([full.id]);
+        expect(await ids('no such text anywhere')).toEqual([]);
+        expect((await q.browse({ reply: 'TSS04', domain: 'yahoo.example', state: 'queued' })).items.map((m) => m.id)).toEqual([yahoo.id]);
+      });
+
       it('redirect corrects a recipient not yet done: tried afresh at the new address, its ORCPT kept for DSNs; browse finds it by the new domain', async () => {
         const two = [{ address: 'ann@gmial.example' }, { address: 'bob@dest.example', orcpt: 'rfc822;Bob@Dest.example' }];
         const m = await q.enqueue(request({ recipients: two }));

@@ -12,7 +12,7 @@ import { confirmDialog, coalesce, emptyState, errorMessage, errorState, loading,
 import type { Cleanup } from '../main';
 import { ACTION_WORDS, bulkByFilter, bulkWarning, mails } from '../bulk';
 
-const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'q', 'since', 'until', 'minSize', 'maxSize'] as const;
+const FILTER_KEYS = ['state', 'priority', 'sender', 'recipient', 'domain', 'q', 'reply', 'since', 'until', 'minSize', 'maxSize'] as const;
 type FilterKey = (typeof FILTER_KEYS)[number];
 type SortField = 'received' | 'priority' | 'nextAttempt';
 const PAGE_SIZE = 50;
@@ -94,6 +94,7 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
     recipient: input('recipient', { type: 'text', placeholder: 'exact address' }),
     domain: input('domain', { type: 'text', placeholder: 'example.org' }),
     q: input('q', { type: 'search', placeholder: 'contains…' }),
+    reply: input('reply', { type: 'search', placeholder: 'e.g. TSS04, 4.2.2, over quota' }),
     since: input('since', { type: 'datetime-local' }),
     until: input('until', { type: 'datetime-local' }),
     minSize: input('minSize', { type: 'text', placeholder: 'e.g. 10KB', inputmode: 'text' }),
@@ -106,6 +107,7 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
     field('Recipient', fields.recipient),
     field('Recipient domain', fields.domain),
     field('Subject or Message-ID', fields.q),
+    field('Last reply contains', fields.reply),
     field('Received after', fields.since),
     field('Received before', fields.until),
     field('Minimum size', fields.minSize),
@@ -227,7 +229,7 @@ export function renderQueue(main: HTMLElement, params: URLSearchParams): Cleanup
     if (!page) return;
     const filtered = Object.keys(filter).length > 0;
     const total = page.total ?? { count: page.items.length, exact: !page.nextCursor };
-    summary.textContent = `${total.exact ? '' : 'about '}${mails(total.count)}${filtered ? ' match the filters' : ' in the queue'}`
+    summary.textContent = `${total.exact ? '' : 'about '}${mails(total.count)}${filtered ? (total.count === 1 ? ' matches the filters' : ' match the filters') : ' in the queue'}`
       + (updatedAt ? ` · updated ${new Date(updatedAt).toLocaleTimeString()}` : '');
     pageInfo.textContent = `Page ${cursors.length}`;
     prevButton.disabled = cursors.length <= 1;

@@ -60,6 +60,7 @@ const listQuery = {
     minSize: { type: 'string', description: 'Bytes, or e.g. "25KB"' },
     maxSize: { type: 'string', description: 'Bytes, or e.g. "25KB"' },
     q: { type: 'string', description: 'Subject or Message-ID contains (case-insensitive)' },
+    reply: { type: 'string', maxLength: 200, description: 'A recipient\'s last reply contains (case-insensitive), as "CODE ENHANCED text": "TSS04", "4.2.2", "over quota"' },
     sort: { type: 'string', enum: ['received', 'priority', 'nextAttempt'], default: 'received' },
     order: { type: 'string', enum: ['asc', 'desc'], default: 'desc' },
     cursor: { type: 'string', maxLength: 2000 },

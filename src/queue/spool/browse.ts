@@ -222,7 +222,7 @@ function rangeCount(ix: BrowseStore['ix'], src: Source, cap: number): number {
 function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): { count: number; exact: boolean } {
   const window = windowCount(store, f, states, prios);
   if (window !== undefined) return { count: window, exact: true };
-  const residual = f.since !== undefined || f.until !== undefined || f.minSize !== undefined || f.maxSize !== undefined || !!f.q;
+  const residual = f.since !== undefined || f.until !== undefined || f.minSize !== undefined || f.maxSize !== undefined || !!f.q || !!f.reply;
   const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
   const stateList = states ?? MAIL_STATES;
   let count: number;
@@ -256,7 +256,7 @@ function total(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefi
  */
 function windowCount(store: BrowseStore, f: BrowseFilter, states: MailState[] | undefined, prios: number[] | undefined): number | undefined {
   if (f.since === undefined && f.until === undefined) return undefined;
-  if (f.minSize !== undefined || f.maxSize !== undefined || f.q || rangesOverCount(states)) return undefined;
+  if (f.minSize !== undefined || f.maxSize !== undefined || f.q || f.reply || rangesOverCount(states)) return undefined;
   const sels = [f.sender, f.recipient, f.domain].filter((x) => x !== undefined).length;
   const sel = selector(f);
   if (sels > 1 || (sel && prios)) return undefined;
