@@ -21,7 +21,8 @@
  *   without a connection ("delivery temporarily suspended: <last reply>"), and then one
  *   connection at a time probes it until a host is reached. A mail an operator retried since its
  *   last attempt lifts the suspension for that probe at once. Not when another connection to it
- *   carried a transaction through meanwhile (judged when none is in flight): busy, not dead.
+ *   carried a transaction through meanwhile (judged when none is in flight): busy, not dead; and
+ *   one that took mail here only once a whole cohort of connections has failed since (Postfix's).
  * - Concurrency feedback (Postfix's): a destination new to this node starts at its limits'
  *   `initialConnections`; each transaction carried through adds 1/n connection, each failed
  *   connection (refused, timed out, a 4xx greeting, a 421) takes 1/n away, within 1..connections.
@@ -151,6 +152,12 @@ class DestinationPool {
   window: number;
   /** When a transaction on one of its connections last ended well (concurrency feedback 'ok'). */
   lastOkAt = -Infinity;
+  /**
+   * Postfix's failed pseudo-cohorts: 1/n for each connection failed since the last transaction
+   * carried through (n: the connections allowed at the time). A destination that has taken mail
+   * on this node is dead only once a whole cohort (1) has failed.
+   */
+  failedCohorts = 0;
   /**
    * A call reached no host (the first since the last that did): judged when no call is in flight;
    * until then no new connection is opened.
@@ -655,8 +662,11 @@ export class Scheduler {
     const { reply, since } = pool.unreachable;
     pool.unreachable = undefined;
     // Another connection carried a transaction through meanwhile: busy (refusing connections
-    // beyond its own limit), not dead. The concurrency feedback answers that.
+    // beyond its own limit), not dead. The concurrency feedback answers that. Nor is one that took
+    // mail here before dead until a whole cohort of connections has failed since (a burst of
+    // refusals at once from a throttling remote is less).
     if (pool.lastOkAt >= since) return;
+    if (pool.lastOkAt > -Infinity && pool.failedCohorts < 1) return;
     const ms = this.#config.current.delivery.retry.min;
     if (ms <= 0) return;
     const wasProbing = pool.probing;
@@ -680,7 +690,12 @@ export class Scheduler {
     const before = pool.allowed(limits);
     const n = Math.max(1, Math.min(limits.connections, Math.floor(pool.window)));
     pool.window = Math.max(1, Math.min(limits.connections, pool.window + (kind === 'ok' ? 1 : -1) / n));
-    if (kind === 'ok') pool.lastOkAt = this.#now();
+    if (kind === 'ok') {
+      pool.lastOkAt = this.#now();
+      pool.failedCohorts = 0;
+    } else {
+      pool.failedCohorts += 1 / n;
+    }
     const after = pool.allowed(limits);
     if (after < before) {
       this.#log.info({ destination: pool.destination.key, domains: [...pool.domains], connections: after, limit: limits.connections }, 'destination concurrency lowered after a failed connection');

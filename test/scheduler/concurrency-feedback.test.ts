@@ -111,6 +111,23 @@ describe('destination concurrency feedback', () => {
     expect(rx.completed()).toHaveLength(2);
   });
 
+  it('a destination that took mail here is not taken for dead by a burst of refusals smaller than a cohort (Postfix\'s failed pseudo-cohort)', async () => {
+    const { rx, h } = await setUp('burst.test', { connections: 6, initialConnections: 6, messagesPerConnection: 1 }, {});
+    await h.enqueue({ to: ['first@burst.test'] });
+    await waitFor('the first delivered', async () => (await h.mails()).every((m) => m.state === 'delivered') || undefined, 10_000);
+    // Then it refuses every connection for a while: three mails at once, three refusals (3 of 6).
+    rx.script = { greeting: '421 4.7.0 Too many connections, slow down' };
+    for (let i = 0; i < 3; i++) await h.enqueue({ to: [`u${i}@burst.test`] });
+    await waitFor('the three deferred', async () => (await h.mails()).filter((m) => m.state === 'queued' && m.attempts >= 1).length === 3 || undefined, 10_000);
+    expect(h.scheduler.suspendedDestinations()).toEqual([]);
+    // It takes mail again: the three go at their retry, not after a suspension.
+    rx.script = {};
+    await waitFor('all delivered', async () => (await h.mails()).every((m) => m.state === 'delivered') || undefined, 10_000);
+    const mails = await h.mails();
+    for (const m of mails) for (const a of m.history) expect(a.reply?.message ?? '').not.toMatch(/^delivery temporarily suspended/);
+    expect(rx.completed()).toHaveLength(4);
+  });
+
   it('a destination that refuses every connection is still suspended as dead, after no more connections than it had open', async () => {
     // Refused after 50 ms: the first refusals come while the other connections are still open.
     const { rx, h } = await setUp('dead.test', { connections: 4, initialConnections: 4, messagesPerConnection: 1 }, {
