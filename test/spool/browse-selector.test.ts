@@ -5,15 +5,16 @@
  * index is walked with key probes (a page loads little more than the mails on it) instead of
  * loading every mail of the whole queue in priority order. And `q` (subject or Message-ID contains,
  * any case), which first searches the stored bytes, finds exactly what matchesFilter finds, also
- * for the characters whose lower case is ASCII (İ, the Kelvin sign) and for regex characters.
+ * for the characters whose lower case is ASCII (İ, the Kelvin sign) and for regex characters; the
+ * same for `reply` (a recipient's last reply contains), whose code is stored as a number.
  * A time window (since/until) alone or with another filter has an exact total.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/logger.js';
 import { matchesFilter, newMailId } from '../../src/queue/model.js';
-import { browseIndexed, cmpTuple, qPrefilter, sortTuple, type BrowseStore } from '../../src/queue/spool/browse.js';
+import { browseIndexed, cmpTuple, qPrefilter, replyPrefilter, sortTuple, type BrowseStore } from '../../src/queue/spool/browse.js';
 import { SpoolQueue } from '../../src/queue/spool/spool-queue.js';
-import type { BrowseFilter, BrowseOptions, QueuedMail } from '../../src/queue/types.js';
+import type { BrowseFilter, BrowseOptions, QueuedMail, SmtpReply } from '../../src/queue/types.js';
 import { makeTmpDir, type TmpDir } from '../helpers/tmp.js';
 
 const SMALL = 3300;
@@ -55,17 +56,17 @@ afterAll(async () => {
 });
 
 /** The spool's browse store, counting the mails it loads. */
-function countingStore(): { store: BrowseStore; loads: () => number } {
+function countingStore(spool: SpoolQueue = q): { store: BrowseStore; loads: () => number } {
   let loads = 0;
-  const mails = new Proxy(q.mails, {
+  const mails = new Proxy(spool.mails, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver);
       if (prop !== 'get' || typeof v !== 'function') return typeof v === 'function' ? v.bind(target) : v;
       return (id: string) => { loads++; return (v as (id: string) => unknown).call(target, id); };
     },
   });
-  const counter = (k: (string | number)[]) => (q as unknown as { counter(k: (string | number)[]): number }).counter(k);
-  return { store: { ix: q.ix, mails, counter }, loads: () => loads };
+  const counter = (k: (string | number)[]) => (spool as unknown as { counter(k: (string | number)[]): number }).counter(k);
+  return { store: { ix: spool.ix, mails, counter }, loads: () => loads };
 }
 
 async function everything(filter: BrowseFilter): Promise<QueuedMail[]> {
@@ -170,6 +171,85 @@ describe('spool browse: q searches the stored bytes first, without missing anyth
     const mayPass = (r: Buffer) => /invoice/i.test(r.toString('latin1')) || r.includes(Buffer.from('\u0130')) || r.includes(Buffer.from('\u212a'));
     for (const r of raws) expect(pre(r)).toBe(mayPass(r));
     expect(qPrefilter('\u00e9')).toBeUndefined();
+  });
+});
+
+describe('spool browse: reply searches the stored bytes first, without missing anything', () => {
+  const replies: SmtpReply[] = [
+    { code: 421, enhanced: '4.7.0', message: '[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume' },
+    { code: 450, enhanced: '4.2.1', message: 'The user you are trying to contact is receiving mail too quickly' },
+    { code: 451, message: 'Greylisted, please try again in 300 seconds' },
+    { code: 452, enhanced: '4.2.2', message: 'Mailbox full \u212a' },
+    { code: 421, message: '\u0130nvalid HELO' },
+  ];
+  let rq: SpoolQueue;
+  let rtmp: TmpDir;
+
+  beforeAll(async () => {
+    // A spool of its own: reserveDue takes whatever is due.
+    rtmp = await makeTmpDir('spool-browse-reply-');
+    rq = new SpoolQueue({ dir: rtmp.path, retainFinishedMs: 3_600_000, maxSize: 2 ** 30, logger: silentLogger() });
+    await rq.start();
+    for (let i = 0; i < replies.length + 3; i++) {
+      await rq.enqueue({
+        id: newMailId(), sender: 'r@test.example', recipients: [{ address: `u${i}@reply.example` }, { address: `v${i}@other.example` }],
+        body: Buffer.from('Subject: x\r\n\r\nbody\r\n'), priority: 10, notBefore: Date.now(),
+        client: { address: '127.0.0.1' }, classification: { priority: { source: 'default' } }, subject: `m${i}`,
+      });
+    }
+    const leased = await rq.reserveDue({ owner: 't', leaseMs: 60_000, limit: 100 });
+    expect(leased).toHaveLength(replies.length + 3);
+    for (const [i, m] of leased.entries()) {
+      // The last three mails: no reply at all, or only the other recipient deferred.
+      const reply = replies[i];
+      await rq.recordAttempt(m.id, m.lease!.token, {
+        outcomes: m.recipients.map((r, n) => (reply && n === 0) || (i === replies.length && n === 1)
+          ? { address: r.address, outcome: 'deferred' as const, reply: reply ?? { code: 451, enhanced: '4.3.0', message: 'other side' } }
+          : { address: r.address, outcome: 'delivered' as const, reply: { code: 250, message: 'ok' } }),
+        retryAt: Date.now() + 3_600_000,
+      });
+    }
+  });
+
+  afterAll(async () => {
+    await rq?.close();
+    await rtmp?.cleanup();
+  });
+
+  it.each(['tss04', '421 4.7.0', '421', '4.2', '21 4.7', 'too quickly', 'again in 300', 'mailbox full k', 'invalid', 'greylisted,', 'other side', '0 4.3.0 other', 'nothing like it', 'caf\u00e9'])('reply=%j: the same mails as matchesFilter, and the byte check never turns a match down', async (text) => {
+    const all = (await rq.browse({}, { limit: 100 })).items;
+    expect(all).toHaveLength(replies.length + 3);
+    const expected = all.filter((m) => matchesFilter(m, { reply: text })).map((m) => m.id).sort();
+    const found: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await rq.browse({ reply: text }, { limit: 2, ...(cursor ? { cursor } : {}) });
+      found.push(...page.items.map((m) => m.id));
+      cursor = page.nextCursor;
+    } while (cursor);
+    expect(found.sort()).toEqual(expected);
+    const pre = replyPrefilter(text);
+    if (pre) for (const m of all) if (matchesFilter(m, { reply: text })) expect(pre(rq.mails.getBinary(m.id)!)).toBe(true);
+  });
+
+  it('the byte check turns down mail without the words, and is skipped for a code alone', async () => {
+    const all = (await rq.browse({}, { limit: 100 })).items;
+    const raws = all.map((m) => rq.mails.getBinary(m.id)!);
+    // As for q, a record holding İ or the Kelvin sign goes on to the full check.
+    const odd = (r: Buffer) => r.includes(Buffer.from('\u0130')) || r.includes(Buffer.from('\u212a'));
+    const pre = replyPrefilter('421 TSS04')!;
+    for (const r of raws) expect(pre(r)).toBe(/tss04/i.test(r.toString('latin1')) || odd(r));
+    expect(raws.filter((r) => !pre(r))).toHaveLength(5);
+    // Its longest word that is not a number is what it looks for: "4.2.1" is in the enhanced code's bytes.
+    const enhanced = replyPrefilter('450 4.2.1')!;
+    expect(raws.filter((r) => enhanced(r) && !odd(r))).toHaveLength(1);
+    // Browse decodes only the mails that pass (here the one with TSS04 and the two with İ or K).
+    const { store, loads } = countingStore(rq);
+    expect(browseIndexed(store, { reply: '4.7.0 [tss04]' }, { sort: 'received', limit: 50 }).items).toHaveLength(1);
+    expect(loads()).toBe(3);
+    expect(replyPrefilter('421')).toBeUndefined();
+    expect(replyPrefilter('caf\u00e9')).toBeUndefined();
+    expect(replyPrefilter('')).toBeUndefined();
   });
 });
 

@@ -20,9 +20,11 @@
  * check drops it when only queued is asked for (totals of sender / recipient / time-window ranges
  * are then estimates); a filter on active alone lists the `a` family (the leases held) in memory.
  *
- * `q` (subject or Message-ID contains) has no index: it is checked mail by mail. A mail's stored
- * bytes are first searched for the text (qPrefilter), which costs about half of decoding the mail,
- * so a page examines twice as many mails for the same time; only the mails that pass are decoded.
+ * `q` (subject or Message-ID contains) and `reply` (a last reply contains) have no index: they are
+ * checked mail by mail. A mail's stored bytes are first searched for the text (qPrefilter, and for
+ * `reply` its longest word that is not a number: replyPrefilter), which costs about half of
+ * decoding the mail, so a page examines twice as many mails for the same time; only the mails that
+ * pass are decoded.
  *
  * Totals are exact when counters or a bounded range count answer them (state, priority, domain,
  * sender, recipient and their combinations with state, and a time window of up to WINDOW_COUNT_CAP
@@ -298,7 +300,7 @@ export function browseIndexed(store: BrowseStore, f: BrowseFilter, opts: BrowseO
   }
   const sources = sel && sort === 'received' ? selectorSources(sel, states, f) : sortSources(sort, states, prios, f);
   const items: QueuedMail[] = [];
-  const prefilter = qPrefilter(f.q);
+  const prefilter = bothPrefilters(qPrefilter(f.q), replyPrefilter(f.reply));
   let examined = 0;
   let last: Tuple | undefined;
   let more = false;
@@ -379,6 +381,24 @@ export function qPrefilter(q: string | undefined): ((raw: Buffer) => boolean) | 
   if (!q || !/^[\x20-\x7e]+$/.test(q)) return undefined;
   const text = new RegExp(q.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'i');
   return (raw) => text.test(raw.toString('latin1')) || ASCII_FROM_LOWERCASE.some((c) => raw.includes(c));
+}
+
+/**
+ * The same shortcut for `reply`, which matches "CODE ENHANCED text" of a recipient's last reply:
+ * a word of it (no spaces) lies whole inside the code, the enhanced code or the text, as those are
+ * joined by spaces, and only the code is stored as a number. So the longest word that is not all
+ * digits is in the stored bytes (ignoring case) of every mail that matches. Undefined when there is
+ * no such ASCII word (e.g. `reply=421`).
+ */
+export function replyPrefilter(reply: string | undefined): ((raw: Buffer) => boolean) | undefined {
+  if (!reply) return undefined;
+  const words = reply.split(' ').filter((w) => /^[\x20-\x7e]+$/.test(w) && !/^[0-9]+$/.test(w));
+  const longest = words.reduce<string | undefined>((a, w) => (a === undefined || w.length > a.length ? w : a), undefined);
+  return qPrefilter(longest);
+}
+
+function bothPrefilters(a: ((raw: Buffer) => boolean) | undefined, b: ((raw: Buffer) => boolean) | undefined): ((raw: Buffer) => boolean) | undefined {
+  return a && b ? (raw) => a(raw) && b(raw) : a ?? b;
 }
 
 function pageInMemory(
