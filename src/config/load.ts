@@ -86,7 +86,60 @@ function blame(path: PropertyKey[], layers: { file: string; doc: Plain }[]): str
   return layers[layers.length - 1]!.file;
 }
 
-function describeIssues(issues: z.core.$ZodIssue[], layers: { file: string; doc: Plain }[]) {
+/** How a problem reads for each kind of value zod names. */
+const KINDS: Record<string, string> = {
+  string: 'a string', number: 'a number', int: 'a whole number', boolean: 'true or false', object: 'an object',
+  array: 'a list', null: 'null', undefined: 'absent', bigint: 'a number', symbol: 'a symbol', function: 'a function',
+};
+
+function kind(name: string | undefined): string {
+  return name === undefined ? 'something else' : KINDS[name] ?? name;
+}
+
+/** zod's own wording ("Invalid input: expected string, received number") in the operator's terms. */
+function problemOf(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'invalid_type': {
+      const received = /received (\w+)$/.exec(issue.message)?.[1];
+      if (received === 'undefined') return `required: must be ${kind(issue.expected)}`;
+      return `must be ${kind(issue.expected)}${received ? `, not ${kind(received)}` : ''}`;
+    }
+    case 'too_small': {
+      const min = Number(issue.minimum);
+      if (issue.origin === 'string') return min <= 1 ? 'must not be empty' : `must be at least ${min} characters`;
+      if (issue.origin === 'array' || issue.origin === 'set') return min <= 1 ? 'must list at least one entry' : `must list at least ${min} entries`;
+      return `must be ${issue.inclusive ? 'at least' : 'more than'} ${issue.minimum}`;
+    }
+    case 'too_big': {
+      if (issue.origin === 'string') return `must be at most ${issue.maximum} characters`;
+      if (issue.origin === 'array' || issue.origin === 'set') return `must list at most ${issue.maximum} entries`;
+      return `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum}`;
+    }
+    case 'invalid_value':
+      return issue.values.length === 1 ? `must be ${JSON.stringify(issue.values[0])}` : `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    default:
+      return issue.message;
+  }
+}
+
+/**
+ * A value that matches none of a union's shapes: zod says only "Invalid input". When the value
+ * has the type of one shape (a string where a string or an object may stand), that shape's own
+ * problems are the ones to name; when it has none of their types, the shapes it may take.
+ */
+function unionIssues(issue: z.core.$ZodIssueInvalidUnion): z.core.$ZodIssue[] | string {
+  const typeOnly = (branch: z.core.$ZodIssue[]) => branch.length > 0 && branch.every((i) => i.code === 'invalid_type' && i.path.length === 0);
+  const meant = issue.errors.find((branch) => branch.length > 0 && !typeOnly(branch));
+  if (meant) return meant.map((i) => ({ ...i, path: [...issue.path, ...i.path] }) as z.core.$ZodIssue);
+  const expected = [...new Set(issue.errors.flatMap((b) => b.map((i) => (i.code === 'invalid_type' ? kind(i.expected) : undefined))).filter((k): k is string => !!k))];
+  if (!expected.length) return issue.message;
+  const first = issue.errors[0]?.[0];
+  const received = first ? /received (\w+)$/.exec(first.message)?.[1] : undefined;
+  const alternatives = expected.length > 1 ? `${expected.slice(0, -1).join(', ')} or ${expected[expected.length - 1]}` : expected[0]!;
+  return received === 'undefined' ? `required: must be ${alternatives}` : `must be ${alternatives}${received ? `, not ${kind(received)}` : ''}`;
+}
+
+function describeIssues(issues: z.core.$ZodIssue[], layers: { file: string; doc: Plain }[]): { file: string; key: string; problem: string }[] {
   return issues.flatMap((issue) => {
     if (issue.code === 'unrecognized_keys') {
       return issue.keys.map((k) => {
@@ -94,7 +147,12 @@ function describeIssues(issues: z.core.$ZodIssue[], layers: { file: string; doc:
         return { file: blame(path, layers), key: path.join('.'), problem: 'unknown key' };
       });
     }
-    return [{ file: blame(issue.path, layers), key: issue.path.join('.') || '(top level)', problem: issue.message }];
+    if (issue.code === 'invalid_union') {
+      const inner = unionIssues(issue);
+      if (typeof inner !== 'string') return describeIssues(inner, layers);
+      return [{ file: blame(issue.path, layers), key: issue.path.join('.') || '(top level)', problem: inner }];
+    }
+    return [{ file: blame(issue.path, layers), key: issue.path.join('.') || '(top level)', problem: problemOf(issue) }];
   });
 }
 

@@ -71,6 +71,24 @@ describe('config loading', () => {
     expect(problems.find((p) => p.key === 'delivery.retry.min')!.problem).toMatch(/not a duration/);
   });
 
+  it.each([
+    // A union (a listener is "host:port" or an object): the shape the value was meant for speaks.
+    [{ smtp: { listen: ['nope'] } }, 'smtp.listen.0', 'must be "host:port" (IPv6 as "[::1]:port")'],
+    [{ smtp: { listen: [{ address: '127.0.0.1:25', submission: 'yes' }] } }, 'smtp.listen.0.submission', 'must be true or false, not a string'],
+    // None of its shapes: which ones it may take.
+    [{ smtp: { listen: [25] } }, 'smtp.listen.0', 'must be a string or an object, not a number'],
+    [{ smtp: { tls: 5 } }, 'smtp.tls', 'must be null or an object, not a number'],
+    [{ smtp: { listen: '127.0.0.1:25' } }, 'smtp.listen', 'must be a list, not a string'],
+    [{ auth: { users: '' } }, 'auth.users', 'must not be empty'],
+    [{ smtp: { maxRecipients: 0 } }, 'smtp.maxRecipients', 'must be at least 1'],
+    [{ log: { level: 'loud' } }, 'log.level', 'must be one of "fatal", "error", "warn", "info", "debug", "trace", "silent"'],
+    [{ rules: [{ match: { sender: 'a@example.com' }, priority: 'bulk' }] }, 'rules.0.name', 'required: must be a string'],
+    [{ priorities: { classes: { x: 'high' } } }, 'priorities.classes.x', 'must be a number, not a string'],
+  ] as [unknown, string, string][])('says what is wrong in an operator\'s words: %j', (doc, key, problem) => {
+    const file = overlay('bad.json', JSON.stringify(doc));
+    expect(problemsOf(() => loadConfig(file))).toContainEqual({ file, key, problem });
+  });
+
   it('reads delivery.fallbackRelay hosts, and names a bad one', () => {
     expect(loadConfig(overlay('fallback.json', JSON.stringify({ delivery: { fallbackRelay: ['relay.example', '[2001:db8::1]:2525'] } }))).config.delivery.fallbackRelay)
       .toEqual(['relay.example', '[2001:db8::1]:2525']);
