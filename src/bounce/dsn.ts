@@ -18,6 +18,7 @@
  * The builder is pure: time, ids and the boundary come in as input, so tests can parse the
  * result and compare fields.
  */
+import { isAscii as isAsciiBuffer } from 'node:buffer';
 import { randomBytes } from 'node:crypto';
 
 export type DsnAction = 'failed' | 'delayed' | 'delivered' | 'relayed' | 'expanded';
@@ -200,9 +201,9 @@ function deliveryStatus(report: DsnReport, global: boolean): string {
   return blocks.join(CRLF + CRLF) + CRLF;
 }
 
-function hasEightBit(buf: Buffer): boolean {
-  for (const byte of buf) if (byte > 0x7f) return true;
-  return false;
+/** Whether a message part has bytes over 0x7f (8BITMIME, Content-Transfer-Encoding: 8bit). */
+export function hasEightBit(buf: Buffer): boolean {
+  return !isAsciiBuffer(buf);
 }
 
 /** Normalises lone LF line ends of the original to CRLF and makes it end with one. */

@@ -34,7 +34,8 @@ import { ConfigError } from '../config/load.js';
 import { readTlsPair } from '../config/tls-files.js';
 import { UsersFile } from './auth.js';
 import { DkimSigner } from './dkim.js';
-import { buildReceivedHeader, finalizeMessage, hasEightBit, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
+import { hasEightBit } from '../bounce/dsn.js';
+import { buildReceivedHeader, finalizeMessage, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
   admissionDecision, clientKey, dnsblRefusal, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,
   unlistedRecipientDecision,

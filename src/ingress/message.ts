@@ -6,7 +6,6 @@
  * - what the message needs downstream: SMTPUTF8 (non-ASCII headers or addresses), 8BITMIME.
  * The stored message is exactly what `finalizeMessage` returns; nothing changes it afterwards.
  */
-import { isAscii } from 'node:buffer';
 import { rfc5322Date } from '../bounce/dsn.js';
 
 export interface LineEndingScan {
@@ -117,10 +116,6 @@ export function decodeEncodedWords(value: string): string {
         return word;
       }
     });
-}
-
-export function hasEightBit(buf: Buffer): boolean {
-  return !isAscii(buf);
 }
 
 export interface ReceivedInfo {
