@@ -4,7 +4,8 @@
  *   npx tsc -p . && node dist/bench/spool-scale.js --count 1000000 --dir /tmp/spool-bench
  *
  * 1. Fills `count` mails (20 recipient domains, 5000 senders, 4 priorities, ~5% held, ~20% deferred
- *    into the future, received over the last 3 days, small bodies) through the public enqueue API.
+ *    into the future, received over the last 3 days, small bodies) through the public enqueue API,
+ *    `--in-flight` at a time (default 2000; 20 is what 20 SMTP sessions give the spool).
  * 2. Closes, then measures reopen (recovery) time and RSS.
  * 3. Lets a fresh process open the full spool, browse, read stats and reserve, and reports its RSS
  *    (what a restarted server holds). Then lets a child process open the spool, lease 1000 mails
@@ -28,15 +29,16 @@ import { SpoolQueue } from '../src/queue/spool/spool-queue.js';
 import type { BrowseFilter, BrowseOptions, EnqueueRequest } from '../src/queue/types.js';
 import { percentileOf, runBench } from './lib.js';
 
-interface Args { count: number; dir?: string; keep: boolean; seconds: number }
+interface Args { count: number; dir?: string; keep: boolean; seconds: number; inFlight: number }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { count: 100_000, keep: false, seconds: 3 };
+  const a: Args = { count: 100_000, keep: false, seconds: 3, inFlight: 2000 };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     if (argv[i] === '--count') { a.count = Number(v); i++; }
     else if (argv[i] === '--dir') { a.dir = v; i++; }
     else if (argv[i] === '--seconds') { a.seconds = Number(v); i++; }
+    else if (argv[i] === '--in-flight') { a.inFlight = Number(v); i++; }
     else if (argv[i] === '--keep') a.keep = true;
   }
   return a;
@@ -117,11 +119,10 @@ async function open(dir: string, verbose = false): Promise<{ q: SpoolQueue; ms: 
   return { q, ms: Math.round(performance.now() - t0) };
 }
 
-async function fill(q: SpoolQueue, count: number): Promise<{ seconds: number; perSecond: number }> {
+async function fill(q: SpoolQueue, count: number, inFlight: number): Promise<{ seconds: number; perSecond: number }> {
   const now = Date.now();
   const t0 = performance.now();
   let next = 0;
-  const inFlight = 2000;
   async function worker(): Promise<void> {
     while (next < count) {
       const i = next++;
@@ -276,7 +277,7 @@ async function main(): Promise<void> {
 
   log(`filling ${args.count} mails into ${dir}`);
   let { q } = await open(dir);
-  summary.fill = await fill(q, args.count);
+  summary.fill = await fill(q, args.count, args.inFlight);
   summary.statsAfterFill = (await q.stats()).byState;
   await q.close();
   log('fill done; reopening');
