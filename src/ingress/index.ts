@@ -30,11 +30,11 @@ import type { Metrics } from '../metrics.js';
 import { QueueError } from '../queue/errors.js';
 import { newMailId } from '../queue/model.js';
 import type { DsnNotify, EnqueueRequest, Queue } from '../queue/types.js';
+import { hasEightBit } from '../bounce/dsn.js';
 import { ConfigError } from '../config/load.js';
 import { readTlsPair } from '../config/tls-files.js';
 import { UsersFile } from './auth.js';
 import { DkimSigner } from './dkim.js';
-import { hasEightBit } from '../bounce/dsn.js';
 import { buildReceivedHeader, finalizeMessage, headerValue, normalizeLineEndings, scanLineEndings } from './message.js';
 import {
   admissionDecision, clientKey, dnsblRefusal, isTrustedAddress, normalizeClientAddress, placeMail, rejectionReason, relayDecision, senderRequestDecision, senderRequestKeywords,

@@ -75,6 +75,7 @@ describe('config loading', () => {
     // A union (a listener is "host:port" or an object): the shape the value was meant for speaks.
     [{ smtp: { listen: ['nope'] } }, 'smtp.listen.0', 'must be "host:port" (IPv6 as "[::1]:port")'],
     [{ smtp: { listen: [{ address: '127.0.0.1:25', submission: 'yes' }] } }, 'smtp.listen.0.submission', 'must be true or false, not a string'],
+    [{ smtp: { listen: [{ address: '127.0.0.1:25', tls: true }] } }, 'smtp.listen.0.tls', 'unknown key'],
     // None of its shapes: which ones it may take.
     [{ smtp: { listen: [25] } }, 'smtp.listen.0', 'must be a string or an object, not a number'],
     [{ smtp: { tls: 5 } }, 'smtp.tls', 'must be null or an object, not a number'],
