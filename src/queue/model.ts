@@ -14,7 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { monotonicFactory } from 'ulid';
 import { InvalidTransitionError, LeaseLostError, RecipientExistsError, RecipientNotPendingError } from './errors.js';
 import type {
-  AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient,
+  AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient, SmtpReply,
 } from './types.js';
 import { RECIPIENT_DONE, TERMINAL_STATES } from './types.js';
 
@@ -318,10 +318,17 @@ export function matchesFilter(mail: QueuedMail, f: BrowseFilter): boolean {
   }
   if (f.reply) {
     const want = f.reply.toLowerCase();
-    const said = (r: Recipient) => (r.lastReply ? `${r.lastReply.code} ${r.lastReply.enhanced ? `${r.lastReply.enhanced} ` : ''}${r.lastReply.message}`.toLowerCase() : '');
-    if (!mail.recipients.some((r) => said(r).includes(want))) return false;
+    if (!mail.recipients.some((r) => (r.lastReply ? replyLine(r.lastReply).toLowerCase().includes(want) : false))) return false;
   }
   return true;
+}
+
+/**
+ * A reply as one line, "CODE ENHANCED text" ("451 4.7.1 Greylisted"): as the delivery log writes
+ * it, and what the browse filter `reply` searches, so that a text copied from the log finds its mail.
+ */
+export function replyLine(reply: SmtpReply): string {
+  return reply.enhanced ? `${reply.code} ${reply.enhanced} ${reply.message}` : `${reply.code} ${reply.message}`;
 }
 
 /** qshape's age buckets, in minutes: 0-5, 5-10, 10-20, 20-40, 40-80, 80-160, 160-320, 320-1440, over a day. */

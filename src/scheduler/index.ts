@@ -47,7 +47,7 @@ import type { DeliveryAgent, Destination, MessageResult, OutboundMessage, Reply 
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { LeaseLostError } from '../queue/errors.js';
-import { domainOf, pendingRecipients } from '../queue/model.js';
+import { domainOf, pendingRecipients, replyLine } from '../queue/model.js';
 import type {
   AttemptRecord, Queue, QueueEvent, QueuedMail, Recipient, RecipientOutcome,
 } from '../queue/types.js';
@@ -1125,7 +1125,7 @@ function count(outcomes: RecipientOutcome[], outcome: RecipientOutcome['outcome'
 function describeOutcome(o: RecipientOutcome): { to: string; outcome: string; relay?: string; reply?: string } {
   const d: { to: string; outcome: string; relay?: string; reply?: string } = { to: o.address, outcome: o.outcome };
   if (o.remoteHost) d.relay = o.remoteHost;
-  if (o.reply) d.reply = o.reply.enhanced ? `${o.reply.code} ${o.reply.enhanced} ${o.reply.message}` : `${o.reply.code} ${o.reply.message}`;
+  if (o.reply) d.reply = replyLine(o.reply);
   return d;
 }
 
