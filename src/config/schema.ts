@@ -252,6 +252,13 @@ export const configSchema = z.strictObject({
       privateKey: z.string().min(1),
     })),
     idleTimeout: duration,
+    /**
+     * Postfix's smtpd_soft_error_limit, smtpd_hard_error_limit and smtpd_error_sleep_time, for
+     * clients outside relay.networks that did not authenticate (ingress/protocol.ts ErrorLimits):
+     * after `soft` errors without a delivered mail each reply comes `sleep` late; at `hard` the
+     * connection is closed with 421 4.7.0 (null: never).
+     */
+    errorLimits: z.strictObject({ soft: z.number().int().min(1), hard: z.union([z.null(), z.number().int().min(1)]), sleep: duration }),
     /** Refusals kept in memory for GET /api/refusals and the console (the newest; 0 keeps none). */
     refusalsKept: z.number().int().min(0).max(1_000_000),
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */

@@ -50,7 +50,7 @@ import { SpfCheck } from './spf.js';
 import { makeResolver } from '../delivery/resolve.js';
 import { SenderOwners } from './senders.js';
 import { RefusalLog } from './refusals.js';
-import { hasNonAscii, replyError, SpoolhouseSmtpServer, type Reply, type ReplyError, type SpoolhouseConnection } from './protocol.js';
+import { hasNonAscii, replyError, SpoolhouseSmtpServer, type ErrorLimits, type Reply, type ReplyError, type SpoolhouseConnection } from './protocol.js';
 
 export interface ListenerInfo {
   host: string;
@@ -243,11 +243,12 @@ export class SmtpIngress {
         if (!conn.secure && !config.auth.allowInsecure) return { code: 538, enhanced: '5.7.11', text: 'Encryption required for requested authentication mechanism' };
         return undefined;
       },
-      onRejection: (code: number, enhanced: string, text: string, conn: SpoolhouseConnection) => {
+      onRejection: (code: number, enhanced: string, text: string, conn: SpoolhouseConnection, known?: string) => {
         const session = conn.session;
         const state = this.#sessions.get(session);
-        const reason = state?.rejectReason ?? rejectionReason(code, enhanced);
+        const reason = known ?? state?.rejectReason ?? rejectionReason(code, enhanced);
         if (state) state.rejectReason = undefined;
+        if (reason === 'errors') this.#logger.info({ client: conn.remoteAddress, helo: conn.hostNameAppearsAs || undefined }, 'client disconnected: too many errors (smtp.errorLimits)');
         this.#metrics.rejectedTotal.inc({ reason });
         const helo = conn.hostNameAppearsAs;
         const user = authUserOf(session);
@@ -259,6 +260,13 @@ export class SmtpIngress {
           ...(sender !== undefined ? { sender } : {}), ...(command ? { command } : {}),
           reply: { code, enhanced, text }, reason, listener: `${listener.host}:${listener.port}`,
         });
+      },
+      errorLimits: (conn: SpoolhouseConnection): ErrorLimits | undefined => {
+        const state = this.#state(conn.session, listener);
+        // Our own applications and users who logged in are not probing: their refusals are their answers.
+        if (state.trusted || authUserOf(conn.session)) return undefined;
+        const { soft, hard, sleep } = state.config.smtp.errorLimits;
+        return { soft, hard, sleepMs: sleep };
       },
       expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };

@@ -52,6 +52,7 @@ export function replyError(code: number, enhanced: string, text: string, reason:
 }
 
 const ENHANCED_PREFIX = /^([245])\.(\d{1,3})\.(\d{1,3}) (.*)$/s;
+const ENHANCED_CODE = /^[245]\.\d{1,3}\.\d{1,3}$/;
 
 // ---------------------------------------------------------------------------------------------
 // RFC 5321 path and parameter parsing (pure)
@@ -277,10 +278,36 @@ export interface ProtocolHooks {
   ehloFeatures(conn: SpoolhouseConnection, features: string[]): string[];
   /** A reason to refuse AUTH now (e.g. TLS required), else undefined. */
   authRefusal(conn: SpoolhouseConnection): Reply | undefined;
-  /** Called for every reply of 400 or more, with its enhanced code and text, for metrics and the refusal log. */
-  onRejection(code: number, enhanced: string, text: string, conn: SpoolhouseConnection): void;
+  /**
+   * Called for every reply of 400 or more, with its enhanced code and text, for metrics and the
+   * refusal log; `reason` when the protocol layer itself knows it (`errors`).
+   */
+  onRejection(code: number, enhanced: string, text: string, conn: SpoolhouseConnection, reason?: string): void;
+  /** The error limits for this session's client (Postfix's smtpd_*_error_limit), or undefined for none. */
+  errorLimits(conn: SpoolhouseConnection): ErrorLimits | undefined;
   /** Must a connection from this peer open with a PROXY protocol header (a trusted load balancer)? */
   expectsProxyHeader(peerAddress: string): boolean;
+}
+
+/**
+ * Postfix's smtpd_soft_error_limit, smtpd_hard_error_limit and smtpd_error_sleep_time: once a
+ * client has made `soft` errors without delivering mail, each of its commands is answered `sleepMs`
+ * late; at `hard` errors its next command gets `421 4.7.0 Error: too many errors` and the
+ * connection is closed (null: never).
+ */
+export interface ErrorLimits {
+  soft: number;
+  hard: number | null;
+  sleepMs: number;
+}
+
+/**
+ * Does this refusal count as the client's error? Every reply of 400 or more does (a rejected
+ * recipient, a syntax error, a failed AUTH, a command out of sequence), but 421 (the connection is
+ * closing anyway) and our own trouble (4.3.x: storage full, a local error, shutting down).
+ */
+export function countsAsClientError(code: number, enhanced: string): boolean {
+  return code >= 400 && code !== 421 && !enhanced.startsWith('4.3.');
 }
 
 type ProxyCallback = (err: Error | null, socketOptions?: SMTPConnectionOptions & { id: string }) => void;
@@ -398,6 +425,10 @@ export class SpoolhouseConnection extends SMTPConnection {
   #continuation = false;
   /** 354 was sent: a refusal now answers the data's final ".". */
   #afterData = false;
+  /** The client's errors since it last delivered a mail (countsAsClientError); see ErrorLimits. */
+  #errors = 0;
+  /** The reason of the refusal being sent, when this layer knows it (onRejection's `reason`). */
+  #reason: string | undefined;
   /** The MAIL or RCPT command handler_MAIL/RCPT parsed last: smtp-server's handler parses it again. */
   #lastPath?: { kind: 'MAIL FROM' | 'RCPT TO'; raw: string; parsed: ParsedPathCommand | undefined };
 
@@ -462,6 +493,28 @@ export class SpoolhouseConnection extends SMTPConnection {
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
+    const limits = this.#errors > 0 ? this.hooks.errorLimits(this) : undefined;
+    if (limits && limits.hard !== null && this.#errors >= limits.hard) {
+      this.#command = command;
+      this.#continuation = false;
+      this.#afterData = false;
+      this.#reason = 'errors';
+      // smtp-server closes the connection after any 421.
+      this.send(421, `4.7.0 ${this.name} Error: too many errors`);
+      return;
+    }
+    if (limits && this.#errors >= limits.soft && limits.sleepMs > 0) {
+      // smtp-server reads the next command only once this one's callback runs: everything after
+      // it waits too, pipelined commands included.
+      setTimeout(() => {
+        if (!this._closing && !this._closed) this.#dispatch(command, callback);
+      }, limits.sleepMs).unref();
+      return;
+    }
+    this.#dispatch(command, callback);
+  }
+
+  #dispatch(command: Buffer, callback?: () => void): void {
     this.#command = command;
     this.#continuation = this._nextHandler !== false;
     this.#afterData = false;
@@ -499,19 +552,27 @@ export class SpoolhouseConnection extends SMTPConnection {
     }
     if (code === 354) this.#afterData = true;
     else if (code >= 400) {
+      const reason = this.#reason;
+      this.#reason = undefined;
+      const enhanced = this._getEnhancedStatusCode(code, ctx) || '';
+      // An explicit code counts even for a client that did not ask for them (HELO): 4.3.x is ours.
+      if (countsAsClientError(code, (typeof ctx === 'string' && ENHANCED_CODE.test(ctx) ? ctx : '') || enhanced)) this.#errors++;
       try {
         const text = Array.isArray(payload) ? payload.join(' ') : (payload ?? '');
-        this.hooks.onRejection(code, this._getEnhancedStatusCode(code, ctx) || '', text, this);
+        this.hooks.onRejection(code, enhanced, text, this, reason);
       } catch {
         // metrics and the refusal log must never break a reply
       }
+    } else if (code === 250 && this.#afterData) {
+      // A mail delivered: the error count starts again (Postfix counts errors "without delivering mail").
+      this.#errors = 0;
     }
     super.send(code, payload, ctx);
   }
 
   /** An explicit enhanced code passed as the context wins over smtp-server's mapping. */
   override _getEnhancedStatusCode(code: number, context?: string | false): string {
-    if (typeof context === 'string' && /^[245]\.\d{1,3}\.\d{1,3}$/.test(context)) {
+    if (typeof context === 'string' && ENHANCED_CODE.test(context)) {
       return this._useEnhancedStatusCodes() && !(code >= 300 && code < 400) ? context : '';
     }
     return super._getEnhancedStatusCode(code, context);
