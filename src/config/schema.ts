@@ -256,9 +256,15 @@ export const configSchema = z.strictObject({
      * Postfix's smtpd_soft_error_limit, smtpd_hard_error_limit and smtpd_error_sleep_time, for
      * clients outside relay.networks that did not authenticate (ingress/protocol.ts ErrorLimits):
      * after `soft` errors without a delivered mail each reply comes `sleep` late; at `hard` the
-     * connection is closed with 421 4.7.0 (null: never).
+     * connection is closed with 421 4.7.0 (null: never); NOOP, VRFY, ETRN and RSET beyond `junk`
+     * count as errors (smtpd_junk_command_limit).
      */
-    errorLimits: z.strictObject({ soft: z.number().int().min(1), hard: z.union([z.null(), z.number().int().min(1)]), sleep: duration }),
+    errorLimits: z.strictObject({
+      soft: z.number().int().min(1),
+      hard: z.union([z.null(), z.number().int().min(1)]),
+      sleep: duration,
+      junk: z.number().int().min(0),
+    }),
     /** Refusals kept in memory for GET /api/refusals and the console (the newest; 0 keeps none). */
     refusalsKept: z.number().int().min(0).max(1_000_000),
     /** Wait before the greeting to catch clients that talk first; skipped for relay.networks. */

@@ -265,8 +265,8 @@ export class SmtpIngress {
         const state = this.#state(conn.session, listener);
         // Our own applications and users who logged in are not probing: their refusals are their answers.
         if (state.trusted || authUserOf(conn.session)) return undefined;
-        const { soft, hard, sleep } = state.config.smtp.errorLimits;
-        return { soft, hard, sleepMs: sleep };
+        const { soft, hard, sleep, junk } = state.config.smtp.errorLimits;
+        return { soft, hard, sleepMs: sleep, junk };
       },
       expectsProxyHeader: (peer: string) => listener.proxyFrom.length > 0 && isTrustedAddress(peer, listener.proxyFrom),
     };

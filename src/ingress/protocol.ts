@@ -299,6 +299,16 @@ export interface ErrorLimits {
   soft: number;
   hard: number | null;
   sleepMs: number;
+  /** Postfix's smtpd_junk_command_limit: NOOP, VRFY, ETRN and RSET beyond this many count as errors. */
+  junk: number;
+}
+
+const JUNK_COMMANDS = new Set(['NOOP', 'VRFY', 'ETRN', 'RSET']);
+
+/** NOOP, VRFY, ETRN or RSET (any case, with or without an argument): commands that move no mail. */
+export function isJunkCommand(line: Buffer): boolean {
+  if (line.length < 4 || (line.length > 4 && line[4] !== 0x20 && line[4] !== 0x0d && line[4] !== 0x0a)) return false;
+  return JUNK_COMMANDS.has(line.toString('latin1', 0, 4).toUpperCase());
 }
 
 /**
@@ -427,6 +437,8 @@ export class SpoolhouseConnection extends SMTPConnection {
   #afterData = false;
   /** The client's errors since it last delivered a mail (countsAsClientError); see ErrorLimits. */
   #errors = 0;
+  /** Its junk commands since then (isJunkCommand). */
+  #junk = 0;
   /** The reason of the refusal being sent, when this layer knows it (onRejection's `reason`). */
   #reason: string | undefined;
   /** The MAIL or RCPT command handler_MAIL/RCPT parsed last: smtp-server's handler parses it again. */
@@ -493,7 +505,8 @@ export class SpoolhouseConnection extends SMTPConnection {
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
-    const limits = this.#errors > 0 ? this.hooks.errorLimits(this) : undefined;
+    const junk = this._nextHandler === false && isJunkCommand(command);
+    const limits = junk || this.#errors > 0 ? this.hooks.errorLimits(this) : undefined;
     if (limits && limits.hard !== null && this.#errors >= limits.hard) {
       this.#command = command;
       this.#continuation = false;
@@ -503,7 +516,11 @@ export class SpoolhouseConnection extends SMTPConnection {
       this.send(421, `4.7.0 ${this.name} Error: too many errors`);
       return;
     }
-    if (limits && this.#errors >= limits.soft && limits.sleepMs > 0) {
+    const late = limits !== undefined && this.#errors >= limits.soft && limits.sleepMs > 0;
+    // A client that keeps its session open with commands that move no mail makes errors too
+    // (counted as this command is answered, as a refusal is).
+    if (junk && limits && ++this.#junk > limits.junk) this.#errors++;
+    if (late) {
       // smtp-server reads the next command only once this one's callback runs: everything after
       // it waits too, pipelined commands included.
       setTimeout(() => {
@@ -564,8 +581,9 @@ export class SpoolhouseConnection extends SMTPConnection {
         // metrics and the refusal log must never break a reply
       }
     } else if (code === 250 && this.#afterData) {
-      // A mail delivered: the error count starts again (Postfix counts errors "without delivering mail").
+      // A mail delivered: the counts start again (Postfix counts errors "without delivering mail").
       this.#errors = 0;
+      this.#junk = 0;
     }
     super.send(code, payload, ctx);
   }

@@ -6,7 +6,7 @@
  * are not limited.
  */
 import { describe, expect, it } from 'vitest';
-import { countsAsClientError } from '../../src/ingress/protocol.js';
+import { countsAsClientError, isJunkCommand } from '../../src/ingress/protocol.js';
 import type { SmtpClient } from '../helpers/smtp-client.js';
 import { balancedIngressPerFile, counter } from './harness.js';
 
@@ -19,7 +19,7 @@ async function timed(c: SmtpClient, line: string): Promise<{ code: number; enhan
 }
 
 describe('smtp.errorLimits', () => {
-  const t = balancedIngressPerFile({}, { smtp: { errorLimits: { soft: 3, hard: 5, sleep: `${SLEEP_MS}ms` } } });
+  const t = balancedIngressPerFile({}, { smtp: { errorLimits: { soft: 3, hard: 5, sleep: `${SLEEP_MS}ms`, junk: 4 } } });
 
   it('answers late from the soft limit on and closes the connection at the hard one, with 421 4.7.0', async () => {
     const before = await counter(t.h.metrics, 'rejectedTotal', { reason: 'errors' });
@@ -55,6 +55,24 @@ describe('smtp.errorLimits', () => {
     expect(c.closed).toBe(false);
   });
 
+  it('counts NOOP, VRFY and RSET beyond the junk limit as errors, from zero again after a mail', async () => {
+    const c = await t.from('192.0.2.93');
+    for (let i = 0; i < 4; i++) expect((await c.command('NOOP')).code).toBe(250);
+    expect((await c.command('MAIL FROM:<someone@outside.example>')).code).toBe(250);
+    expect((await c.command('RCPT TO:<user@local.example>')).code).toBe(250);
+    expect((await c.command('DATA')).code).toBe(354);
+    expect((await c.command('Subject: hello\r\n\r\nhi\r\n.')).code).toBe(250);
+    // Four junk commands are free; the next five are errors, and the one after them is refused.
+    const codes: number[] = [];
+    for (const line of ['RSET', 'noop', 'VRFY someone', 'NOOP', 'RSET', 'NOOP', 'NOOP', 'NOOP', 'NOOP', 'NOOP']) {
+      const r = await c.command(line);
+      codes.push(r.code);
+      if (r.code === 421) break;
+    }
+    expect(codes).toEqual([250, 250, 252, 250, 250, 250, 250, 250, 250, 421]);
+    await c.waitClosed();
+  });
+
   it('leaves clients in relay.networks and authenticated clients alone', async () => {
     const own = await t.from('10.9.8.7');
     const user = await t.from('192.0.2.92', { auth: { user: 'roamer', pass: 'pw-roamer' } });
@@ -62,10 +80,16 @@ describe('smtp.errorLimits', () => {
       const t0 = performance.now();
       // Out of sequence: 503 each, eight errors.
       for (let i = 0; i < 8; i++) expect((await c.command(`RCPT TO:<user${i}@local.example>`)).code).toBe(503);
+      for (let i = 0; i < 10; i++) expect((await c.command('NOOP')).code).toBe(250);
       expect((await c.command('MAIL FROM:<someone@local.example>')).code).toBe(250);
       // Five of those answers would have waited SLEEP_MS each.
       expect(performance.now() - t0).toBeLessThan(5 * SLEEP_MS);
     }
+  });
+
+  it('knows a junk command by its name alone', () => {
+    for (const line of ['NOOP', 'noop', 'RSET', 'VRFY alice', 'ETRN example.org', 'NOOP\r\n']) expect(isJunkCommand(Buffer.from(line))).toBe(true);
+    for (const line of ['NOOPS', 'MAIL FROM:<a@b>', 'RCPT TO:<a@b>', 'NOO', 'DATA', '']) expect(isJunkCommand(Buffer.from(line))).toBe(false);
   });
 
   it('does not count 421 or our own trouble (4.3.x) as the client\'s errors', () => {
