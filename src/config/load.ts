@@ -115,6 +115,11 @@ function problemOf(issue: z.core.$ZodIssue): string {
       if (issue.origin === 'array' || issue.origin === 'set') return `must list at most ${issue.maximum} entries`;
       return `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum}`;
     }
+    case 'invalid_key': {
+      // A name (a record's key: a priority class, a domain) that is not one: its own check says why.
+      const inner = issue.issues[0];
+      return `the name ${inner ? problemOf({ ...inner, path: [] } as z.core.$ZodIssue) : 'is not allowed here'}`;
+    }
     case 'invalid_value':
       return issue.values.length === 1 ? `must be ${JSON.stringify(issue.values[0])}` : `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     default:

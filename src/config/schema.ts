@@ -338,7 +338,7 @@ export const configSchema = z.strictObject({
     brokers: z.array(hostPort),
     clientId: z.string().min(1),
     /** Topics are named "<topicPrefix>.content", "<topicPrefix>.state", … */
-    topicPrefix: z.string().regex(/^[a-zA-Z0-9._-]+$/),
+    topicPrefix: z.string().regex(/^[a-zA-Z0-9._-]+$/, 'must be letters, digits, ".", "_" and "-" only (a Kafka topic name)'),
     partitions: z.number().int().min(1).max(1000),
     replicationFactor: z.number().int().min(1).max(10),
     /** Unique per node; defaults to the host name. */

@@ -85,6 +85,10 @@ describe('config loading', () => {
     [{ log: { level: 'loud' } }, 'log.level', 'must be one of "fatal", "error", "warn", "info", "debug", "trace", "silent"'],
     [{ rules: [{ match: { sender: 'a@example.com' }, priority: 'bulk' }] }, 'rules.0.name', 'required: must be a string'],
     [{ priorities: { classes: { x: 'high' } } }, 'priorities.classes.x', 'must be a number, not a string'],
+    // A name that is a key (a priority class, a domain): the name's own check.
+    [{ priorities: { classes: { Urgent: 40 } } }, 'priorities.classes.Urgent', 'the name must be a lower-case name such as "bulk"'],
+    [{ delivery: { tls: { policy: { 'bad domain': 'verify' } } } }, 'delivery.tls.policy.bad domain', 'the name must be a domain name in lower case'],
+    [{ kafka: { topicPrefix: 'mail/queue' } }, 'kafka.topicPrefix', 'must be letters, digits, ".", "_" and "-" only (a Kafka topic name)'],
   ] as [unknown, string, string][])('says what is wrong in an operator\'s words: %j', (doc, key, problem) => {
     const file = overlay('bad.json', JSON.stringify(doc));
     expect(problemsOf(() => loadConfig(file))).toContainEqual({ file, key, problem });
