@@ -96,21 +96,28 @@ function kind(name: string | undefined): string {
   return name === undefined ? 'something else' : KINDS[name] ?? name;
 }
 
+const SAFE_RANGE = 'must be a whole number between -9007199254740991 and 9007199254740991';
+
 /** zod's own wording ("Invalid input: expected string, received number") in the operator's terms. */
 function problemOf(issue: z.core.$ZodIssue): string {
   switch (issue.code) {
     case 'invalid_type': {
       const received = /received (\w+)$/.exec(issue.message)?.[1];
       if (received === 'undefined') return `required: must be ${kind(issue.expected)}`;
+      // 1.5 where a whole number belongs is a number too: "not a number" would puzzle.
+      if (issue.expected === 'int' && received === 'number') return 'must be a whole number';
       return `must be ${kind(issue.expected)}${received ? `, not ${kind(received)}` : ''}`;
     }
     case 'too_small': {
       const min = Number(issue.minimum);
+      // zod's bound of every whole number; the key's own bound, when it has one, is named too.
+      if (min === Number.MIN_SAFE_INTEGER) return SAFE_RANGE;
       if (issue.origin === 'string') return min <= 1 ? 'must not be empty' : `must be at least ${min} characters`;
       if (issue.origin === 'array' || issue.origin === 'set') return min <= 1 ? 'must list at least one entry' : `must list at least ${min} entries`;
       return `must be ${issue.inclusive ? 'at least' : 'more than'} ${issue.minimum}`;
     }
     case 'too_big': {
+      if (Number(issue.maximum) === Number.MAX_SAFE_INTEGER) return SAFE_RANGE;
       if (issue.origin === 'string') return `must be at most ${issue.maximum} characters`;
       if (issue.origin === 'array' || issue.origin === 'set') return `must list at most ${issue.maximum} entries`;
       return `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum}`;
@@ -165,7 +172,9 @@ function describeIssues(issues: z.core.$ZodIssue[], layers: { file: string; doc:
 export function validateConfig(merged: unknown, layers: { file: string; doc: Plain }[]): Config {
   const result = configSchema.safeParse(merged);
   if (!result.success) {
-    const problems = describeIssues(result.error.issues, layers);
+    const all = describeIssues(result.error.issues, layers);
+    // A key out of the whole numbers' range and out of its own bounds: its own bounds say more.
+    const problems = all.filter((p) => p.problem !== SAFE_RANGE || !all.some((q) => q !== p && q.key === p.key && q.file === p.file));
     throw new ConfigError(
       'Invalid configuration:\n' + problems.map((p) => `  ${p.file}: ${p.key}: ${p.problem}`).join('\n'),
       problems,

@@ -85,13 +85,19 @@ describe('config loading', () => {
     [{ log: { level: 'loud' } }, 'log.level', 'must be one of "fatal", "error", "warn", "info", "debug", "trace", "silent"'],
     [{ rules: [{ match: { sender: 'a@example.com' }, priority: 'bulk' }] }, 'rules.0.name', 'required: must be a string'],
     [{ priorities: { classes: { x: 'high' } } }, 'priorities.classes.x', 'must be a number, not a string'],
+    // Whole numbers: a fraction, and a value past every bound (only the key's own bound is named).
+    [{ smtp: { maxRecipients: 1.5 } }, 'smtp.maxRecipients', 'must be a whole number'],
+    [{ priorities: { classes: { high: -1e21 } } }, 'priorities.classes.high', 'must be at least 0'],
     // A name that is a key (a priority class, a domain): the name's own check.
     [{ priorities: { classes: { Urgent: 40 } } }, 'priorities.classes.Urgent', 'the name must be a lower-case name such as "bulk"'],
     [{ delivery: { tls: { policy: { 'bad domain': 'verify' } } } }, 'delivery.tls.policy.bad domain', 'the name must be a domain name in lower case'],
     [{ kafka: { topicPrefix: 'mail/queue' } }, 'kafka.topicPrefix', 'must be letters, digits, ".", "_" and "-" only (a Kafka topic name)'],
   ] as [unknown, string, string][])('says what is wrong in an operator\'s words: %j', (doc, key, problem) => {
     const file = overlay('bad.json', JSON.stringify(doc));
-    expect(problemsOf(() => loadConfig(file))).toContainEqual({ file, key, problem });
+    const problems = problemsOf(() => loadConfig(file));
+    expect(problems).toContainEqual({ file, key, problem });
+    // One problem a key: the key's own bound, not also zod's range of whole numbers.
+    expect(problems.filter((p) => p.key === key)).toHaveLength(1);
   });
 
   it('reads delivery.fallbackRelay hosts, and names a bad one', () => {
