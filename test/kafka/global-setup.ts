@@ -33,8 +33,8 @@ function kafkaTestsSelected(project: TestProject): boolean {
   const root = project.vitest.config.root;
   const files = [
     ...readdirSync(here).filter((f) => f.endsWith('.test.ts')).map((f) => join(here, f)),
-    join(here, '..', 'contract', 'kafka.test.ts'),
-    join(here, '..', 'contract', 'kafka39.test.ts'),
+    // The contract's Kafka runs: kafka.test.ts, kafka39.test.ts, kafka-random-ops.test.ts.
+    ...readdirSync(join(here, '..', 'contract')).filter((f) => f.startsWith('kafka') && f.endsWith('.test.ts')).map((f) => join(here, '..', 'contract', f)),
   ];
   return files.some((file) => filters.some((f) => file.includes(f) || relative(root, file).includes(f.replace(/^\.\//, ''))));
 }
