@@ -28,8 +28,9 @@
  *
  * Where nodemailer has no public hook, this file reaches into it in one place (`Internals`):
  * the command writer (to add per-recipient DSN parameters and SMTPUTF8, which its envelope API
- * cannot express), the parsed EHLO extensions and the envelope replies. The delivery tests
- * exercise each of them, so an upgrade that changes them fails loudly.
+ * cannot express), the reply reader (to refuse replies that are not SMTP, see validReply), the
+ * parsed EHLO extensions and the envelope replies. The delivery tests exercise each of them, so an
+ * upgrade that changes them fails loudly.
  */
 import net from 'node:net';
 import { Readable } from 'node:stream';
@@ -90,6 +91,9 @@ type SmtpError = SMTPConnection.SMTPError & { rejectedErrors?: (SMTPConnection.S
 /** The parts of nodemailer's connection that have no public API (see the file header). */
 interface Internals {
   _sendCommand(str: string, logStr?: string): void;
+  /** Takes the first whole reply off `_responseQueue` and hands it to the command waiting for it. */
+  _processResponse(): unknown;
+  _responseQueue?: string[];
   _supportedExtensions?: string[];
   _maxAllowedSize?: number;
   _envelope?: { accepted?: string[]; rejectedErrors?: (SMTPConnection.SMTPError & { recipient?: string })[] } | false;
@@ -101,6 +105,21 @@ interface Internals {
  * write; larger ones are streamed (memory stays bounded by this per session).
  */
 export const WHOLE_BODY_BYTES = 256 * 1024;
+
+/**
+ * `raw` as nodemailer holds a whole reply (lines joined by "\n"), or a 421 in its place when it is
+ * not an SMTP reply (RFC 5321 §4.2): every line "ddd" or "ddd text", "ddd-" before the last, one
+ * code from 200 to 599 on every line.
+ */
+export function validReply(raw: string, remote: string): string {
+  const lines = raw.split(/\r?\n/).filter((l) => l !== '');
+  const code = lines[0]?.slice(0, 3) ?? '';
+  const ok = /^[2-5]\d\d$/.test(code) && lines.every((l, n) => l.startsWith(code) && (l.length === 3 || l[3] === (n === lines.length - 1 ? ' ' : '-')));
+  if (ok) return raw;
+  const shown = lines.join(' / ').replace(/[^\x20-\x7e]/g, '?');
+  const { code: c, enhanced, message } = made.protocol(remote, `not an SMTP reply: ${shown.length > 200 ? `${shown.slice(0, 200)}…` : shown}`);
+  return `${c} ${enhanced} ${message}`;
+}
 
 export function needsSmtpUtf8(message: Pick<OutboundMessage, 'smtputf8' | 'sender' | 'recipients'>): boolean {
   const nonAscii = /[^\x00-\x7f]/;
@@ -139,6 +158,7 @@ export class OutboundSession {
       o.logger.debug({ remote: this.remote, err: err.message, code: err.code }, 'smtp connection error');
     });
     this.#installCommandWriter();
+    this.#installReplyReader();
   }
 
   get usable(): boolean {
@@ -248,6 +268,24 @@ export class OutboundSession {
     const i = this.#conn as unknown as Internals;
     const write = i._sendCommand.bind(this.#conn);
     i._sendCommand = (str: string, logStr?: string) => write(this.#decorate(str), logStr);
+  }
+
+  /**
+   * nodemailer takes the first line's code of a reply (an RCPT answered "250-Ok" / "550 No" is
+   * accepted) and a reply with no code or a code such as 999 as a refusal, which our results
+   * would report as a bounce. Before it reads a reply, one that is not SMTP is replaced by a 421
+   * (validReply): the recipient is deferred, never delivered or bounced on it, and the
+   * connection, out of step with the remote, is closed.
+   */
+  #installReplyReader(): void {
+    const i = this.#conn as unknown as Internals;
+    const read = i._processResponse.bind(this.#conn);
+    i._processResponse = () => {
+      const queue = i._responseQueue;
+      const first = queue?.[0];
+      if (queue && typeof first === 'string' && first.trim() && !/^\d+-/.test(first.split(/\r?\n/).pop() ?? '')) queue[0] = validReply(first, this.remote);
+      return read();
+    };
   }
 
   #decorate(command: string): string {

@@ -1,7 +1,7 @@
 /** Pure helpers of the delivery stage: reply parsing, xtext, SMTPUTF8 detection, temporary replies. */
 import { describe, expect, it } from 'vitest';
 import { asTemporary, parseReply } from '../../src/delivery/replies.js';
-import { asXtext, needsSmtpUtf8 } from '../../src/delivery/session.js';
+import { asXtext, needsSmtpUtf8, validReply } from '../../src/delivery/session.js';
 
 describe('parseReply', () => {
   it('reads code, enhanced code and text, multi-line included', () => {
@@ -39,5 +39,18 @@ describe('needsSmtpUtf8', () => {
     expect(needsSmtpUtf8({ ...m, smtputf8: true })).toBe(true);
     expect(needsSmtpUtf8({ ...m, sender: 'jösé@b.test' })).toBe(true);
     expect(needsSmtpUtf8({ ...m, recipients: [{ address: 'c@dö.test' }] })).toBe(true);
+  });
+});
+
+describe('validReply', () => {
+  it('passes SMTP replies through and puts a 421 4.5.0 in place of anything else', () => {
+    for (const ok of ['250 Ok', '250', '550 5.1.1 No such user', '250-mx.example\n250-PIPELINING\n250 8BITMIME', '354 go ahead', '421-a\n421 b']) {
+      expect(validReply(ok, 'mx[192.0.2.1]:25')).toBe(ok);
+    }
+    for (const bad of ['hello there', '999 weird', '250-Ok\n550 5.1.1 No', '550-No\n250 Ok', '199 low', '25 short', '250Ok', '250-a\n250-b', '600 high']) {
+      const r = validReply(bad, 'mx[192.0.2.1]:25');
+      expect(r, bad).toMatch(/^421 4\.5\.0 protocol error with mx\[192\.0\.2\.1\]:25: not an SMTP reply: /);
+    }
+    expect(validReply('hi\u0000\u001b[31m', 'r')).toBe('421 4.5.0 protocol error with r: not an SMTP reply: hi??[31m');
   });
 });
