@@ -9,6 +9,9 @@
 //   kafka-ingest the Kafka backend's ingest (needs KAFKA_BROKERS or starts the test broker)
 //   kafka-e2e    one node on the Kafka backend: smtp-source → Spoolhouse → smtp-sink, ingest and end to end, latency p50/p99
 //   admin-browse the admin API over a large spool (--count, default 1,000,000): filtered pages p50/p99 over HTTP, /api/stats
+// Only when named (it takes --minutes, default 30): `npm run bench -- soak`
+//   soak         the server under a steady mixed load (deferrals, bounces, an operator at work, reloads): growth of
+//                memory, descriptors, disk and event-loop lag, and every accepted mail delivered or bounced
 // `npm run bench -- compare ingest` runs only those; for options run one directly, e.g.
 // `node dist/bench/spool-scale.js --count 100000`.
 import { spawnSync } from 'node:child_process';
@@ -16,8 +19,10 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { BENCH_APT_PACKAGES, build, ensureNodeModules, ensureSystemPackages, root } from './setup.mjs';
 
+/** Run only when named: long, and not a speed figure. */
+const NAMED_ONLY = ['soak'];
 const ALL = ['compare', 'ingest', 'delivery', 'spool-scale', 'spool-transitions', 'spool-churn', 'kafka-ingest', 'kafka-e2e', 'admin-browse'];
-const names = process.argv.slice(2).filter((a) => ALL.includes(a));
+const names = process.argv.slice(2).filter((a) => ALL.includes(a) || NAMED_ONLY.includes(a));
 ensureNodeModules();
 ensureSystemPackages(BENCH_APT_PACKAGES);
 build();

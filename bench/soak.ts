@@ -1,0 +1,465 @@
+/**
+ * Soak: the server process under a steady, mixed load for a long time, watched for growth (memory,
+ * file descriptors, disk, event-loop lag) and checked at the end for lost or doubled mail. Not a
+ * speed figure: the load is a fixed rate well below what the machine can take.
+ *
+ *   npx tsc -p . && node dist/bench/soak.js [--minutes 30] [--rate 150] [--sessions 8] [--retain 5m]
+ *
+ * - The server: dist/src/main.js on a temp spool, fsync and all, at log level warn, delivering
+ *   through `delivery.routes` to a receiving server in a worker thread (npm `smtp-server`). Its
+ *   finished mail is purged after `--retain` (default 5 minutes, so the soak reaches the steady
+ *   state a server with the default one day reaches after a day).
+ * - The mail: `--rate` mails a second over `--sessions` kept SMTP sessions (PIPELINING), each mail
+ *   to 1–3 recipients and of a mixed size (70 % 2–10 KB, 25 % 10–100 KB, 5 % 100 KB–1 MB).
+ *   Recipients `ok-…` are taken at once; `flaky-…` (12 %) get `451 4.2.0` at their first two
+ *   attempts (so they are deferred twice and retried, `delivery.retry.min` 2 s); `gone-…` (8 %)
+ *   get `550 5.1.1`, so the sender gets a DSN (RFC 3464), which the same receiver takes.
+ * - An operator at the same time, every 2 s through the admin API: the stats, a browse of the
+ *   deferred mail, a retry-now, a hold and its release 10 s later, a change of priority; a SIGHUP
+ *   (configuration reload) every minute.
+ * - Sampled every 10 s from `GET /metrics`: RSS, the JS heap used, open file descriptors, the
+ *   event loop's lag p99; from the spool directory: the bytes of `meta.mdb` and of the segments.
+ * - At the end the load stops and the queue must drain. Then every recipient of every mail that
+ *   got `250` must have been delivered (ok, flaky) or bounced to its sender (gone): `lost` counts
+ *   those that were neither, `duplicates` deliveries of a recipient more than once.
+ *
+ * Prints one JSON line; exits 1 when mail was lost or the queue did not drain.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import { freePort, sleep, waitForPort } from './lib.js';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const TOKEN = 'soak-operator-token-0123456789';
+
+// ---------------------------------------------------------------- receiver (worker thread)
+
+/** What the receiver saw: recipients taken per mail ("seq rcpt"), and recipients a DSN reported failed. */
+interface Seen { delivered: string[]; bounced: string[]; refused: number; deferred: number }
+
+function runReceiver(): void {
+  const attempts = new Map<string, number>();
+  let seen: Seen = { delivered: [], bounced: [], refused: 0, deferred: 0 };
+  const server = new SMTPServer({
+    banner: 'soak receiver',
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    authOptional: true,
+    logger: false,
+    size: 64 * 1024 * 1024,
+    onRcptTo(address, _session, callback) {
+      const local = address.address.split('@')[0]!;
+      if (local.startsWith('flaky-')) {
+        const n = (attempts.get(address.address) ?? 0) + 1;
+        attempts.set(address.address, n);
+        if (n <= 2) {
+          seen.deferred++;
+          return callback(Object.assign(new Error('4.2.0 Mailbox busy, try again later'), { responseCode: 451 }));
+        }
+        attempts.delete(address.address);
+      }
+      if (local.startsWith('gone-')) {
+        seen.refused++;
+        return callback(Object.assign(new Error('5.1.1 No such user here'), { responseCode: 550 }));
+      }
+      callback();
+    },
+    onData(stream: SMTPServerDataStream, session: SMTPServerSession, callback) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', () => {
+        const text = Buffer.concat(chunks).toString('latin1');
+        const seq = /^X-Soak-Seq: (\d+)/m.exec(text)?.[1];
+        const from = session.envelope.mailFrom === false ? '' : session.envelope.mailFrom.address;
+        if (from === '' && session.envelope.rcptTo.some((r) => r.address === 'soak@sender.test')) {
+          // A DSN: its failed recipients, and the X-Soak-Seq of the returned headers.
+          const failed = [...text.matchAll(/^Final-Recipient: rfc822; ?(\S+)\r?\nAction: failed/gim)].map((m) => m[1]!.toLowerCase());
+          if (seq) for (const r of failed) seen.bounced.push(`${seq} ${r}`);
+        } else if (seq) {
+          for (const r of session.envelope.rcptTo) seen.delivered.push(`${seq} ${r.address.toLowerCase()}`);
+        }
+        callback(null, 'Ok: queued');
+      });
+    },
+  });
+  server.listen(0, '127.0.0.1', () => parentPort!.postMessage({ port: (server.server.address() as net.AddressInfo).port }));
+  setInterval(() => {
+    parentPort!.postMessage({ seen });
+    seen = { delivered: [], bounced: [], refused: 0, deferred: 0 };
+  }, 250);
+}
+
+// ---------------------------------------------------------------- sender
+
+/** Reads SMTP replies (multi-line aware) from a socket, in order: code and last line. */
+class ReplyReader {
+  #buf = '';
+  #waiters: ((r: { code: number; line: string }) => void)[] = [];
+  #replies: { code: number; line: string }[] = [];
+  #closed = false;
+  constructor(socket: net.Socket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => {
+      this.#buf += chunk;
+      let eol: number;
+      while ((eol = this.#buf.indexOf('\r\n')) >= 0) {
+        const line = this.#buf.slice(0, eol);
+        this.#buf = this.#buf.slice(eol + 2);
+        if (line[3] === '-') continue;
+        const r = { code: Number(line.slice(0, 3)), line };
+        const w = this.#waiters.shift();
+        if (w) w(r);
+        else this.#replies.push(r);
+      }
+    });
+    const close = () => {
+      this.#closed = true;
+      for (const w of this.#waiters.splice(0)) w({ code: 0, line: 'connection closed' });
+    };
+    socket.on('close', close);
+    socket.on('error', close);
+  }
+  next(): Promise<{ code: number; line: string }> {
+    const r = this.#replies.shift();
+    if (r) return Promise.resolve(r);
+    if (this.#closed) return Promise.resolve({ code: 0, line: 'connection closed' });
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+}
+
+/** A seeded xorshift, so two soaks send the same mail. */
+function rng(seed: number): () => number {
+  let x = seed || 1;
+  return () => {
+    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+    return (x >>> 0) / 0x100000000;
+  };
+}
+
+function sizeOf(r: number, u: number): number {
+  if (r < 0.7) return 2048 + Math.floor(u * 8 * 1024);
+  if (r < 0.95) return 10 * 1024 + Math.floor(u * 90 * 1024);
+  return 100 * 1024 + Math.floor(u * 924 * 1024);
+}
+
+function makeBody(seq: number, to: string[], size: number): string {
+  const head = `From: soak@sender.test\r\nTo: ${to.join(', ')}\r\nSubject: soak ${seq}\r\nMessage-ID: <soak-${seq}@sender.test>\r\n`
+    + `Date: ${new Date().toUTCString()}\r\nX-Soak-Seq: ${seq}\r\n\r\n`;
+  const line = `${seq} Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n`;
+  return head + line.repeat(Math.max(1, Math.ceil((size - head.length) / line.length)));
+}
+
+interface Load {
+  /** Mails that got 250: seq → recipients. */
+  accepted: Map<number, string[]>;
+  /** Replies other than the expected ones, by code. */
+  refusals: Map<number, number>;
+}
+
+async function senderSession(port: number, take: () => Promise<number | undefined>, random: () => number, load: Load): Promise<void> {
+  const socket = net.connect({ host: '127.0.0.1', port });
+  socket.setNoDelay(true);
+  const reader = new ReplyReader(socket);
+  const refused = (code: number) => load.refusals.set(code, (load.refusals.get(code) ?? 0) + 1);
+  if ((await reader.next()).code !== 220) throw new Error('no greeting');
+  socket.write('EHLO soak.client.test\r\n');
+  if ((await reader.next()).code !== 250) throw new Error('EHLO refused');
+  for (let seq = await take(); seq !== undefined; seq = await take()) {
+    const n = 1 + Math.floor(random() * 3);
+    const to: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = random();
+      to.push(`${r < 0.8 ? 'ok' : r < 0.92 ? 'flaky' : 'gone'}-${seq}-${i}@dest.test`);
+    }
+    const body = makeBody(seq, to, sizeOf(random(), random()));
+    socket.write(`MAIL FROM:<soak@sender.test> RET=HDRS\r\n${to.map((t) => `RCPT TO:<${t}>\r\n`).join('')}DATA\r\n`);
+    const replies = [await reader.next()];
+    for (const _ of to) replies.push(await reader.next());
+    const data = await reader.next();
+    if (replies.some((r) => r.code !== 250) || data.code !== 354) {
+      for (const r of [...replies, data]) if (r.code !== 250 && r.code !== 354) refused(r.code);
+      if (data.code === 354) {
+        socket.write('.\r\n');
+        await reader.next();
+      }
+      socket.write('RSET\r\n');
+      await reader.next();
+      continue;
+    }
+    socket.write(body + '.\r\n');
+    const end = await reader.next();
+    if (end.code === 250) load.accepted.set(seq, to);
+    else refused(end.code);
+  }
+  socket.write('QUIT\r\n');
+  socket.end();
+}
+
+// ---------------------------------------------------------------- operator
+
+async function api(port: number, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${TOKEN}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, json: text.startsWith('{') ? JSON.parse(text) : text };
+}
+
+/** One operator round: stats, a browse, retry one deferred mail, hold one (released 10 s later), reprioritise one. */
+async function operatorRound(port: number, random: () => number, held: { id: string; at: number }[], statuses: Map<string, number>): Promise<void> {
+  const count = (what: string, status: number) => {
+    const k = `${what} ${status}`;
+    statuses.set(k, (statuses.get(k) ?? 0) + 1);
+  };
+  count('stats', (await api(port, 'GET', '/api/stats')).status);
+  const deferred = await api(port, 'GET', '/api/messages?state=queued&reply=4.2.0&limit=50');
+  count('browse', deferred.status);
+  const items: { id: string }[] = deferred.json?.items ?? [];
+  if (items.length) count('retry', (await api(port, 'POST', `/api/messages/${items[Math.floor(random() * items.length)]!.id}/retry`)).status);
+  const queued = await api(port, 'GET', '/api/messages?state=queued&limit=20&sort=received&order=desc');
+  count('browse', queued.status);
+  const recent: { id: string }[] = queued.json?.items ?? [];
+  if (recent.length) {
+    const id = recent[Math.floor(random() * recent.length)]!.id;
+    const r = await api(port, 'POST', `/api/messages/${id}/hold`, { reason: 'soak' });
+    count('hold', r.status);
+    if (r.status === 200) held.push({ id, at: Date.now() });
+    const other = recent[Math.floor(random() * recent.length)]!.id;
+    count('priority', (await api(port, 'PATCH', `/api/messages/${other}`, { priority: random() < 0.5 ? 'high' : 'bulk' })).status);
+  }
+  while (held.length && held[0]!.at < Date.now() - 10_000) {
+    const r = await api(port, 'POST', `/api/messages/${held.shift()!.id}/release`);
+    count('release', r.status);
+    if (r.status >= 400 && !statuses.has(`release ${r.status}: ${r.json?.message}`)) statuses.set(`release ${r.status}: ${r.json?.message}`, 1);
+  }
+}
+
+// ---------------------------------------------------------------- samples
+
+interface Sample { t: number; rssMB: number; heapMB: number; fds: number; lagP99Ms: number; metaMB: number; segmentsMB: number; queued: number }
+
+function metric(text: string, name: string): number {
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : NaN;
+}
+
+function dirMB(dir: string): number {
+  let bytes = 0;
+  try {
+    for (const f of readdirSync(dir)) bytes += statSync(join(dir, f)).size;
+  } catch { /* not there yet */ }
+  return bytes / 1048576;
+}
+
+async function sample(port: number, spool: string, t0: number): Promise<Sample> {
+  const text = (await api(port, 'GET', '/metrics')).json as string;
+  const stats = (await api(port, 'GET', '/api/stats')).json as { byState?: Record<string, number> };
+  const s = stats.byState ?? {};
+  let metaMB = NaN;
+  try { metaMB = statSync(join(spool, 'meta.mdb')).size / 1048576; } catch { /* not there yet */ }
+  return {
+    t: Math.round((Date.now() - t0) / 1000),
+    rssMB: Math.round(metric(text, 'spoolhouse_process_process_resident_memory_bytes') / 1048576),
+    heapMB: Math.round(metric(text, 'spoolhouse_process_nodejs_heap_size_used_bytes') / 104857.6) / 10,
+    fds: metric(text, 'spoolhouse_process_process_open_fds'),
+    lagP99Ms: Math.round(metric(text, 'spoolhouse_process_nodejs_eventloop_lag_p99_seconds') * 10000) / 10,
+    metaMB: Math.round(metaMB),
+    segmentsMB: Math.round(dirMB(join(spool, 'segments'))),
+    queued: (s.queued ?? 0) + (s.active ?? 0) + (s.held ?? 0),
+  };
+}
+
+/** Least-squares slope of y over t (seconds), per hour. */
+function slopePerHour(points: { t: number; y: number }[]): number {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mt = points.reduce((a, p) => a + p.t, 0) / n;
+  const my = points.reduce((a, p) => a + p.y, 0) / n;
+  const num = points.reduce((a, p) => a + (p.t - mt) * (p.y - my), 0);
+  const den = points.reduce((a, p) => a + (p.t - mt) ** 2, 0);
+  return den ? Math.round((num / den) * 3600 * 10) / 10 : NaN;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const { values: args } = parseArgs({
+    options: {
+      minutes: { type: 'string', default: '30' },
+      rate: { type: 'string', default: '150' },
+      sessions: { type: 'string', default: '8' },
+      retain: { type: 'string', default: '5m' },
+      seed: { type: 'string', default: '1' },
+    },
+  });
+  const minutes = Number(args.minutes);
+  const rate = Number(args.rate);
+  const random = rng(Number(args.seed));
+  const dir = mkdtempSync(join(tmpdir(), 'spoolhouse-soak-'));
+  const spool = join(dir, 'spool');
+
+  const receiver = new Worker(fileURLToPath(import.meta.url), { workerData: { role: 'receiver' } });
+  const delivered = new Map<string, number>();
+  const bounced = new Set<string>();
+  let receiverDeferred = 0;
+  let receiverRefused = 0;
+  const receiverPort = await new Promise<number>((resolve) => {
+    receiver.on('message', (m: { port?: number; seen?: Seen }) => {
+      if (m.port) resolve(m.port);
+      if (!m.seen) return;
+      for (const k of m.seen.delivered) delivered.set(k, (delivered.get(k) ?? 0) + 1);
+      for (const k of m.seen.bounced) bounced.add(k);
+      receiverDeferred += m.seen.deferred;
+      receiverRefused += m.seen.refused;
+    });
+  });
+
+  const smtpPort = await freePort();
+  const adminPort = await freePort();
+  const file = join(dir, 'soak-config.json');
+  writeFileSync(file, JSON.stringify({
+    smtp: { listen: [`127.0.0.1:${smtpPort}`], hostname: 'soak.spoolhouse.test', earlyTalkerDelay: '0ms' },
+    spool: { dir: spool, retainFinished: args.retain },
+    admin: { listen: `127.0.0.1:${adminPort}`, token: TOKEN },
+    delivery: {
+      routes: { 'dest.test': `127.0.0.1:${receiverPort}`, 'sender.test': `127.0.0.1:${receiverPort}` },
+      tls: { opportunistic: false, verify: false },
+      retry: { min: '2s', max: '10s', lifetime: '1h', bounceLifetime: null },
+    },
+    log: { level: 'warn', pretty: false },
+  }));
+  const server: ChildProcess = spawn(process.execPath, [join(ROOT, 'dist/src/main.js'), '--config', file], { cwd: dir, stdio: ['ignore', 'inherit', 'inherit'] });
+  let exited: number | string | null | undefined;
+  server.once('exit', (code, signal) => { exited = code ?? signal; });
+  await waitForPort(smtpPort);
+  await waitForPort(adminPort);
+
+  const load: Load = { accepted: new Map(), refusals: new Map() };
+  const statuses = new Map<string, number>();
+  const samples: Sample[] = [];
+  const t0 = Date.now();
+  const end = t0 + minutes * 60_000;
+  // A shared pacer: mail n is sent no earlier than t0 + n / rate.
+  let next = 0;
+  let stopping = false;
+  const take = async (): Promise<number | undefined> => {
+    if (stopping || Date.now() >= end || exited !== undefined) return undefined;
+    const seq = next++;
+    const due = t0 + (seq * 1000) / rate;
+    if (due > Date.now()) await sleep(due - Date.now());
+    return seq;
+  };
+  const held: { id: string; at: number }[] = [];
+  let lastHup = Date.now();
+  const operator = (async () => {
+    let lastSample = 0;
+    while (Date.now() < end && exited === undefined) {
+      await operatorRound(adminPort, random, held, statuses).catch((err: unknown) => statuses.set(`error ${(err as Error).message}`, 1));
+      if (Date.now() - lastSample >= 10_000) {
+        lastSample = Date.now();
+        const s = await sample(adminPort, spool, t0);
+        samples.push(s);
+        process.stderr.write(`soak ${s.t}s: rss ${s.rssMB} MB, heap ${s.heapMB} MB, fds ${s.fds}, lag p99 ${s.lagP99Ms} ms, meta.mdb ${s.metaMB} MB, segments ${s.segmentsMB} MB, in queue ${s.queued}, accepted ${load.accepted.size}\n`);
+      }
+      if (Date.now() - lastHup >= 60_000) {
+        lastHup = Date.now();
+        server.kill('SIGHUP');
+      }
+      await sleep(2000);
+    }
+    for (const h of held.splice(0)) await api(adminPort, 'POST', `/api/messages/${h.id}/release`);
+  })();
+  const sessions = Array.from({ length: Number(args.sessions) }, () => senderSession(smtpPort, take, random, load));
+  await Promise.all([...sessions, operator]).finally(() => { stopping = true; });
+  const loadEnd = Date.now();
+
+  // Drain: every mail finished (delivered, bounced) and every DSN delivered.
+  let drained = false;
+  const expected = () => {
+    let want = 0;
+    for (const to of load.accepted.values()) want += to.length;
+    return want;
+  };
+  while (Date.now() - loadEnd < 300_000 && exited === undefined) {
+    const s = await sample(adminPort, spool, t0);
+    if (s.queued === 0 && delivered.size + bounced.size >= expected()) {
+      samples.push(s);
+      drained = true;
+      break;
+    }
+    await sleep(2000);
+  }
+  await sleep(1000);
+
+  let lost = 0;
+  let duplicates = 0;
+  const lostExamples: string[] = [];
+  for (const [seq, to] of load.accepted) {
+    for (const rcpt of to) {
+      const k = `${seq} ${rcpt}`;
+      const ok = rcpt.startsWith('gone-') ? bounced.has(k) : delivered.has(k);
+      if (!ok) {
+        lost++;
+        if (lostExamples.length < 10) lostExamples.push(k);
+      }
+      if ((delivered.get(k) ?? 0) > 1) duplicates++;
+    }
+  }
+  const during = samples.filter((s) => s.t * 1000 <= loadEnd - t0);
+  const quarter = Math.max(1, Math.floor(during.length / 4));
+  const first = during.slice(0, quarter);
+  const last = during.slice(-quarter);
+  const secondHalf = during.slice(Math.floor(during.length / 2));
+  // The heap's floor per minute (after its collections), so the slope follows what stays, not garbage.
+  const floors = new Map<number, number>();
+  for (const s of secondHalf) floors.set(Math.floor(s.t / 60), Math.min(floors.get(Math.floor(s.t / 60)) ?? Infinity, s.heapMB));
+  const result = {
+    bench: 'soak',
+    minutes, rate, sessions: Number(args.sessions), retainFinished: args.retain,
+    accepted: load.accepted.size,
+    recipients: expected(),
+    acceptedPerSecond: Math.round(load.accepted.size / ((loadEnd - t0) / 1000)),
+    refusedAtIngest: Object.fromEntries(load.refusals),
+    receiver: { deferred: receiverDeferred, refused: receiverRefused, deliveredRecipients: delivered.size, bouncedRecipients: bounced.size },
+    drained,
+    drainSeconds: Math.round((Date.now() - loadEnd) / 1000),
+    lost, lostExamples, duplicates,
+    operator: Object.fromEntries(statuses),
+    firstQuarter: { rssMB: median(first.map((s) => s.rssMB)), heapMB: median(first.map((s) => s.heapMB)), fds: median(first.map((s) => s.fds)), lagP99Ms: median(first.map((s) => s.lagP99Ms)), metaMB: median(first.map((s) => s.metaMB)), segmentsMB: median(first.map((s) => s.segmentsMB)) },
+    lastQuarter: { rssMB: median(last.map((s) => s.rssMB)), heapMB: median(last.map((s) => s.heapMB)), fds: median(last.map((s) => s.fds)), lagP99Ms: median(last.map((s) => s.lagP99Ms)), metaMB: median(last.map((s) => s.metaMB)), segmentsMB: median(last.map((s) => s.segmentsMB)) },
+    secondHalfSlopePerHour: {
+      rssMB: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.rssMB }))),
+      heapFloorMB: slopePerHour([...floors].map(([m, y]) => ({ t: m * 60, y }))),
+      fds: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.fds }))),
+    },
+    afterDrain: samples[samples.length - 1],
+    maxLagP99Ms: Math.max(...samples.map((s) => s.lagP99Ms)),
+    serverExited: exited ?? null,
+    loadAverage: Number(loadavg()[0]!.toFixed(2)),
+  };
+  process.stdout.write(JSON.stringify(result) + '\n');
+  server.kill('SIGTERM');
+  await new Promise((r) => (exited !== undefined ? r(undefined) : server.once('exit', r)));
+  await receiver.terminate();
+  rmSync(dir, { recursive: true, force: true });
+  if (lost || !drained || result.serverExited !== 0 && result.serverExited !== null) process.exit(1);
+}
+
+if (isMainThread) {
+  main().catch((err) => {
+    process.stderr.write(`bench soak failed: ${(err as Error).stack}\n`);
+    process.exit(1);
+  });
+} else if ((workerData as { role?: string })?.role === 'receiver') {
+  runReceiver();
+}
