@@ -3,12 +3,14 @@
  * file descriptors, disk, event-loop lag) and checked at the end for lost or doubled mail. Not a
  * speed figure: the load is a fixed rate well below what the machine can take.
  *
- *   npx tsc -p . && node dist/bench/soak.js [--minutes 30] [--rate 150] [--sessions 8] [--retain 5m]
+ *   npx tsc -p . && node dist/bench/soak.js [--minutes 30] [--rate 150] [--sessions 8] [--retain 5m] [--backend spool|kafka]
  *
  * - The server: dist/src/main.js on a temp spool, fsync and all, at log level warn, delivering
  *   through `delivery.routes` to a receiving server in a worker thread (npm `smtp-server`). Its
  *   finished mail is purged after `--retain` (default 5 minutes, so the soak reaches the steady
- *   state a server with the default one day reaches after a day).
+ *   state a server with the default one day reaches after a day). `--backend kafka`: the Kafka
+ *   backend on topics of its own, on KAFKA_BROKERS or else the test broker started here (no
+ *   `meta.mdb` nor segments then: only the process's figures).
  * - The mail: `--rate` mails a second over `--sessions` kept SMTP sessions (PIPELINING), each mail
  *   to 1–3 recipients and of a mixed size (70 % 2–10 KB, 25 % 10–100 KB, 5 % 100 KB–1 MB).
  *   Recipients `ok-…` are taken at once; `flaky-…` (12 %) get `451 4.2.0` at their first two
@@ -34,6 +36,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import { benchBroker, type BenchBroker } from './kafka-broker.js';
 import { freePort, sleep, waitForPort } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -300,8 +303,11 @@ async function main(): Promise<void> {
       sessions: { type: 'string', default: '8' },
       retain: { type: 'string', default: '5m' },
       seed: { type: 'string', default: '1' },
+      backend: { type: 'string', default: 'spool' },
     },
   });
+  if (args.backend !== 'spool' && args.backend !== 'kafka') throw new Error(`--backend must be spool or kafka, not ${args.backend}`);
+  const broker: BenchBroker | undefined = args.backend === 'kafka' ? await benchBroker() : undefined;
   const minutes = Number(args.minutes);
   const rate = Number(args.rate);
   const random = rng(Number(args.seed));
@@ -330,6 +336,10 @@ async function main(): Promise<void> {
   writeFileSync(file, JSON.stringify({
     smtp: { listen: [`127.0.0.1:${smtpPort}`], hostname: 'soak.spoolhouse.test', earlyTalkerDelay: '0ms' },
     spool: { dir: spool, retainFinished: args.retain },
+    ...(broker ? {
+      queue: { backend: 'kafka' },
+      kafka: { brokers: broker.brokers, clientId: 'soak', topicPrefix: `soak-${Date.now().toString(36)}`, partitions: 6, replicationFactor: 1, nodeId: 'soak' },
+    } : {}),
     admin: { listen: `127.0.0.1:${adminPort}`, token: TOKEN },
     delivery: {
       routes: { 'dest.test': `127.0.0.1:${receiverPort}`, 'sender.test': `127.0.0.1:${receiverPort}` },
@@ -425,6 +435,7 @@ async function main(): Promise<void> {
   for (const s of secondHalf) floors.set(Math.floor(s.t / 60), Math.min(floors.get(Math.floor(s.t / 60)) ?? Infinity, s.heapMB));
   const result = {
     bench: 'soak',
+    backend: broker ? `kafka (${broker.description})` : 'spool',
     minutes, rate, sessions: Number(args.sessions), retainFinished: args.retain,
     accepted: load.accepted.size,
     recipients: expected(),
@@ -451,6 +462,7 @@ async function main(): Promise<void> {
   server.kill('SIGTERM');
   await new Promise((r) => (exited !== undefined ? r(undefined) : server.once('exit', r)));
   await receiver.terminate();
+  await broker?.stop();
   rmSync(dir, { recursive: true, force: true });
   if (lost || !drained || result.serverExited !== 0 && result.serverExited !== null) process.exit(1);
 }
