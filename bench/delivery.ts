@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
-import { freePort } from './lib.js';
+import { freePort, ReplyReader } from './lib.js';
 
 const now = () => performance.timeOrigin + performance.now();
 
@@ -97,36 +97,8 @@ function makeBody(seq: number, size: number): string {
   return body;
 }
 
-/** Reads SMTP replies (multi-line aware) from a socket, in order. */
-class ReplyReader {
-  #buf = '';
-  #waiters: ((code: number) => void)[] = [];
-  #codes: number[] = [];
-  constructor(socket: net.Socket) {
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => {
-      this.#buf += chunk;
-      let eol: number;
-      while ((eol = this.#buf.indexOf('\r\n')) >= 0) {
-        const line = this.#buf.slice(0, eol);
-        this.#buf = this.#buf.slice(eol + 2);
-        if (line[3] === '-') continue;
-        const code = Number(line.slice(0, 3));
-        const w = this.#waiters.shift();
-        if (w) w(code);
-        else this.#codes.push(code);
-      }
-    });
-  }
-  next(): Promise<number> {
-    const c = this.#codes.shift();
-    if (c !== undefined) return Promise.resolve(c);
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-}
-
 async function expectCode(reader: ReplyReader, want: number, what: string): Promise<void> {
-  const code = await reader.next();
+  const { code } = await reader.next();
   if (code !== want) throw new Error(`${what}: expected ${want}, got ${code}`);
 }
 

@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import type net from 'node:net';
 import { join } from 'node:path';
 
 export { freePort, waitForPort } from '../test/helpers/ports.js';
@@ -182,4 +183,41 @@ export function machineCpuMs(): { busy: number; steal: number; total: number } {
 export function machineShare(a: ReturnType<typeof machineCpuMs>, b: ReturnType<typeof machineCpuMs>): { busy: number; stolen: number } {
   const total = Math.max(1, b.total - a.total);
   return { busy: +((b.busy - a.busy) / total).toFixed(2), stolen: +((b.steal - a.steal) / total).toFixed(2) };
+}
+
+/** Reads SMTP replies (multi-line aware) from a socket, in order: code and last line; a
+ * closed connection answers everything still awaited with code 0. */
+export class ReplyReader {
+  #buf = '';
+  #waiters: ((r: { code: number; line: string }) => void)[] = [];
+  #replies: { code: number; line: string }[] = [];
+  #closed = false;
+  constructor(socket: net.Socket) {
+    socket.setEncoding('latin1');
+    socket.on('data', (chunk: string) => {
+      this.#buf += chunk;
+      let eol: number;
+      while ((eol = this.#buf.indexOf('\r\n')) >= 0) {
+        const line = this.#buf.slice(0, eol);
+        this.#buf = this.#buf.slice(eol + 2);
+        if (line[3] === '-') continue;
+        const r = { code: Number(line.slice(0, 3)), line };
+        const w = this.#waiters.shift();
+        if (w) w(r);
+        else this.#replies.push(r);
+      }
+    });
+    const close = () => {
+      this.#closed = true;
+      for (const w of this.#waiters.splice(0)) w({ code: 0, line: 'connection closed' });
+    };
+    socket.on('close', close);
+    socket.on('error', close);
+  }
+  next(): Promise<{ code: number; line: string }> {
+    const r = this.#replies.shift();
+    if (r) return Promise.resolve(r);
+    if (this.#closed) return Promise.resolve({ code: 0, line: 'connection closed' });
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
 }

@@ -37,7 +37,7 @@ import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { benchBroker, type BenchBroker } from './kafka-broker.js';
-import { freePort, sleep, waitForPort } from './lib.js';
+import { freePort, ReplyReader, sleep, waitForPort } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TOKEN = 'soak-operator-token-0123456789';
@@ -99,42 +99,6 @@ function runReceiver(): void {
 }
 
 // ---------------------------------------------------------------- sender
-
-/** Reads SMTP replies (multi-line aware) from a socket, in order: code and last line. */
-class ReplyReader {
-  #buf = '';
-  #waiters: ((r: { code: number; line: string }) => void)[] = [];
-  #replies: { code: number; line: string }[] = [];
-  #closed = false;
-  constructor(socket: net.Socket) {
-    socket.setEncoding('latin1');
-    socket.on('data', (chunk: string) => {
-      this.#buf += chunk;
-      let eol: number;
-      while ((eol = this.#buf.indexOf('\r\n')) >= 0) {
-        const line = this.#buf.slice(0, eol);
-        this.#buf = this.#buf.slice(eol + 2);
-        if (line[3] === '-') continue;
-        const r = { code: Number(line.slice(0, 3)), line };
-        const w = this.#waiters.shift();
-        if (w) w(r);
-        else this.#replies.push(r);
-      }
-    });
-    const close = () => {
-      this.#closed = true;
-      for (const w of this.#waiters.splice(0)) w({ code: 0, line: 'connection closed' });
-    };
-    socket.on('close', close);
-    socket.on('error', close);
-  }
-  next(): Promise<{ code: number; line: string }> {
-    const r = this.#replies.shift();
-    if (r) return Promise.resolve(r);
-    if (this.#closed) return Promise.resolve({ code: 0, line: 'connection closed' });
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-}
 
 /** A seeded xorshift, so two soaks send the same mail. */
 function rng(seed: number): () => number {
