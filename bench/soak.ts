@@ -25,7 +25,8 @@
  *   got `250` must have been delivered (ok, flaky) or bounced to its sender (gone): `lost` counts
  *   those that were neither, `duplicates` deliveries of a recipient more than once.
  *
- * Prints one JSON line; exits 1 when mail was lost or the queue did not drain.
+ * Prints one JSON line on stdout (the server's log, at warn, goes to stderr with the samples);
+ * exits 1 when mail was lost or the queue did not drain.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -312,7 +313,7 @@ async function main(): Promise<void> {
     },
     log: { level: 'warn', pretty: false },
   }));
-  const server: ChildProcess = spawn(process.execPath, [join(ROOT, 'dist/src/main.js'), '--config', file], { cwd: dir, stdio: ['ignore', 'inherit', 'inherit'] });
+  const server: ChildProcess = spawn(process.execPath, [join(ROOT, 'dist/src/main.js'), '--config', file], { cwd: dir, stdio: ['ignore', 2, 2] });
   let exited: number | string | null | undefined;
   server.once('exit', (code, signal) => { exited = code ?? signal; });
   await waitForPort(smtpPort);
