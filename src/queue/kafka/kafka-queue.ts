@@ -586,8 +586,8 @@ export class KafkaQueue implements Queue {
 
   /**
    * Tombstones state and body of every mail finished more than `retainMs` ago, `PURGE_BATCH` at a
-   * time. (One batch a run, as before, purged at most 1000 a minute: a node finishing more than
-   * that kept every finished mail in its view, and memory grew for as long as it ran.) A run
+   * time. (It used to tombstone one batch a run, at most 1000 a minute: a node finishing more
+   * than that kept the rest in its view, and its memory grew for as long as it ran.) A run
    * still going when the next is due (a large backlog) is left to finish it.
    */
   async purgeFinished(retainMs: number): Promise<number> {
