@@ -38,7 +38,7 @@ import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { benchBroker, type BenchBroker } from './kafka-broker.js';
-import { freePort, ReplyReader, sleep, waitForPort } from './lib.js';
+import { freePort, percentileOf, ReplyReader, sleep, waitForPort } from './lib.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const TOKEN = 'soak-operator-token-0123456789';
@@ -256,7 +256,11 @@ function slopePerHour(points: { t: number; y: number }[]): number {
   return den ? Math.round((num / den) * 3600 * 10) / 10 : NaN;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+/** The median of each figure over some samples. */
+function medians(samples: Sample[]) {
+  const of = (pick: (s: Sample) => number) => percentileOf(samples.map(pick), 50);
+  return { rssMB: of((s) => s.rssMB), heapMB: of((s) => s.heapMB), fds: of((s) => s.fds), lagP99Ms: of((s) => s.lagP99Ms), metaMB: of((s) => s.metaMB), segmentsMB: of((s) => s.segmentsMB) };
+}
 
 // ---------------------------------------------------------------- main
 
@@ -411,8 +415,8 @@ async function main(): Promise<void> {
     drainSeconds: Math.round((Date.now() - loadEnd) / 1000),
     lost, lostExamples, duplicates,
     operator: Object.fromEntries(statuses),
-    firstQuarter: { rssMB: median(first.map((s) => s.rssMB)), heapMB: median(first.map((s) => s.heapMB)), fds: median(first.map((s) => s.fds)), lagP99Ms: median(first.map((s) => s.lagP99Ms)), metaMB: median(first.map((s) => s.metaMB)), segmentsMB: median(first.map((s) => s.segmentsMB)) },
-    lastQuarter: { rssMB: median(last.map((s) => s.rssMB)), heapMB: median(last.map((s) => s.heapMB)), fds: median(last.map((s) => s.fds)), lagP99Ms: median(last.map((s) => s.lagP99Ms)), metaMB: median(last.map((s) => s.metaMB)), segmentsMB: median(last.map((s) => s.segmentsMB)) },
+    firstQuarter: medians(first),
+    lastQuarter: medians(last),
     secondHalfSlopePerHour: {
       rssMB: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.rssMB }))),
       heapFloorMB: slopePerHour([...floors].map(([m, y]) => ({ t: m * 60, y }))),
