@@ -41,6 +41,17 @@ export class InvalidTransitionError extends QueueError {
   }
 }
 
+/**
+ * Hold or remove while an attempt's final "." is in flight (commitDelivery): the remote may
+ * already have the mail, so the action could not keep its promise. 409; try again once the
+ * attempt is recorded (milliseconds to the data timeout).
+ */
+export class MailInFlightError extends QueueError {
+  constructor(readonly id: string, readonly action: string) {
+    super(`Cannot ${action} mail ${id}: it is being handed to the remote server right now (final "." sent); try again once the attempt is recorded`, 451, '4.3.0', 409);
+  }
+}
+
 /** An action on recipients of a mail names one it does not have (404) or one already done (409). */
 export class RecipientNotPendingError extends QueueError {
   constructor(readonly id: string, readonly address: string, readonly done: boolean) {

@@ -7,12 +7,14 @@
  * - A terminal mail (delivered, bounced, expired, removed) never changes again, except that
  *   outcomes of an attempt that was in flight when it was removed are still added to its history.
  * - hold/remove of an active mail keep its lease, so the worker can still record what it did;
- *   `checkLease` answers false from then on, so it will not start or finish a DATA.
+ *   `checkLease` answers false from then on, so it will not start or finish a DATA. Once the
+ *   worker passed the point of no return (`applyCommitDelivery`, just before a final "."), they
+ *   are refused (MailInFlightError) until that "." is settled or the attempt recorded.
  * - Every change bumps `generation` and `updatedAt`.
  */
 import { randomBytes } from 'node:crypto';
 import { monotonicFactory } from 'ulid';
-import { InvalidTransitionError, LeaseLostError, RecipientExistsError, RecipientNotPendingError } from './errors.js';
+import { InvalidTransitionError, LeaseLostError, MailInFlightError, RecipientExistsError, RecipientNotPendingError } from './errors.js';
 import type {
   AttemptResult, BrowseFilter, EnqueueRequest, MailState, Millis, QueueEventType, QueuedMail, Recipient, SmtpReply,
 } from './types.js';
@@ -126,6 +128,25 @@ export function applyRenewLease(mail: QueuedMail, token: string, leaseMs: number
   return changed(mail, { lease: { ...mail.lease!, until: now + leaseMs } }, now);
 }
 
+/** A final "." of the mail's running attempt is in flight (Lease.sending), and the lease lasts. */
+export function sendingNow(mail: QueuedMail, now: Millis): boolean {
+  return mail.state === 'active' && (mail.lease?.sending ?? 0) > 0 && mail.lease!.until > now;
+}
+
+/** The point of no return before a final "." (Queue.commitDelivery). */
+export function applyCommitDelivery(mail: QueuedMail, token: string, now: Millis): QueuedMail {
+  if (!leaseValid(mail, token, now)) throw new LeaseLostError(mail.id);
+  return changed(mail, { lease: { ...mail.lease!, sending: (mail.lease!.sending ?? 0) + 1 } }, now);
+}
+
+/** One final "." settled (Queue.settleDelivery); the mail as it is when the lease is no longer this one. */
+export function applySettleDelivery(mail: QueuedMail, token: string, now: Millis): QueuedMail {
+  const lease = mail.lease;
+  if (lease?.token !== token || !lease.sending) return mail;
+  const { sending, ...rest } = lease;
+  return changed(mail, { lease: sending > 1 ? { ...rest, sending: sending - 1 } : rest }, now);
+}
+
 export function applyReleaseLease(mail: QueuedMail, token: string, now: Millis): QueuedMail {
   if (mail.lease?.token !== token) throw new LeaseLostError(mail.id);
   const { lease: _lease, ...rest } = mail;
@@ -178,6 +199,7 @@ export function applyAttempt(mail: QueuedMail, token: string, result: AttemptRes
 export function applyHold(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
   if (mail.state === 'held') return mail;
   if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'hold');
+  if (sendingNow(mail, now)) throw new MailInFlightError(mail.id, 'hold');
   return changed(mail, { state: 'held', holdReason: reason ?? 'held by operator' }, now);
 }
 
@@ -192,6 +214,7 @@ export function applyRelease(mail: QueuedMail, now: Millis): QueuedMail {
 export function applyRemove(mail: QueuedMail, reason: string | undefined, now: Millis): QueuedMail {
   if (mail.state === 'removed') return mail;
   if (isTerminal(mail.state)) throw new InvalidTransitionError(mail.id, mail.state, 'remove');
+  if (sendingNow(mail, now)) throw new MailInFlightError(mail.id, 'remove');
   return changed(mail, { state: 'removed', holdReason: reason ?? mail.holdReason }, now);
 }
 

@@ -11,8 +11,11 @@
  * - Among due mail, `reserveDue` hands out higher priority first, then earliest not-before,
  *   and bounds the starvation of low priorities (see `ReserveOptions.lowPriorityShare`).
  * - A lease that runs out (crashed worker) makes the mail due again.
- * - After `remove` has resolved, `checkLease` for that mail answers false, so a worker that
- *   asks just before the final `.` of DATA never delivers a removed mail.
+ * - `commitDelivery` is the point of no return before the final `.` of DATA: either a hold or
+ *   removal came first (then it answers false and nothing is sent), or it did and the hold or
+ *   removal is refused (MailInFlightError, HTTP 409) until the attempt's outcome is recorded,
+ *   the final `.` settled, or the lease ran out. So a hold or removal that was answered as done
+ *   is never followed by a delivery.
  */
 
 /** A sortable unique id (ULID, 26 characters of Crockford base32). */
@@ -138,6 +141,12 @@ export interface Lease {
   /** Opaque, unique per reservation; every lease-holding call must present it. */
   token: string;
   until: Millis;
+  /**
+   * Final "."s of this attempt in flight: `commitDelivery` calls not yet settled. While it is
+   * above 0 (and the lease lasts) a hold or removal is refused with MailInFlightError. The Kafka
+   * backend records it in the state topic, so every node refuses; the spool keeps it in memory.
+   */
+  sending?: number;
 }
 
 export interface EnqueueRequest {
@@ -300,6 +309,15 @@ export interface Queue {
   /** True while the lease is still held and the mail has not been removed or held. */
   checkLease(id: MailId, token: string): Promise<boolean>;
   /**
+   * Asked just before the final "." of DATA: true when the lease is still held and the mail not
+   * removed or held, and from then on hold and remove are refused (MailInFlightError) until
+   * `settleDelivery`, `recordAttempt` or `releaseLease` with this token, or the lease's end.
+   * Calls nest (one per final "." of the attempt).
+   */
+  commitDelivery(id: MailId, token: string): Promise<boolean>;
+  /** The final "." of one `commitDelivery` got its answer (or its connection was lost). Never throws for a lost lease. */
+  settleDelivery(id: MailId, token: string): Promise<void>;
+  /**
    * Records the outcome of one attempt, atomically, and releases the lease: per-recipient status,
    * history; the mail becomes delivered/bounced when no recipient is left, expired when what is
    * left expired, otherwise queued again with notBefore = retryAt. A stale token throws LeaseLostError
@@ -313,7 +331,10 @@ export interface Queue {
   // InvalidTransitionError when the state does not allow it (e.g. hold a delivered mail).
   hold(id: MailId, reason?: string): Promise<QueuedMail>;
   release(id: MailId): Promise<QueuedMail>;
-  /** Final: after it resolves the mail is never delivered (checkLease answers false). */
+  /**
+   * Final: after it resolves the mail is never delivered (checkLease answers false). Refused
+   * with MailInFlightError, as hold is, while a final "." is in flight (commitDelivery).
+   */
   remove(id: MailId, reason?: string): Promise<QueuedMail>;
   /**
    * Gives the mail up, with a DSN to its sender (exim's -Mg): marks it, and makes it due now (a

@@ -128,6 +128,8 @@ interface Job {
   attempt: Attempt;
   recipients: Recipient[];
   seq: number;
+  /** Final "."s sent for this job (commitDelivery said yes), settled when the job is done. */
+  commits?: number;
 }
 
 class DestinationPool {
@@ -737,14 +739,20 @@ export class Scheduler {
       bodyType: mail.bodyType,
       dsn: mail.dsn,
       openBody: () => this.#queue.readBody(mail.id),
-      stillWanted: () => this.#stillWanted(job.attempt),
+      stillWanted: () => this.#stillWanted(job),
     };
   }
 
-  async #stillWanted(attempt: Attempt): Promise<boolean> {
+  /**
+   * The point of no return (Queue.commitDelivery): yes, and a hold or removal is refused until
+   * the job is done; no, and the "." is never sent.
+   */
+  async #stillWanted(job: Job): Promise<boolean> {
+    const attempt = job.attempt;
     if (attempt.lost || attempt.released) return false;
-    const ok = await this.#queue.checkLease(attempt.mail.id, attempt.token);
-    if (!ok) {
+    const ok = await this.#queue.commitDelivery(attempt.mail.id, attempt.token);
+    if (ok) job.commits = (job.commits ?? 0) + 1;
+    else {
       attempt.lost = true;
       attempt.log.info('mail removed, held or its lease lost during delivery; not finishing it');
     }
@@ -891,6 +899,18 @@ export class Scheduler {
     }
     attempt.jobsLeft--;
     if (attempt.jobsLeft === 0) void this.#finish(attempt);
+    else this.#settle(job);
+  }
+
+  /**
+   * The job is done while other jobs of its attempt still run: its final "."s are settled, so a
+   * hold or removal can stop those again (after the last job, recordAttempt does it).
+   */
+  #settle(job: Job): void {
+    const { mail, token, log } = job.attempt;
+    for (; job.commits; job.commits--) {
+      this.#queue.settleDelivery(mail.id, token).catch((err: unknown) => log.warn({ err }, 'could not settle a final "."; holds of this mail are refused until the attempt is recorded'));
+    }
   }
 
   // ---- finishing an attempt --------------------------------------------------------------------

@@ -8,6 +8,10 @@
  * answered, so the removal lands mid-delivery every time, not by luck: once at the start of the
  * session, and once with the client's DATA command held (so the worker has already passed its
  * earlier checks and must stop just before the final ".").
+ *
+ * And the other side of that point of no return: with the final "." sent and the remote's answer
+ * held, a removal or hold cannot keep its promise, so the API refuses it (409) and the mail ends
+ * delivered; once that destination is done, the other destinations of the mail can be held again.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -26,7 +30,7 @@ class Gate {
   #open!: () => void;
   readonly opened = new Promise<void>((resolve) => { this.#open = resolve; });
 
-  constructor(private readonly upstreamPort: number, private readonly holdAt: 'connect' | 'data') {}
+  constructor(private readonly upstreamPort: number, private readonly holdAt: 'connect' | 'data' | 'reply') {}
 
   async listen(): Promise<void> {
     this.server = createServer((client) => this.#relay(client));
@@ -45,12 +49,27 @@ class Gate {
     upstream.on('close', () => client.destroy());
     client.on('close', () => upstream.destroy());
     if (this.holdAt === 'connect') {
-      client.pause();
-      upstream.pause();
+      // Nothing flows until open(): both sides' bytes wait in their sockets (pipe() would resume them).
       this.reached = true;
-      void this.opened.then(() => { client.resume(); upstream.resume(); });
+      void this.opened.then(() => { client.pipe(upstream); upstream.pipe(client); });
+      return;
+    }
+    if (this.holdAt === 'reply') {
+      // The client's bytes pass; the remote's answer to the final "." is held.
       client.pipe(upstream);
-      upstream.pipe(client);
+      let sent = '';
+      let holding = false;
+      client.on('data', (chunk: Buffer) => {
+        sent = (sent + chunk.toString('latin1')).slice(-5);
+        if (sent === '\r\n.\r\n') holding = true;
+      });
+      const held: Buffer[] = [];
+      upstream.on('data', (chunk: Buffer) => {
+        if (!holding) { client.write(chunk); return; }
+        held.push(chunk);
+        this.reached = true;
+        void this.opened.then(() => { for (const b of held.splice(0)) client.write(b); holding = false; });
+      });
       return;
     }
     upstream.pipe(client);
@@ -84,6 +103,8 @@ let h: Harness;
 let rx: Receiver;
 let atConnect: Gate;
 let atData: Gate;
+let atReply: Gate;
+let slow: Gate;
 let scheduler: Scheduler;
 let delivery: Deliverer;
 
@@ -91,13 +112,20 @@ beforeAll(async () => {
   rx = await startReceiver();
   atConnect = new Gate(rx.port, 'connect');
   atData = new Gate(rx.port, 'data');
+  atReply = new Gate(rx.port, 'reply');
+  slow = new Gate(rx.port, 'connect');
   await atConnect.listen();
   await atData.listen();
+  await atReply.listen();
+  await slow.listen();
   h = await startHarness({
     overlay: {
       delivery: {
         heloName: 'mx.spoolhouse.test',
-        routes: { 'race.example': `127.0.0.1:${atConnect.port}`, 'late.example': `127.0.0.1:${atData.port}` },
+        routes: {
+          'race.example': `127.0.0.1:${atConnect.port}`, 'late.example': `127.0.0.1:${atData.port}`,
+          'sent.example': `127.0.0.1:${atReply.port}`, 'slow.example': `127.0.0.1:${slow.port}`, 'quick.example': `127.0.0.1:${rx.port}`,
+        },
         tls: { opportunistic: false, verify: false },
         timeouts: { connect: '2s', greeting: '10s', command: '10s', data: '10s' },
         retry: { min: '200ms', max: '400ms', lifetime: '1h' },
@@ -112,13 +140,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  atConnect?.open();
-  atData?.open();
+  for (const g of [atConnect, atData, atReply, slow]) g?.open();
   await scheduler?.stop(2_000);
   await delivery?.close();
   await h?.close();
-  atConnect?.close();
-  atData?.close();
+  for (const g of [atConnect, atData, atReply, slow]) g?.close();
   await rx?.close();
 });
 
@@ -162,4 +188,38 @@ it('a mail not removed goes the same way to the receiver (so the tests above can
   const mail = await h.enqueue({ subject: 'deliver me', to: ['fine@late.example'], dueInMs: -1000 });
   await waitFor('delivery', async () => (await h.queue.get(mail.id))!.state === 'delivered');
   expect(rx.completed().map((t) => t.data.toString())).toEqual([expect.stringContaining('Subject: deliver me')]);
+});
+
+it('the final "." sent, its answer not in yet: removal and hold are refused (409), and the mail ends delivered', async () => {
+  const mail = await h.enqueue({ subject: 'already on its way', to: ['one@sent.example'], dueInMs: -1000 });
+  await waitFor('the final "." to reach the receiver, its answer held', () => atReply.reached);
+  for (const [method, path] of [['DELETE', `/api/messages/${mail.id}`], ['POST', `/api/messages/${mail.id}/hold`]] as const) {
+    const r = await h.json(method, path, method === 'POST' ? { body: {} } : {});
+    expect(r.status).toBe(409);
+    expect(r.body.message).toMatch(/being handed to the remote server right now/);
+  }
+  const bulk = await h.json('POST', '/api/messages/actions', { body: { filter: { state: 'active' }, action: 'hold' } });
+  expect(bulk.status).toBe(200);
+  expect(bulk.body).toMatchObject({ changed: 0, failed: 1, errors: [{ id: mail.id }] });
+  expect((await h.queue.get(mail.id))!.state).toBe('active');
+  atReply.open();
+  await waitFor('delivery', async () => (await h.queue.get(mail.id))!.state === 'delivered');
+  expect(rx.completed().some((t) => t.data.toString().includes('Subject: already on its way'))).toBe(true);
+  expect((await h.json('POST', `/api/messages/${mail.id}/hold`, { body: {} })).status).toBe(409);
+});
+
+it('one destination done, another still connecting: the mail can be held again, and the rest is not sent', async () => {
+  const mail = await h.enqueue({ subject: 'two destinations', to: ['a@quick.example', 'b@slow.example'], dueInMs: -1000 });
+  await waitFor('the quick destination to be done and the slow one held at connect', async () =>
+    slow.reached && rx.completed().some((t) => t.data.toString().includes('Subject: two destinations')));
+  // The quick destination's "." was settled when its job ended: the hold is taken.
+  await waitFor('the hold to be taken', async () => (await h.json('POST', `/api/messages/${mail.id}/hold`, { body: { reason: 'stop the rest' } })).status === 200, 3_000);
+  slow.open();
+  await waitFor('the attempt to be recorded', async () => {
+    const m = (await h.queue.get(mail.id))!;
+    return m.state === 'held' && m.recipients.some((r) => r.status === 'delivered');
+  });
+  const m = (await h.queue.get(mail.id))!;
+  expect(m.recipients.map((r) => [r.address, r.status])).toEqual([['a@quick.example', 'delivered'], ['b@slow.example', 'pending']]);
+  expect(rx.completed().filter((t) => t.rcptTo.some((r) => r.address === 'b@slow.example'))).toEqual([]);
 });

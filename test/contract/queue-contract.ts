@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { InvalidTransitionError, LeaseLostError, MailNotFoundError, RecipientNotPendingError } from '../../src/queue/errors.js';
+import { InvalidTransitionError, LeaseLostError, MailInFlightError, MailNotFoundError, RecipientNotPendingError } from '../../src/queue/errors.js';
 import { newMailId } from '../../src/queue/model.js';
 import type { EnqueueRequest, Queue, QueuedMail, QueueEvent, SortField } from '../../src/queue/types.js';
 import { bodyOf } from '../helpers/body.js';
@@ -402,6 +402,76 @@ export function queueContract(name: string, open: () => Promise<ContractHandle>)
         expect(await q.checkLease(m.id, r.lease!.token)).toBe(false);
         const after = await q.recordAttempt(m.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'deferred' }], retryAt: Date.now() });
         expect(after.state).toBe('held');
+      });
+    });
+
+    describe('commitDelivery: the point of no return before a final "."', () => {
+      it('refuses hold and remove while a final "." is in flight; the attempt is recorded as it went', async () => {
+        const m = await q.enqueue(request());
+        const r = await reserveOne(q, m.id);
+        expect(await q.commitDelivery(m.id, r.lease!.token)).toBe(true);
+        await expect(q.hold(m.id, 'too late')).rejects.toBeInstanceOf(MailInFlightError);
+        await expect(q.remove(m.id, 'too late')).rejects.toBeInstanceOf(MailInFlightError);
+        expect((await q.get(m.id))?.state).toBe('active');
+        const after = await q.recordAttempt(m.id, r.lease!.token, { outcomes: [{ address: 'bob@dest.example', outcome: 'delivered' }] });
+        expect(after.state).toBe('delivered');
+        await expect(q.hold(m.id)).rejects.toBeInstanceOf(InvalidTransitionError);
+      });
+
+      it('a hold or removal that came first makes it false', async () => {
+        const held = await q.enqueue(request());
+        const rh = await reserveOne(q, held.id);
+        await q.hold(held.id, 'first');
+        expect(await q.commitDelivery(held.id, rh.lease!.token)).toBe(false);
+        const removed = await q.enqueue(request());
+        const rr = await reserveOne(q, removed.id);
+        await q.remove(removed.id, 'first');
+        expect(await q.commitDelivery(removed.id, rr.lease!.token)).toBe(false);
+        expect(await q.commitDelivery(removed.id, 'not-the-token')).toBe(false);
+      });
+
+      it('a hold racing it is either refused or first: never both answered', async () => {
+        // The check comes 0 to 39 turns of the event loop after the hold was asked: before the
+        // hold's write, while its group commits, and after it. (The spool fails this if
+        // commitDelivery ignores the group committing: it says yes, and the hold is answered.)
+        for (let turns = 0; turns < 40; turns++) {
+          const m = await q.enqueue(request());
+          const r = await reserveOne(q, m.id);
+          const hold = q.hold(m.id, 'race').then(() => 'held' as const, (err: unknown) => err);
+          for (let t = 0; t < turns; t++) await new Promise((res) => setImmediate(res));
+          const sent = await q.commitDelivery(m.id, r.lease!.token);
+          const outcome = await hold;
+          if (sent) expect(outcome).toBeInstanceOf(MailInFlightError);
+          else expect(outcome).toBe('held');
+        }
+      });
+
+      it('nests: hold is allowed again once every final "." is settled, and after a lease given back', async () => {
+        const m = await q.enqueue(request({ recipients: [{ address: 'bob@dest.example' }, { address: 'carol@other.example' }] }));
+        const r = await reserveOne(q, m.id);
+        const token = r.lease!.token;
+        expect(await q.commitDelivery(m.id, token)).toBe(true);
+        expect(await q.commitDelivery(m.id, token)).toBe(true);
+        await q.settleDelivery(m.id, token);
+        await expect(q.hold(m.id)).rejects.toBeInstanceOf(MailInFlightError);
+        await q.settleDelivery(m.id, token);
+        await q.settleDelivery(m.id, token);
+        await q.settleDelivery(m.id, 'not-the-token');
+        expect((await q.hold(m.id, 'now')).state).toBe('held');
+        expect(await q.commitDelivery(m.id, token)).toBe(false);
+        await q.release(m.id);
+        expect(await q.commitDelivery(m.id, token)).toBe(true);
+        await q.releaseLease(m.id, token);
+        expect((await q.remove(m.id, 'gone')).state).toBe('removed');
+      });
+
+      it('a lease that ran out ends it (the worker died with its "." in flight)', async () => {
+        const m = await q.enqueue(request());
+        const r = await reserveOne(q, m.id, 300);
+        expect(await q.commitDelivery(m.id, r.lease!.token)).toBe(true);
+        await expect(q.hold(m.id)).rejects.toBeInstanceOf(MailInFlightError);
+        await new Promise((res) => setTimeout(res, 400));
+        expect((await q.hold(m.id, 'after the crash')).state).toBe('held');
       });
     });
 

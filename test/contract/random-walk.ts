@@ -1,7 +1,8 @@
 /**
  * A backend's records, indexes and counters stay true to its mails through any sequence of
  * operations and restarts (run by test/spool/random-ops.test.ts and test/contract/kafka-random-ops.test.ts): seeded random enqueues (held, delayed, due; one to three recipients;
- * the null sender), reservations, attempts with every outcome, lease releases, operator actions
+ * the null sender), reservations, attempts with every outcome, final "."s committed and settled,
+ * lease releases, operator actions
  * (hold, release, remove, bounce, redirect, retry now, priority, not-before) and close/reopen.
  * The test keeps the last version of each mail the spool returned, and checks every few steps:
  * - `get` returns that version (after a restart of the spool, an active mail comes back queued,
@@ -152,7 +153,12 @@ export function randomWalk(name: string, open: () => Promise<ContractHandle>, o:
           const active = live(['active']);
           if (!active.length) continue;
           const m = pick(active);
-          await q.releaseLease(m.id, m.lease!.token);
+          // A final "." sent (holds and removals refused until it settles or the attempt is
+          // recorded), one settled, or the lease given back.
+          const which = rnd();
+          if (which < 0.4) await q.commitDelivery(m.id, m.lease!.token);
+          else if (which < 0.6) await q.settleDelivery(m.id, m.lease!.token);
+          else await q.releaseLease(m.id, m.lease!.token);
           known.set(m.id, (await q.get(m.id))!);
         } else if (roll < 0.97) {
           const m = pick([...known.values()]);

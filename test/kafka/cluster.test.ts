@@ -1,11 +1,13 @@
 /**
  * Several nodes on one Kafka (two KafkaQueue instances with their own views, same topics):
  * no mail is leased twice when nodes race, a removal on one node is seen by the other's
- * checkLease at once, priority holds across nodes under a bulk backlog, a 20 s delay is kept to
+ * checkLease at once, node A's point of no return before a final "." refuses node B's hold and
+ * removal (and is refused after them), priority holds across nodes under a bulk backlog, a 20 s delay is kept to
  * about a second, and a 40 MB mail enqueued on one node is read whole on the other.
  */
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MailInFlightError } from '../../src/queue/errors.js';
 import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
 import type { QueuedMail } from '../../src/queue/types.js';
 import { kafkaBrokers, uniquePrefix } from './broker.js';
@@ -71,6 +73,37 @@ describe('kafka backend: two nodes on one cluster', () => {
       await b.remove(m.id, 'operator on node B');
       expect(await a.checkLease(m.id, r!.lease!.token)).toBe(false);
     }
+  });
+
+  it('the point of no return on node A: node B\'s hold or removal after it is refused, before it makes it false', async () => {
+    let sent = 0;
+    for (let i = 0; i < 20; i++) {
+      const m = await a.enqueue(mailRequest());
+      const [r] = await a.reserveDue({ owner: 'node-a', limit: 1, leaseMs: 60_000 });
+      expect(r?.id).toBe(m.id);
+      const token = r!.lease!.token;
+      if (i % 2 === 0) {
+        expect(await a.commitDelivery(m.id, token)).toBe(true);
+        await expect(b.hold(m.id, 'operator on node B')).rejects.toBeInstanceOf(MailInFlightError);
+        await expect(b.remove(m.id, 'operator on node B')).rejects.toBeInstanceOf(MailInFlightError);
+        expect((await a.recordAttempt(m.id, token, { outcomes: [{ address: m.recipients[0]!.address, outcome: 'delivered' }] })).state).toBe('delivered');
+        sent++;
+      } else {
+        // Both at once: whichever the state topic orders first wins, and the other is told so.
+        const [commit, hold] = await Promise.allSettled([a.commitDelivery(m.id, token), b.hold(m.id, 'operator on node B')]);
+        const yes = (commit as PromiseFulfilledResult<boolean>).value;
+        if (yes) {
+          expect((hold as PromiseRejectedResult).reason).toBeInstanceOf(MailInFlightError);
+          await a.settleDelivery(m.id, token);
+          // Settled on A: B's view may not have read that yet, and must not refuse on it.
+          expect((await b.hold(m.id, 'after the settle')).state).toBe('held');
+        } else {
+          expect(hold.status).toBe('fulfilled');
+        }
+        await b.remove(m.id, 'test cleanup');
+      }
+    }
+    expect(sent).toBe(10);
   });
 
   it('serves urgent mail enqueued on node B before a bulk backlog enqueued on node A', async () => {

@@ -15,7 +15,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { BrowsePage as BrowsePageView, BulkAction, BulkResult } from '../../api-types.js';
 import type { BrowseFilter, MailState, QueuedMail } from '../../queue/types.js';
-import { InvalidTransitionError, MailNotFoundError } from '../../queue/errors.js';
+import { InvalidTransitionError, MailInFlightError, MailNotFoundError } from '../../queue/errors.js';
 import { MAX_AUDIT_IDS } from '../audit.js';
 import { audited, type AdminContext } from '../context.js';
 import { BadRequestError } from '../errors.js';
@@ -177,7 +177,8 @@ async function applyOne(ctx: AdminContext, id: string, action: BulkAction, opts:
     } else {
       result.failed++;
       if (result.errors.length < 20) result.errors.push({ id, message: (err as Error).message });
-      ctx.logger.error({ err, mailId: id, action }, 'admin: bulk action failed for one mail');
+      // Being handed over right now (final "." sent): not a fault, the operator may try again.
+      if (!(err instanceof MailInFlightError)) ctx.logger.error({ err, mailId: id, action }, 'admin: bulk action failed for one mail');
     }
   }
 }

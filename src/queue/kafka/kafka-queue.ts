@@ -53,8 +53,8 @@ import { BodyCache } from '../body-cache.js';
 import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
-  applyAttempt, applyBounce, applyRedirect, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
-  applySetNotBefore, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
+  applyAttempt, applyBounce, applyCommitDelivery, applyRedirect, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
+  applySetNotBefore, applySettleDelivery, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
 } from '../model.js';
 import type {
   AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, Millis, Queue, QueuedMail, QueueEvent,
@@ -676,9 +676,20 @@ export class KafkaQueue implements Queue {
   private async transition(id: MailId, what: string, change: (m: QueuedMail, now: Millis) => QueuedMail, quiet = false): Promise<QueuedMail> {
     this.assertOpen();
     for (let i = 0; i < MAX_CAS_RETRIES; i++) {
-      const cur = i === 0 ? await this.lookup(id) : this.view.mails.get(id);
+      let cur = i === 0 ? await this.lookup(id) : this.view.mails.get(id);
       if (!cur) throw new MailNotFoundError(id);
-      const next = change(cur, this.now());
+      let next: QueuedMail;
+      try {
+        next = change(cur, this.now());
+      } catch (err) {
+        // A refusal is only given on the state topic's latest word (another node may have just
+        // settled a final "." or finished an attempt): judged once more after catching up.
+        if (i > 0 || !(err instanceof QueueError)) throw err;
+        await this.syncState(what);
+        cur = this.view.mails.get(id);
+        if (!cur) throw new MailNotFoundError(id);
+        next = change(cur, this.now());
+      }
       if (next === cur) return cur;
       const [outcome] = await this.writeStates([{ prev: cur.generation, mail: next, quiet }], what);
       if (outcome!.accepted) {
@@ -822,6 +833,28 @@ export class KafkaQueue implements Queue {
     this.assertOpen();
     await this.syncState('check lease');
     return leaseValid(this.view.mails.get(id), token, this.now());
+  }
+
+  /**
+   * A compare-and-set write of Lease.sending, so the state topic orders it against every node's
+   * hold or removal: one written first makes this answer false; one written after is refused.
+   */
+  async commitDelivery(id: MailId, token: string): Promise<boolean> {
+    try {
+      await this.transition(id, 'commit delivery', (m, now) => applyCommitDelivery(m, token, now), true);
+      return true;
+    } catch (err) {
+      if (err instanceof LeaseLostError || err instanceof MailNotFoundError) return false;
+      throw err;
+    }
+  }
+
+  async settleDelivery(id: MailId, token: string): Promise<void> {
+    try {
+      await this.transition(id, 'settle delivery', (m, now) => applySettleDelivery(m, token, now), true);
+    } catch (err) {
+      if (!(err instanceof MailNotFoundError)) throw err;
+    }
   }
 
   recordAttempt(id: MailId, token: string, result: AttemptResult): Promise<QueuedMail> {

@@ -292,6 +292,13 @@ export class SpoolQueue implements Queue {
    * every lease a crash left, through WriteTx like any change.
    */
   private readonly leases = new Map<MailId, Lease>();
+  /**
+   * Lease.sending of the spool: final "."s in flight per active mail (commitDelivery), in memory
+   * only (a crash ends every lease anyway). Dropped when the lease ends or changes hands.
+   */
+  private readonly sending = new Map<MailId, { token: string; n: number }>();
+  /** The group whose transitions ran and whose commit is not settled yet (see commitDelivery). */
+  private committingTx?: WriteTx;
   /** Non-terminal mail per recipient domain and per priority, kept with the counters. */
   private readonly liveByDomain = new Map<string, number>();
   private readonly liveByPriority = new Map<string, number>();
@@ -732,6 +739,7 @@ export class SpoolQueue implements Queue {
   private async commitGroup(ops: WriteOp[], appendMs: number): Promise<void> {
     const t1 = performance.now();
     const tx = new WriteTx(this, this.now());
+    this.committingTx = tx;
     const results: { ok: boolean; value: unknown }[] = [];
     let tcb0 = 0;
     let tcb1 = 0;
@@ -769,6 +777,7 @@ export class SpoolQueue implements Queue {
     } catch (err) {
       this.forgetUnsavedStructures();
       for (const id of tx.cached) this.bodyCache.delete(id);
+      this.committingTx = undefined;
       const mapped = await this.mapStorageError(await lmdbCommitCause(err));
       this.log.error({ err: mapped.cause ?? err, ops: ops.length }, 'spool commit failed');
       for (const [i, op] of ops.entries()) {
@@ -779,9 +788,11 @@ export class SpoolQueue implements Queue {
       return;
     }
     this.checkpoint = checkpoint;
+    this.committingTx = undefined;
     for (const [id, lease] of tx.leases) {
       if (lease) this.leases.set(id, lease);
       else this.leases.delete(id);
+      if (lease?.token !== this.sending.get(id)?.token) this.sending.delete(id);
     }
     const freed: number[] = [];
     for (const { key, delta } of tx.deltas.values()) {
@@ -1052,6 +1063,39 @@ export class SpoolQueue implements Queue {
     return lease !== undefined && lease.token === token && lease.until > this.now();
   }
 
+  /**
+   * Synchronous, so nothing interleaves: false when the committed lease is not this one, or when
+   * the group committing now ends it (a hold or removal whose transition ran, not yet on disk);
+   * otherwise marked, and a hold or removal that runs later sees the mark (stop).
+   */
+  async commitDelivery(id: MailId, token: string): Promise<boolean> {
+    if (!(await this.checkLease(id, token))) return false;
+    const tx = this.committingTx;
+    if (tx?.leases.has(id) && tx.leases.get(id)?.token !== token) return false;
+    const mark = this.sending.get(id);
+    if (mark?.token === token) mark.n++;
+    else this.sending.set(id, { token, n: 1 });
+    return true;
+  }
+
+  async settleDelivery(id: MailId, token: string): Promise<void> {
+    const mark = this.sending.get(id);
+    if (mark?.token !== token) return;
+    if (--mark.n === 0) this.sending.delete(id);
+  }
+
+  /**
+   * A hold or removal: the model judges the mail with Lease.sending from memory (and refuses while
+   * a final "." is in flight); what is stored is the change of the mail without the mark.
+   */
+  private stop(id: MailId, transition: (mail: QueuedMail, now: Millis) => QueuedMail): Promise<QueuedMail> {
+    return this.change(id, (mail, now) => {
+      const mark = this.sending.get(mail.id);
+      if (mark && mail.lease?.token === mark.token) transition({ ...mail, lease: { ...mail.lease, sending: mark.n } }, now);
+      return transition(mail, now);
+    });
+  }
+
   async recordAttempt(id: MailId, token: string, result: AttemptResult): Promise<QueuedMail> {
     return this.change(id, (mail, now) => applyAttempt(mail, token, result, result.now ?? now));
   }
@@ -1061,7 +1105,7 @@ export class SpoolQueue implements Queue {
   }
 
   hold(id: MailId, reason?: string): Promise<QueuedMail> {
-    return this.change(id, (m, now) => applyHold(m, reason, now));
+    return this.stop(id, (m, now) => applyHold(m, reason, now));
   }
 
   release(id: MailId): Promise<QueuedMail> {
@@ -1069,7 +1113,7 @@ export class SpoolQueue implements Queue {
   }
 
   remove(id: MailId, reason?: string): Promise<QueuedMail> {
-    return this.change(id, (m, now) => applyRemove(m, reason, now));
+    return this.stop(id, (m, now) => applyRemove(m, reason, now));
   }
 
   bounce(id: MailId, reason?: string, recipients?: string[]): Promise<QueuedMail> {
