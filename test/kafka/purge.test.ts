@@ -3,10 +3,11 @@
  * from every view) once `retainFinishedMs` has passed, all of it, however many finished since the
  * last purge. One batch a run (1000) used to be all a run purged, so a node finishing more than
  * 1000 mails between two runs (a minute) kept the rest for ever and its memory grew (found by
- * bench/soak.ts on the Kafka backend).
+ * bench/soak.ts on the Kafka backend). On a cluster each finished mail is purged by the node that
+ * finished it; the others step in PURGE_GRACE_MS later, for a node that is gone.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
+import { PURGE_GRACE_MS, type KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
 import type { QueuedMail } from '../../src/queue/types.js';
 import { kafkaBrokers, uniquePrefix } from './broker.js';
 import { mailRequest, openKafkaQueue, until } from './helpers.js';
@@ -64,4 +65,22 @@ describe('kafka purge of finished mail', () => {
     expect((await b.get(live.id))?.state).toBe('held');
     expect(await a.purgeFinished(0)).toBe(0);
   }, 180_000);
+
+  it('leaves mail another node finished to that node, and purges it once that node is gone for PURGE_GRACE_MS', async () => {
+    const mine = await Promise.all(Array.from({ length: 20 }, () => a.enqueue(mailRequest())));
+    const got = await a.reserveDue({ owner: 'test', limit: 100, leaseMs: 60_000 });
+    expect(got.map((m) => m.id).sort()).toEqual(mine.map((m) => m.id).sort());
+    await Promise.all(got.map((m) => a.recordAttempt(m.id, m.lease!.token, {
+      outcomes: m.recipients.map((r) => ({ address: r.address, outcome: 'delivered' as const })),
+    })));
+    for (const m of mine) await until('node B to see the mail finished', async () => (await b.get(m.id))?.state === 'delivered', 10_000, 50);
+    // Past the retention for B too, but A finished them: B leaves them to A...
+    expect(await b.purgeFinished(0)).toBe(0);
+    // ...until A has been gone for the grace (B's cutoff moved on by it).
+    expect(await b.purgeFinished(-PURGE_GRACE_MS - 1000)).toBe(20);
+    for (const q of [a, b]) {
+      await until('the mail gone from the view', async () => (await Promise.all(mine.map((m) => q.get(m.id)))).every((m) => m === undefined), 30_000, 250);
+    }
+    expect(await a.purgeFinished(0)).toBe(0);
+  }, 60_000);
 });

@@ -102,6 +102,12 @@ const STATS_TOP_N = 20;
 const MAX_CAS_RETRIES = 20;
 /** Finished mails tombstoned together by purgeFinished. */
 const PURGE_BATCH = 1000;
+/**
+ * Mail another node finished is purged here this much later than that node purges it itself: so
+ * on a cluster each finished mail is tombstoned once, by the node that finished it, and the others
+ * step in only when it is gone (or was restarted, which gives it new write ids).
+ */
+export const PURGE_GRACE_MS = 10 * 60_000;
 
 interface Write {
   state?: { key: string; value: Buffer | null };
@@ -258,7 +264,7 @@ export class KafkaQueue implements Queue {
     this.deadlineMs = opts.requestDeadlineMs ?? 8_000;
     this.contentTopic = `${opts.topicPrefix}.content`;
     this.stateTopic = `${opts.topicPrefix}.state`;
-    this.view = new StateView(this.now);
+    this.view = new StateView(this.now, this.writePrefix);
     const config: KafkaConfig = {
       clientId: opts.clientId,
       brokers: opts.brokers,
@@ -595,13 +601,18 @@ export class KafkaQueue implements Queue {
     this.purging = true;
     try {
       const cutoff = this.now() - retainMs;
+      const view = this.view;
+      const due = function* () {
+        yield* view.finishedHere.upTo(cutoff);
+        yield* view.finishedElsewhere.upTo(cutoff - PURGE_GRACE_MS);
+      };
       // Tombstoned by this run: the view drops them only when it reads them back, which may be
       // after the next batch is chosen.
       const sent = new Set<MailId>();
       let purged = 0;
       while (this.open) {
         const ids: MailId[] = [];
-        for (const e of this.view.finished.upTo(cutoff)) {
+        for (const e of due()) {
           if (sent.has(e.id)) continue;
           ids.push(e.id);
           sent.add(e.id);

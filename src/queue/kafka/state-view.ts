@@ -73,14 +73,18 @@ export class StateView {
   readonly queuedByPriority = new Map<number, SortedKeys>();
   /** active mail by lease.until. */
   readonly activeByLease = new SortedKeys();
-  /** finished mail by updatedAt (purge order). */
-  readonly finished = new SortedKeys();
+  /**
+   * Finished mail by updatedAt (purge order), apart by who finished it: this instance (its write
+   * ids start with `ownWrites`) or another node (or this node before a restart).
+   */
+  readonly finishedHere = new SortedKeys();
+  readonly finishedElsewhere = new SortedKeys();
   /** Keys whose latest record in the log was rejected, with when it was seen (repair sweep). */
   readonly rejectedLatest = new Map<MailId, Millis>();
   private readonly waiters = new Map<string, (o: WriteOutcome) => void>();
   private readonly events = new EventEmitter();
 
-  constructor(private readonly now: () => Millis) {
+  constructor(private readonly now: () => Millis, private readonly ownWrites = '') {
     this.events.setMaxListeners(0);
   }
 
@@ -126,7 +130,7 @@ export class StateView {
     const after = rec.mail;
     if (before) this.unindex(before);
     this.mails.set(id, after);
-    this.index(after);
+    this.index(after, this.ownWrites !== '' && typeof rec.w === 'string' && rec.w.startsWith(this.ownWrites));
     this.settle(rec.w, { accepted: true, mail: after });
     if (!rec.quiet && after.generation !== rec.prev) this.emitChange(before, after);
   }
@@ -152,7 +156,7 @@ export class StateView {
     this.events.emit('event', e);
   }
 
-  private index(m: QueuedMail): void {
+  private index(m: QueuedMail, ownWrite: boolean): void {
     if (m.state === 'queued') {
       let set = this.queuedByPriority.get(m.priority);
       if (!set) this.queuedByPriority.set(m.priority, (set = new SortedKeys()));
@@ -160,14 +164,17 @@ export class StateView {
     } else if (m.state === 'active') {
       this.activeByLease.add(m.lease?.until ?? 0, m.id);
     } else if (isTerminal(m.state)) {
-      this.finished.add(m.updatedAt, m.id);
+      (ownWrite ? this.finishedHere : this.finishedElsewhere).add(m.updatedAt, m.id);
     }
   }
 
   private unindex(m: QueuedMail): void {
     if (m.state === 'queued') this.queuedByPriority.get(m.priority)?.delete(m.notBefore, m.id);
     else if (m.state === 'active') this.activeByLease.delete(m.lease?.until ?? 0, m.id);
-    else if (isTerminal(m.state)) this.finished.delete(m.updatedAt, m.id);
+    else if (isTerminal(m.state)) {
+      this.finishedHere.delete(m.updatedAt, m.id);
+      this.finishedElsewhere.delete(m.updatedAt, m.id);
+    }
   }
 
   /** Due mail per class (high first), each in notBefore order, at most `limit` per class. */
