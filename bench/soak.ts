@@ -183,9 +183,11 @@ async function api(port: number, method: string, path: string, body?: unknown): 
 
 /** One operator round: stats, a browse, retry one deferred mail, hold one (released 10 s later), reprioritise one. */
 async function operatorRound(port: number, random: () => number, held: { id: string; at: number }[], statuses: Map<string, number>): Promise<void> {
-  const count = (what: string, status: number) => {
-    const k = `${what} ${status}`;
-    statuses.set(k, (statuses.get(k) ?? 0) + 1);
+  const tally = (k: string) => statuses.set(k, (statuses.get(k) ?? 0) + 1);
+  const count = (what: string, status: number) => tally(`${what} ${status}`);
+  /** A refusal's reason, ids left out so that equal reasons add up. */
+  const reason = (what: string, r: { status: number; json?: { message?: unknown } }) => {
+    if (r.status >= 400) tally(`${what} ${r.status}: ${String(r.json?.message).replace(/mail \S+/, 'mail ID')}`);
   };
   count('stats', (await api(port, 'GET', '/api/stats')).status);
   const deferred = await api(port, 'GET', '/api/messages?state=queued&reply=4.2.0&limit=50');
@@ -199,6 +201,7 @@ async function operatorRound(port: number, random: () => number, held: { id: str
     const id = recent[Math.floor(random() * recent.length)]!.id;
     const r = await api(port, 'POST', `/api/messages/${id}/hold`, { reason: 'soak' });
     count('hold', r.status);
+    reason('hold', r);
     if (r.status === 200) held.push({ id, at: Date.now() });
     const other = recent[Math.floor(random() * recent.length)]!.id;
     count('priority', (await api(port, 'PATCH', `/api/messages/${other}`, { priority: random() < 0.5 ? 'high' : 'bulk' })).status);
@@ -206,13 +209,13 @@ async function operatorRound(port: number, random: () => number, held: { id: str
   while (held.length && held[0]!.at < Date.now() - 10_000) {
     const r = await api(port, 'POST', `/api/messages/${held.shift()!.id}/release`);
     count('release', r.status);
-    if (r.status >= 400 && !statuses.has(`release ${r.status}: ${r.json?.message}`)) statuses.set(`release ${r.status}: ${r.json?.message}`, 1);
+    reason('release', r);
   }
 }
 
 // ---------------------------------------------------------------- samples
 
-interface Sample { t: number; rssMB: number; heapMB: number; fds: number; lagP99Ms: number; metaMB: number; segmentsMB: number; queued: number }
+interface Sample { t: number; rssMB: number; heapMB: number; externalMB: number; fds: number; lagP99Ms: number; metaMB: number; segmentsMB: number; queued: number }
 
 function metric(text: string, name: string): number {
   const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+-]+)$`, 'm').exec(text);
@@ -237,6 +240,8 @@ async function sample(port: number, spool: string, t0: number): Promise<Sample> 
     t: Math.round((Date.now() - t0) / 1000),
     rssMB: Math.round(metric(text, 'spoolhouse_process_process_resident_memory_bytes') / 1048576),
     heapMB: Math.round(metric(text, 'spoolhouse_process_nodejs_heap_size_used_bytes') / 104857.6) / 10,
+    // Buffers and other memory outside the V8 heap (kafkajs's and the body caches' Buffers).
+    externalMB: Math.round(metric(text, 'spoolhouse_process_nodejs_external_memory_bytes') / 104857.6) / 10,
     fds: metric(text, 'spoolhouse_process_process_open_fds'),
     lagP99Ms: Math.round(metric(text, 'spoolhouse_process_nodejs_eventloop_lag_p99_seconds') * 10000) / 10,
     metaMB: Math.round(metaMB),
@@ -259,7 +264,7 @@ function slopePerHour(points: { t: number; y: number }[]): number {
 /** The median of each figure over some samples. */
 function medians(samples: Sample[]) {
   const of = (pick: (s: Sample) => number) => percentileOf(samples.map(pick), 50);
-  return { rssMB: of((s) => s.rssMB), heapMB: of((s) => s.heapMB), fds: of((s) => s.fds), lagP99Ms: of((s) => s.lagP99Ms), metaMB: of((s) => s.metaMB), segmentsMB: of((s) => s.segmentsMB) };
+  return { rssMB: of((s) => s.rssMB), heapMB: of((s) => s.heapMB), externalMB: of((s) => s.externalMB), fds: of((s) => s.fds), lagP99Ms: of((s) => s.lagP99Ms), metaMB: of((s) => s.metaMB), segmentsMB: of((s) => s.segmentsMB) };
 }
 
 // ---------------------------------------------------------------- main
@@ -348,7 +353,7 @@ async function main(): Promise<void> {
         lastSample = Date.now();
         const s = await sample(adminPort, spool, t0);
         samples.push(s);
-        process.stderr.write(`soak ${s.t}s: rss ${s.rssMB} MB, heap ${s.heapMB} MB, fds ${s.fds}, lag p99 ${s.lagP99Ms} ms, meta.mdb ${s.metaMB} MB, segments ${s.segmentsMB} MB, in queue ${s.queued}, accepted ${load.accepted.size}\n`);
+        process.stderr.write(`soak ${s.t}s: rss ${s.rssMB} MB, heap ${s.heapMB} MB, external ${s.externalMB} MB, fds ${s.fds}, lag p99 ${s.lagP99Ms} ms, meta.mdb ${s.metaMB} MB, segments ${s.segmentsMB} MB, in queue ${s.queued}, accepted ${load.accepted.size}\n`);
       }
       if (Date.now() - lastHup >= 60_000) {
         lastHup = Date.now();
@@ -419,6 +424,7 @@ async function main(): Promise<void> {
     lastQuarter: medians(last),
     secondHalfSlopePerHour: {
       rssMB: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.rssMB }))),
+      externalMB: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.externalMB }))),
       heapFloorMB: slopePerHour([...floors].map(([m, y]) => ({ t: m * 60, y }))),
       fds: slopePerHour(secondHalf.map((s) => ({ t: s.t, y: s.fds }))),
     },
