@@ -602,6 +602,7 @@ export class SpoolQueue implements Queue {
 
   /** A bug of ours while committing: every op of the group not settled yet fails (settled ones stay). */
   private failGroup(ops: WriteOp[], err: unknown): void {
+    this.committingTx = undefined;
     this.forgetUnsavedStructures();
     this.log.error({ err, ops: ops.length }, 'spool group failed unexpectedly');
     const failure = err instanceof QueueError ? err : new QueueUnavailableError(`Spool write failed: ${(err as Error)?.message ?? String(err)}`);
@@ -1059,17 +1060,22 @@ export class SpoolQueue implements Queue {
 
   async checkLease(id: MailId, token: string): Promise<boolean> {
     this.assertOpen();
+    return this.leaseHeld(id, token);
+  }
+
+  private leaseHeld(id: MailId, token: string): boolean {
     const lease = this.leases.get(id);
     return lease !== undefined && lease.token === token && lease.until > this.now();
   }
 
   /**
-   * Synchronous, so nothing interleaves: false when the committed lease is not this one, or when
-   * the group committing now ends it (a hold or removal whose transition ran, not yet on disk);
-   * otherwise marked, and a hold or removal that runs later sees the mark (stop).
+   * Synchronous (no await), so no commit lands in between: false when the committed lease is not
+   * this one, or when the group committing now ends it (a hold or removal whose transition ran, not
+   * yet on disk); otherwise marked, and a hold or removal that runs later sees the mark (stop).
    */
   async commitDelivery(id: MailId, token: string): Promise<boolean> {
-    if (!(await this.checkLease(id, token))) return false;
+    this.assertOpen();
+    if (!this.leaseHeld(id, token)) return false;
     const tx = this.committingTx;
     if (tx?.leases.has(id) && tx.leases.get(id)?.token !== token) return false;
     const mark = this.sending.get(id);
