@@ -139,7 +139,7 @@ export function applyCommitDelivery(mail: QueuedMail, token: string, now: Millis
   return changed(mail, { lease: { ...mail.lease!, sending: (mail.lease!.sending ?? 0) + 1 } }, now);
 }
 
-/** One final "." settled (Queue.settleDelivery); the mail as it is when the lease is no longer this one. */
+/** One final "." settled (Queue.settleDelivery); the mail unchanged when the lease is another's or nothing is in flight. */
 export function applySettleDelivery(mail: QueuedMail, token: string, now: Millis): QueuedMail {
   const lease = mail.lease;
   if (lease?.token !== token || !lease.sending) return mail;
