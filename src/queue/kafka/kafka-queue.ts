@@ -787,9 +787,14 @@ export class KafkaQueue implements Queue {
     return this.view.nextDueAt();
   }
 
-  async renewLease(id: MailId, token: string, leaseMs: number): Promise<boolean> {
+  renewLease(id: MailId, token: string, leaseMs: number): Promise<boolean> {
+    return this.leaseTransition(id, 'renew lease', (m, now) => applyRenewLease(m, token, leaseMs, now));
+  }
+
+  /** A quiet transition that needs the caller's lease: false when the lease (or the mail) is gone. */
+  private async leaseTransition(id: MailId, what: string, change: (m: QueuedMail, now: Millis) => QueuedMail): Promise<boolean> {
     try {
-      await this.transition(id, 'renew lease', (m, now) => applyRenewLease(m, token, leaseMs, now), true);
+      await this.transition(id, what, change, true);
       return true;
     } catch (err) {
       if (err instanceof LeaseLostError || err instanceof MailNotFoundError) return false;
@@ -850,14 +855,8 @@ export class KafkaQueue implements Queue {
    * A compare-and-set write of Lease.sending, so the state topic orders it against every node's
    * hold or removal: one written first makes this answer false; one written after is refused.
    */
-  async commitDelivery(id: MailId, token: string): Promise<boolean> {
-    try {
-      await this.transition(id, 'commit delivery', (m, now) => applyCommitDelivery(m, token, now), true);
-      return true;
-    } catch (err) {
-      if (err instanceof LeaseLostError || err instanceof MailNotFoundError) return false;
-      throw err;
-    }
+  commitDelivery(id: MailId, token: string): Promise<boolean> {
+    return this.leaseTransition(id, 'commit delivery', (m, now) => applyCommitDelivery(m, token, now));
   }
 
   async settleDelivery(id: MailId, token: string): Promise<void> {
