@@ -5,7 +5,9 @@
  *
  * 1. Fills `count` mails (20 recipient domains, 5000 senders, 4 priorities, ~5% held, ~20% deferred
  *    into the future, received over the last 3 days, small bodies) through the public enqueue API,
- *    `--in-flight` at a time (default 2000; 20 is what 20 SMTP sessions give the spool).
+ *    `--in-flight` at a time (default: `smtp.maxConnections` of config/default.json, 500, the most
+ *    that SMTP can have in flight at once; 20 is what 20 SMTP sessions give the spool; 2000, the
+ *    default before 2026-12-05, is a bulk load that SMTP cannot make).
  * 2. Closes, then measures reopen (recovery) time and RSS.
  * 3. Lets a fresh process open the full spool, browse, read stats and reserve, and reports its RSS
  *    (what a restarted server holds). Then lets a child process open the spool, lease 1000 mails
@@ -23,6 +25,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
+import { loadConfig } from '../src/config/load.js';
 import { silentLogger } from '../src/logger.js';
 import { newMailId } from '../src/queue/model.js';
 import { SpoolQueue } from '../src/queue/spool/spool-queue.js';
@@ -32,7 +35,7 @@ import { percentileOf, runBench } from './lib.js';
 interface Args { count: number; dir?: string; keep: boolean; seconds: number; inFlight: number }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { count: 100_000, keep: false, seconds: 3, inFlight: 2000 };
+  const a: Args = { count: 100_000, keep: false, seconds: 3, inFlight: loadConfig(undefined, undefined, {}).config.smtp.maxConnections };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i + 1];
     if (argv[i] === '--count') { a.count = Number(v); i++; }
@@ -273,9 +276,9 @@ async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const dir = args.dir ?? (await mkdtemp(join(tmpdir(), 'spool-bench-')));
   await rm(dir, { recursive: true, force: true });
-  const summary: Record<string, unknown> = { count: args.count, dir, node: process.version };
+  const summary: Record<string, unknown> = { count: args.count, inFlight: args.inFlight, dir, node: process.version };
 
-  log(`filling ${args.count} mails into ${dir}`);
+  log(`filling ${args.count} mails into ${dir}, ${args.inFlight} enqueues in flight`);
   let { q } = await open(dir);
   summary.fill = await fill(q, args.count, args.inFlight);
   summary.statsAfterFill = (await q.stats()).byState;
