@@ -150,7 +150,7 @@ interface Load {
 /**
  * One kept SMTP session taking mail from `take` until it says no more. `reconnect`: a connection
  * that is refused or lost (the server was killed) is opened again, and the mail in progress is
- * counted under `lost connection`, not accepted; otherwise a lost connection is an error.
+ * counted in `lostConnections`, not accepted; otherwise a lost connection is an error.
  */
 async function senderSession(port: number, take: () => Promise<number | undefined>, random: () => number, load: Load, reconnect: boolean): Promise<void> {
   const refused = (code: number) => load.refusals.set(code, (load.refusals.get(code) ?? 0) + 1);
