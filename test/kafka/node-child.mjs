@@ -1,7 +1,8 @@
 // A Spoolhouse Kafka node as a child process, for the kill -9 test (needs `npx tsc -p .` first).
 // Env: KAFKA_BROKERS, TOPIC_PREFIX, MAILS, LEASE_MS, DATA_DIR (body cache parent; the test removes it). Enqueues MAILS mails, reserves them all with
-// LEASE_MS leases, records "delivered" for every other one (out of order: odd ones first), then
-// prints one JSON line {"reserved":[...],"delivered":[...]} and waits to be killed.
+// LEASE_MS leases, records "delivered" for every other one (out of order: odd ones first), sends
+// the final "." of one of the rest (commitDelivery), then prints one JSON line
+// {"reserved":[...],"delivered":[...],"sending":id,"leaseUntil":ms} and waits to be killed.
 import { KafkaQueue } from '../../dist/src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../../dist/src/queue/model.js';
 import { pino } from 'pino';
@@ -26,5 +27,8 @@ for (const m of reserved.filter((_, i) => i % 2 === 1).reverse()) {
   await q.recordAttempt(m.id, m.lease.token, { outcomes: [{ address: m.recipients[0].address, outcome: 'delivered' }] });
   delivered.push(m.id);
 }
-process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
+// One unfinished mail with its final "." in flight (commitDelivery) when the kill comes.
+const sending = reserved.find((m) => !delivered.includes(m.id));
+if (!(await q.commitDelivery(sending.id, sending.lease.token))) throw new Error('commitDelivery refused');
+process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, sending: sending.id, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
 setInterval(() => {}, 1 << 30);

@@ -1,7 +1,7 @@
 /**
  * kill -9 of a node with leases in flight: the mail it had reserved but not finished is taken by
- * another node once the leases run out (not before), what it had finished stays finished, and no
- * mail is lost. The dead node is a real child process (test/kafka/node-child.mjs, on dist/).
+ * another node once the leases run out (not before), or at once by the same node started again on
+ * its directory; what it had finished stays finished, and no mail is lost. The dead node is a real child process (test/kafka/node-child.mjs, on dist/).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -26,7 +26,8 @@ describe('kafka backend: a node killed with kill -9', () => {
     for (const c of cleanup) c();
   });
 
-  it('hands its unfinished leases to another node after they expire, and loses nothing', async () => {
+  /** Node A (node-child.mjs) enqueues MAILS, leases them all for `leaseMs`, delivers every other one, and is killed. */
+  async function killedNodeA(leaseMs: number) {
     const brokers = kafkaBrokers();
     expect(existsSync(join(here, '..', '..', 'dist', 'src', 'queue', 'kafka', 'kafka-queue.js')), 'run `npx tsc -p .` first').toBe(true);
     const prefix = uniquePrefix('crash');
@@ -34,7 +35,7 @@ describe('kafka backend: a node killed with kill -9', () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'spoolhouse-kafka-child-'));
     cleanup.push(() => rmSync(dataDir, { recursive: true, force: true }));
     const child = spawn(process.execPath, [join(here, 'node-child.mjs')], {
-      env: { ...process.env, KAFKA_BROKERS: brokers.join(','), TOPIC_PREFIX: prefix, MAILS: String(MAILS), LEASE_MS: String(LEASE_MS), DATA_DIR: dataDir },
+      env: { ...process.env, KAFKA_BROKERS: brokers.join(','), TOPIC_PREFIX: prefix, MAILS: String(MAILS), LEASE_MS: String(leaseMs), DATA_DIR: dataDir },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const exited = new Promise((r) => child.once('exit', r));
@@ -42,12 +43,16 @@ describe('kafka backend: a node killed with kill -9', () => {
       createInterface({ input: child.stdout! }).once('line', resolve);
       child.once('exit', (code) => reject(new Error(`child exited early (${code})`)));
     });
-    const { reserved, delivered, leaseUntil } = JSON.parse(line) as { reserved: string[]; delivered: string[]; leaseUntil: number };
+    const { reserved, delivered, sending, leaseUntil } = JSON.parse(line) as { reserved: string[]; delivered: string[]; sending: string; leaseUntil: number };
     const killedAt = Date.now();
     child.kill('SIGKILL');
     await exited;
     expect(reserved).toHaveLength(MAILS);
-    const inFlight = reserved.filter((id) => !delivered.includes(id));
+    return { brokers, prefix, dataDir, delivered, sending, leaseUntil, killedAt, inFlight: reserved.filter((id) => !delivered.includes(id)) };
+  }
+
+  it('hands its unfinished leases to another node after they expire, and loses nothing', async () => {
+    const { brokers, prefix, dataDir, delivered, leaseUntil, killedAt, inFlight } = await killedNodeA(LEASE_MS);
 
     // Node B starts on the dead node's directory: it takes over the lock of the dead pid and removes
     // the body cache dir node A could not (a copy of every live body).
@@ -79,5 +84,23 @@ describe('kafka backend: a node killed with kill -9', () => {
     const page = await b.browse({}, { limit: 1000 });
     expect(page.total.count).toBe(MAILS);
     console.log(`kill -9: ${inFlight.length} leases taken over ${Math.min(...taken.values()) - killedAt} ms after the kill (lease ${LEASE_MS} ms)`);
+  }, 120_000);
+
+  it('restarted with the same node id on its directory, gives its old leases back at start, long before they run out', async () => {
+    const { brokers, prefix, dataDir, delivered, sending, leaseUntil, inFlight } = await killedNodeA(10 * 60_000);
+    const again = await openKafkaQueue(brokers, prefix, { nodeId: 'node-a', dataDir });
+    try {
+      // At once, not after the ten-minute leases: every unfinished mail is due again, but the one
+      // whose final "." was in flight (it may have been delivered): its lease runs out as before.
+      const due = await again.reserveDue({ owner: 'node-a', limit: MAILS, leaseMs: 60_000 });
+      expect(Date.now()).toBeLessThan(leaseUntil);
+      expect(due.map((m) => m.id).sort()).toEqual(inFlight.filter((id) => id !== sending).sort());
+      expect((await again.get(sending))?.state).toBe('active');
+      for (const id of delivered) expect((await again.get(id))?.state).toBe('delivered');
+      for (const id of inFlight) expect((await bodyOf(again, id)).toString()).toMatch(/^Subject: m\d+/);
+      expect((await again.browse({}, { limit: 1000 })).total.count).toBe(MAILS);
+    } finally {
+      await again.close();
+    }
   }, 120_000);
 });

@@ -26,7 +26,8 @@
  *   notBefore, with `lowPriorityShare` of the picks going to lower classes (as the spool does).
  *   Delay precision is the caller's polling (nextDueAt gives the exact time); no delay topics.
  * - Leases live in the state record. A node killed with kill -9 leaves `active` mail whose lease
- *   runs out; any node's reserveDue then takes it (isDue in model.ts). Delivery is at-least-once.
+ *   runs out; any node's reserveDue then takes it (isDue in model.ts), unless the same node starts
+ *   again first and gives its old leases back (releaseLeftLeases). Delivery is at-least-once.
  * - Strict removal: checkLease first waits until the view has caught up with the state topic's end
  *   offsets (one ListOffsets request), so a removal acknowledged by any node is seen.
  * - Broker down: writes fail with QueueUnavailableError within `requestDeadlineMs` (default 8 s);
@@ -309,6 +310,7 @@ export class KafkaQueue implements Queue {
       // A topic just created may not answer for a moment (retriable), as in endOffsets above.
       const settingsEnd = await retrying(async () => Number((await this.admin!.fetchTopicOffsets(this.settings.topic)).find((p) => p.partition === 0)?.high ?? 0), 20, 250);
       await this.settings.start(settingsEnd, 30_000);
+      await this.releaseLeftLeases();
     } catch (err) {
       await this.close().catch(() => undefined);
       throw unavailable(err, 'start');
@@ -345,6 +347,30 @@ export class KafkaQueue implements Queue {
     const stale = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory() && e.name.startsWith('kafka-bodies-'));
     for (const e of stale) await rm(join(dir, e.name), { recursive: true, force: true });
     if (stale.length) this.log.info({ dirs: stale.map((e) => e.name) }, 'removed body cache dirs left by an earlier instance');
+  }
+
+  /**
+   * Leases this node's id held when its last process was killed: given back at start, as the spool
+   * does, rather than left until `delivery.leaseTime` runs out. Only under the directory lock (which
+   * says that process is dead) and for a node id that is unique, as kafka.nodeId must be. A lease
+   * whose final "." was in flight is left to run out: that mail may have been delivered, and
+   * waiting keeps the second delivery as late as before should two live nodes share an id.
+   */
+  private async releaseLeftLeases(): Promise<void> {
+    if (!this.lock) return;
+    const left = [...this.view.mails.values()].filter((m) => m.state === 'active' && m.lease?.owner === this.nodeId);
+    let released = 0;
+    for (const m of left) {
+      if (m.lease!.sending) continue;
+      try {
+        await this.releaseLease(m.id, m.lease!.token);
+        released++;
+      } catch (err) {
+        // Another node took the lapsed lease, or the mail was removed, meanwhile: nothing to give back.
+        if (!(err instanceof LeaseLostError || err instanceof MailNotFoundError)) throw err;
+      }
+    }
+    if (left.length) this.log.info({ released, leftToRunOut: left.length - released }, 'gave back the leases this node held before it was stopped without closing');
   }
 
   private assertOpen(): void {
