@@ -30,8 +30,9 @@
  *   (0.5 N to 1.5 N), and started again on the same spool (or Kafka topics, with the same node id)
  *   and ports, whatever it is doing: taking mail, delivering, committing a hold. Sessions reconnect;
  *   a mail whose final reply was lost is not counted as accepted (it may still arrive: it was stored
- *   before the kill and the reply was not sent). Leases last 30 s (`delivery.leaseTime`), so mail a
- *   killed Kafka node had leased is due again soon. A hold whose reply was lost is released by a
+ *   before the kill and the reply was not sent). Leases last 30 s (`delivery.leaseTime`), so the
+ *   mail whose final "." was in flight at a kill (which a restarted node does not give back) is due
+ *   again soon. A hold whose reply was lost is released by a
  *   sweep of the held mail before the drain. Deliveries of the same recipient twice are then
  *   expected (a kill between a remote's `250` and the attempt's record: delivery is at least once)
  *   and counted; a lost recipient still fails the soak.
