@@ -359,18 +359,14 @@ export class KafkaQueue implements Queue {
   private async releaseLeftLeases(): Promise<void> {
     if (!this.lock) return;
     const left = [...this.view.mails.values()].filter((m) => m.state === 'active' && m.lease?.owner === this.nodeId);
-    let released = 0;
-    for (const m of left) {
-      if (m.lease!.sending) continue;
-      try {
-        await this.releaseLease(m.id, m.lease!.token);
-        released++;
-      } catch (err) {
-        // Another node took the lapsed lease, or the mail was removed, meanwhile: nothing to give back.
-        if (!(err instanceof LeaseLostError || err instanceof MailNotFoundError)) throw err;
-      }
-    }
-    if (left.length) this.log.info({ released, leftToRunOut: left.length - released }, 'gave back the leases this node held before it was stopped without closing');
+    if (!left.length) return;
+    const now = this.now();
+    const items = left.filter((m) => !m.lease!.sending).map((m) => ({ prev: m.generation, mail: applyReleaseLease(m, m.lease!.token, now) }));
+    // One conditional write for all: a mail another node changed meanwhile (it took the lapsed
+    // lease, or removed the mail) loses its compare-and-set, and is not this node's to give back.
+    const outcomes = items.length ? await this.writeStates(items, 'give back left leases') : [];
+    const released = outcomes.filter((o) => o.accepted).length;
+    this.log.info({ released, changedMeanwhile: items.length - released, leftToRunOut: left.length - items.length }, 'gave back the leases this node held before it was stopped without closing');
   }
 
   private assertOpen(): void {
