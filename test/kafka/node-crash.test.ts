@@ -1,7 +1,8 @@
 /**
  * kill -9 of a node with leases in flight: the mail it had reserved but not finished is taken by
  * another node once the leases run out (not before), or at once by the same node started again on
- * its directory; what it had finished stays finished, and no mail is lost. The dead node is a real child process (test/kafka/node-child.mjs, on dist/).
+ * its directory; what it had finished stays finished, and no mail is lost. The dead node is a real
+ * child process (test/kafka/node-child.mjs, on dist/).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -26,7 +27,10 @@ describe('kafka backend: a node killed with kill -9', () => {
     for (const c of cleanup) c();
   });
 
-  /** Node A (node-child.mjs) enqueues MAILS, leases them all for `leaseMs`, delivers every other one, and is killed. */
+  /**
+   * Node A (node-child.mjs) enqueues MAILS, leases them all for `leaseMs`, delivers every other one,
+   * sends the final "." of one more (`sending`), and is killed.
+   */
   async function killedNodeA(leaseMs: number) {
     const brokers = kafkaBrokers();
     expect(existsSync(join(here, '..', '..', 'dist', 'src', 'queue', 'kafka', 'kafka-queue.js')), 'run `npx tsc -p .` first').toBe(true);
