@@ -253,7 +253,9 @@ async function operatorRound(port: number, random: () => number, held: { id: str
     reason('hold', r);
     if (r.status === 200) held.push({ id, at: Date.now() });
     const other = recent[Math.floor(random() * recent.length)]!.id;
-    count('priority', (await api(port, 'PATCH', `/api/messages/${other}`, { priority: random() < 0.5 ? 'high' : 'bulk' })).status);
+    const p = await api(port, 'PATCH', `/api/messages/${other}`, { priority: random() < 0.5 ? 'high' : 'bulk' });
+    count('priority', p.status);
+    reason('priority', p);
   }
   while (held.length && held[0]!.at < Date.now() - 10_000) {
     // Taken off the list once answered: a request that fails (the server killed) is made again.
