@@ -55,7 +55,7 @@ import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
   applyAttempt, applyBounce, applyCommitDelivery, applyRedirect, applyHold, applyRelease, applyReleaseLease, applyRemove, applyRenewLease, applyReserve, applyRetryNow,
-  applySetNotBefore, applySettleDelivery, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken,
+  applySetNotBefore, applySettleDelivery, applySetPriority, createMail, DueOrder, isTerminal, leaseValid, newLeaseToken, sendingNow,
 } from '../model.js';
 import type {
   AttemptResult, BrowseFilter, BrowseOptions, BrowsePage, EnqueueRequest, MailId, Millis, Queue, QueuedMail, QueueEvent,
@@ -361,7 +361,7 @@ export class KafkaQueue implements Queue {
     const left = [...this.view.mails.values()].filter((m) => m.state === 'active' && m.lease?.owner === this.nodeId);
     if (!left.length) return;
     const now = this.now();
-    const items = left.filter((m) => !m.lease!.sending).map((m) => ({ prev: m.generation, mail: applyReleaseLease(m, m.lease!.token, now) }));
+    const items = left.filter((m) => !sendingNow(m, now)).map((m) => ({ prev: m.generation, mail: applyReleaseLease(m, m.lease!.token, now) }));
     // One conditional write for all: a mail another node changed meanwhile (it took the lapsed
     // lease, or removed the mail) loses its compare-and-set, and is not this node's to give back.
     const outcomes = items.length ? await this.writeStates(items, 'give back left leases') : [];
