@@ -39,6 +39,11 @@ export class BodyCache {
     return this.#entries.has(id);
   }
 
+  /** The cached body, or undefined (its place in the eviction order unchanged). */
+  peek(id: string): Buffer | undefined {
+    return this.#entries.get(id);
+  }
+
   /** A stream over the cached body, or undefined on a miss. */
   stream(id: string): NodeJS.ReadableStream | undefined {
     const body = this.#entries.get(id);

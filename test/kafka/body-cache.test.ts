@@ -21,12 +21,10 @@ describe('kafka backend: local copies of bodies', () => {
   it('spills what the memory cache pushes out, reads every body back whole, and leaves no file for finished mail', async () => {
     const parent = await mkdtemp(join(tmpdir(), 'spoolhouse-kafka-bodies-'));
     cleanups.push(() => rm(parent, { recursive: true, force: true }));
-    const q: KafkaQueue = await openKafkaQueue(kafkaBrokers(), uniquePrefix('bodies'), { dataDir: parent, bodyCacheBytes: 64 * 1024 });
+    // No checkpoint round during the test: it would write out the bodies held in memory.
+    const q: KafkaQueue = await openKafkaQueue(kafkaBrokers(), uniquePrefix('bodies'), { dataDir: parent, bodyCacheBytes: 64 * 1024, checkpointIntervalMs: 600_000 });
     cleanups.push(() => q.close());
-    const files = () => {
-      const [dir] = readdirSync(parent).filter((d) => d.startsWith('kafka-bodies-'));
-      return readdirSync(join(parent, dir!)).filter((f) => !f.endsWith('.tmp'));
-    };
+    const files = () => readdirSync(join(parent, 'kafka-bodies')).filter((f) => !f.endsWith('.tmp') && !f.startsWith('.'));
 
     // 30 × 8 KB against a 64 KiB cache: most are pushed out and spilled; 1 MB is over cache/8 and goes to disk at once.
     const small = Array.from({ length: 30 }, (_, i) => mailRequest({ body: Buffer.from(`Subject: ${i}\r\n\r\n${String(i).repeat(8000)}\r\n`) }));
@@ -47,14 +45,17 @@ describe('kafka backend: local copies of bodies', () => {
     const prefix = uniquePrefix('lock');
     const first: KafkaQueue = await openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent });
     await expect(openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent })).rejects.toThrow(/spool\.dir.*already open/);
-    // The refused instance left the first one's files alone.
-    expect(readdirSync(parent).filter((d) => d.startsWith('kafka-bodies-'))).toHaveLength(1);
     const req = mailRequest();
     await first.enqueue(req);
+    // The refused instance left the first one's files alone.
+    expect((await bodyOf(first, req.id)).equals(req.body)).toBe(true);
     await first.close();
-    expect(readdirSync(parent).filter((d) => d !== 'LOCK')).toEqual([]);
+    // The lock is gone, the body directory is kept (with the body written out) for the next start.
+    expect(readdirSync(parent)).toEqual(['kafka-bodies']);
+    expect(readdirSync(join(parent, 'kafka-bodies')).sort()).toEqual(['.checkpoint.json', req.id]);
     const second: KafkaQueue = await openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent });
     cleanups.push(() => second.close());
+    expect(second.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0 });
     expect((await bodyOf(second, req.id)).equals(req.body)).toBe(true);
   });
 });

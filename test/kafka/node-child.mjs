@@ -1,15 +1,19 @@
 // A Spoolhouse Kafka node as a child process, for the kill -9 test (needs `npx tsc -p .` first).
-// Env: KAFKA_BROKERS, TOPIC_PREFIX, MAILS, LEASE_MS, DATA_DIR (body cache parent; the test removes it). Enqueues MAILS mails, reserves them all with
+// Env: KAFKA_BROKERS, TOPIC_PREFIX, MAILS, LEASE_MS, DATA_DIR (its spool.dir; the test removes it). Enqueues MAILS mails
+// (mail i to r<i>@d.example, body "Subject: m<i>\r\n\r\nbody <i>\r\n"), reserves them all with
 // LEASE_MS leases, records "delivered" for every other one (out of order: odd ones first), sends
-// the final "." of one of the rest (commitDelivery), then prints one JSON line
-// {"reserved":[...],"delivered":[...],"sending":id,"leaseUntil":ms} and waits to be killed.
+// the final "." of one of the rest (commitDelivery), waits until its body directory's checkpoint
+// is past every content record (MAILS bodies, a tombstone per delivered mail), then prints one
+// JSON line {"reserved":[...],"delivered":[...],"sending":id,"leaseUntil":ms} and waits to be killed.
 import { KafkaQueue } from '../../dist/src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../../dist/src/queue/model.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { pino } from 'pino';
 
 const q = new KafkaQueue({
   brokers: process.env.KAFKA_BROKERS.split(','), clientId: 'child', topicPrefix: process.env.TOPIC_PREFIX,
-  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR,
+  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR, checkpointIntervalMs: 100,
   priorities: { classes: { normal: 1 }, default: 'normal', lowPriorityShare: 0.1 }, logger: pino({ level: process.env.LOG_LEVEL ?? 'fatal' }, process.stderr),
 });
 process.on('unhandledRejection', (err) => { console.error('child failed:', err); process.exit(1); });
@@ -30,5 +34,14 @@ for (const m of reserved.filter((_, i) => i % 2 === 1).reverse()) {
 // One unfinished mail with its final "." in flight (commitDelivery) when the kill comes.
 const sending = reserved.find((m) => !delivered.includes(m.id));
 if (!(await q.commitDelivery(sending.id, sending.lease.token))) throw new Error('commitDelivery refused');
+const records = n + delivered.length;
+const checkpointed = () => {
+  try {
+    return Object.values(JSON.parse(readFileSync(join(process.env.DATA_DIR, 'kafka-bodies', '.checkpoint.json'), 'utf8')).offsets).reduce((a, b) => a + b, 0);
+  } catch {
+    return 0;
+  }
+};
+while (checkpointed() < records) await new Promise((r) => setTimeout(r, 50));
 process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, sending: sending.id, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
 setInterval(() => {}, 1 << 30);

@@ -34,7 +34,9 @@
  *   the consumer and producer reconnect by themselves when the broker is back.
  * - Bodies: every node keeps a local copy of the content topic in `dataDir` (filled by its consumer;
  *   the enqueuing node writes its own at once), so readBody is a local file read. A body not yet
- *   seen locally is waited for until the consumer reached the topic's end offsets.
+ *   seen locally is waited for until the consumer reached the topic's end offsets. A node on its
+ *   own `spool.dir` keeps that copy across restarts, with a checkpoint of the content offsets it
+ *   covers, and reads the content topic from there (body-dir.ts).
  *
  * Deviation from KAFKA.md section 4 (lanes + delay tiers + per-partition commit watermarks):
  * dispatch here needs no consumer-group offsets at all, because no work record is "consumed":
@@ -51,6 +53,7 @@ import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../logger.js';
 import { BodyCache } from '../body-cache.js';
+import { BODY_DIR, checkpointMismatch, isBodyFile, readBootId, readCheckpoint, writeCheckpoint } from './body-dir.js';
 import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
@@ -81,12 +84,14 @@ export interface KafkaQueueOptions {
   priorities: Config['priorities'];
   logger: Logger;
   /**
-   * This node's own directory (`spool.dir`), for the per-instance body cache dir (kafka-bodies-XXXXXX,
-   * removed on close). It is locked while the queue is open (one process per directory), and body
-   * cache dirs left there by a killed instance are removed at start. Default: a dir in os.tmpdir()
-   * (not locked, nothing removed: tests open several instances side by side).
+   * This node's own directory (`spool.dir`), for its body directory (`kafka-bodies`, kept across
+   * restarts with a checkpoint of the content offsets it covers: body-dir.ts). It is locked while
+   * the queue is open (one process per directory). Default: a per-instance dir in os.tmpdir(),
+   * removed on close (not locked: tests open several instances side by side).
    */
   dataDir?: string;
+  /** How often the body directory's checkpoint is written (also at close). Default 5 s. */
+  checkpointIntervalMs?: number;
   /** Finished mail is purged (state and body tombstoned) this long after it finished. Default 1 h. */
   retainFinishedMs?: number;
   /** Upper bound for a write (enqueue, transitions) when Kafka does not answer. Default 8 s. */
@@ -97,6 +102,8 @@ export interface KafkaQueueOptions {
 }
 
 const MIB = 1024 * 1024;
+/** A body file in the kept directory whose mail the view does not know is removed at start once this old. */
+const ORPHAN_AGE_MS = 10 * 60_000;
 /** Produce requests are split so one partition's record batch stays well under max.message.bytes. */
 const SEND_CHUNK_BYTES = MIB;
 const STATS_TOP_N = 20;
@@ -245,6 +252,25 @@ export class KafkaQueue implements Queue {
   private readonly spilling = new Map<MailId, Promise<void>>();
   /** Spills that failed (local disk full): kept in memory, since this node's consumer skips its own bodies. */
   private readonly unspilled = new Map<MailId, Buffer>();
+  /**
+   * Own bodies held in memory only whose content record the consumer has passed: where that
+   * record is, and when it was passed. The checkpoint stays below them (contentCheckpoint), and
+   * those older than the checkpoint interval are written out (persistMemoryBodies).
+   */
+  private readonly memoryOnly = new Map<MailId, { partition: number; offset: number; at: number }>();
+  /** The body directory is this node's own (under the locked `dataDir`) and kept across restarts. */
+  private keepsBodyDir = false;
+  private bootId?: string;
+  /** A checkpoint round (persistMemoryBodies + saveCheckpoint) is running. */
+  private checkpointing?: Promise<void>;
+  /** Content records the consumer has applied since start (not those it skipped as already applied). */
+  private contentRecords = 0;
+  /**
+   * How the last start filled the body directory: `fresh` (read the content topic whole), `resumed`
+   * (from the checkpoint: `contentRecords` is what it read), or `reread` (resumed, but a live
+   * mail's body was missing or of the wrong size, so it read the topic whole after all).
+   */
+  startInfo?: { bodies: 'fresh' | 'resumed' | 'reread'; contentRecords: number; reason?: string };
   /** Mail this node is writing a reservation for right now (not offered twice). */
   private readonly claiming = new Set<MailId>();
   /** Priority order with lowPriorityShare, its credit carried across calls (as the spool's). */
@@ -287,13 +313,22 @@ export class KafkaQueue implements Queue {
 
   async start(): Promise<void> {
     const started = Date.now();
-    // The body cache is rebuilt from the content topic at every start, so it is per instance.
     const parent = this.opts.dataDir ?? tmpdir();
     await mkdir(parent, { recursive: true });
     if (this.opts.dataDir) this.lock = await DirLock.acquire(this.opts.dataDir);
     try {
-      if (this.opts.dataDir) await this.removeStaleBodyDirs(this.opts.dataDir);
-      this.dataDir = await mkdtemp(join(parent, 'kafka-bodies-'));
+      let resume: Map<number, number> | undefined;
+      let discarded: string | undefined;
+      if (this.opts.dataDir) {
+        await this.removeStaleBodyDirs(this.opts.dataDir);
+        this.keepsBodyDir = true;
+        this.bootId = await readBootId();
+        this.dataDir = join(this.opts.dataDir, BODY_DIR);
+        await mkdir(this.dataDir, { recursive: true });
+        ({ offsets: resume, unusable: discarded } = await readCheckpoint(this.dataDir, this.bootId, this.contentTopic));
+      } else {
+        this.dataDir = await mkdtemp(join(parent, 'kafka-bodies-'));
+      }
       this.admin = this.kafka.admin();
       await this.admin.connect();
       // kafkajs's waitForLeaders retries LEADER_NOT_AVAILABLE only; 3.9 brokers may answer
@@ -304,9 +339,20 @@ export class KafkaQueue implements Queue {
       this.writer = new GroupWriter(this.producer, this.contentTopic, this.stateTopic);
       // Fresh topics: metadata may still name no leader for a moment (NOT_LEADER, retriable).
       const ends = await retrying(() => this.endOffsets(), 20, 250);
+      if (resume) {
+        discarded = checkpointMismatch(resume, await this.admin.fetchTopicOffsets(this.contentTopic));
+        if (discarded) resume = undefined;
+      }
+      if (this.keepsBodyDir) await this.openBodyDir(!resume);
+      if (discarded) this.log.warn({ reason: discarded }, 'body directory not used: reading the content topic whole');
+      for (const [p, o] of resume ?? []) this.positions.content.set(p, o);
       await this.startConsumer();
+      for (const [p, o] of resume ?? []) this.consumer!.seek({ topic: this.contentTopic, partition: p, offset: String(o) });
       this.open = true;
       await this.waitFor(ends, 120_000);
+      this.startInfo = { bodies: resume ? 'resumed' : 'fresh', contentRecords: this.contentRecords, ...(discarded ? { reason: discarded } : {}) };
+      if (resume) await this.checkBodyDir();
+      if (this.keepsBodyDir) await this.removeBodiesNotLive();
       // A topic just created may not answer for a moment (retriable), as in endOffsets above.
       const settingsEnd = await retrying(async () => Number((await this.admin!.fetchTopicOffsets(this.settings.topic)).find((p) => p.partition === 0)?.high ?? 0), 20, 250);
       await this.settings.start(settingsEnd, 30_000);
@@ -316,13 +362,14 @@ export class KafkaQueue implements Queue {
       throw unavailable(err, 'start');
     }
     this.scheduleMaintenance();
-    this.log.info({ mails: this.view.mails.size, ms: Date.now() - started }, 'kafka queue started');
+    this.log.info({ mails: this.view.mails.size, ms: Date.now() - started, bodies: this.startInfo }, 'kafka queue started');
   }
 
   async close(): Promise<void> {
     this.open = false;
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
+    await this.checkpointing;
     if (this.consumerRestart) clearTimeout(this.consumerRestart);
     this.consumerRestart = undefined;
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'consumer disconnect failed'));
@@ -332,21 +379,147 @@ export class KafkaQueue implements Queue {
     this.consumer = undefined;
     this.producer = undefined;
     this.admin = undefined;
-    if (this.dataDir) await rm(this.dataDir, { recursive: true, force: true });
+    // Kept for the next start, its checkpoint past every body (only after a start that got its view).
+    if (this.keepsBodyDir && this.startInfo) {
+      await this.persistMemoryBodies(0).then(() => this.saveCheckpoint()).catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint at close'));
+    } else if (this.dataDir && !this.keepsBodyDir) {
+      await rm(this.dataDir, { recursive: true, force: true });
+    }
     this.dataDir = undefined;
     await this.lock?.release();
     this.lock = undefined;
   }
 
   /**
-   * Body cache dirs of earlier instances on this directory: a node killed with kill -9 cannot
-   * remove its own, and each holds a copy of every live body. Under the lock no other process
-   * uses them, and the cache is rebuilt from the content topic anyway.
+   * Per-instance body dirs (`kafka-bodies-XXXXXX`) that versions before the kept body directory
+   * left on this directory: a node killed with kill -9 could not remove its own. Under the lock no
+   * other process uses them.
    */
   private async removeStaleBodyDirs(dir: string): Promise<void> {
     const stale = (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory() && e.name.startsWith('kafka-bodies-'));
     for (const e of stale) await rm(join(dir, e.name), { recursive: true, force: true });
     if (stale.length) this.log.info({ dirs: stale.map((e) => e.name) }, 'removed body cache dirs left by an earlier instance');
+  }
+
+  /**
+   * The kept body directory at start: with `fresh`, emptied (checkpoint included); else the
+   * temporary files a kill left are removed and the bodies there are counted as on disk.
+   */
+  private async openBodyDir(fresh: boolean): Promise<void> {
+    const dir = this.dataDir!;
+    if (fresh) {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      return;
+    }
+    for (const name of await readdir(dir)) {
+      if (name.endsWith('.tmp')) await rm(join(dir, name), { force: true });
+      else if (isBodyFile(name)) this.onDisk.add(name);
+    }
+  }
+
+  /**
+   * After a start from the checkpoint: every live mail must have its body here, of its size. If
+   * one has not, the content topic is read whole after all (its files of the right size are kept).
+   * The live set is taken before the content topic's end offsets are asked: a mail's body is
+   * acknowledged before its state record is written, so every body of that set lies below them,
+   * even while other nodes go on enqueueing.
+   */
+  private async checkBodyDir(): Promise<void> {
+    const live = [...this.view.mails.values()].filter((m) => !isTerminal(m.state));
+    await this.waitFor({ content: await this.contentEnds('start') }, 120_000);
+    const bad: MailId[] = [];
+    for (const m of live) {
+      const st = this.onDisk.has(m.id) ? await stat(this.bodyPath(m.id)).catch(() => undefined) : undefined;
+      if (st?.size !== m.size) bad.push(m.id);
+    }
+    if (!bad.length) return;
+    this.log.warn({ mails: bad.length, first: bad.slice(0, 5) }, 'body directory lacks the body of live mail (missing or of the wrong size): reading the content topic whole');
+    for (const id of bad) await this.forgetLocalBody(id);
+    const ends = await this.contentEnds('start');
+    this.positions.content.clear();
+    for (const p of ends.keys()) this.consumer!.seek({ topic: this.contentTopic, partition: p, offset: '0' });
+    await this.waitFor({ content: ends }, 120_000);
+    this.startInfo = { bodies: 'reread', contentRecords: this.contentRecords, reason: `${bad.length} live mail without its body` };
+  }
+
+  /**
+   * Bodies in the kept directory that no live mail needs: of finished mail (a kill between its
+   * finish and the removal of its file), and of mail the view does not know, if older than
+   * ORPHAN_AGE_MS (a kill between an enqueue's body and its state record; a younger one may be
+   * another node's enqueue whose state record is still on its way).
+   */
+  private async removeBodiesNotLive(): Promise<void> {
+    const cutoff = Date.now() - ORPHAN_AGE_MS;
+    const stale: MailId[] = [];
+    for (const id of [...this.onDisk]) {
+      const m = this.view.mails.get(id);
+      if (m && !isTerminal(m.state)) continue;
+      if (!m) {
+        const modified = (await stat(this.bodyPath(id)).catch(() => undefined))?.mtimeMs ?? 0;
+        if (modified > cutoff) continue;
+      }
+      stale.push(id);
+    }
+    for (const id of stale) await this.forgetLocalBody(id);
+    if (stale.length) this.log.info({ bodies: stale.length }, 'removed bodies of finished or unknown mail from the body directory');
+  }
+
+  /** The content topic's end offsets (partitions holding records). */
+  private async contentEnds(what: string): Promise<Map<number, number>> {
+    const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.contentTopic), what);
+    return new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+  }
+
+  /**
+   * Per content partition, where the next start resumes: the consumer's position, or the record
+   * of an own body still held only in memory, whichever is lower.
+   */
+  private contentCheckpoint(): Map<number, number> {
+    const out = new Map(this.positions.content);
+    for (const { partition, offset } of this.memoryOnly.values()) {
+      if (offset < (out.get(partition) ?? Number.MAX_SAFE_INTEGER)) out.set(partition, offset);
+    }
+    return out;
+  }
+
+  private async saveCheckpoint(): Promise<void> {
+    if (!this.keepsBodyDir || !this.bootId || !this.dataDir) return;
+    await writeCheckpoint(this.dataDir, { bootId: this.bootId, contentTopic: this.contentTopic, offsets: Object.fromEntries(this.contentCheckpoint()) });
+  }
+
+  /**
+   * Writes own bodies held only in memory for longer than `olderThanMs` to the body directory
+   * (they stay in memory too), so they no longer hold the checkpoint back: mail that waits in the
+   * queue (deferred, delayed, held) would otherwise make every later start read from its record.
+   */
+  private async persistMemoryBodies(olderThanMs: number): Promise<void> {
+    const cutoff = Date.now() - olderThanMs;
+    for (const [id, { at }] of [...this.memoryOnly]) {
+      // Being spilled: its spill takes it off memoryOnly once the file is in place.
+      if (at > cutoff || this.spilling.has(id)) continue;
+      const body = this.bodyCache.peek(id) ?? this.unspilled.get(id);
+      if (!body) {
+        this.memoryOnly.delete(id);
+        continue;
+      }
+      await this.writeBodyFile(id, body);
+      // Finished meanwhile: forgetLocalBody ran while the file was written.
+      if (!this.memoryOnly.delete(id)) {
+        await rm(this.bodyPath(id), { force: true });
+      } else {
+        this.onDisk.add(id);
+        this.unspilled.delete(id);
+      }
+    }
+  }
+
+  /** A body file comes into place by rename, whole (a kill leaves a `.tmp`, removed at start). */
+  private async writeBodyFile(id: MailId, body: Buffer): Promise<void> {
+    const path = this.bodyPath(id);
+    const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
+    await writeFile(tmp, body);
+    await rename(tmp, path);
   }
 
   /**
@@ -523,13 +696,18 @@ export class KafkaQueue implements Queue {
       }
       if (last) this.positions.state.set(batch.partition, Number(last.offset) + 1);
     } else {
-      // Bodies of one batch are written in parallel; this node's own are already on disk.
+      // Bodies of one batch are written in parallel; this node's own are already here (memory or disk).
+      const at = Date.now();
       await Promise.all(messages.map((m) => {
         const id = m.key?.toString('utf8');
         if (!id) return undefined;
-        if (m.value && this.ownBodies.delete(id)) return undefined;
+        if (m.value && this.ownBodies.delete(id)) {
+          if (!this.onDisk.has(id)) this.memoryOnly.set(id, { partition: batch.partition, offset: Number(m.offset), at });
+          return undefined;
+        }
         return this.storeBody(id, m.value);
       }));
+      this.contentRecords += messages.length;
       if (last) this.positions.content.set(batch.partition, Number(last.offset) + 1);
     }
     for (const check of [...this.progress]) check();
@@ -545,8 +723,12 @@ export class KafkaQueue implements Queue {
   private spill(id: MailId, body: Buffer): void {
     const known = this.view.mails.get(id);
     if (known && isTerminal(known.state)) return;
-    const done = writeFile(this.bodyPath(id), body)
-      .then(() => { this.onDisk.add(id); })
+    if (this.onDisk.has(id)) return; // written out already (persistMemoryBodies)
+    const done = this.writeBodyFile(id, body)
+      .then(() => {
+        this.onDisk.add(id);
+        this.memoryOnly.delete(id);
+      })
       .catch((err: unknown) => {
         this.unspilled.set(id, body);
         this.log.warn({ err, mailId: id }, 'could not write a body to the local cache directory; keeping it in memory');
@@ -558,6 +740,7 @@ export class KafkaQueue implements Queue {
   /** Drops this node's local copy of a body (memory, and the file when there is one). */
   private async forgetLocalBody(id: MailId): Promise<void> {
     this.bodyCache.delete(id);
+    this.memoryOnly.delete(id);
     await this.spilling.get(id);
     this.unspilled.delete(id);
     if (this.onDisk.delete(id)) await rm(this.bodyPath(id), { force: true });
@@ -578,9 +761,7 @@ export class KafkaQueue implements Queue {
     if (this.bodyCache.has(id) || this.spilling.has(id)) return;
     const st = await stat(path).catch(() => undefined);
     if (st?.size === value.length) return;
-    const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`;
-    await writeFile(tmp, value);
-    await rename(tmp, path);
+    await this.writeBodyFile(id, value);
     this.onDisk.add(id);
   }
 
@@ -596,6 +777,18 @@ export class KafkaQueue implements Queue {
     repair.unref();
     purge.unref();
     this.timers.push(repair, purge);
+    if (this.keepsBodyDir) {
+      const every = this.opts.checkpointIntervalMs ?? 5_000;
+      const checkpoint = setInterval(() => {
+        if (this.checkpointing) return;
+        this.checkpointing = this.persistMemoryBodies(every)
+          .then(() => this.saveCheckpoint())
+          .catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint'))
+          .finally(() => { this.checkpointing = undefined; });
+      }, every);
+      checkpoint.unref();
+      this.timers.push(checkpoint);
+    }
   }
 
   private async repairRejected(): Promise<void> {
@@ -949,9 +1142,7 @@ export class KafkaQueue implements Queue {
     if (!(await stat(path).catch(() => undefined))) {
       // Accepted by another node and not read by our consumer yet: catch up with the topic's end.
       try {
-        const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.contentTopic), 'read body');
-        const content = new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
-        await this.waitFor({ content }, 60_000);
+        await this.waitFor({ content: await this.contentEnds('read body') }, 60_000);
       } catch (err) {
         throw unavailable(err, 'read body');
       }
