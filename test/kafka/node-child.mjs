@@ -5,6 +5,8 @@
 // the final "." of one of the rest (commitDelivery), waits until its body directory's checkpoint
 // is past every content record (MAILS bodies, a tombstone per delivered mail), then prints one
 // JSON line {"reserved":[...],"delivered":[...],"sending":id,"leaseUntil":ms} and waits to be killed.
+// With MEMORY_BODIES=1 it keeps its own bodies in memory only (never written out while it runs), so
+// its checkpoint stays below them; it then waits for ten checkpoint rounds instead.
 import { KafkaQueue } from '../../dist/src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../../dist/src/queue/model.js';
 import { readFileSync } from 'node:fs';
@@ -13,7 +15,7 @@ import { pino } from 'pino';
 
 const q = new KafkaQueue({
   brokers: process.env.KAFKA_BROKERS.split(','), clientId: 'child', topicPrefix: process.env.TOPIC_PREFIX,
-  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR, checkpointIntervalMs: 100,
+  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR, checkpointIntervalMs: 100, ...(process.env.MEMORY_BODIES ? { memoryBodyAgeMs: 3_600_000 } : {}),
   priorities: { classes: { normal: 1 }, default: 'normal', lowPriorityShare: 0.1 }, logger: pino({ level: process.env.LOG_LEVEL ?? 'fatal' }, process.stderr),
 });
 process.on('unhandledRejection', (err) => { console.error('child failed:', err); process.exit(1); });
@@ -42,6 +44,7 @@ const checkpointed = () => {
     return 0;
   }
 };
-while (checkpointed() < records) await new Promise((r) => setTimeout(r, 50));
+if (process.env.MEMORY_BODIES) await new Promise((r) => setTimeout(r, 1_000));
+else while (checkpointed() < records) await new Promise((r) => setTimeout(r, 50));
 process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, sending: sending.id, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
 setInterval(() => {}, 1 << 30);

@@ -39,7 +39,7 @@ describe('kafka backend: a node killed with kill -9', () => {
    * Node A (node-child.mjs) enqueues MAILS, leases them all for `leaseMs`, delivers every other one,
    * sends the final "." of one more (`sending`), and is killed.
    */
-  async function killedNodeA(leaseMs: number) {
+  async function killedNodeA(leaseMs: number, o: { memoryBodies?: boolean } = {}) {
     const brokers = kafkaBrokers();
     expect(existsSync(join(here, '..', '..', 'dist', 'src', 'queue', 'kafka', 'kafka-queue.js')), 'run `npx tsc -p .` first').toBe(true);
     const prefix = uniquePrefix('crash');
@@ -47,7 +47,7 @@ describe('kafka backend: a node killed with kill -9', () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'spoolhouse-kafka-child-'));
     cleanup.push(() => rmSync(dataDir, { recursive: true, force: true }));
     const child = spawn(process.execPath, [join(here, 'node-child.mjs')], {
-      env: { ...process.env, KAFKA_BROKERS: brokers.join(','), TOPIC_PREFIX: prefix, MAILS: String(MAILS), LEASE_MS: String(leaseMs), DATA_DIR: dataDir },
+      env: { ...process.env, KAFKA_BROKERS: brokers.join(','), TOPIC_PREFIX: prefix, MAILS: String(MAILS), LEASE_MS: String(leaseMs), DATA_DIR: dataDir, ...(o.memoryBodies ? { MEMORY_BODIES: '1' } : {}) },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     const exited = new Promise((r) => child.once('exit', r));
@@ -95,7 +95,8 @@ describe('kafka backend: a node killed with kill -9', () => {
   }, 120_000);
 
   it('restarted with the same node id on its directory, gives its old leases back at start, long before they run out', async () => {
-    const { brokers, prefix, dataDir, delivered, sending, leaseUntil, inFlight } = await killedNodeA(10 * 60_000);
+    // Node A's own bodies in memory only when killed: its checkpoint stays below them.
+    const { brokers, prefix, dataDir, delivered, sending, leaseUntil, inFlight } = await killedNodeA(10 * 60_000, { memoryBodies: true });
     const again = await openKafkaQueue(brokers, prefix, { nodeId: 'node-a', dataDir });
     try {
       // At once, not after the ten-minute leases: every unfinished mail is due again, but the one
@@ -105,8 +106,9 @@ describe('kafka backend: a node killed with kill -9', () => {
       expect(due.map((m) => m.id).sort()).toEqual(inFlight.filter((id) => id !== sending).sort());
       expect((await again.get(sending))?.state).toBe('active');
       for (const id of delivered) expect((await again.get(id))?.state).toBe('delivered');
-      // Its body directory again, from the checkpoint; the bodies whole.
-      expect(again.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0 });
+      // Its body directory again, from the checkpoint, which its bodies lost with the kill held back.
+      expect(again.startInfo?.bodies).toBe('resumed');
+      expect(again.startInfo!.contentRecords).toBeGreaterThan(0);
       await expectBodies(again, inFlight);
       expect((await again.browse({}, { limit: 1000 })).total.count).toBe(MAILS);
     } finally {

@@ -92,6 +92,8 @@ export interface KafkaQueueOptions {
   dataDir?: string;
   /** How often the body directory's checkpoint is written (also at close). Default 5 s. */
   checkpointIntervalMs?: number;
+  /** Own bodies held only in memory longer than this are written to the body directory at the next checkpoint. Default: the checkpoint interval. */
+  memoryBodyAgeMs?: number;
   /** Finished mail is purged (state and body tombstoned) this long after it finished. Default 1 h. */
   retainFinishedMs?: number;
   /** Upper bound for a write (enqueue, transitions) when Kafka does not answer. Default 8 s. */
@@ -781,7 +783,7 @@ export class KafkaQueue implements Queue {
       const every = this.opts.checkpointIntervalMs ?? 5_000;
       const checkpoint = setInterval(() => {
         if (this.checkpointing) return;
-        this.checkpointing = this.persistMemoryBodies(every)
+        this.checkpointing = this.persistMemoryBodies(this.opts.memoryBodyAgeMs ?? every)
           .then(() => this.saveCheckpoint())
           .catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint'))
           .finally(() => { this.checkpointing = undefined; });
