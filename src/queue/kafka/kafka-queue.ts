@@ -381,11 +381,13 @@ export class KafkaQueue implements Queue {
     this.consumer = undefined;
     this.producer = undefined;
     this.admin = undefined;
-    // Kept for the next start, its checkpoint past every body (only after a start that got its view).
-    if (this.keepsBodyDir && this.startInfo) {
-      await this.persistMemoryBodies(0).then(() => this.saveCheckpoint()).catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint at close'));
-    } else if (this.dataDir && !this.keepsBodyDir) {
+    if (this.dataDir && (!this.keepsBodyDir || !this.bootId)) {
+      // A per-instance dir, or one no checkpoint can be written for (no boot id): of no use later.
       await rm(this.dataDir, { recursive: true, force: true });
+    } else if (this.dataDir && this.startInfo) {
+      // Kept for the next start, its checkpoint past every body (after a start that got its view;
+      // a failed start leaves the directory and checkpoint of the run before it as they were).
+      await this.persistMemoryBodies(0).then(() => this.saveCheckpoint()).catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint at close'));
     }
     this.dataDir = undefined;
     await this.lock?.release();
@@ -489,7 +491,7 @@ export class KafkaQueue implements Queue {
   }
 
   private async saveCheckpoint(): Promise<void> {
-    if (!this.keepsBodyDir || !this.bootId || !this.dataDir) return;
+    if (!this.bootId || !this.dataDir) return;
     await writeCheckpoint(this.dataDir, { bootId: this.bootId, contentTopic: this.contentTopic, offsets: Object.fromEntries(this.contentCheckpoint()) });
   }
 
@@ -782,7 +784,7 @@ export class KafkaQueue implements Queue {
     repair.unref();
     purge.unref();
     this.timers.push(repair, purge);
-    if (this.keepsBodyDir) {
+    if (this.keepsBodyDir && this.bootId) {
       const every = this.opts.checkpointIntervalMs ?? 5_000;
       const checkpoint = setInterval(() => {
         if (this.checkpointing) return;
