@@ -209,6 +209,11 @@ async function retrying<T>(op: () => Promise<T>, tries: number, delayMs: number)
   }
 }
 
+/** A topic's end offset per partition, of the partitions that hold records (what a catch-up waits for). */
+function endsWithRecords(offsets: { partition: number; high: string; low: string }[]): Map<number, number> {
+  return new Map(offsets.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+}
+
 function unavailable(err: unknown, what: string): QueueError {
   if (err instanceof QueueError) return err;
   const msg = err instanceof Error ? err.message : String(err);
@@ -474,8 +479,7 @@ export class KafkaQueue implements Queue {
 
   /** The content topic's end offsets (partitions holding records). */
   private async contentEnds(what: string): Promise<Map<number, number>> {
-    const ends = await this.withDeadline(this.admin!.fetchTopicOffsets(this.contentTopic), what);
-    return new Map(ends.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
+    return endsWithRecords(await this.withDeadline(this.admin!.fetchTopicOffsets(this.contentTopic), what));
   }
 
   /**
@@ -588,9 +592,7 @@ export class KafkaQueue implements Queue {
 
   private async endOffsets(): Promise<{ state: Map<number, number>; content: Map<number, number> }> {
     const [s, c] = await Promise.all([this.admin!.fetchTopicOffsets(this.stateTopic), this.admin!.fetchTopicOffsets(this.contentTopic)]);
-    const toMap = (xs: { partition: number; high: string; low: string }[]) =>
-      new Map(xs.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
-    return { state: toMap(s), content: toMap(c) };
+    return { state: endsWithRecords(s), content: endsWithRecords(c) };
   }
 
   private caughtUp(ends: { state?: Map<number, number>; content?: Map<number, number> }): boolean {
