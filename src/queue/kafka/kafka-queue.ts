@@ -946,10 +946,10 @@ export class KafkaQueue implements Queue {
     this.assertOpen();
     const mail = createMail(req, this.now());
     // The local copy first (memory, or a file for a body too big for the cache): this node can
-    // serve readBody as soon as enqueue resolves. No temp file + rename needed: nobody reads this
-    // path before the state record is applied, after this.
+    // serve readBody as soon as enqueue resolves. By rename, as every body file in the kept
+    // directory: a file there under a mail's id is always whole.
     if (!this.bodyCache.put(mail.id, req.body)) {
-      await writeFile(this.bodyPath(mail.id), req.body);
+      await this.writeBodyFile(mail.id, req.body);
       this.onDisk.add(mail.id);
     }
     this.ownBodies.add(mail.id);
