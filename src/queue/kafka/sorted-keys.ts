@@ -4,10 +4,10 @@
  *
  * The entries are kept in chunks of at most 2 × CHUNK, each sorted, one after another: insert and
  * remove find their chunk and place by binary search and move at most one chunk's entries. One
- * flat array (as before 2026-12-05) moved every entry after the place: a node starting again on a
- * state topic of 150,000 mails, whose finished mail arrives from several partitions out of
- * `updatedAt` order, spent 18 % of its start in those moves, and more the longer the history
- * (a restart took 31 s after 24 minutes at 100 mails/s in the Kafka crash soak).
+ * flat array (as before 2026-12-05) moved every entry after the place, and a node starting again
+ * replays the whole state topic, whose finished mail arrives from several partitions out of
+ * `updatedAt` order: 300,000 entries added in random order and half of them deleted took 25.9 s
+ * that way, 0.63 s in chunks (a fifth of a start on 150,000 mails went to those moves).
  */
 export interface KeyEntry {
   k: number;
