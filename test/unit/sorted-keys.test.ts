@@ -5,17 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { SortedKeys, type KeyEntry } from '../../src/queue/kafka/sorted-keys.js';
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom as rng } from '../helpers/rng.js';
 
 const byKey = (a: KeyEntry, b: KeyEntry) => a.k - b.k || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 
