@@ -268,7 +268,7 @@ export class KafkaQueue implements Queue {
   /** The body directory is this node's own (under the locked `dataDir`) and kept across restarts. */
   private keepsBodyDir = false;
   private bootId?: string;
-  /** A checkpoint round (persistMemoryBodies + saveCheckpoint) is running. */
+  /** A checkpoint round (checkpointRound) is running. */
   private checkpointing?: Promise<void>;
   /** Content records the consumer has applied since start (not those it skipped as already applied). */
   private contentRecords = 0;
@@ -392,7 +392,7 @@ export class KafkaQueue implements Queue {
     } else if (this.dataDir && this.startInfo) {
       // Kept for the next start, its checkpoint past every body (after a start that got its view;
       // a failed start leaves the directory and checkpoint of the run before it as they were).
-      await this.persistMemoryBodies(0).then(() => this.saveCheckpoint()).catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint at close'));
+      await this.checkpointRound(0).catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint at close'));
     }
     this.dataDir = undefined;
     await this.lock?.release();
@@ -492,6 +492,12 @@ export class KafkaQueue implements Queue {
       if (offset < (out.get(partition) ?? Number.MAX_SAFE_INTEGER)) out.set(partition, offset);
     }
     return out;
+  }
+
+  /** Own bodies held only in memory longer than `olderThanMs` written out, then the checkpoint. */
+  private async checkpointRound(olderThanMs: number): Promise<void> {
+    await this.persistMemoryBodies(olderThanMs);
+    await this.saveCheckpoint();
   }
 
   private async saveCheckpoint(): Promise<void> {
@@ -790,8 +796,7 @@ export class KafkaQueue implements Queue {
       const every = this.opts.checkpointIntervalMs ?? 5_000;
       const checkpoint = setInterval(() => {
         if (this.checkpointing) return;
-        this.checkpointing = this.persistMemoryBodies(this.opts.memoryBodyAgeMs ?? every)
-          .then(() => this.saveCheckpoint())
+        this.checkpointing = this.checkpointRound(this.opts.memoryBodyAgeMs ?? every)
           .catch((err: unknown) => this.log.warn({ err }, 'could not write the body directory checkpoint'))
           .finally(() => { this.checkpointing = undefined; });
       }, every);
