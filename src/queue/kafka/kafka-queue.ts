@@ -706,7 +706,7 @@ export class KafkaQueue implements Queue {
       for (const m of messages) {
         const id = m.key?.toString('utf8');
         if (!id) continue;
-        this.view.apply(id, m.value);
+        this.view.apply(id, m.value, Number(m.timestamp));
         if (m.value) this.afterApply(id);
       }
       if (last) this.positions.state.set(batch.partition, Number(last.offset) + 1);

@@ -12,6 +12,15 @@
  * repair sweep writes one when a key's latest record was rejected, so that log compaction (which
  * keeps only the latest record per key) can never leave a rejected record as a mail's state.
  *
+ * Compaction also means a view that reads the topic from its beginning may meet a mail first in a
+ * record whose `prev` is not 0: the records before it were compacted away. Such a record is
+ * adopted as the mail's state (it was the latest when the cleaner ran, and the repair sweep keeps
+ * the latest accepted). Until a change is accepted on top of it, a re-assertion at the same or a
+ * later generation replaces it, so a record that lost its race and was caught by the cleaner just
+ * before its repair still ends as the state every other node holds. The one exception is a mail
+ * this view purged itself a short while ago (`PURGED_MEMORY_MS`): a write landing after its
+ * tombstone is a late one, rejected, and the repair sweep tombstones it again.
+ *
  * The view is in memory (a Map plus sorted due/lease/finished indexes); browse and stats scan the
  * live set. That is fine for the ~10^5 mails one node is sized for here; a larger deployment would
  * put the same records into the spool's LMDB indexes (see README).
@@ -48,6 +57,9 @@ export class InvalidCursorError extends QueueError {
   }
 }
 
+/** How long this view remembers a mail it purged, against writes landing after the tombstone. */
+export const PURGED_MEMORY_MS = 10 * 60_000;
+
 type Tuple = (string | number)[];
 
 function cmpTuple(a: Tuple, b: Tuple): number {
@@ -81,6 +93,10 @@ export class StateView {
   readonly finishedElsewhere = new SortedKeys();
   /** Keys whose latest record in the log was rejected, with when it was seen (repair sweep). */
   readonly rejectedLatest = new Map<MailId, Millis>();
+  /** Mails whose state was adopted from a record whose predecessors compaction removed. */
+  private readonly adopted = new Set<MailId>();
+  /** Mails this view purged, with when, for PURGED_MEMORY_MS (in purge order: pruned from the front). */
+  private readonly purged = new Map<MailId, Millis>();
   private readonly waiters = new Map<string, (o: WriteOutcome) => void>();
   private readonly events = new EventEmitter();
 
@@ -102,15 +118,21 @@ export class StateView {
     return () => this.events.off('event', listener);
   }
 
-  /** Applies one record of the state topic (value null = tombstone). */
-  apply(id: MailId, value: Buffer | null): void {
+  /**
+   * Applies one record of the state topic (value null = tombstone). `timestamp` is the record's
+   * (ms): a tombstone older than PURGED_MEMORY_MS, read at start, is not remembered.
+   */
+  apply(id: MailId, value: Buffer | null, timestamp?: Millis): void {
     const before = this.mails.get(id);
     if (value === null) {
       this.rejectedLatest.delete(id);
+      this.adopted.delete(id);
       if (before) {
         this.unindex(before);
         this.mails.delete(id);
-        this.emit({ type: 'purged', id, state: before.state, at: this.now() });
+        const now = this.now();
+        if (timestamp === undefined || timestamp > now - PURGED_MEMORY_MS) this.rememberPurged(id, now);
+        this.emit({ type: 'purged', id, state: before.state, at: now });
       }
       return;
     }
@@ -120,19 +142,45 @@ export class StateView {
     } catch {
       return; // not ours (or corrupt): never let one bad record stop the view
     }
-    const accepted = rec.prev === (before?.generation ?? 0) && rec.mail?.id === id;
+    if (rec.mail?.id !== id || typeof rec.prev !== 'number') {
+      this.reject(id, rec, before);
+      return;
+    }
+    const reassertion = rec.mail.generation === rec.prev;
+    // The first record of a mail this view meets: a new mail, or one whose earlier records
+    // compaction removed (adopted), unless this view purged it lately (a late write).
+    const purgedAt = this.purged.get(id);
+    const adopt = !before && rec.prev !== 0 && !(purgedAt !== undefined && purgedAt > this.now() - PURGED_MEMORY_MS);
+    const accepted = before
+      ? rec.prev === before.generation || (reassertion && this.adopted.has(id) && rec.mail.generation >= before.generation)
+      : rec.prev === 0 || adopt;
     if (!accepted) {
-      this.rejectedLatest.set(id, this.now());
-      this.settle(rec.w, { accepted: false, ...(before ? { mail: before } : {}) });
+      this.reject(id, rec, before);
       return;
     }
     this.rejectedLatest.delete(id);
+    if (adopt) this.adopted.add(id);
+    else if (!reassertion) this.adopted.delete(id);
     const after = rec.mail;
     if (before) this.unindex(before);
     this.mails.set(id, after);
     this.index(after, this.ownWrites !== '' && typeof rec.w === 'string' && rec.w.startsWith(this.ownWrites));
     this.settle(rec.w, { accepted: true, mail: after });
-    if (!rec.quiet && after.generation !== rec.prev) this.emitChange(before, after);
+    if (adopt || (!rec.quiet && after.generation !== rec.prev)) this.emitChange(before, after);
+  }
+
+  private reject(id: MailId, rec: StateRecord, before: QueuedMail | undefined): void {
+    this.rejectedLatest.set(id, this.now());
+    this.settle(rec.w, { accepted: false, ...(before ? { mail: before } : {}) });
+  }
+
+  private rememberPurged(id: MailId, now: Millis): void {
+    this.purged.delete(id);
+    this.purged.set(id, now);
+    for (const [old, at] of this.purged) {
+      if (at > now - PURGED_MEMORY_MS) break;
+      this.purged.delete(old);
+    }
   }
 
   private settle(w: string, o: WriteOutcome): void {
