@@ -4,7 +4,7 @@
  * speed figure: the load is a fixed rate well below what the machine can take.
  *
  *   npx tsc -p . && node dist/bench/soak.js [--minutes 30] [--rate 150] [--sessions 8] [--retain 5m] [--backend spool|kafka]
- *                                           [--crash-every SECONDS]
+ *                                           [--crash-every SECONDS] [--state-segment-ms MS]
  *
  * - The server: dist/src/main.js on a temp spool, fsync and all, at log level warn, delivering
  *   through `delivery.routes` to a receiving server in a worker thread (npm `smtp-server`). Its
@@ -36,6 +36,10 @@
  *   sweep of the held mail before the drain. Deliveries of the same recipient twice are then
  *   expected (a kill between a remote's `250` and the attempt's record: delivery is at least once)
  *   and counted; a lost recipient still fails the soak.
+ * - `--state-segment-ms MS` (Kafka): the state topic is created before the server starts, as the
+ *   backend would create it but with segments that roll after MS instead of an hour and a cleaner
+ *   that starts at 10 % dirty, so log compaction runs within the soak (a minute after a record, the
+ *   backend's `min.compaction.lag.ms`) and every restart of `--crash-every` reads a compacted topic.
  *
  * Prints one JSON line on stdout (the server's log, at warn, goes to stderr with the samples);
  * exits 1 when mail was lost, a recipient arrived twice without a kill of the server between the
@@ -49,6 +53,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import { Kafka, logLevel } from 'kafkajs';
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { benchBroker, type BenchBroker } from './kafka-broker.js';
 import { freePort, percentileOf, ReplyReader, sleep, waitForPort } from './lib.js';
@@ -322,6 +327,29 @@ function medians(samples: Sample[]) {
 
 // ---------------------------------------------------------------- main
 
+/** The state topic as the backend creates it (kafka-queue.ts), but compacted within the soak. */
+async function createStateTopic(brokers: string[], topic: string, segmentMs: number): Promise<void> {
+  const admin = new Kafka({ clientId: 'soak', brokers, logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    await admin.createTopics({
+      waitForLeaders: true,
+      topics: [{
+        topic, numPartitions: 6, replicationFactor: 1,
+        configEntries: [
+          { name: 'cleanup.policy', value: 'compact' },
+          { name: 'min.compaction.lag.ms', value: '60000' },
+          { name: 'delete.retention.ms', value: String(24 * 3_600_000) },
+          { name: 'segment.ms', value: String(segmentMs) },
+          { name: 'min.cleanable.dirty.ratio', value: '0.1' },
+        ],
+      }],
+    });
+  } finally {
+    await admin.disconnect();
+  }
+}
+
 async function main(): Promise<void> {
   const { values: args } = parseArgs({
     options: {
@@ -332,6 +360,7 @@ async function main(): Promise<void> {
       seed: { type: 'string', default: '1' },
       backend: { type: 'string', default: 'spool' },
       'crash-every': { type: 'string', default: '0' },
+      'state-segment-ms': { type: 'string', default: '0' },
     },
   });
   const crashEvery = Number(args['crash-every']);
@@ -368,6 +397,11 @@ async function main(): Promise<void> {
     });
   });
 
+  const topicPrefix = `soak-${Date.now().toString(36)}`;
+  const stateSegmentMs = Number(args['state-segment-ms']);
+  if (!(stateSegmentMs >= 0)) throw new Error(`--state-segment-ms must be a number of milliseconds, not ${args['state-segment-ms']}`);
+  if (stateSegmentMs && broker) await createStateTopic(broker.brokers, `${topicPrefix}.state`, stateSegmentMs);
+
   const smtpPort = await freePort();
   const adminPort = await freePort();
   const file = join(dir, 'soak-config.json');
@@ -376,7 +410,7 @@ async function main(): Promise<void> {
     spool: { dir: spool, retainFinished: args.retain },
     ...(broker ? {
       queue: { backend: 'kafka' },
-      kafka: { brokers: broker.brokers, clientId: 'soak', topicPrefix: `soak-${Date.now().toString(36)}`, partitions: 6, replicationFactor: 1, nodeId: 'soak' },
+      kafka: { brokers: broker.brokers, clientId: 'soak', topicPrefix, partitions: 6, replicationFactor: 1, nodeId: 'soak' },
     } : {}),
     admin: { listen: `127.0.0.1:${adminPort}`, token: TOKEN },
     delivery: {
@@ -533,6 +567,7 @@ async function main(): Promise<void> {
     bench: 'soak',
     backend: broker ? `kafka (${broker.description})` : 'spool',
     minutes, rate, sessions: Number(args.sessions), retainFinished: args.retain,
+    ...(stateSegmentMs && broker ? { stateSegmentMs } : {}),
     accepted: load.accepted.size,
     recipients: expected(),
     acceptedPerSecond: Math.round(load.accepted.size / ((loadEnd - t0) / 1000)),

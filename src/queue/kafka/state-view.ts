@@ -12,14 +12,24 @@
  * repair sweep writes one when a key's latest record was rejected, so that log compaction (which
  * keeps only the latest record per key) can never leave a rejected record as a mail's state.
  *
- * Compaction also means a view that reads the topic from its beginning may meet a mail first in a
- * record whose `prev` is not 0: the records before it were compacted away. Such a record is
- * adopted as the mail's state (it was the latest when the cleaner ran, and the repair sweep keeps
- * the latest accepted). Until a change is accepted on top of it, a re-assertion at the same or a
- * later generation replaces it, so a record that lost its race and was caught by the cleaner just
- * before its repair still ends as the state every other node holds. The one exception is a mail
- * this view purged itself a short while ago (`PURGED_MEMORY_MS`): a write landing after its
- * tombstone is a late one, rejected, and the repair sweep tombstones it again.
+ * Log compaction: a reader sees, of each key's records, the latest and an ordered subset of the
+ * ones before it (Kafka's guarantee for a compacted topic). One that stays within the topic's head
+ * (here within `min.compaction.lag.ms`, a minute) sees them all; one that reads from further back
+ * (a node starting, a view read on from a snapshot's offsets) may miss any of them, even between
+ * two it sees, when its read crosses a run of the cleaner (found by the Kafka crash soak with fast
+ * compaction: the view kept a mail at generation 5, rejected its `delivered` record written from
+ * generation 7, and the node delivered it again). So a record is accepted when its `prev` is at
+ * least the generation the view holds, not only equal to it: a writer computed it from generation
+ * `prev`, so that generation was accepted, and a view behind it missed the records leading there.
+ * Where a reader misses nothing, a `prev` above the view's generation never comes (every node
+ * applies the same records in the same order), so this changes nothing for it. A mail met first
+ * in a record whose `prev` is not 0 is adopted likewise (its first records compacted away). A
+ * record that lost its race and was kept by the cleaner as its key's latest (before its repair
+ * came) can be taken this way by a reader that missed the winner; the repair sweep's re-assertion
+ * then comes at the winner's generation, which is the loser's too when both were computed from
+ * the same one, and replaces it. The one exception is a mail this view purged itself a short
+ * while ago (`PURGED_MEMORY_MS`): a write landing after its tombstone is a late one, rejected, and
+ * the repair sweep tombstones it again.
  *
  * The view is in memory (a Map plus sorted due/lease/finished indexes); browse and stats scan the
  * live set. That is fine for the ~10^5 mails one node is sized for here; a larger deployment would
@@ -43,6 +53,14 @@ export interface StateRecord {
   mail: QueuedMail;
   /** No change-feed event (lease renewals, repairs). */
   quiet?: boolean;
+}
+
+/** A view's bookkeeping kept in a snapshot with its mails. */
+export interface SnapshotExtras {
+  /** Mails whose latest record was rejected (the repair sweep's work). */
+  rejected: MailId[];
+  /** Mails this view purged lately, with when. */
+  purged: [MailId, Millis][];
 }
 
 export interface WriteOutcome {
@@ -93,8 +111,6 @@ export class StateView {
   readonly finishedElsewhere = new SortedKeys();
   /** Keys whose latest record in the log was rejected, with when it was seen (repair sweep). */
   readonly rejectedLatest = new Map<MailId, Millis>();
-  /** Mails whose state was adopted from a record whose predecessors compaction removed. */
-  private readonly adopted = new Set<MailId>();
   /** Mails this view purged, with when, for PURGED_MEMORY_MS (in purge order: pruned from the front). */
   private readonly purged = new Map<MailId, Millis>();
   private readonly waiters = new Map<string, (o: WriteOutcome) => void>();
@@ -126,7 +142,6 @@ export class StateView {
     const before = this.mails.get(id);
     if (value === null) {
       this.rejectedLatest.delete(id);
-      this.adopted.delete(id);
       if (before) {
         this.unindex(before);
         this.mails.delete(id);
@@ -146,27 +161,40 @@ export class StateView {
       this.reject(id, rec, before);
       return;
     }
-    const reassertion = rec.mail.generation === rec.prev;
-    // The first record of a mail this view meets: a new mail, or one whose earlier records
-    // compaction removed (adopted), unless this view purged it lately (a late write).
+    // At or past the view's generation (records before it may have been compacted away); for a
+    // mail the view does not hold, a new one or one whose first records were compacted away,
+    // unless this view purged it lately (a late write).
     const purgedAt = this.purged.get(id);
-    const adopt = !before && rec.prev !== 0 && !(purgedAt !== undefined && purgedAt > this.now() - PURGED_MEMORY_MS);
     const accepted = before
-      ? rec.prev === before.generation || (reassertion && this.adopted.has(id) && rec.mail.generation >= before.generation)
-      : rec.prev === 0 || adopt;
+      ? rec.prev >= before.generation
+      : rec.prev === 0 || !(purgedAt !== undefined && purgedAt > this.now() - PURGED_MEMORY_MS);
     if (!accepted) {
       this.reject(id, rec, before);
       return;
     }
     this.rejectedLatest.delete(id);
-    if (adopt) this.adopted.add(id);
-    else if (!reassertion) this.adopted.delete(id);
     const after = rec.mail;
     if (before) this.unindex(before);
     this.mails.set(id, after);
     this.index(after, this.ownWrites !== '' && typeof rec.w === 'string' && rec.w.startsWith(this.ownWrites));
     this.settle(rec.w, { accepted: true, mail: after });
-    if (adopt || (!rec.quiet && after.generation !== rec.prev)) this.emitChange(before, after);
+    if (!before || (!rec.quiet && after.generation !== rec.prev)) this.emitChange(before, after);
+  }
+
+  /** What a snapshot holds of the view besides its mails (view-snapshot.ts). */
+  snapshotExtras(): SnapshotExtras {
+    return { rejected: [...this.rejectedLatest.keys()], purged: [...this.purged] };
+  }
+
+  /** Fills an empty view from a snapshot, without events (nothing listens before the queue has started). */
+  load(mails: Iterable<QueuedMail>, extras: SnapshotExtras): void {
+    const now = this.now();
+    for (const m of mails) {
+      this.mails.set(m.id, m);
+      this.index(m, false);
+    }
+    for (const id of extras.rejected) this.rejectedLatest.set(id, now);
+    for (const [id, at] of extras.purged) if (at > now - PURGED_MEMORY_MS) this.purged.set(id, at);
   }
 
   private reject(id: MailId, rec: StateRecord, before: QueuedMail | undefined): void {
