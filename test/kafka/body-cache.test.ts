@@ -50,12 +50,13 @@ describe('kafka backend: local copies of bodies', () => {
     // The refused instance left the first one's files alone.
     expect((await bodyOf(first, req.id)).equals(req.body)).toBe(true);
     await first.close();
-    // The lock is gone, the body directory is kept (with the body written out) for the next start.
-    expect(readdirSync(parent)).toEqual(['kafka-bodies']);
+    // The lock is gone, the body directory is kept (with the body written out) for the next start,
+    // and the view's snapshot.
+    expect(readdirSync(parent).sort()).toEqual(['kafka-bodies', 'kafka-view.snapshot']);
     expect(readdirSync(join(parent, 'kafka-bodies')).sort()).toEqual(['.checkpoint.json', req.id]);
     const second: KafkaQueue = await openKafkaQueue(kafkaBrokers(), prefix, { dataDir: parent });
     cleanups.push(() => second.close());
-    expect(second.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0 });
+    expect(second.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0, view: 'snapshot', stateRecords: 0 });
     expect((await bodyOf(second, req.id)).equals(req.body)).toBe(true);
   });
 });

@@ -6,11 +6,18 @@
  * a view that rejected it lost every mail with more than one record, and its repair sweep then
  * tombstoned them for every node.
  *
+ * The same for a node started from its view snapshot (view-snapshot.ts): of the records written
+ * while it was down, the cleaner may leave only the latest, written from a generation the snapshot
+ * never had.
+ *
  * The state topic is created here before the node starts, with segments that roll after 100 ms and
  * no compaction lag, and the test broker runs its cleaner every second, so compaction happens
  * within seconds instead of the hour the backend's own segment.ms gives. The test waits until the
  * topic holds one record per mail before it starts a fresh node on it.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KafkaQueue } from '../../src/queue/kafka/kafka-queue.js';
@@ -136,5 +143,41 @@ describe('kafka state topic after log compaction', () => {
     const released = await b.release(deferred[0]!.id);
     expect(released.state).toBe('queued');
     await until('node A to see the release', async () => (await a.get(deferred[0]!.id))?.state === 'queued', 10_000, 50);
+  }, 150_000);
+
+  it('a node started from its view snapshot takes what the cleaner left of the records written while it was down', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'spoolhouse-kafka-compaction-'));
+    try {
+      let s = await openKafkaQueue(brokers, prefix, { nodeId: 'node-s', dataDir, retainFinishedMs: 3_600_000 });
+      const mails = await Promise.all(Array.from({ length: 6 }, () => s.enqueue(mailRequest())));
+      await s.close();
+      // Two records per mail while node S is down (a hold, then a new priority), then compacted:
+      // only the second is left, written from a generation the snapshot never had.
+      for (const m of mails) {
+        await a.hold(m.id);
+        await a.setPriority(m.id, 0);
+      }
+      const ids = new Set(mails.map((m) => m.id));
+      await until('the cleaner to leave one state record per mail', async () => {
+        await Promise.all(Array.from({ length: 6 }, () => a.enqueue(mailRequest())));
+        const perKey = new Map<string, number>();
+        for (const r of (await readTopic(brokers, `${prefix}.state`)).filter((x) => ids.has(x.key))) perKey.set(r.key, (perKey.get(r.key) ?? 0) + 1);
+        return perKey.size === 6 && [...perKey.values()].every((n) => n === 1) || false;
+      }, 90_000, 1_000);
+      s = await openKafkaQueue(brokers, prefix, { nodeId: 'node-s', dataDir, retainFinishedMs: 3_600_000 });
+      try {
+        expect(s.startInfo?.view).toBe('snapshot');
+        for (const m of mails) {
+          const want = (await a.get(m.id))!;
+          expect(want).toMatchObject({ state: 'held', priority: 0, generation: 3 });
+          const seen = await s.get(m.id);
+          expect(seen && { state: seen.state, priority: seen.priority, generation: seen.generation }, m.id).toEqual({ state: 'held', priority: 0, generation: 3 });
+        }
+      } finally {
+        await s.close();
+      }
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   }, 150_000);
 });

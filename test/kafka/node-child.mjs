@@ -6,7 +6,8 @@
 // is past every content record (MAILS bodies, a tombstone per delivered mail), then prints one
 // JSON line {"reserved":[...],"delivered":[...],"sending":id,"leaseUntil":ms} and waits to be killed.
 // With MEMORY_BODIES=1 it keeps its own bodies in memory only (never written out while it runs), so
-// its checkpoint stays below them; it then waits for ten checkpoint rounds instead.
+// its checkpoint stays below them; it then waits for ten checkpoint rounds instead. Either way it
+// also waits for a view snapshot (every 100 ms here) written after its last state record.
 import { KafkaQueue } from '../../dist/src/queue/kafka/kafka-queue.js';
 import { newMailId } from '../../dist/src/queue/model.js';
 import { readFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { pino } from 'pino';
 
 const q = new KafkaQueue({
   brokers: process.env.KAFKA_BROKERS.split(','), clientId: 'child', topicPrefix: process.env.TOPIC_PREFIX,
-  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR, checkpointIntervalMs: 100, ...(process.env.MEMORY_BODIES ? { memoryBodyAgeMs: 3_600_000 } : {}),
+  partitions: 3, replicationFactor: 1, nodeId: 'node-a', ssl: false, sasl: null, maxMessageSize: 10 * 1024 * 1024, dataDir: process.env.DATA_DIR, checkpointIntervalMs: 100, viewSnapshotIntervalMs: 100, ...(process.env.MEMORY_BODIES ? { memoryBodyAgeMs: 3_600_000 } : {}),
   priorities: { classes: { normal: 1 }, default: 'normal', lowPriorityShare: 0.1 }, logger: pino({ level: process.env.LOG_LEVEL ?? 'fatal' }, process.stderr),
 });
 process.on('unhandledRejection', (err) => { console.error('child failed:', err); process.exit(1); });
@@ -36,6 +37,7 @@ for (const m of reserved.filter((_, i) => i % 2 === 1).reverse()) {
 // One unfinished mail with its final "." in flight (commitDelivery) when the kill comes.
 const sending = reserved.find((m) => !delivered.includes(m.id));
 if (!(await q.commitDelivery(sending.id, sending.lease.token))) throw new Error('commitDelivery refused');
+const lastWrite = Date.now();
 const records = n + delivered.length;
 const checkpointed = () => {
   try {
@@ -44,7 +46,15 @@ const checkpointed = () => {
     return 0;
   }
 };
+const snapshotAt = () => {
+  try {
+    return JSON.parse(readFileSync(join(process.env.DATA_DIR, 'kafka-view.snapshot'), 'utf8').split('\n', 1)[0]).writtenAt;
+  } catch {
+    return 0;
+  }
+};
 if (process.env.MEMORY_BODIES) await new Promise((r) => setTimeout(r, 1_000));
 else while (checkpointed() < records) await new Promise((r) => setTimeout(r, 50));
+while (snapshotAt() <= lastWrite) await new Promise((r) => setTimeout(r, 50));
 process.stdout.write(JSON.stringify({ reserved: reserved.map((m) => m.id), delivered, sending: sending.id, leaseUntil: Math.min(...reserved.map((m) => m.lease.until)) }) + '\n');
 setInterval(() => {}, 1 << 30);

@@ -66,11 +66,12 @@ describe('kafka backend: a node killed with kill -9', () => {
   it('hands its unfinished leases to another node after they expire, and loses nothing', async () => {
     const { brokers, prefix, dataDir, delivered, leaseUntil, killedAt, inFlight } = await killedNodeA(LEASE_MS);
 
-    // Node B starts on the dead node's directory: it takes over the lock of the dead pid and the
-    // body directory node A kept, from its checkpoint (past every content record: nothing to read).
+    // Node B starts on the dead node's directory: it takes over the lock of the dead pid, the
+    // body directory node A kept, from its checkpoint (past every content record: nothing to read),
+    // and the view's snapshot (written after A's last state record: nothing to read either).
     expect(readdirSync(dataDir)).toContain('LOCK');
     b = await openKafkaQueue(brokers, prefix, { nodeId: 'node-b', dataDir });
-    expect(b.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0 });
+    expect(b.startInfo).toEqual({ bodies: 'resumed', contentRecords: 0, view: 'snapshot', stateRecords: 0 });
     const taken = new Map<string, number>();
     // Leases still live: node B must not take them yet.
     const early = await b.reserveDue({ owner: 'node-b', limit: MAILS, leaseMs: 60_000 });
@@ -109,6 +110,7 @@ describe('kafka backend: a node killed with kill -9', () => {
       // Its body directory again, from the checkpoint, which its bodies lost with the kill held back.
       expect(again.startInfo?.bodies).toBe('resumed');
       expect(again.startInfo!.contentRecords).toBeGreaterThan(0);
+      expect(again.startInfo).toMatchObject({ view: 'snapshot', stateRecords: 0 });
       await expectBodies(again, inFlight);
       expect((await again.browse({}, { limit: 1000 })).total.count).toBe(MAILS);
     } finally {

@@ -66,6 +66,7 @@ import type {
 } from '../types.js';
 import { KafkaSettings } from './settings.js';
 import { StateView, type StateRecord, type WriteOutcome } from './state-view.js';
+import { readViewSnapshot, snapshotMismatch, writeViewSnapshot, type ViewSnapshot } from './view-snapshot.js';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING ??= '1';
 
@@ -94,6 +95,8 @@ export interface KafkaQueueOptions {
   checkpointIntervalMs?: number;
   /** Own bodies held only in memory longer than this are written to the body directory at the next checkpoint. Default: the checkpoint interval. */
   memoryBodyAgeMs?: number;
+  /** How often the view's snapshot is written to `dataDir` (view-snapshot.ts; also at close). Default 60 s. */
+  viewSnapshotIntervalMs?: number;
   /** Finished mail is purged (state and body tombstoned) this long after it finished. Default 1 h. */
   retainFinishedMs?: number;
   /** Upper bound for a write (enqueue, transitions) when Kafka does not answer. Default 8 s. */
@@ -118,6 +121,8 @@ const PURGE_BATCH = 1000;
  * step in only when it is gone (or was restarted, which gives it new write ids).
  */
 export const PURGE_GRACE_MS = 10 * 60_000;
+/** A view snapshot is written again this long after the last one even when no state record came (its age limits its use). */
+const SNAPSHOT_REFRESH_MS = 3_600_000;
 
 interface Write {
   state?: { key: string; value: Buffer | null };
@@ -270,14 +275,23 @@ export class KafkaQueue implements Queue {
   private bootId?: string;
   /** A checkpoint round (checkpointRound) is running. */
   private checkpointing?: Promise<void>;
-  /** Content records the consumer has applied since start (not those it skipped as already applied). */
+  /** Content records the consumer has read since start (those it skipped as already applied included). */
   private contentRecords = 0;
   /**
    * How the last start filled the body directory: `fresh` (read the content topic whole), `resumed`
    * (from the checkpoint: `contentRecords` is what it read), or `reread` (resumed, but a live
    * mail's body was missing or of the wrong size, so it read the topic whole after all).
    */
-  startInfo?: { bodies: 'fresh' | 'resumed' | 'reread'; contentRecords: number; reason?: string };
+  startInfo?: {
+    bodies: 'fresh' | 'resumed' | 'reread'; contentRecords: number; reason?: string;
+    /** The view from a snapshot (`stateRecords` is what was read after it) or from the state topic whole. */
+    view: 'snapshot' | 'full'; stateRecords: number; viewReason?: string;
+  };
+  /** State records the consumer has read since start (those it skipped as already applied included). */
+  private stateRecords = 0;
+  /** A view snapshot is being written; the offsets and time of the last one written. */
+  private snapshotting?: Promise<void>;
+  private lastSnapshot?: { offsets: string; at: number };
   /** Mail this node is writing a reservation for right now (not offered twice). */
   private readonly claiming = new Set<MailId>();
   /** Priority order with lowPriorityShare, its credit carried across calls (as the spool's). */
@@ -326,7 +340,10 @@ export class KafkaQueue implements Queue {
     try {
       let resume: Map<number, number> | undefined;
       let discarded: string | undefined;
+      let snapshot: ViewSnapshot | undefined;
+      let viewReason: string | undefined;
       if (this.opts.dataDir) {
+        ({ snapshot, unusable: viewReason } = await readViewSnapshot(this.opts.dataDir, this.stateTopic, Date.now()));
         await this.removeStaleBodyDirs(this.opts.dataDir);
         this.keepsBodyDir = true;
         this.bootId = await readBootId();
@@ -350,14 +367,27 @@ export class KafkaQueue implements Queue {
         discarded = checkpointMismatch(resume, await this.admin.fetchTopicOffsets(this.contentTopic));
         if (discarded) resume = undefined;
       }
+      if (snapshot) {
+        viewReason = snapshotMismatch(snapshot.offsets, await this.admin.fetchTopicOffsets(this.stateTopic));
+        if (viewReason) snapshot = undefined;
+      }
+      if (viewReason) this.log.warn({ reason: viewReason }, 'view snapshot not used: reading the state topic whole');
+      if (snapshot) {
+        this.view.load(snapshot.mails, snapshot.header);
+        for (const [p, o] of snapshot.offsets) this.positions.state.set(p, o);
+      }
       if (this.keepsBodyDir) await this.openBodyDir(!resume);
       if (discarded) this.log.warn({ reason: discarded }, 'body directory not used: reading the content topic whole');
       for (const [p, o] of resume ?? []) this.positions.content.set(p, o);
       await this.startConsumer();
+      for (const [p, o] of snapshot?.offsets ?? []) this.consumer!.seek({ topic: this.stateTopic, partition: p, offset: String(o) });
       for (const [p, o] of resume ?? []) this.consumer!.seek({ topic: this.contentTopic, partition: p, offset: String(o) });
       this.open = true;
       await this.waitFor(ends, 120_000);
-      this.startInfo = { bodies: resume ? 'resumed' : 'fresh', contentRecords: this.contentRecords, ...(discarded ? { reason: discarded } : {}) };
+      this.startInfo = {
+        bodies: resume ? 'resumed' : 'fresh', contentRecords: this.contentRecords, ...(discarded ? { reason: discarded } : {}),
+        view: snapshot ? 'snapshot' : 'full', stateRecords: this.stateRecords, ...(viewReason ? { viewReason } : {}),
+      };
       if (resume) await this.checkBodyDir();
       if (this.keepsBodyDir) await this.removeBodiesNotLive();
       // A topic just created may not answer for a moment (retriable), as in endOffsets above.
@@ -369,7 +399,7 @@ export class KafkaQueue implements Queue {
       throw unavailable(err, 'start');
     }
     this.scheduleMaintenance();
-    this.log.info({ mails: this.view.mails.size, ms: Date.now() - started, bodies: this.startInfo }, 'kafka queue started');
+    this.log.info({ mails: this.view.mails.size, ms: Date.now() - started, start: this.startInfo }, 'kafka queue started');
   }
 
   async close(): Promise<void> {
@@ -377,6 +407,7 @@ export class KafkaQueue implements Queue {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     await this.checkpointing;
+    await this.snapshotting;
     if (this.consumerRestart) clearTimeout(this.consumerRestart);
     this.consumerRestart = undefined;
     await this.consumer?.disconnect().catch((err: unknown) => this.log.warn({ err }, 'consumer disconnect failed'));
@@ -386,6 +417,8 @@ export class KafkaQueue implements Queue {
     this.consumer = undefined;
     this.producer = undefined;
     this.admin = undefined;
+    // The view as the consumer left it, for the next start (after a start that got its view).
+    if (this.keepsBodyDir && this.startInfo) await this.saveViewSnapshot(0).catch((err: unknown) => this.log.warn({ err }, 'could not write the view snapshot at close'));
     if (this.dataDir && (!this.keepsBodyDir || !this.bootId)) {
       // A per-instance dir, or one no checkpoint can be written for (no boot id): of no use later.
       await rm(this.dataDir, { recursive: true, force: true });
@@ -452,7 +485,7 @@ export class KafkaQueue implements Queue {
     this.positions.content.clear();
     for (const p of ends.keys()) this.consumer!.seek({ topic: this.contentTopic, partition: p, offset: '0' });
     await this.waitFor({ content: ends }, 120_000);
-    this.startInfo = { bodies: 'reread', contentRecords: this.contentRecords, reason: `${bad.length} live mail without its body` };
+    this.startInfo = { ...this.startInfo!, bodies: 'reread', contentRecords: this.contentRecords, reason: `${bad.length} live mail without its body` };
   }
 
   /**
@@ -498,6 +531,21 @@ export class KafkaQueue implements Queue {
   private async checkpointRound(olderThanMs: number): Promise<void> {
     await this.persistMemoryBodies(olderThanMs);
     await this.saveCheckpoint();
+  }
+
+  /**
+   * The view and the state offsets it covers to `spool.dir` (view-snapshot.ts), taken in one turn
+   * of the event loop (a state batch is applied in one). Skipped when no state record was applied
+   * since the last one, unless that is older than `refreshMs`.
+   */
+  private async saveViewSnapshot(refreshMs: number): Promise<void> {
+    const offsets = new Map(this.positions.state);
+    const key = JSON.stringify([...offsets]);
+    const at = Date.now();
+    if (this.lastSnapshot?.offsets === key && at - this.lastSnapshot.at < refreshMs) return;
+    const mails = [...this.view.mails.values()];
+    await writeViewSnapshot(this.opts.dataDir!, this.stateTopic, offsets, mails, this.view.snapshotExtras(), at);
+    this.lastSnapshot = { offsets: key, at };
   }
 
   private async saveCheckpoint(): Promise<void> {
@@ -709,6 +757,7 @@ export class KafkaQueue implements Queue {
         this.view.apply(id, m.value, Number(m.timestamp));
         if (m.value) this.afterApply(id);
       }
+      this.stateRecords += batch.messages.length;
       if (last) this.positions.state.set(batch.partition, Number(last.offset) + 1);
     } else {
       // Bodies of one batch are written in parallel; this node's own are already here (memory or disk).
@@ -722,7 +771,7 @@ export class KafkaQueue implements Queue {
         }
         return this.storeBody(id, m.value);
       }));
-      this.contentRecords += messages.length;
+      this.contentRecords += batch.messages.length;
       if (last) this.positions.content.set(batch.partition, Number(last.offset) + 1);
     }
     for (const check of [...this.progress]) check();
@@ -792,6 +841,16 @@ export class KafkaQueue implements Queue {
     repair.unref();
     purge.unref();
     this.timers.push(repair, purge);
+    if (this.keepsBodyDir) {
+      const snapshot = setInterval(() => {
+        if (this.snapshotting) return;
+        this.snapshotting = this.saveViewSnapshot(SNAPSHOT_REFRESH_MS)
+          .catch((err: unknown) => this.log.warn({ err }, 'could not write the view snapshot'))
+          .finally(() => { this.snapshotting = undefined; });
+      }, this.opts.viewSnapshotIntervalMs ?? 60_000);
+      snapshot.unref();
+      this.timers.push(snapshot);
+    }
     if (this.keepsBodyDir && this.bootId) {
       const every = this.opts.checkpointIntervalMs ?? 5_000;
       const checkpoint = setInterval(() => {
