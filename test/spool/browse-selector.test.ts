@@ -235,18 +235,23 @@ describe('spool browse: reply searches the stored bytes first, without missing a
   it('the byte check turns down mail without the words, and is skipped for a code alone', async () => {
     const all = (await rq.browse({}, { limit: 100 })).items;
     const raws = all.map((m) => rq.mails.getBinary(m.id)!);
-    // As for q, a record holding İ or the Kelvin sign goes on to the full check.
+    // As for q, a record holding İ or the Kelvin sign goes on to the full check. Two replies hold
+    // them, and a record's binary numbers (times) may hold their bytes by chance (a CI run had one
+    // more such record than the two): the count of what is turned down follows the records.
     const odd = (r: Buffer) => r.includes(Buffer.from('\u0130')) || r.includes(Buffer.from('\u212a'));
+    const mayPass = (r: Buffer) => /tss04/i.test(r.toString('latin1')) || odd(r);
     const pre = replyPrefilter('421 TSS04')!;
-    for (const r of raws) expect(pre(r)).toBe(/tss04/i.test(r.toString('latin1')) || odd(r));
-    expect(raws.filter((r) => !pre(r))).toHaveLength(5);
+    for (const r of raws) expect(pre(r)).toBe(mayPass(r));
+    const plain = raws.filter((r) => !mayPass(r));
+    expect(plain.length).toBeGreaterThan(0);
+    expect(raws.filter((r) => !pre(r))).toEqual(plain);
     // Its longest word that is not a number is what it looks for: "4.2.1" is in the enhanced code's bytes.
     const enhanced = replyPrefilter('450 4.2.1')!;
     expect(raws.filter((r) => enhanced(r) && !odd(r))).toHaveLength(1);
-    // Browse decodes only the mails that pass (here the one with TSS04 and the two with İ or K).
+    // Browse decodes only the mails that pass (the one with TSS04 and those with İ or K).
     const { store, loads } = countingStore(rq);
     expect(browseIndexed(store, { reply: '4.7.0 [tss04]' }, { sort: 'received', limit: 50 }).items).toHaveLength(1);
-    expect(loads()).toBe(3);
+    expect(loads()).toBe(raws.length - plain.length);
     expect(replyPrefilter('421')).toBeUndefined();
     expect(replyPrefilter('caf\u00e9')).toBeUndefined();
     expect(replyPrefilter('')).toBeUndefined();
