@@ -85,17 +85,3 @@ export async function writeCheckpoint(dir: string, cp: Omit<BodyCheckpoint, 'v'>
 export function isBodyFile(name: string): boolean {
   return !name.startsWith('.') && !name.endsWith('.tmp');
 }
-
-/**
- * Where the checkpoint cannot be right for the topic as it is now (offsets past a partition's end,
- * or a partition it does not have: the topic was deleted and created again), the reason; else undefined.
- */
-export function checkpointMismatch(offsets: ReadonlyMap<number, number>, topic: { partition: number; high: string }[]): string | undefined {
-  const high = new Map(topic.map((t) => [t.partition, Number(t.high)]));
-  for (const [p, o] of offsets) {
-    const end = high.get(p);
-    if (end === undefined) return `content partition ${p} no longer exists`;
-    if (o > end) return `checkpoint offset ${o} is past the end (${end}) of content partition ${p}`;
-  }
-  return undefined;
-}

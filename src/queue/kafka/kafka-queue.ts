@@ -53,7 +53,7 @@ import { Kafka, logLevel, type Admin, type Consumer, type EachBatchPayload, type
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../logger.js';
 import { BodyCache } from '../body-cache.js';
-import { BODY_DIR, checkpointMismatch, isBodyFile, readBootId, readCheckpoint, writeCheckpoint } from './body-dir.js';
+import { BODY_DIR, isBodyFile, readBootId, readCheckpoint, writeCheckpoint } from './body-dir.js';
 import { DirLock } from '../dir-lock.js';
 import { InvalidTransitionError, LeaseLostError, MailNotFoundError, QueueError, QueueUnavailableError } from '../errors.js';
 import {
@@ -66,7 +66,7 @@ import type {
 } from '../types.js';
 import { KafkaSettings } from './settings.js';
 import { StateView, type StateRecord, type WriteOutcome } from './state-view.js';
-import { readViewSnapshot, snapshotMismatch, writeViewSnapshot, type ViewSnapshot } from './view-snapshot.js';
+import { readViewSnapshot, writeViewSnapshot, type ViewSnapshot } from './view-snapshot.js';
 
 process.env.KAFKAJS_NO_PARTITIONER_WARNING ??= '1';
 
@@ -214,8 +214,27 @@ async function retrying<T>(op: () => Promise<T>, tries: number, delayMs: number)
   }
 }
 
+type PartitionOffsets = { partition: number; high: string; low: string }[];
+
+/**
+ * Where offsets kept for a topic (the body directory's checkpoint, the view snapshot) cannot be
+ * right for the topic as it is now, the reason; else undefined: a partition it no longer has, or
+ * an offset past a partition's end or below its start (the topic deleted and created again,
+ * records deleted). A partition they do not name is read from its beginning.
+ */
+function offsetsMismatch(offsets: ReadonlyMap<number, number>, topic: PartitionOffsets, source: 'checkpoint' | 'snapshot', kind: 'content' | 'state'): string | undefined {
+  const parts = new Map(topic.map((t) => [t.partition, t]));
+  for (const [p, o] of offsets) {
+    const t = parts.get(p);
+    if (!t) return `${kind} partition ${p} no longer exists`;
+    if (o > Number(t.high)) return `${source} offset ${o} is past the end (${t.high}) of ${kind} partition ${p}`;
+    if (o < Number(t.low)) return `${source} offset ${o} is below the start (${t.low}) of ${kind} partition ${p}`;
+  }
+  return undefined;
+}
+
 /** A topic's end offset per partition, of the partitions that hold records (what a catch-up waits for). */
-function endsWithRecords(offsets: { partition: number; high: string; low: string }[]): Map<number, number> {
+function endsWithRecords(offsets: PartitionOffsets): Map<number, number> {
   return new Map(offsets.filter((x) => Number(x.high) > Number(x.low)).map((x) => [x.partition, Number(x.high)]));
 }
 
@@ -362,13 +381,13 @@ export class KafkaQueue implements Queue {
       await this.producer.connect();
       this.writer = new GroupWriter(this.producer, this.contentTopic, this.stateTopic);
       // Fresh topics: metadata may still name no leader for a moment (NOT_LEADER, retriable).
-      const ends = await retrying(() => this.endOffsets(), 20, 250);
+      const { ends, listed } = await retrying(() => this.endOffsets(), 20, 250);
       if (resume) {
-        discarded = checkpointMismatch(resume, await this.admin.fetchTopicOffsets(this.contentTopic));
+        discarded = offsetsMismatch(resume, listed.content, 'checkpoint', 'content');
         if (discarded) resume = undefined;
       }
       if (snapshot) {
-        viewReason = snapshotMismatch(snapshot.offsets, await this.admin.fetchTopicOffsets(this.stateTopic));
+        viewReason = offsetsMismatch(snapshot.offsets, listed.state, 'snapshot', 'state');
         if (viewReason) snapshot = undefined;
       }
       if (viewReason) this.log.warn({ reason: viewReason }, 'view snapshot not used: reading the state topic whole');
@@ -644,9 +663,10 @@ export class KafkaQueue implements Queue {
     this.log.info({ topics: topics.map((t) => t.topic) }, 'kafka topics created');
   }
 
-  private async endOffsets(): Promise<{ state: Map<number, number>; content: Map<number, number> }> {
+  /** Both topics' end offsets of the partitions holding records, and their offsets as listed. */
+  private async endOffsets(): Promise<{ ends: { state: Map<number, number>; content: Map<number, number> }; listed: { state: PartitionOffsets; content: PartitionOffsets } }> {
     const [s, c] = await Promise.all([this.admin!.fetchTopicOffsets(this.stateTopic), this.admin!.fetchTopicOffsets(this.contentTopic)]);
-    return { state: endsWithRecords(s), content: endsWithRecords(c) };
+    return { ends: { state: endsWithRecords(s), content: endsWithRecords(c) }, listed: { state: s, content: c } };
   }
 
   private caughtUp(ends: { state?: Map<number, number>; content?: Map<number, number> }): boolean {

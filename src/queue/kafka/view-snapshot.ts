@@ -139,19 +139,3 @@ function headerProblem(h: ViewSnapshotHeader, stateTopic: string, now: Millis): 
   }
   return undefined;
 }
-
-/**
- * Where the snapshot's offsets cannot be right for the state topic as it is now, the reason; else
- * undefined. A partition the snapshot does not name had no record applied then: it is read from
- * its beginning.
- */
-export function snapshotMismatch(offsets: ReadonlyMap<number, number>, topic: { partition: number; low: string; high: string }[]): string | undefined {
-  const parts = new Map(topic.map((t) => [t.partition, t]));
-  for (const [p, o] of offsets) {
-    const t = parts.get(p);
-    if (!t) return `state partition ${p} no longer exists`;
-    if (o > Number(t.high)) return `snapshot offset ${o} is past the end (${t.high}) of state partition ${p}`;
-    if (o < Number(t.low)) return `snapshot offset ${o} is below the start (${t.low}) of state partition ${p}`;
-  }
-  return undefined;
-}
