@@ -66,12 +66,21 @@ export async function readCheckpoint(dir: string, bootId: string | undefined, co
   if (cp?.v !== 1 || typeof cp.offsets !== 'object' || cp.offsets === null) return { unusable: 'unknown checkpoint format' };
   if (!bootId || cp.bootId !== bootId) return { unusable: 'written before the machine last started' };
   if (cp.contentTopic !== contentTopic) return { unusable: `written for content topic ${String(cp.contentTopic)}` };
+  const offsets = partitionOffsets(cp.offsets);
+  return offsets ? { offsets } : { unusable: 'bad offset in checkpoint' };
+}
+
+/**
+ * Offsets kept as JSON (partition → offset; the body checkpoint, the view snapshot) as a map, or
+ * undefined when a partition or an offset is not a non-negative integer.
+ */
+export function partitionOffsets(kept: Record<string, unknown>): Map<number, number> | undefined {
   const offsets = new Map<number, number>();
-  for (const [p, o] of Object.entries(cp.offsets)) {
-    if (!/^\d+$/.test(p) || !Number.isSafeInteger(o) || o < 0) return { unusable: 'bad offset in checkpoint' };
-    offsets.set(Number(p), o);
+  for (const [p, o] of Object.entries(kept)) {
+    if (!/^\d+$/.test(p) || !Number.isSafeInteger(o) || (o as number) < 0) return undefined;
+    offsets.set(Number(p), o as number);
   }
-  return { offsets };
+  return offsets;
 }
 
 export async function writeCheckpoint(dir: string, cp: Omit<BodyCheckpoint, 'v'>): Promise<void> {

@@ -29,6 +29,7 @@ import { open, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Millis, QueuedMail } from '../types.js';
+import { partitionOffsets } from './body-dir.js';
 import type { SnapshotExtras } from './state-view.js';
 
 /** In the node's `spool.dir`, beside the body directory. */
@@ -125,7 +126,8 @@ export async function readViewSnapshot(dir: string, stateTopic: string, now: Mil
   }
   if (!header) return { unusable: 'empty snapshot' };
   if (mails.length !== header.mails) return { unusable: `snapshot holds ${mails.length} mails, its header says ${header.mails}` };
-  const offsets = new Map(Object.entries(header.offsets).map(([p, o]) => [Number(p), o]));
+  const offsets = partitionOffsets(header.offsets);
+  if (!offsets) return { unusable: 'bad offset in snapshot' };
   return { snapshot: { header, offsets, mails } };
 }
 
@@ -134,8 +136,5 @@ function headerProblem(h: ViewSnapshotHeader, stateTopic: string, now: Millis): 
   if (!Array.isArray(h.rejected) || !Array.isArray(h.purged)) return 'unknown snapshot format';
   if (h.stateTopic !== stateTopic) return `written for state topic ${String(h.stateTopic)}`;
   if (!(now - h.writtenAt < MAX_AGE_MS)) return `written ${Math.round((now - h.writtenAt) / 60_000)} minutes ago (older than ${MAX_AGE_MS / 3_600_000} h)`;
-  for (const [p, o] of Object.entries(h.offsets)) {
-    if (!/^\d+$/.test(p) || !Number.isSafeInteger(o) || o < 0) return 'bad offset in snapshot';
-  }
   return undefined;
 }
